@@ -1,6 +1,23 @@
 //! promptmill: turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 //!
-//! Data flows one way: `source` → `render` → `limit` → `client` → `sink`, wired together by
-//! the commands in `cmd`. See DESIGN notes in README.md.
+//! Data flows one way: `source` → `render` → `plan` → `limit` → `client` → `journal`/`sink`,
+//! wired together by the commands in `cmd` (the scheduler in `scheduler` is the one place
+//! that knows all the stages).
 
+pub mod budget;
+pub mod client;
+pub mod cmd;
+pub mod config;
+pub mod cost;
+pub mod journal;
+pub mod limit;
+pub mod mock;
+pub mod plan;
+pub mod progress;
+pub mod render;
+pub mod scheduler;
+pub mod sink;
+pub mod source;
+pub mod summary;
+pub mod tokens;
 pub mod types;

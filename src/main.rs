@@ -1,3 +1,64 @@
-fn main() {
-    println!("promptmill");
+//! The `promptmill` command line: a thin shell over the commands in `promptmill::cmd`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use promptmill::cmd::{exit, run};
+
+/// Turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
+#[derive(Debug, Parser)]
+#[command(name = "promptmill", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a job: every row of the input through the model, into the output file.
+    Run(Box<run::RunArgs>),
+    /// Serve the built-in OpenAI-compatible mock API (for trying jobs and for tests).
+    MockServer(promptmill::mock::MockServerArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::CANNOT_START);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(*args).await,
+            Command::MockServer(args) => promptmill::mock::serve_forever(args)
+                .await
+                .map(|_| exit::OK),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = if e.downcast_ref::<run::CannotStart>().is_some() {
+                exit::CANNOT_START
+            } else {
+                exit::STOPPED
+            };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
 }

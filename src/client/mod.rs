@@ -1,0 +1,408 @@
+//! The client stage: one trait for providers, one file per provider, one transport.
+//!
+//! A provider is pure: it turns a rendered prompt into a request body and URL, and a
+//! response (status, headers, bytes) into a [`Completion`] or an [`ApiError`]. The transport
+//! here does the HTTP, with timeouts and a cap on body size. Errors are classified once,
+//! in [`classify`], into what the scheduler must do: retry, fail the row, or abort the job.
+
+mod openai;
+mod ratelimit;
+mod secret;
+
+pub use openai::OpenAi;
+pub use ratelimit::{parse_go_duration, RateLimitInfo};
+pub use secret::Secret;
+
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use crate::config::{Job, ModelConfig, ProviderKind};
+use crate::types::{Message, Usage};
+
+/// The largest response body read; a larger one is a failed attempt, not an allocation.
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// One generated variant.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Choice {
+    pub text: String,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
+/// A successful response.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub choices: Vec<Choice>,
+    /// Usage as the API reported it (None when the server sent none).
+    pub usage: Option<Usage>,
+    pub request_id: Option<String>,
+    pub rate: RateLimitInfo,
+}
+
+/// What the scheduler does about a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Transient: try again after a delay.
+    Retry,
+    /// This row cannot succeed as sent (e.g. 400): record it as failed, go on with the rest.
+    FailRow,
+    /// Nothing will succeed (bad key, no quota, unknown model): stop the job.
+    AbortJob,
+}
+
+/// Why an attempt failed, in words a user can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    RateLimited,
+    InsufficientQuota,
+    Auth,
+    NotFound,
+    BadRequest,
+    Server,
+    Timeout,
+    Connection,
+    BadResponse,
+}
+
+/// A failed attempt, classified.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct ApiError {
+    pub action: Action,
+    pub kind: ErrorKind,
+    pub status: Option<u16>,
+    /// The provider's message (never containing our key: we never send it in a URL or body).
+    pub message: String,
+    /// The server's `retry-after-ms` / `retry-after`, when given.
+    pub retry_after: Option<Duration>,
+    /// Rate-limit headers of the failed response (boxed: errors travel in `Result`s).
+    pub rate: Box<RateLimitInfo>,
+}
+
+impl ApiError {
+    fn describe(&self) -> String {
+        match self.status {
+            Some(s) => format!("HTTP {s}: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+
+    /// An error that did not come with an HTTP status.
+    pub fn transport(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            action: Action::Retry,
+            kind,
+            status: None,
+            message: message.into(),
+            retry_after: None,
+            rate: Box::default(),
+        }
+    }
+}
+
+/// Classifies an HTTP error response once, for every provider.
+///
+/// `error_type`/`error_code` are the provider's `error.type` / `error.code` strings.
+/// Retry: 408, 409, 429 rate limits, 5xx (and Anthropic's 529). Fail the row: other 4xx.
+/// Abort: 401/403 (the key is wrong for every row), 404 (unknown model or URL), and 429
+/// `insufficient_quota` (retrying cannot help, as OpenAI documents).
+pub fn classify(
+    status: u16,
+    error_type: Option<&str>,
+    error_code: Option<&str>,
+    message: String,
+    headers: &HeaderMap,
+    rate: RateLimitInfo,
+) -> ApiError {
+    let quota = [error_type, error_code].iter().flatten().any(|s| {
+        matches!(
+            *s,
+            "insufficient_quota"
+                | "billing_hard_limit_reached"
+                | "credit_balance_exhausted"
+                | "organization_spend_limit_exceeded"
+                | "project_spend_limit_exceeded"
+        )
+    });
+    let (action, kind) = match status {
+        429 if quota => (Action::AbortJob, ErrorKind::InsufficientQuota),
+        429 => (Action::Retry, ErrorKind::RateLimited),
+        401 | 403 => (Action::AbortJob, ErrorKind::Auth),
+        404 => (Action::AbortJob, ErrorKind::NotFound),
+        408 => (Action::Retry, ErrorKind::Timeout),
+        409 => (Action::Retry, ErrorKind::Server),
+        s if s >= 500 => (Action::Retry, ErrorKind::Server),
+        _ => (Action::FailRow, ErrorKind::BadRequest),
+    };
+    ApiError {
+        action,
+        kind,
+        status: Some(status),
+        message,
+        retry_after: ratelimit::retry_after(headers),
+        rate: Box::new(rate),
+    }
+}
+
+/// A provider's API shape.
+pub trait Provider: Send + Sync {
+    /// Short name for messages: "openai", "azure", "anthropic".
+    fn name(&self) -> &'static str;
+    /// The JSON body for one rendered prompt.
+    fn body(&self, model: &ModelConfig, messages: &[Message]) -> Value;
+    /// The URL requests are posted to.
+    fn url(&self, base_url: &str, model: &ModelConfig) -> String;
+    /// Adds authentication (and any fixed headers) to a request.
+    fn authorize(&self, req: reqwest::RequestBuilder, key: &Secret) -> reqwest::RequestBuilder;
+    /// Reads a response.
+    fn parse(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Completion, ApiError>;
+}
+
+/// Errors setting up a client (before any request).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no API key: set the environment variable {0} (or api.api_key_file in the job)")]
+    MissingKey(String),
+    #[error("{path}: cannot read the API key file: {source}")]
+    KeyFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("api.base_url: {0}")]
+    BaseUrl(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+}
+
+/// Sends rendered prompts to one provider.
+pub struct Client {
+    http: reqwest::Client,
+    provider: Box<dyn Provider>,
+    url: String,
+    key: Secret,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("provider", &self.provider.name())
+            .field("url", &self.url)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// The base URL a job talks to: job file/flag, then the provider's env var, then its default.
+pub fn base_url(job: &Job) -> String {
+    if let Some(u) = &job.api.base_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let (env, default) = match job.api.provider {
+        ProviderKind::Openai => ("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+        ProviderKind::Azure => ("AZURE_OPENAI_ENDPOINT", ""),
+        ProviderKind::Anthropic => ("ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1"),
+    };
+    std::env::var(env)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Reads the API key from `api.api_key_file` or the job's environment variable.
+pub fn api_key(job: &Job) -> Result<Secret, ClientError> {
+    if let Some(path) = &job.api.api_key_file {
+        let text = std::fs::read_to_string(path).map_err(|source| ClientError::KeyFile {
+            path: path.clone(),
+            source,
+        })?;
+        let key = text.lines().next().unwrap_or("").trim().to_string();
+        if key.is_empty() {
+            return Err(ClientError::MissingKey(format!(
+                "(the key file {} is empty)",
+                path.display()
+            )));
+        }
+        return Ok(Secret::new(key));
+    }
+    let var = job.api_key_env();
+    match std::env::var(&var) {
+        Ok(k) if !k.trim().is_empty() => Ok(Secret::new(k.trim().to_string())),
+        _ => Err(ClientError::MissingKey(var)),
+    }
+}
+
+/// Refuses a base URL that would send the key in clear over a network.
+pub fn check_base_url(url: &str, allow_insecure_http: bool) -> Result<(), ClientError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| ClientError::BaseUrl(format!("'{url}': {e}")))?;
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(d)) => d == "localhost",
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if loopback || allow_insecure_http {
+                Ok(())
+            } else {
+                Err(ClientError::BaseUrl(format!(
+                    "'{url}' is plain http to another machine: the API key would travel \
+                     unencrypted. Use https, or set api.allow_insecure_http = true if this \
+                     network is trusted"
+                )))
+            }
+        }
+        other => Err(ClientError::BaseUrl(format!(
+            "'{url}': unsupported scheme '{other}'"
+        ))),
+    }
+}
+
+/// The provider a job speaks to (pure: no key, no network).
+pub fn provider_for(job: &Job) -> Box<dyn Provider> {
+    match job.api.provider {
+        ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Anthropic => {
+            Box::new(OpenAi::new(job.api.endpoint))
+        }
+    }
+}
+
+impl Client {
+    /// Builds the client for a job (reads the key; sends nothing).
+    pub fn for_job(job: &Job, key: Secret) -> Result<Client, ClientError> {
+        let base = base_url(job);
+        if base.is_empty() {
+            return Err(ClientError::BaseUrl(
+                "no base URL: set api.base_url or the provider's endpoint variable".into(),
+            ));
+        }
+        check_base_url(&base, job.api.allow_insecure_http)?;
+        let provider = provider_for(job);
+        let timeout = Duration::from_secs_f64(job.api.timeout_secs.unwrap_or(600.0).max(0.001));
+        let connect =
+            Duration::from_secs_f64(job.api.connect_timeout_secs.unwrap_or(10.0).max(0.001));
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(connect)
+            .pool_max_idle_per_host(usize::MAX)
+            .user_agent(concat!("promptmill/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let url = provider.url(&base, &job.model);
+        Ok(Client {
+            http,
+            provider,
+            url,
+            key,
+        })
+    }
+
+    /// The provider's request body for a prompt.
+    pub fn body(&self, model: &ModelConfig, messages: &[Message]) -> Value {
+        self.provider.body(model, messages)
+    }
+
+    /// Removes the API key from a text (defence in depth: a server that echoes it back
+    /// must not make us print or store it).
+    pub fn scrub(&self, text: &str) -> String {
+        self.key.scrub(text)
+    }
+
+    /// The provider's name.
+    pub fn provider_name(&self) -> &'static str {
+        self.provider.name()
+    }
+
+    /// Sends one attempt and classifies its outcome.
+    pub async fn send(&self, body: &Value) -> Result<Completion, ApiError> {
+        let req = self.http.post(&self.url).json(body);
+        let req = self.provider.authorize(req, &self.key);
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = read_capped(resp).await?;
+        self.provider.parse(status, &headers, &bytes)
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> ApiError {
+    // reqwest's Display includes the URL, never headers; our URLs carry no key.
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Connection
+    };
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    ApiError::transport(kind, msg)
+}
+
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(1024).min(1 << 20) as usize);
+    while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+        if out.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::transport(
+                ErrorKind::BadResponse,
+                format!("response body larger than {MAX_BODY_BYTES} bytes"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_follows_the_provider_rules() {
+        let h = HeaderMap::new();
+        let c = |s, t: Option<&str>| classify(s, t, None, "m".into(), &h, RateLimitInfo::default());
+        assert_eq!(c(429, Some("requests")).action, Action::Retry);
+        assert_eq!(c(429, Some("insufficient_quota")).action, Action::AbortJob);
+        assert_eq!(c(401, None).action, Action::AbortJob);
+        assert_eq!(c(403, None).action, Action::AbortJob);
+        assert_eq!(c(400, None).action, Action::FailRow);
+        assert_eq!(c(422, None).action, Action::FailRow);
+        assert_eq!(c(408, None).action, Action::Retry);
+        assert_eq!(c(409, None).action, Action::Retry);
+        assert_eq!(c(500, None).action, Action::Retry);
+        assert_eq!(c(529, None).action, Action::Retry);
+        let q = classify(
+            429,
+            Some("insufficient_quota"),
+            Some("project_spend_limit_exceeded"),
+            "m".into(),
+            &h,
+            RateLimitInfo::default(),
+        );
+        assert_eq!(q.kind, ErrorKind::InsufficientQuota);
+    }
+
+    #[test]
+    fn plain_http_is_refused_off_loopback() {
+        assert!(check_base_url("http://127.0.0.1:8080/v1", false).is_ok());
+        assert!(check_base_url("http://localhost:11434/v1", false).is_ok());
+        assert!(check_base_url("http://[::1]:8000/v1", false).is_ok());
+        assert!(check_base_url("https://api.openai.com/v1", false).is_ok());
+        let e = check_base_url("http://10.0.0.5:8000/v1", false).unwrap_err();
+        assert!(e.to_string().contains("unencrypted"), "{e}");
+        assert!(check_base_url("http://10.0.0.5:8000/v1", true).is_ok());
+        assert!(check_base_url("ftp://x", true).is_err());
+    }
+}

@@ -1,0 +1,376 @@
+//! OpenAI and every OpenAI-compatible server (vLLM, Ollama, llama.cpp server, LM Studio,
+//! OpenRouter, Groq, Together…): `/chat/completions`, and the legacy `/completions`.
+
+use reqwest::header::HeaderMap;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{classify, ApiError, Choice, Completion, ErrorKind, Provider, RateLimitInfo, Secret};
+use crate::config::{Endpoint, ModelConfig};
+use crate::types::{Message, Usage};
+
+/// The OpenAI API shape.
+#[derive(Debug, Clone)]
+pub struct OpenAi {
+    endpoint: Endpoint,
+    organization: Option<String>,
+    project: Option<String>,
+}
+
+impl OpenAi {
+    /// A provider for the given endpoint; reads `OPENAI_ORG_ID` / `OPENAI_PROJECT_ID` like
+    /// the official SDKs.
+    pub fn new(endpoint: Endpoint) -> OpenAi {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        OpenAi {
+            endpoint,
+            organization: env("OPENAI_ORG_ID"),
+            project: env("OPENAI_PROJECT_ID"),
+        }
+    }
+}
+
+/// True for models that refuse `max_tokens` and want `max_completion_tokens`
+/// (o-series reasoning models and the gpt-5 family).
+pub fn wants_max_completion_tokens(model: &str) -> bool {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    ["o1", "o3", "o4", "gpt-5"]
+        .iter()
+        .any(|p| m == *p || m.starts_with(&format!("{p}-")) || m.starts_with(&format!("{p}.")))
+}
+
+/// The generation settings every OpenAI-shaped body shares.
+pub(crate) fn common_params(model: &ModelConfig, body: &mut Map<String, Value>, chat: bool) {
+    let field = match &model.max_tokens_field {
+        Some(f) => f.clone(),
+        None if chat && wants_max_completion_tokens(&model.name) => {
+            "max_completion_tokens".to_string()
+        }
+        None => "max_tokens".to_string(),
+    };
+    body.insert(field, json!(model.max_tokens));
+    if let Some(t) = model.temperature {
+        body.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = model.top_p {
+        body.insert("top_p".into(), json!(p));
+    }
+    if !model.stop.is_empty() {
+        body.insert("stop".into(), json!(model.stop));
+    }
+    if let Some(s) = model.seed {
+        body.insert("seed".into(), json!(s));
+    }
+    if let Some(p) = model.presence_penalty {
+        body.insert("presence_penalty".into(), json!(p));
+    }
+    if let Some(p) = model.frequency_penalty {
+        body.insert("frequency_penalty".into(), json!(p));
+    }
+    if let Some(n) = model.n.filter(|n| *n > 1) {
+        body.insert("n".into(), json!(n));
+    }
+    if let Some(extra) = &model.extra {
+        if let Ok(Value::Object(m)) = serde_json::to_value(extra) {
+            body.extend(m);
+        }
+    }
+}
+
+/// Joins messages into one prompt for the legacy completions endpoint.
+fn completion_prompt(messages: &[Message]) -> String {
+    let mut out = String::new();
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push_str("\n\n");
+        }
+        out.push_str(&m.content);
+    }
+    out
+}
+
+impl Provider for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn body(&self, model: &ModelConfig, messages: &[Message]) -> Value {
+        let mut body = Map::new();
+        body.insert("model".into(), json!(model.name));
+        match self.endpoint {
+            Endpoint::Chat => {
+                body.insert("messages".into(), json!(messages));
+            }
+            Endpoint::Completions => {
+                body.insert("prompt".into(), json!(completion_prompt(messages)));
+            }
+        }
+        common_params(model, &mut body, self.endpoint == Endpoint::Chat);
+        Value::Object(body)
+    }
+
+    fn url(&self, base_url: &str, _model: &ModelConfig) -> String {
+        match self.endpoint {
+            Endpoint::Chat => format!("{base_url}/chat/completions"),
+            Endpoint::Completions => format!("{base_url}/completions"),
+        }
+    }
+
+    fn authorize(&self, mut req: reqwest::RequestBuilder, key: &Secret) -> reqwest::RequestBuilder {
+        if let Some(v) = key.header_value("Bearer ") {
+            req = req.header(reqwest::header::AUTHORIZATION, v);
+        }
+        if let Some(o) = &self.organization {
+            req = req.header("OpenAI-Organization", o);
+        }
+        if let Some(p) = &self.project {
+            req = req.header("OpenAI-Project", p);
+        }
+        req
+    }
+
+    fn parse(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Completion, ApiError> {
+        parse_openai(status, headers, body)
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorEnvelope {
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    code: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct OkBody {
+    #[serde(default)]
+    choices: Vec<OkChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OkChoice {
+    #[serde(default)]
+    message: Option<WireMessage>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+/// OpenAI's usage object (`completion_usage.py`); detail fields are optional and nullable.
+#[derive(Deserialize, Default)]
+pub(crate) struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize, Default)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    pub(crate) fn into_usage(self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.unwrap_or(0),
+            completion_tokens: self.completion_tokens.unwrap_or(0),
+            cached_tokens: self
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            cache_write_tokens: 0,
+            reasoning_tokens: self
+                .completion_tokens_details
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+fn bad_response(message: impl Into<String>, rate: RateLimitInfo) -> ApiError {
+    let mut e = ApiError::transport(ErrorKind::BadResponse, message);
+    e.rate = Box::new(rate);
+    e
+}
+
+/// Reads an OpenAI-shaped response (chat or text completion) or error.
+pub(crate) fn parse_openai(
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Completion, ApiError> {
+    let rate = RateLimitInfo::from_openai_headers(headers);
+    if !(200..300).contains(&status) {
+        let env: Option<ErrorEnvelope> = serde_json::from_slice(body).ok();
+        let err = env.and_then(|e| e.error);
+        let (message, kind, code) = match err {
+            Some(e) => (
+                e.message.unwrap_or_default(),
+                e.kind,
+                e.code.and_then(|c| c.as_str().map(str::to_string)),
+            ),
+            None => (snippet(body), None, None),
+        };
+        let message = if message.is_empty() {
+            "(no error message)".to_string()
+        } else {
+            message
+        };
+        return Err(classify(
+            status,
+            kind.as_deref(),
+            code.as_deref(),
+            message,
+            headers,
+            rate,
+        ));
+    }
+    let ok: OkBody = serde_json::from_slice(body).map_err(|e| {
+        bad_response(
+            format!("response is not the expected JSON ({e}): {}", snippet(body)),
+            rate,
+        )
+    })?;
+    if ok.choices.is_empty() {
+        return Err(bad_response("response has no choices", rate));
+    }
+    let choices = ok
+        .choices
+        .into_iter()
+        .map(|c| {
+            let text = match (c.message, c.text) {
+                (Some(m), _) => m.content.or(m.refusal).unwrap_or_default(),
+                (None, Some(t)) => t,
+                (None, None) => String::new(),
+            };
+            Choice {
+                text,
+                finish_reason: c.finish_reason,
+            }
+        })
+        .collect();
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(ok.id);
+    Ok(Completion {
+        choices,
+        usage: ok.usage.map(WireUsage::into_usage),
+        request_id,
+        rate,
+    })
+}
+
+/// The start of a body, for error messages, on a char boundary.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Action;
+
+    fn model(name: &str) -> ModelConfig {
+        toml::from_str(&format!(
+            "name = \"{name}\"\ntemperature = 0.5\nmax_tokens = 100"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn reasoning_models_get_max_completion_tokens() {
+        let p = OpenAi::new(Endpoint::Chat);
+        let msgs = [Message::new(crate::types::Role::User, "hi")];
+        let b = p.body(&model("gpt-4o-mini"), &msgs);
+        assert_eq!(b["max_tokens"], 100);
+        let b = p.body(&model("o3-mini"), &msgs);
+        assert_eq!(b["max_completion_tokens"], 100);
+        assert!(b.get("max_tokens").is_none());
+        assert!(wants_max_completion_tokens("gpt-5-nano"));
+        assert!(wants_max_completion_tokens("openai/o4-mini"));
+        assert!(!wants_max_completion_tokens("gpt-4o"));
+        assert!(!wants_max_completion_tokens("o1xyz"));
+        let c = OpenAi::new(Endpoint::Completions).body(&model("o3"), &msgs);
+        assert_eq!(c["prompt"], "hi");
+        assert_eq!(c["max_tokens"], 100);
+    }
+
+    #[test]
+    fn parses_a_chat_completion_with_usage_details() {
+        let body = br#"{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,
+            "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+        let c = parse_openai(200, &HeaderMap::new(), body).unwrap();
+        assert_eq!(c.choices[0].text, "Hello");
+        assert_eq!(c.choices[0].finish_reason.as_deref(), Some("stop"));
+        let u = c.usage.unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens
+            ),
+            (10, 5, 4, 2)
+        );
+    }
+
+    #[test]
+    fn hostile_bodies_are_failed_attempts() {
+        let h = HeaderMap::new();
+        let e = parse_openai(200, &h, b"<html>oops").unwrap_err();
+        assert_eq!((e.action, e.kind), (Action::Retry, ErrorKind::BadResponse));
+        let e = parse_openai(200, &h, br#"{"choices":[]}"#).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadResponse);
+        let e = parse_openai(
+            429,
+            &h,
+            br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.action, Action::AbortJob);
+        let e = parse_openai(502, &h, b"Bad Gateway").unwrap_err();
+        assert_eq!(e.action, Action::Retry);
+        assert!(e.to_string().contains("HTTP 502: Bad Gateway"), "{e}");
+    }
+}

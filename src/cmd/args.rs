@@ -1,0 +1,102 @@
+//! Flags shared by the commands that take a job file.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::{Job, Overrides, ProviderKind};
+
+/// Command-line overrides of job-file settings. Every job-file key also works as
+/// `--set section.key=value`.
+#[derive(Debug, Clone, Args, Default)]
+pub struct JobArgs {
+    /// The job file (TOML).
+    pub job: PathBuf,
+    /// Input file (overrides input.path).
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Output file, .csv or .jsonl (overrides output.path).
+    #[arg(long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Model name (overrides model.name).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Max tokens per response (overrides model.max_tokens).
+    #[arg(long)]
+    pub max_tokens: Option<u32>,
+    /// Sampling temperature (overrides model.temperature).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Requests per minute (overrides limits.requests_per_minute).
+    #[arg(long)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute (overrides limits.tokens_per_minute).
+    #[arg(long)]
+    pub tpm: Option<u32>,
+    /// Requests in flight at once (overrides limits.max_in_flight).
+    #[arg(long)]
+    pub max_in_flight: Option<u32>,
+    /// Retries per row (overrides limits.max_retries).
+    #[arg(long)]
+    pub max_retries: Option<u32>,
+    /// Hard budget cap in USD (overrides budget.max_usd).
+    #[arg(long, value_name = "USD")]
+    pub max_usd: Option<f64>,
+    /// API base URL (overrides api.base_url).
+    #[arg(long, value_name = "URL")]
+    pub base_url: Option<String>,
+    /// API provider (overrides api.provider).
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderKind>,
+    /// Expected completion tokens per request, for estimates (overrides
+    /// estimate.assume_output_tokens).
+    #[arg(long, value_name = "N")]
+    pub assume_output_tokens: Option<u32>,
+    /// Any job-file key: `--set model.top_p=0.9` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// A price table in LiteLLM's model_prices_and_context_window.json format, over the
+    /// built-in one.
+    #[arg(long, value_name = "FILE")]
+    pub prices: Option<PathBuf>,
+}
+
+impl JobArgs {
+    /// The overrides these flags ask for.
+    pub fn overrides(&self) -> Overrides {
+        let mut o = Overrides::default();
+        o.push_path("input.path", self.input.as_deref());
+        o.push_path("output.path", self.output.as_deref());
+        o.push("model.name", self.model.clone());
+        o.push("model.max_tokens", self.max_tokens.map(i64::from));
+        o.push("model.temperature", self.temperature);
+        o.push("limits.requests_per_minute", self.rpm.map(i64::from));
+        o.push("limits.tokens_per_minute", self.tpm.map(i64::from));
+        o.push("limits.max_in_flight", self.max_in_flight.map(i64::from));
+        o.push("limits.max_retries", self.max_retries.map(i64::from));
+        o.push("budget.max_usd", self.max_usd);
+        o.push("api.base_url", self.base_url.clone());
+        o.push(
+            "api.provider",
+            self.provider.map(|p| {
+                match p {
+                    ProviderKind::Openai => "openai",
+                    ProviderKind::Azure => "azure",
+                    ProviderKind::Anthropic => "anthropic",
+                }
+                .to_string()
+            }),
+        );
+        o.push(
+            "estimate.assume_output_tokens",
+            self.assume_output_tokens.map(i64::from),
+        );
+        o.set = self.set.clone();
+        o
+    }
+
+    /// Loads the job with these overrides.
+    pub fn load(&self) -> anyhow::Result<Job> {
+        Ok(Job::load(&self.job, &self.overrides())?)
+    }
+}

@@ -1,0 +1,746 @@
+//! The job file: what a job reads, how it prompts, which API it calls, under which limits,
+//! and where results go. TOML on disk, overridable from the command line.
+//!
+//! Precedence: command-line flags (named ones and `--set key=value`) win over the job file,
+//! the job file wins over defaults. Relative paths written in a job file resolve against the
+//! job file's folder; paths given on the command line resolve against the current directory.
+
+use serde::Deserialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::render::{MessageSpec, PromptSpec, TemplateSource};
+use crate::source::Format;
+use crate::types::Role;
+
+/// Everything that can go wrong reading a job file or its overrides.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read job file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("--set {arg}: {message}")]
+    Override { arg: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// A parsed job file, with defaults applied and paths resolved.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    /// A name for the job, shown in the summary. Defaults to the job file's stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `live` (default): call the API row by row. `batch`: use the provider's Batch API.
+    #[serde(default)]
+    pub mode: Mode,
+    pub input: InputConfig,
+    pub prompt: PromptConfig,
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub budget: BudgetConfig,
+    pub output: OutputConfig,
+    #[serde(default)]
+    pub estimate: EstimateConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// The job file's folder: relative paths in the file resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+    /// The job file itself.
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+/// How rows are sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One request per row, concurrently, under the rate limits.
+    #[default]
+    Live,
+    /// The provider's Batch API: half price, results within 24 hours.
+    Batch,
+}
+
+/// `[input]`: where rows come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// CSV, TSV or JSONL file.
+    pub path: PathBuf,
+    /// Overrides the format guessed from the extension.
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Column that identifies a row; defaults to the row number.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Record unreadable rows as failed rows instead of refusing to start.
+    #[serde(default)]
+    pub skip_bad_rows: bool,
+}
+
+/// `[prompt]`: how a row becomes messages.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptConfig {
+    /// Inline system message template.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// System message template file.
+    #[serde(default)]
+    pub system_template: Option<PathBuf>,
+    /// Inline user message template.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// User message template file.
+    #[serde(default)]
+    pub template: Option<PathBuf>,
+    /// A full message list (few-shot examples etc.), instead of system/user.
+    #[serde(default)]
+    pub messages: Vec<MessageConfig>,
+}
+
+/// One `[[prompt.messages]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageConfig {
+    pub role: Role,
+    /// Inline template.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Template file.
+    #[serde(default)]
+    pub template: Option<PathBuf>,
+}
+
+/// `[model]`: the model and its generation settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    /// Upper bound on generated tokens per request; also what the budget and the token
+    /// limiter reserve before a request is sent.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// Number of variants per row.
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// Stream the response (server-sent events), so long generations are not cut by idle
+    /// timeouts; usage is still recorded.
+    #[serde(default)]
+    pub stream: bool,
+    /// A JSON schema (inline TOML table) the response must follow; its top-level fields
+    /// become output columns.
+    #[serde(default)]
+    pub schema: Option<toml::Value>,
+    /// A JSON schema file, instead of `schema`.
+    #[serde(default)]
+    pub schema_file: Option<PathBuf>,
+    /// `max_tokens` or `max_completion_tokens`; by default chosen from the model name
+    /// (o-series and gpt-5 take `max_completion_tokens`).
+    #[serde(default)]
+    pub max_tokens_field: Option<String>,
+    /// Extra fields merged into every request body, for provider-specific settings.
+    #[serde(default)]
+    pub extra: Option<toml::Table>,
+}
+
+fn default_max_tokens() -> u32 {
+    1024
+}
+
+/// Which API shape to speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// OpenAI or any OpenAI-compatible server (vLLM, Ollama, llama.cpp, LM Studio, OpenRouter…).
+    #[default]
+    Openai,
+    /// Azure OpenAI deployments.
+    Azure,
+    /// Anthropic Messages API.
+    Anthropic,
+}
+
+/// Which endpoint of an OpenAI-compatible API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Endpoint {
+    /// `/chat/completions` with messages.
+    #[default]
+    Chat,
+    /// The legacy `/completions` with a prompt string.
+    Completions,
+}
+
+/// `[api]`: where requests go and how they authenticate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default)]
+    pub provider: ProviderKind,
+    #[serde(default)]
+    pub endpoint: Endpoint,
+    /// Defaults to the provider's environment variable (`OPENAI_BASE_URL`…), then its
+    /// public endpoint.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Environment variable holding the API key (default: the provider's usual one).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// A file holding the API key (its first line), instead of an environment variable.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Refused: keys never live in job files. Present only to give a clear message.
+    #[serde(default)]
+    pub api_key: Option<toml::Value>,
+    /// Azure: `api-version` query parameter.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Azure: deployment name (defaults to the model name).
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Seconds allowed for one whole request (default 600, like the OpenAI SDKs).
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// Seconds allowed to open a connection (default 10).
+    #[serde(default)]
+    pub connect_timeout_secs: Option<f64>,
+    /// Allow a plain `http://` base URL that is not on loopback (the key would travel in clear).
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+}
+
+/// `[limits]`: how fast and how hard to try.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per minute; unset = learn from the provider's rate-limit headers.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// Tokens per minute (prompt + max_tokens per request, as providers count them).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+    /// Requests in flight at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// Retries per row after transient errors (429 rate limits, 5xx, timeouts).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+fn default_max_in_flight() -> u32 {
+    64
+}
+
+fn default_max_retries() -> u32 {
+    8
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            max_in_flight: default_max_in_flight(),
+            max_retries: default_max_retries(),
+        }
+    }
+}
+
+/// `[budget]`: the hard spending cap.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Never start a request that could push spent + reserved cost over this many dollars.
+    #[serde(default)]
+    pub max_usd: Option<f64>,
+}
+
+/// `[output]`: where results go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// `.csv` or `.jsonl`; the journal and summary are written beside it.
+    pub path: PathBuf,
+    /// Input columns to copy into the output (default: all).
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    /// Neutralise generated CSV cells that a spreadsheet would run as a formula.
+    #[serde(default = "default_true")]
+    pub formula_guard: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `[estimate]`: assumptions of the dry run.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateConfig {
+    /// Expected completion tokens per request (default: half of max_tokens).
+    #[serde(default)]
+    pub assume_output_tokens: Option<u32>,
+}
+
+/// `[cache]`: the opt-in response cache.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Command-line overrides, applied over the job file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--set key.path=value` pairs; values are TOML (bare words are taken as strings).
+    pub set: Vec<String>,
+    /// Named flags, already as (dotted key, TOML value).
+    pub named: Vec<(&'static str, toml::Value)>,
+}
+
+impl Overrides {
+    /// Adds a named override when the flag was given.
+    pub fn push<T: Into<toml::Value>>(&mut self, key: &'static str, value: Option<T>) {
+        if let Some(v) = value {
+            self.named.push((key, v.into()));
+        }
+    }
+
+    /// Adds a path override, made absolute against the current directory.
+    pub fn push_path(&mut self, key: &'static str, value: Option<&Path>) {
+        if let Some(p) = value {
+            let abs = std::env::current_dir()
+                .map(|d| d.join(p))
+                .unwrap_or_else(|_| p.to_path_buf());
+            self.named
+                .push((key, toml::Value::String(abs.to_string_lossy().into_owned())));
+        }
+    }
+}
+
+impl Job {
+    /// Reads a job file and applies overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Job, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Job::from_str(&text, path, overrides)
+    }
+
+    /// Parses job file text (`path` is used for messages and relative paths).
+    pub fn from_str(text: &str, path: &Path, overrides: &Overrides) -> Result<Job, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        };
+        // First parse the file as written, so errors carry its line and column.
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        if overrides.set.is_empty() && overrides.named.is_empty() {
+            let _: Job = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        }
+        for (key, value) in &overrides.named {
+            set_dotted(&mut table, key, value.clone()).map_err(|message| {
+                ConfigError::Override {
+                    arg: key.to_string(),
+                    message,
+                }
+            })?;
+        }
+        for arg in &overrides.set {
+            let (key, raw) = arg.split_once('=').ok_or_else(|| ConfigError::Override {
+                arg: arg.clone(),
+                message: "expected key=value, e.g. --set model.temperature=0.2".into(),
+            })?;
+            let value = parse_override_value(raw.trim());
+            set_dotted(&mut table, key.trim(), value).map_err(|message| ConfigError::Override {
+                arg: arg.clone(),
+                message,
+            })?;
+        }
+        let mut job: Job = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                parse_err(format!("after command-line overrides: {e}"))
+            })?;
+        job.file = path.to_path_buf();
+        job.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        job.resolve_paths();
+        job.validate()?;
+        Ok(job)
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn resolve_paths(&mut self) {
+        self.input.path = self.resolve(&self.input.path);
+        self.output.path = self.resolve(&self.output.path);
+        let r = |s: &Job, p: &mut Option<PathBuf>| {
+            if let Some(x) = p.as_mut() {
+                *x = s.resolve(x);
+            }
+        };
+        let mut t = self.prompt.template.take();
+        r(self, &mut t);
+        self.prompt.template = t;
+        let mut t = self.prompt.system_template.take();
+        r(self, &mut t);
+        self.prompt.system_template = t;
+        let mut msgs = std::mem::take(&mut self.prompt.messages);
+        for m in &mut msgs {
+            r(self, &mut m.template);
+        }
+        self.prompt.messages = msgs;
+        let mut t = self.model.schema_file.take();
+        r(self, &mut t);
+        self.model.schema_file = t;
+        let mut t = self.api.api_key_file.take();
+        r(self, &mut t);
+        self.api.api_key_file = t;
+        let mut t = self.cache.dir.take();
+        r(self, &mut t);
+        self.cache.dir = t;
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.file.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.api.api_key.is_some() {
+            return Err(self.invalid(format!(
+                "api.api_key: API keys are never read from job files (they end up in version \
+                 control and logs); remove it and set the environment variable {} instead, or \
+                 point api.api_key_file at a file that holds the key",
+                self.api_key_env()
+            )));
+        }
+        if self.model.name.trim().is_empty() {
+            return Err(self.invalid("model.name: must not be empty"));
+        }
+        if self.model.max_tokens == 0 {
+            return Err(self.invalid("model.max_tokens: must be at least 1"));
+        }
+        if let Some(t) = self.model.temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(self.invalid(format!("model.temperature: {t} is outside 0.0..=2.0")));
+            }
+        }
+        if let Some(p) = self.model.top_p {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(self.invalid(format!("model.top_p: {p} is outside 0.0..=1.0")));
+            }
+        }
+        if self.model.n == Some(0) {
+            return Err(self.invalid("model.n: must be at least 1"));
+        }
+        if self.model.schema.is_some() && self.model.schema_file.is_some() {
+            return Err(self.invalid("model: give either schema or schema_file, not both"));
+        }
+        if self.limits.requests_per_minute == Some(0) {
+            return Err(self.invalid("limits.requests_per_minute: must be at least 1"));
+        }
+        if self.limits.tokens_per_minute == Some(0) {
+            return Err(self.invalid("limits.tokens_per_minute: must be at least 1"));
+        }
+        if self.limits.max_in_flight == 0 {
+            return Err(self.invalid("limits.max_in_flight: must be at least 1"));
+        }
+        if let Some(b) = self.budget.max_usd {
+            if !b.is_finite() || b < 0.0 {
+                return Err(self.invalid(format!("budget.max_usd: {b} is not a dollar amount")));
+            }
+        }
+        match self.output_format() {
+            Some(_) => {}
+            None => {
+                return Err(self.invalid(format!(
+                    "output.path: {} must end in .csv or .jsonl",
+                    self.output.path.display()
+                )))
+            }
+        }
+        if self.input.format.is_none() && Format::from_path(&self.input.path).is_none() {
+            return Err(self.invalid(format!(
+                "input.path: cannot tell the format of {} from its extension; set input.format \
+                 to \"csv\", \"tsv\" or \"jsonl\"",
+                self.input.path.display()
+            )));
+        }
+        let p = &self.prompt;
+        if p.system.is_some() && p.system_template.is_some() {
+            return Err(self.invalid("prompt: give either system or system_template, not both"));
+        }
+        if p.user.is_some() && p.template.is_some() {
+            return Err(self.invalid("prompt: give either user or template, not both"));
+        }
+        for (i, m) in p.messages.iter().enumerate() {
+            if m.content.is_some() == m.template.is_some() {
+                return Err(self.invalid(format!(
+                    "prompt.messages[{i}]: give exactly one of content or template"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The job's display name.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "job".into())
+        })
+    }
+
+    /// The input format, from `input.format` or the extension.
+    pub fn input_format(&self) -> Option<Format> {
+        self.input
+            .format
+            .or_else(|| Format::from_path(&self.input.path))
+    }
+
+    /// The output format, from the extension.
+    pub fn output_format(&self) -> Option<OutputFormat> {
+        let ext = self.output.path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(OutputFormat::Csv),
+            "jsonl" | "ndjson" => Some(OutputFormat::Jsonl),
+            _ => None,
+        }
+    }
+
+    /// The environment variable the API key is read from.
+    pub fn api_key_env(&self) -> String {
+        self.api.api_key_env.clone().unwrap_or_else(|| {
+            match self.api.provider {
+                ProviderKind::Openai => "OPENAI_API_KEY",
+                ProviderKind::Azure => "AZURE_OPENAI_API_KEY",
+                ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+            }
+            .to_string()
+        })
+    }
+
+    /// The prompt as the render stage wants it.
+    pub fn prompt_spec(&self) -> PromptSpec {
+        let src = |inline: &Option<String>, file: &Option<PathBuf>| match (inline, file) {
+            (Some(s), _) => Some(TemplateSource::Inline(s.clone())),
+            (None, Some(f)) => Some(TemplateSource::File(f.clone())),
+            (None, None) => None,
+        };
+        PromptSpec {
+            system: src(&self.prompt.system, &self.prompt.system_template),
+            user: src(&self.prompt.user, &self.prompt.template),
+            messages: self
+                .prompt
+                .messages
+                .iter()
+                .filter_map(|m| {
+                    src(&m.content, &m.template).map(|source| MessageSpec {
+                        role: m.role,
+                        source,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Where the journal of finished rows lives: beside the output.
+    pub fn journal_path(&self) -> PathBuf {
+        sibling(&self.output.path, "journal.jsonl")
+    }
+
+    /// Where the run summary JSON is written: beside the output.
+    pub fn summary_path(&self) -> PathBuf {
+        sibling(&self.output.path, "summary.json")
+    }
+
+    /// Where Batch API state (uploaded files, batch ids) lives: beside the output.
+    pub fn batch_state_path(&self) -> PathBuf {
+        sibling(&self.output.path, "batches.json")
+    }
+}
+
+/// `out/copy.csv` + `journal.jsonl` → `out/copy.journal.jsonl`.
+fn sibling(output: &Path, suffix: &str) -> PathBuf {
+    let stem = output
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into());
+    output.with_file_name(format!("{stem}.{suffix}"))
+}
+
+/// Output file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Csv,
+    Jsonl,
+}
+
+impl fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OutputFormat::Csv => "csv",
+            OutputFormat::Jsonl => "jsonl",
+        })
+    }
+}
+
+/// A `--set` value: TOML if it parses as a TOML value, else a plain string.
+fn parse_override_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or(toml::Value::String(raw.to_string())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+fn set_dotted(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!(
+            "'{key}' is not a dotted key like model.temperature"
+        ));
+    }
+    let (last, parents) = parts.split_last().ok_or("empty key")?;
+    let mut cur = table;
+    for p in parents {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(format!("'{p}' is not a table")),
+        };
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[input]
+path = "rows.csv"
+[prompt]
+user = "Hello {{ name }}"
+[model]
+name = "gpt-4o-mini"
+[output]
+path = "out/result.csv"
+"#;
+
+    fn load(text: &str, ov: &Overrides) -> Result<Job, ConfigError> {
+        Job::from_str(text, Path::new("jobs/demo.toml"), ov)
+    }
+
+    #[test]
+    fn minimal_job_gets_defaults_and_paths_relative_to_the_job_file() {
+        let job = load(MINIMAL, &Overrides::default()).unwrap();
+        assert_eq!(job.input.path, Path::new("jobs/rows.csv"));
+        assert_eq!(job.output.path, Path::new("jobs/out/result.csv"));
+        assert_eq!(
+            job.journal_path(),
+            Path::new("jobs/out/result.journal.jsonl")
+        );
+        assert_eq!(
+            job.summary_path(),
+            Path::new("jobs/out/result.summary.json")
+        );
+        assert_eq!(job.model.max_tokens, 1024);
+        assert_eq!(job.limits.max_in_flight, 64);
+        assert_eq!(job.display_name(), "demo");
+        assert_eq!(job.api_key_env(), "OPENAI_API_KEY");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let text = MINIMAL.replace("name = \"gpt-4o-mini\"", "name = \"x\"\ntemprature = 0.3");
+        let err = load(&text, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.starts_with("jobs/demo.toml: "), "{err}");
+        assert!(err.contains("unknown field `temprature`"), "{err}");
+        assert!(err.contains("line 8"), "{err}");
+    }
+
+    #[test]
+    fn a_key_in_the_job_file_is_refused_and_not_echoed() {
+        let text = format!("{MINIMAL}\n[api]\napi_key = \"sk-secret-123\"\n");
+        let err = load(&text, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("OPENAI_API_KEY"), "{err}");
+        assert!(!err.contains("sk-secret-123"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let mut ov = Overrides::default();
+        ov.push("model.name", Some("gpt-4.1"));
+        ov.set.push("model.temperature=0.25".into());
+        ov.set.push("limits.requests_per_minute=120".into());
+        let job = load(MINIMAL, &ov).unwrap();
+        assert_eq!(job.model.name, "gpt-4.1");
+        assert_eq!(job.model.temperature, Some(0.25));
+        assert_eq!(job.limits.requests_per_minute, Some(120));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut ov = Overrides::default();
+        ov.set.push("model.temperature=7".into());
+        let err = load(MINIMAL, &ov).unwrap_err().to_string();
+        assert!(err.contains("model.temperature: 7 is outside"), "{err}");
+        let mut ov = Overrides::default();
+        ov.set.push("output.path=\"x.xlsx\"".into());
+        let err = load(MINIMAL, &ov).unwrap_err().to_string();
+        assert!(err.contains("must end in .csv or .jsonl"), "{err}");
+        let mut ov = Overrides::default();
+        ov.set.push("nonsense".into());
+        assert!(load(MINIMAL, &ov)
+            .unwrap_err()
+            .to_string()
+            .contains("key=value"));
+    }
+}

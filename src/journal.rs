@@ -1,0 +1,388 @@
+//! The journal: an append-only JSONL file beside the output holding one record per finished
+//! row, written the moment a response arrives. It is the source of truth: the output file is
+//! built from it, and a re-run reads it to skip rows already paid for.
+//!
+//! A crash (even `kill -9`) loses at most the requests in flight: each record is handed to the
+//! OS in one `write` as soon as it exists. A crash in the middle of that write leaves a
+//! truncated last line; opening the journal detects it, cuts it off, and goes on.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::Choice;
+use crate::types::{Money, Usage};
+
+/// How a row ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Failed,
+}
+
+/// One finished row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// 0-based row index in the input.
+    pub row: u64,
+    /// The row's id (checked on resume, so a reordered input is not mistaken for done).
+    pub id: String,
+    /// Hash of exactly what was sent (provider, URL, body); a changed template or model
+    /// changes it, and the row is redone.
+    pub hash: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<Choice>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Cost in picodollars; None when the model has no known price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_pico: Option<u64>,
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Served from the response cache (cost nothing this time).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
+    /// Priced at Batch API rates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
+    /// Structured-output fields parsed from the response, when the job has a schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Errors reading or writing the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where each row's latest record sits in the journal file: one u64 per row
+/// (8 MB for a million rows), `NONE` where the row has no record.
+#[derive(Debug, Default, Clone)]
+pub struct JournalIndex {
+    offsets: Vec<u64>,
+    /// Records read or written.
+    pub records: u64,
+    /// A truncated or corrupt tail was cut off when opening.
+    pub repaired_tail: bool,
+    /// Corrupt lines in the middle of the file that were skipped.
+    pub skipped_lines: u64,
+    /// Money spent on every response recorded (superseded ones too: they were paid for).
+    pub spent: Money,
+    /// Responses recorded without a known price.
+    pub unpriced: u64,
+}
+
+const NONE: u64 = u64::MAX;
+
+impl JournalIndex {
+    fn set(&mut self, row: u64, offset: u64) {
+        let i = row as usize;
+        if self.offsets.len() <= i {
+            self.offsets.resize(i + 1, NONE);
+        }
+        self.offsets[i] = offset;
+        self.records += 1;
+    }
+
+    /// Offset of the row's latest record.
+    pub fn offset(&self, row: u64) -> Option<u64> {
+        self.offsets
+            .get(row as usize)
+            .copied()
+            .filter(|o| *o != NONE)
+    }
+
+    /// Number of rows with at least one record.
+    pub fn rows_with_records(&self) -> u64 {
+        self.offsets.iter().filter(|o| **o != NONE).count() as u64
+    }
+}
+
+/// Appends records.
+pub struct JournalWriter {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    index: JournalIndex,
+    line: Vec<u8>,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens (or creates) a journal: reads what is there into an index, cuts off a truncated
+/// tail, and returns a writer positioned at the end.
+pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
+    let err = io_err(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(&err)?;
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(&err)?;
+    let mut index = JournalIndex::default();
+    let mut good_end = 0u64;
+    {
+        let mut reader = BufReader::with_capacity(1 << 16, &mut file);
+        let mut line = Vec::new();
+        let mut offset = 0u64;
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).map_err(&err)? as u64;
+            if n == 0 {
+                break;
+            }
+            let complete = line.last() == Some(&b'\n');
+            match serde_json::from_slice::<RowOnly>(&line) {
+                Ok(r) if complete => {
+                    index.set(r.row, offset);
+                    if r.usage.is_some() && !r.cached {
+                        match r.cost_pico {
+                            Some(c) => index.spent = index.spent.saturating_add(Money(c)),
+                            None => index.unpriced += 1,
+                        }
+                    }
+                    good_end = offset + n;
+                }
+                _ if !complete => {
+                    // A crash mid-write: the last line is cut. Drop it below.
+                    index.repaired_tail = true;
+                }
+                _ => {
+                    index.skipped_lines += 1;
+                    good_end = offset + n;
+                }
+            }
+            offset += n;
+        }
+        if offset != good_end {
+            index.repaired_tail = true;
+        }
+    }
+    if index.repaired_tail {
+        file.set_len(good_end).map_err(&err)?;
+        tracing::warn!(
+            "{}: the last record was cut off (an earlier run was killed mid-write); it was \
+             dropped and that row will be redone",
+            path.display()
+        );
+    }
+    index.records = index.rows_with_records();
+    Ok(JournalWriter {
+        file,
+        path: path.to_path_buf(),
+        len: good_end,
+        index,
+        line: Vec::with_capacity(1024),
+    })
+}
+
+/// The part of a record the opening scan needs.
+#[derive(Deserialize)]
+struct RowOnly {
+    row: u64,
+    #[serde(default)]
+    cost_pico: Option<u64>,
+    #[serde(default)]
+    cached: bool,
+    #[serde(default)]
+    usage: Option<serde::de::IgnoredAny>,
+}
+
+impl JournalWriter {
+    /// Appends one record in a single write, so it is in the OS's hands before the next
+    /// response is even looked at.
+    pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record).map_err(|e| JournalError::Io {
+            path: self.path.clone(),
+            source: e.into(),
+        })?;
+        self.line.push(b'\n');
+        self.file
+            .write_all(&self.line)
+            .map_err(io_err(&self.path))?;
+        self.index.set(record.row, self.len);
+        if record.usage.is_some() && !record.cached {
+            match record.cost_pico {
+                Some(c) => self.index.spent = self.index.spent.saturating_add(Money(c)),
+                None => self.index.unpriced += 1,
+            }
+        }
+        self.len += self.line.len() as u64;
+        Ok(())
+    }
+
+    /// Forces written records to disk (survives power loss, not just process death).
+    pub fn sync(&mut self) -> Result<(), JournalError> {
+        self.file.sync_data().map_err(io_err(&self.path))
+    }
+
+    /// The index of records so far.
+    pub fn index(&self) -> &JournalIndex {
+        &self.index
+    }
+
+    /// Finishes writing; returns the index.
+    pub fn finish(mut self) -> Result<JournalIndex, JournalError> {
+        self.sync()?;
+        Ok(self.index)
+    }
+
+    /// The journal's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads records by offset (random access into the journal file).
+pub struct JournalReader {
+    reader: BufReader<File>,
+    path: PathBuf,
+    line: Vec<u8>,
+}
+
+impl JournalReader {
+    /// Opens a journal for reading.
+    pub fn open(path: &Path) -> Result<JournalReader, JournalError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        Ok(JournalReader {
+            reader: BufReader::with_capacity(8192, file),
+            path: path.to_path_buf(),
+            line: Vec::with_capacity(1024),
+        })
+    }
+
+    /// The record at `offset` (from a [`JournalIndex`]).
+    pub fn read_at(&mut self, offset: u64) -> Result<Record, JournalError> {
+        let err = io_err(&self.path);
+        self.reader.seek(SeekFrom::Start(offset)).map_err(&err)?;
+        self.line.clear();
+        (&mut self.reader)
+            .take(u64::MAX)
+            .read_until(b'\n', &mut self.line)
+            .map_err(&err)?;
+        serde_json::from_slice(&self.line).map_err(|e| JournalError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("record at byte {offset}: {e}"),
+            ),
+        })
+    }
+
+    /// The latest record of a row, if any.
+    pub fn get(&mut self, index: &JournalIndex, row: u64) -> Result<Option<Record>, JournalError> {
+        match index.offset(row) {
+            Some(o) => self.read_at(o).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(row: u64, status: Status) -> Record {
+        Record {
+            row,
+            id: format!("id-{row}"),
+            hash: "h".into(),
+            status,
+            choices: vec![Choice {
+                text: format!("text {row}"),
+                finish_reason: Some("stop".into()),
+            }],
+            usage: Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                ..Usage::default()
+            }),
+            cost_pico: Some(12),
+            attempts: 1,
+            error: None,
+            cached: false,
+            batch: false,
+            fields: None,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening_and_the_latest_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut w = open(&path).unwrap();
+        w.append(&rec(0, Status::Failed)).unwrap();
+        w.append(&rec(2, Status::Ok)).unwrap();
+        w.append(&rec(0, Status::Ok)).unwrap();
+        drop(w);
+        let w = open(&path).unwrap();
+        let idx = w.index().clone();
+        assert_eq!(idx.records, 2);
+        assert!(!idx.repaired_tail);
+        let mut r = JournalReader::open(&path).unwrap();
+        assert_eq!(r.get(&idx, 0).unwrap().unwrap().status, Status::Ok);
+        assert_eq!(r.get(&idx, 2).unwrap().unwrap(), rec(2, Status::Ok));
+        assert!(r.get(&idx, 1).unwrap().is_none());
+        assert!(r.get(&idx, 99).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_truncated_tail_is_cut_off_and_appending_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut w = open(&path).unwrap();
+        w.append(&rec(0, Status::Ok)).unwrap();
+        w.append(&rec(1, Status::Ok)).unwrap();
+        drop(w);
+        let full = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &full[..full.len() - 10]).unwrap();
+        let mut w = open(&path).unwrap();
+        assert!(w.index().repaired_tail);
+        assert_eq!(w.index().records, 1);
+        assert!(w.index().offset(1).is_none());
+        w.append(&rec(1, Status::Ok)).unwrap();
+        drop(w);
+        let w = open(&path).unwrap();
+        assert!(!w.index().repaired_tail);
+        assert_eq!(w.index().records, 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+    }
+
+    #[test]
+    fn a_garbage_line_in_the_middle_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut w = open(&path).unwrap();
+        w.append(&rec(0, Status::Ok)).unwrap();
+        drop(w);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{not json}\n").unwrap();
+        drop(f);
+        let mut w = open(&path).unwrap();
+        w.append(&rec(1, Status::Ok)).unwrap();
+        let idx = w.finish().unwrap();
+        assert_eq!(idx.records, 2);
+        let mut r = JournalReader::open(&path).unwrap();
+        assert_eq!(r.get(&idx, 1).unwrap().unwrap().row, 1);
+    }
+}

@@ -1,0 +1,153 @@
+//! From a row to exactly what will be sent: rendered messages, the provider's request body,
+//! its hash (the row's identity for resume and cache), and its prompt-token count.
+//!
+//! The dry run, the validation pass and the live run all plan rows with the same code, so the
+//! estimate prices exactly the requests the run sends.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::client::Provider;
+use crate::config::{Endpoint, Job};
+use crate::render::{RenderError, Renderer};
+use crate::tokens::TokenCounter;
+use crate::types::{Message, Row};
+
+/// One row, ready to send.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub messages: Vec<Message>,
+    pub body: Value,
+    /// Hex SHA-256 of provider, URL and body: equal hashes mean identical requests.
+    pub hash: String,
+    /// Prompt tokens as the API will bill them (exact for OpenAI model families).
+    pub prompt_tokens: u64,
+}
+
+/// Plans rows for one job.
+pub struct Planner {
+    renderer: Renderer,
+    counter: TokenCounter,
+    provider: Box<dyn Provider>,
+    job: Job,
+    url: String,
+}
+
+impl Planner {
+    /// A planner for `job` speaking through `provider` to `base_url`.
+    pub fn new(
+        job: &Job,
+        renderer: Renderer,
+        provider: Box<dyn Provider>,
+        base_url: &str,
+    ) -> Planner {
+        let url = provider.url(base_url, &job.model);
+        Planner {
+            renderer,
+            counter: TokenCounter::for_model(&job.model.name),
+            provider,
+            job: job.clone(),
+            url,
+        }
+    }
+
+    /// Renders and prices one row.
+    pub fn plan(&self, row: &Row) -> Result<Planned, RenderError> {
+        let messages = self.renderer.render(row)?;
+        let body = self.provider.body(&self.job.model, &messages);
+        let prompt_tokens = match self.job.api.endpoint {
+            Endpoint::Chat => self.counter.count_chat(&messages),
+            Endpoint::Completions => {
+                let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                self.counter.count_text(&text.join("\n\n"))
+            }
+        };
+        let hash = request_hash(self.provider.name(), &self.url, &body);
+        Ok(Planned {
+            messages,
+            body,
+            hash,
+            prompt_tokens,
+        })
+    }
+
+    /// True when prompt-token counts are exact for this model.
+    pub fn exact_tokens(&self) -> bool {
+        self.counter.is_exact()
+    }
+
+    /// Tokens a request may generate in total (max_tokens × variants).
+    pub fn max_completion_tokens(&self) -> u64 {
+        self.job.model.max_tokens as u64 * self.job.model.n.unwrap_or(1).max(1) as u64
+    }
+
+    /// The prompt-token count to reserve for budget and rate limits: exact counts as they
+    /// are, approximations with a 25% margin so the cap holds even when they run low.
+    pub fn prompt_tokens_to_reserve(&self, counted: u64) -> u64 {
+        if self.counter.is_exact() {
+            counted
+        } else {
+            counted + counted / 4 + 8
+        }
+    }
+
+    /// The renderer (for its variable list).
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+}
+
+/// The identity of a request: SHA-256 over provider, URL and canonical body JSON.
+pub fn request_hash(provider: &str, url: &str, body: &Value) -> String {
+    let mut h = Sha256::new();
+    h.update(provider.as_bytes());
+    h.update(b"\n");
+    h.update(url.as_bytes());
+    h.update(b"\n");
+    // serde_json writes object keys in a fixed order, so equal bodies hash equal.
+    if let Ok(bytes) = serde_json::to_vec(body) {
+        h.update(&bytes);
+    }
+    let digest = h.finalize();
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hash_changes_with_what_is_sent() {
+        let a = request_hash(
+            "openai",
+            "u",
+            &json!({"model":"m","messages":[{"role":"user","content":"hi"}]}),
+        );
+        let b = request_hash(
+            "openai",
+            "u",
+            &json!({"model":"m","messages":[{"role":"user","content":"hi"}]}),
+        );
+        let c = request_hash(
+            "openai",
+            "u",
+            &json!({"model":"m","messages":[{"role":"user","content":"ho"}]}),
+        );
+        let d = request_hash(
+            "openai",
+            "v",
+            &json!({"model":"m","messages":[{"role":"user","content":"hi"}]}),
+        );
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(a, d);
+        assert_eq!(a.len(), 32);
+    }
+}

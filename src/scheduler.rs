@@ -1,0 +1,366 @@
+//! The live scheduler: takes planned rows, keeps up to `max_in_flight` requests going under
+//! the limiter and the budget, retries what is transient, and journals every finished row
+//! the moment it finishes.
+//!
+//! Two cancellation signals run through it, as in mini-redis's shutdown: `stop` ends
+//! scheduling (Ctrl-C, budget reached, a fatal API error) while requests in flight finish;
+//! `cancel` drops the requests in flight too (a second Ctrl-C, the grace period over, or
+//! a fatal error where waiting cannot help).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde_json::Value;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::budget::{Budget, Reservation};
+use crate::client::{Action, ApiError, Client, Completion, ErrorKind};
+use crate::cost::{ModelPrice, Tier};
+use crate::journal::{JournalWriter, Record, Status};
+use crate::limit::Limiter;
+use crate::progress::Progress;
+use crate::types::Money;
+
+/// A row ready to be sent.
+#[derive(Debug)]
+pub struct WorkItem {
+    pub row: u64,
+    pub id: String,
+    pub hash: String,
+    pub body: Value,
+    /// Tokens the limiter charges before sending (prompt + max completion).
+    pub limiter_tokens: u64,
+    /// Worst-case cost reserved against the budget.
+    pub worst_cost: Money,
+}
+
+/// Counters of one run, shared by all requests.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    /// HTTP attempts sent.
+    pub attempts: AtomicU64,
+    /// Attempts that were retries.
+    pub retries: AtomicU64,
+    /// 429 rate-limit answers.
+    pub rate_limited: AtomicU64,
+    /// 5xx answers.
+    pub server_errors: AtomicU64,
+    /// Other failed attempts (timeouts, connection errors, bad bodies).
+    pub other_errors: AtomicU64,
+    pub succeeded: AtomicU64,
+    pub failed: AtomicU64,
+    /// Tokens reported by the API in this run (prompt + completion).
+    pub tokens: AtomicU64,
+    /// Picodollars spent in this run.
+    pub cost_pico: AtomicU64,
+}
+
+/// Why scheduling ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// Every planned row was sent and finished.
+    Completed,
+    /// The API said no for every row (bad key, no quota…); the message says what.
+    Aborted(String),
+    /// The next request could have crossed the budget cap.
+    Budget,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+/// Everything a request task needs.
+pub struct Scheduler {
+    pub client: Client,
+    pub limiter: Limiter,
+    pub budget: Budget,
+    pub journal: Mutex<JournalWriter>,
+    pub price: Option<ModelPrice>,
+    pub tier: Tier,
+    pub max_retries: u32,
+    pub max_in_flight: u32,
+    pub stats: RunStats,
+    pub progress: Progress,
+    /// Stop taking new rows.
+    pub stop: CancellationToken,
+    /// Drop requests in flight.
+    pub cancel: CancellationToken,
+    abort_reason: Mutex<Option<String>>,
+    interrupted: std::sync::atomic::AtomicBool,
+}
+
+/// How many 429 answers one row may get before it is given up (they are a signal to slow
+/// down, so they are not counted against `max_retries`).
+const MAX_RATE_LIMIT_RETRIES: u32 = 64;
+
+impl Scheduler {
+    /// A scheduler with fresh counters.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        limiter: Limiter,
+        budget: Budget,
+        journal: JournalWriter,
+        price: Option<ModelPrice>,
+        tier: Tier,
+        max_retries: u32,
+        max_in_flight: u32,
+        progress: Progress,
+    ) -> Scheduler {
+        Scheduler {
+            client,
+            limiter,
+            budget,
+            journal: Mutex::new(journal),
+            price,
+            tier,
+            max_retries,
+            max_in_flight: max_in_flight.max(1),
+            stats: RunStats::default(),
+            progress,
+            stop: CancellationToken::new(),
+            cancel: CancellationToken::new(),
+            abort_reason: Mutex::new(None),
+            interrupted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the run as interrupted by a signal (the first one stops scheduling).
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Relaxed);
+        self.stop.cancel();
+    }
+
+    /// Stops the job for a reason that no retry can fix; only the first reason is kept.
+    fn abort(&self, e: &ApiError) {
+        let mut g = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(self.client.scrub(&describe_abort(e)));
+        }
+        self.stop.cancel();
+        self.cancel.cancel();
+    }
+
+    /// Sends every item from `rx`; returns when all are finished or the run is stopped.
+    pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<WorkItem>) -> StopReason {
+        let sem = Arc::new(Semaphore::new(self.max_in_flight as usize));
+        let mut tasks = JoinSet::new();
+        let mut budget_stop = false;
+        'feed: loop {
+            let item = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                item = rx.recv() => match item { Some(i) => i, None => break },
+            };
+            let permit = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            // Reserve the worst case. If it does not fit, wait for requests in flight to
+            // settle (they usually cost less than reserved); stop only when none are left.
+            let reservation = loop {
+                if let Some(r) = self.budget.reserve(item.worst_cost) {
+                    break r;
+                }
+                if tasks.is_empty() {
+                    budget_stop = true;
+                    self.stop.cancel();
+                    break 'feed;
+                }
+                tokio::select! {
+                    _ = self.stop.cancelled() => break 'feed,
+                    _ = tasks.join_next() => {}
+                }
+            };
+            while tasks.try_join_next().is_some() {}
+            let me = self.clone();
+            tasks.spawn(async move { me.process(item, permit, reservation).await });
+        }
+        while tasks.join_next().await.is_some() {}
+        if let Some(reason) = self
+            .abort_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return StopReason::Aborted(reason);
+        }
+        if budget_stop {
+            return StopReason::Budget;
+        }
+        if self.interrupted.load(Relaxed) {
+            return StopReason::Interrupted;
+        }
+        StopReason::Completed
+    }
+
+    async fn process(&self, item: WorkItem, permit: OwnedSemaphorePermit, res: Reservation) {
+        let _permit = permit;
+        let record = tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => None,
+            r = self.attempts(&item) => r,
+        };
+        let Some(record) = record else {
+            self.budget.release(res);
+            return;
+        };
+        let cost = Money(record.cost_pico.unwrap_or(0));
+        self.budget.settle(res, cost);
+        if let Some(u) = &record.usage {
+            self.stats.tokens.fetch_add(u.total(), Relaxed);
+        }
+        self.stats.cost_pico.fetch_add(cost.0, Relaxed);
+        let ok = record.status == Status::Ok;
+        if ok {
+            self.stats.succeeded.fetch_add(1, Relaxed);
+        } else {
+            self.stats.failed.fetch_add(1, Relaxed);
+        }
+        let written = self
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(&record);
+        if let Err(e) = written {
+            let mut g = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
+            if g.is_none() {
+                *g = Some(format!("cannot write the journal: {e}"));
+            }
+            self.stop.cancel();
+            self.cancel.cancel();
+            return;
+        }
+        self.progress.row_done(ok, cost);
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(Duration::from_secs(20))
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(self.max_retries as usize)
+            .build()
+    }
+
+    /// Tries one row until it succeeds, fails for good, or the job must stop (None).
+    async fn attempts(&self, item: &WorkItem) -> Option<Record> {
+        let mut backoff = self.backoff();
+        let mut rate_limit_retries = 0u32;
+        let mut attempts = 0u32;
+        loop {
+            self.limiter.acquire(item.limiter_tokens).await;
+            if self.cancel.is_cancelled() {
+                return None;
+            }
+            attempts += 1;
+            self.stats.attempts.fetch_add(1, Relaxed);
+            if attempts > 1 {
+                self.stats.retries.fetch_add(1, Relaxed);
+            }
+            let err = match self.client.send(&item.body).await {
+                Ok(c) => return Some(self.success(item, c, attempts)),
+                Err(e) => e,
+            };
+            tracing::debug!(row = item.row, attempt = attempts, "attempt failed: {err}");
+            match err.action {
+                Action::AbortJob => {
+                    self.abort(&err);
+                    return None;
+                }
+                Action::FailRow => return Some(self.failure(item, &err, attempts)),
+                Action::Retry => {}
+            }
+            let delay = if err.kind == ErrorKind::RateLimited {
+                self.stats.rate_limited.fetch_add(1, Relaxed);
+                rate_limit_retries += 1;
+                if rate_limit_retries > MAX_RATE_LIMIT_RETRIES {
+                    return Some(self.failure(item, &err, attempts));
+                }
+                // One 429 slows everyone: the server's wait (or a doubling guess) becomes
+                // a shared cooldown.
+                let d = err
+                    .retry_after
+                    .unwrap_or_else(|| Duration::from_millis(250 << rate_limit_retries.min(6)));
+                self.limiter.cool_down(d);
+                d
+            } else {
+                if err.kind == ErrorKind::Server {
+                    self.stats.server_errors.fetch_add(1, Relaxed);
+                } else {
+                    self.stats.other_errors.fetch_add(1, Relaxed);
+                }
+                match backoff.next() {
+                    Some(d) => err.retry_after.map_or(d, |ra| ra.max(d)),
+                    None => return Some(self.failure(item, &err, attempts)),
+                }
+            };
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn success(&self, item: &WorkItem, c: Completion, attempts: u32) -> Record {
+        let cost = match (&self.price, &c.usage) {
+            (Some(p), Some(u)) => Some(p.cost(u, self.tier).0),
+            _ => None,
+        };
+        Record {
+            row: item.row,
+            id: item.id.clone(),
+            hash: item.hash.clone(),
+            status: Status::Ok,
+            choices: c.choices,
+            usage: c.usage,
+            cost_pico: cost,
+            attempts,
+            error: None,
+            cached: false,
+            batch: self.tier == Tier::Batch,
+            fields: None,
+        }
+    }
+
+    fn failure(&self, item: &WorkItem, err: &ApiError, attempts: u32) -> Record {
+        let what = if err.action == Action::Retry {
+            format!("gave up after {attempts} attempts: {err}")
+        } else {
+            err.to_string()
+        };
+        Record {
+            row: item.row,
+            id: item.id.clone(),
+            hash: item.hash.clone(),
+            status: Status::Failed,
+            choices: Vec::new(),
+            usage: None,
+            cost_pico: None,
+            attempts,
+            error: Some(self.client.scrub(&what)),
+            cached: false,
+            batch: false,
+            fields: None,
+        }
+    }
+}
+
+/// One line saying why the job stopped and what to do.
+fn describe_abort(e: &ApiError) -> String {
+    let hint = match e.kind {
+        ErrorKind::Auth => "check the API key (and that it may use this model)",
+        ErrorKind::InsufficientQuota => {
+            "the account is out of quota or credit; retrying cannot help"
+        }
+        ErrorKind::NotFound => "check the model name and api.base_url",
+        _ => "",
+    };
+    if hint.is_empty() {
+        format!("the API refused the job: {e}")
+    } else {
+        format!("the API refused the job: {e} ({hint})")
+    }
+}

@@ -1,0 +1,294 @@
+//! The sink stage: the final output file, built from the journal in input order, written to a
+//! temporary file and renamed so that no reader ever sees half an output.
+
+mod csv_out;
+mod jsonl_out;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::config::OutputFormat;
+use crate::journal::{JournalError, JournalIndex, JournalReader, Record, Status};
+use crate::types::{Money, Row, Usage};
+
+/// Errors writing the output.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("{path}: {message}")]
+    Csv { path: PathBuf, message: String },
+    #[error("{0}")]
+    Input(String),
+}
+
+/// The generated columns every output row has, after the chosen input columns.
+pub const RESULT_COLUMNS: &[&str] = &[
+    "output",
+    "status",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "attempts",
+    "error",
+];
+
+/// What the output holds, counted while writing it.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct OutputTotals {
+    pub rows: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Rows with no result yet (the job stopped before reaching them).
+    pub pending: u64,
+    /// Rows answered from the response cache.
+    pub cached: u64,
+    pub usage: Usage,
+    /// Cost of all recorded responses; None when any priced row had an unknown price.
+    #[serde(skip)]
+    pub cost: Option<Money>,
+}
+
+/// The shape of the output.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub path: PathBuf,
+    pub format: OutputFormat,
+    /// Input columns copied into each output row.
+    pub input_columns: Vec<String>,
+    /// Structured-output fields that become columns (from the job's schema).
+    pub field_columns: Vec<String>,
+    /// Extra variant columns when n > 1 (`output_2`…).
+    pub variants: u32,
+    pub formula_guard: bool,
+}
+
+impl OutputSpec {
+    /// Every column name of the output, in order.
+    pub fn columns(&self) -> Vec<String> {
+        let mut cols = self.input_columns.clone();
+        cols.push("output".into());
+        for v in 2..=self.variants.max(1) {
+            cols.push(format!("output_{v}"));
+        }
+        cols.extend(self.field_columns.iter().cloned());
+        cols.extend(RESULT_COLUMNS[1..].iter().map(|s| s.to_string()));
+        cols
+    }
+
+    /// Refuses input columns that clash with generated ones.
+    pub fn check(&self) -> Result<(), SinkError> {
+        let generated: Vec<String> = self.columns()[self.input_columns.len()..].to_vec();
+        for c in &self.input_columns {
+            if generated.contains(c) {
+                return Err(SinkError::Input(format!(
+                    "input column '{c}' has the name of a column promptmill writes; leave it \
+                     out with output.columns, or rename it in the input"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One output row: the input values kept, plus the result.
+pub(crate) struct OutRow<'a> {
+    pub input: &'a Map<String, Value>,
+    pub record: Option<&'a Record>,
+}
+
+/// Writes the final output: reads the input again (for the input columns) and, row by row in
+/// input order, the row's latest journal record. Memory stays flat: one row at a time.
+pub fn write_output<I>(
+    spec: &OutputSpec,
+    rows: I,
+    index: &JournalIndex,
+    journal: &Path,
+) -> Result<OutputTotals, SinkError>
+where
+    I: Iterator<Item = Result<Row, String>>,
+{
+    let path = &spec.path;
+    let io = |source| SinkError::Io {
+        path: path.clone(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".promptmill-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    let mut reader = match JournalReader::open(journal) {
+        Ok(r) => Some(r),
+        Err(_) if index.records == 0 => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut totals = OutputTotals {
+        cost: Some(Money::ZERO),
+        ..OutputTotals::default()
+    };
+    {
+        let buf = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
+        let mut w: Box<dyn RowWriter + '_> = match spec.format {
+            OutputFormat::Csv => Box::new(csv_out::CsvOut::new(buf, spec)?),
+            OutputFormat::Jsonl => Box::new(jsonl_out::JsonlOut::new(buf, spec)),
+        };
+        for row in rows {
+            let row = row.map_err(SinkError::Input)?;
+            let record = match reader.as_mut() {
+                Some(r) => r.get(index, row.index)?,
+                None => None,
+            };
+            // A record for another id at this index (the input changed) is not this row's.
+            let record = record.filter(|r| r.id == row.id);
+            totals.rows += 1;
+            match &record {
+                Some(r) => {
+                    match r.status {
+                        Status::Ok => totals.succeeded += 1,
+                        Status::Failed => totals.failed += 1,
+                    }
+                    if r.cached {
+                        totals.cached += 1;
+                    }
+                    if let Some(u) = &r.usage {
+                        if !r.cached {
+                            totals.usage.add(u);
+                            totals.cost = match (totals.cost, r.cost_pico) {
+                                (Some(t), Some(c)) => Some(t.saturating_add(Money(c))),
+                                _ => None,
+                            };
+                        }
+                    }
+                }
+                None => totals.pending += 1,
+            }
+            w.write(&OutRow {
+                input: &row.fields,
+                record: record.as_ref(),
+            })
+            .map_err(|e| match e {
+                SinkError::Io { source, .. } => io(source),
+                other => other,
+            })?;
+        }
+        w.finish().map_err(|e| match e {
+            SinkError::Io { source, .. } => io(source),
+            other => other,
+        })?;
+    }
+    tmp.as_file_mut().flush().map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(totals)
+}
+
+/// A format's row writer.
+pub(crate) trait RowWriter {
+    fn write(&mut self, row: &OutRow<'_>) -> Result<(), SinkError>;
+    fn finish(&mut self) -> Result<(), SinkError>;
+}
+
+/// Writes a file atomically (temp file in the same folder, then rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".promptmill-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The result values of a row, as strings for CSV and typed values for JSONL.
+pub(crate) fn result_values(spec: &OutputSpec, record: Option<&Record>) -> Vec<(String, Value)> {
+    let mut out = Vec::with_capacity(spec.columns().len());
+    let variants = spec.variants.max(1) as usize;
+    for v in 0..variants {
+        let name = if v == 0 {
+            "output".to_string()
+        } else {
+            format!("output_{}", v + 1)
+        };
+        let text = record
+            .and_then(|r| r.choices.get(v))
+            .map(|c| Value::String(c.text.clone()))
+            .unwrap_or(Value::Null);
+        out.push((name, text));
+    }
+    for f in &spec.field_columns {
+        let v = record
+            .and_then(|r| r.fields.as_ref())
+            .and_then(|m| m.get(f))
+            .cloned()
+            .unwrap_or(Value::Null);
+        out.push((f.clone(), v));
+    }
+    let status = match record.map(|r| r.status) {
+        Some(Status::Ok) => "ok",
+        Some(Status::Failed) => "failed",
+        None => "pending",
+    };
+    out.push(("status".into(), Value::String(status.into())));
+    let finish = record
+        .and_then(|r| r.choices.first())
+        .and_then(|c| c.finish_reason.clone())
+        .map(Value::String)
+        .unwrap_or(Value::Null);
+    out.push(("finish_reason".into(), finish));
+    let usage = record.and_then(|r| r.usage);
+    out.push((
+        "prompt_tokens".into(),
+        usage
+            .map(|u| Value::from(u.prompt_tokens))
+            .unwrap_or(Value::Null),
+    ));
+    out.push((
+        "completion_tokens".into(),
+        usage
+            .map(|u| Value::from(u.completion_tokens))
+            .unwrap_or(Value::Null),
+    ));
+    let cost = match record {
+        Some(r) if r.cached => Value::from(0.0),
+        Some(r) if r.usage.is_some() => r
+            .cost_pico
+            .map(|c| Value::from(Money(c).as_usd()))
+            .unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    out.push(("cost_usd".into(), cost));
+    out.push((
+        "attempts".into(),
+        record
+            .map(|r| Value::from(r.attempts))
+            .unwrap_or(Value::Null),
+    ));
+    out.push((
+        "error".into(),
+        record
+            .and_then(|r| r.error.clone())
+            .map(Value::String)
+            .unwrap_or(Value::Null),
+    ));
+    out
+}

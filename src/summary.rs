@@ -1,0 +1,143 @@
+//! The end-of-run summary: a short table on stderr and a JSON file beside the output.
+
+use serde::Serialize;
+
+use crate::types::Money;
+
+/// What a run did, for people (printed) and scripts (JSON).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Summary {
+    pub job: String,
+    pub model: String,
+    pub provider: String,
+    pub mode: String,
+    pub output: String,
+    pub journal: String,
+    /// `completed`, `aborted`, `budget`, `interrupted`.
+    pub status: String,
+    /// Why the run stopped early, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub exit_code: i32,
+    pub rows: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Rows with no result yet (the run stopped before them).
+    pub pending: u64,
+    /// Rows answered from the response cache.
+    pub cached: u64,
+    /// Rows already done by an earlier run and not sent again.
+    pub resumed: u64,
+    /// Rows redone because what would be sent changed (template, model, settings).
+    pub changed: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Cost of every row in the output (this run and earlier ones); None = unknown price.
+    pub cost_usd: Option<f64>,
+    /// Cost of this run's requests.
+    pub cost_this_run_usd: Option<f64>,
+    /// What the estimate said this run's requests would cost (expected case).
+    pub estimated_cost_usd: Option<f64>,
+    /// Total spent on the job so far, including superseded responses.
+    pub spent_total_usd: Option<f64>,
+    pub budget_usd: Option<f64>,
+    pub wall_seconds: f64,
+    /// HTTP requests sent in this run (attempts, including retries).
+    pub requests: u64,
+    pub retries: u64,
+    pub rate_limited: u64,
+    pub server_errors: u64,
+    pub requests_per_minute: f64,
+    pub tokens_per_minute: f64,
+    pub prices: String,
+}
+
+fn usd(v: Option<f64>) -> String {
+    match v {
+        Some(x) => Money::from_usd(x).to_string(),
+        None => "unknown (no price for this model; see --prices)".to_string(),
+    }
+}
+
+impl Summary {
+    /// The human-readable table.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| {
+            s.push_str(&format!("  {k:<18} {v}\n"));
+        };
+        line(
+            "job",
+            format!(
+                "{} ({} via {}, {})",
+                self.job, self.model, self.provider, self.mode
+            ),
+        );
+        line(
+            "status",
+            match &self.message {
+                Some(m) => format!("{}: {m}", self.status),
+                None => self.status.clone(),
+            },
+        );
+        let mut rows = format!(
+            "{} total: {} succeeded, {} failed, {} pending",
+            self.rows, self.succeeded, self.failed, self.pending
+        );
+        if self.resumed > 0 || self.cached > 0 || self.changed > 0 {
+            rows.push_str(&format!(
+                " ({} resumed, {} from cache, {} redone after a change)",
+                self.resumed, self.cached, self.changed
+            ));
+        }
+        line("rows", rows);
+        line(
+            "tokens",
+            format!(
+                "{} prompt + {} completion",
+                self.prompt_tokens, self.completion_tokens
+            ),
+        );
+        line("cost", usd(self.cost_usd));
+        if self.cost_this_run_usd.is_some() || self.estimated_cost_usd.is_some() {
+            line(
+                "this run",
+                format!(
+                    "{} (estimated {})",
+                    usd(self.cost_this_run_usd),
+                    self.estimated_cost_usd
+                        .map(|e| Money::from_usd(e).to_string())
+                        .unwrap_or_else(|| "unknown".into())
+                ),
+            );
+        }
+        if let Some(b) = self.budget_usd {
+            line(
+                "budget",
+                format!(
+                    "{} spent of {}",
+                    usd(self.spent_total_usd),
+                    Money::from_usd(b)
+                ),
+            );
+        }
+        line(
+            "time",
+            format!(
+                "{:.1}s, {:.0} requests/min, {:.0} tokens/min",
+                self.wall_seconds, self.requests_per_minute, self.tokens_per_minute
+            ),
+        );
+        line(
+            "requests",
+            format!(
+                "{} sent, {} retries, {} rate-limited (429), {} server errors",
+                self.requests, self.retries, self.rate_limited, self.server_errors
+            ),
+        );
+        line("output", self.output.clone());
+        s
+    }
+}
