@@ -1,0 +1,631 @@
+//! The `source` stage: streams [`Row`]s out of a CSV, TSV or JSONL file.
+//!
+//! A [`Source`] reads one record at a time through a buffered reader, so memory stays flat
+//! however many rows the file holds. Problems are split in two: a fatal [`SourceError`]
+//! (cannot open, no header, bad header…) ends the stream, while a row error
+//! ([`SourceError::is_row_error`]) spoils only that record and reading carries on, so the
+//! caller can choose to skip bad rows or stop at the first one.
+//!
+//! Every error message starts with `file:line[:column]:`, like a compiler's, so a user can
+//! jump straight to the offending record.
+
+mod csv;
+mod jsonl;
+
+use crate::types::Row;
+use serde_json::Value;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The layout of an input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Comma-separated values with a header row.
+    Csv,
+    /// Tab-separated values with a header row (quoted like CSV).
+    Tsv,
+    /// One JSON object per line (also known as NDJSON).
+    #[serde(alias = "ndjson")]
+    Jsonl,
+}
+
+impl Format {
+    /// Guesses the format from the file extension (`.csv`, `.tsv`/`.tab`, `.jsonl`/`.ndjson`,
+    /// any case); `None` when the extension says nothing.
+    pub fn from_path(path: &Path) -> Option<Format> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(Format::Csv),
+            "tsv" | "tab" => Some(Format::Tsv),
+            "jsonl" | "ndjson" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Csv => "csv",
+            Format::Tsv => "tsv",
+            Format::Jsonl => "jsonl",
+        })
+    }
+}
+
+/// The error of parsing a [`Format`] name that is not `csv`, `tsv` or `jsonl`.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("unknown input format \"{0}\": expected csv, tsv or jsonl")]
+pub struct ParseFormatError(pub String);
+
+impl FromStr for Format {
+    type Err = ParseFormatError;
+
+    /// Parses `csv`, `tsv` or `jsonl` (also `ndjson`), ignoring case.
+    fn from_str(s: &str) -> Result<Format, ParseFormatError> {
+        match s.to_ascii_lowercase().as_str() {
+            "csv" => Ok(Format::Csv),
+            "tsv" => Ok(Format::Tsv),
+            "jsonl" | "ndjson" => Ok(Format::Jsonl),
+            _ => Err(ParseFormatError(s.to_owned())),
+        }
+    }
+}
+
+/// How to read an input file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceOptions {
+    /// The file's format; `None` guesses it from the extension.
+    pub format: Option<Format>,
+    /// The column (JSONL: key) whose value becomes `Row::id`; `None` uses the 1-based row number.
+    pub id_column: Option<String>,
+}
+
+/// Why a file cannot be read, or why one of its records is bad.
+///
+/// Messages read `path:line:column: what went wrong`; see [`SourceError::is_row_error`] for
+/// which ones end the stream.
+#[derive(thiserror::Error, Debug)]
+pub enum SourceError {
+    /// The file cannot be opened (missing, a directory, no permission…). Fatal.
+    #[error("{}: cannot open: {error}", .path.display())]
+    Open {
+        /// The input file.
+        path: PathBuf,
+        /// What the OS said.
+        error: io::Error,
+    },
+    /// No format was given and the extension does not tell one. Fatal.
+    #[error(
+        "{}: cannot tell the input format from the file name; set the format to csv, tsv or jsonl",
+        .path.display()
+    )]
+    UnknownFormat {
+        /// The input file.
+        path: PathBuf,
+    },
+    /// Reading failed part-way through the file. Fatal.
+    #[error("{}:{line}: read error: {error}", .path.display())]
+    Read {
+        /// The input file.
+        path: PathBuf,
+        /// The line being read.
+        line: u64,
+        /// What the OS said.
+        error: io::Error,
+    },
+    /// The file holds nothing: no header row (CSV/TSV) or no JSON line (JSONL). Fatal.
+    #[error("{}: file is empty: {expected}", .path.display())]
+    Empty {
+        /// The input file.
+        path: PathBuf,
+        /// What was expected, e.g. "expected a header row".
+        expected: &'static str,
+    },
+    /// Two header cells have the same name. Fatal.
+    #[error(
+        "{}:{line}:{second}: duplicate column name \"{name}\" (columns {first} and {second})",
+        .path.display()
+    )]
+    DuplicateColumn {
+        /// The input file.
+        path: PathBuf,
+        /// The header's line.
+        line: u64,
+        /// The repeated name.
+        name: String,
+        /// 1-based position of its first occurrence.
+        first: u64,
+        /// 1-based position of the repeat.
+        second: u64,
+    },
+    /// A header cell is empty or blank. Fatal.
+    #[error("{}:{line}:{column}: column {column} of the header has no name", .path.display())]
+    EmptyColumnName {
+        /// The input file.
+        path: PathBuf,
+        /// The header's line.
+        line: u64,
+        /// 1-based column position.
+        column: u64,
+    },
+    /// A header cell is not valid UTF-8. Fatal.
+    #[error("{}:{line}:{column}: invalid UTF-8 in the header (column {column})", .path.display())]
+    HeaderNotUtf8 {
+        /// The input file.
+        path: PathBuf,
+        /// The header's line.
+        line: u64,
+        /// 1-based column position.
+        column: u64,
+    },
+    /// The requested id column is not in the header (JSONL: not a key of the first object). Fatal.
+    #[error(
+        "{}:{line}: id column \"{name}\" is not in the header; available columns: {available}",
+        .path.display()
+    )]
+    UnknownIdColumn {
+        /// The input file.
+        path: PathBuf,
+        /// The header's line (JSONL: the first object's line).
+        line: u64,
+        /// The id column asked for.
+        name: String,
+        /// The columns there are, quoted and comma-separated.
+        available: String,
+    },
+    /// A record has more or fewer fields than the header. Row error.
+    #[error(
+        "{}:{line}:{column}: row has {found} fields but the header has {expected}",
+        .path.display()
+    )]
+    Ragged {
+        /// The input file.
+        path: PathBuf,
+        /// Where the record starts.
+        line: u64,
+        /// The last field that lines up with the header (1-based).
+        column: u64,
+        /// Fields in the record.
+        found: u64,
+        /// Fields in the header.
+        expected: u64,
+    },
+    /// A cell is not valid UTF-8. Row error.
+    #[error("{}:{line}:{column}: invalid UTF-8 in column \"{name}\"", .path.display())]
+    InvalidUtf8 {
+        /// The input file.
+        path: PathBuf,
+        /// Where the record starts.
+        line: u64,
+        /// 1-based column position.
+        column: u64,
+        /// The column's header name.
+        name: String,
+    },
+    /// A JSONL line is not valid JSON. Row error.
+    #[error("{}:{line}:{column}: invalid JSON: {message}", .path.display())]
+    InvalidJson {
+        /// The input file.
+        path: PathBuf,
+        /// The line.
+        line: u64,
+        /// 1-based byte column where parsing failed.
+        column: u64,
+        /// The parser's message, without its own position.
+        message: String,
+    },
+    /// A JSONL line is valid JSON but not an object. Row error.
+    #[error("{}:{line}: expected a JSON object, found {found}", .path.display())]
+    NotAnObject {
+        /// The input file.
+        path: PathBuf,
+        /// The line.
+        line: u64,
+        /// The JSON type found: "array", "string", "number", "boolean" or "null".
+        found: &'static str,
+    },
+    /// A record's id value is missing, empty or of an unusable type. Row error.
+    #[error("{}: id column \"{name}\" {problem}", Location(.path, *.line, *.column))]
+    BadId {
+        /// The input file.
+        path: PathBuf,
+        /// Where the record starts.
+        line: u64,
+        /// 1-based column position, when the format has positions (CSV/TSV).
+        column: Option<u64>,
+        /// The id column's name.
+        name: String,
+        /// What is wrong: "is empty", "is missing", "must be a string or a number, found array"…
+        problem: &'static str,
+    },
+}
+
+/// Formats `path:line` or `path:line:column`.
+struct Location<'a>(&'a Path, u64, Option<u64>);
+
+impl fmt::Display for Location<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.0.display(), self.1)?;
+        if let Some(column) = self.2 {
+            write!(f, ":{column}")?;
+        }
+        Ok(())
+    }
+}
+
+impl SourceError {
+    /// True when only this record is bad and the next one can still be read (what
+    /// `--skip-bad-rows` skips); false when the whole input is unusable.
+    pub fn is_row_error(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Ragged { .. }
+                | SourceError::InvalidUtf8 { .. }
+                | SourceError::InvalidJson { .. }
+                | SourceError::NotAnObject { .. }
+                | SourceError::BadId { .. }
+        )
+    }
+
+    /// The 1-based file line the error is about, when there is one.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            SourceError::Open { .. }
+            | SourceError::UnknownFormat { .. }
+            | SourceError::Empty { .. } => None,
+            SourceError::Read { line, .. }
+            | SourceError::DuplicateColumn { line, .. }
+            | SourceError::EmptyColumnName { line, .. }
+            | SourceError::HeaderNotUtf8 { line, .. }
+            | SourceError::UnknownIdColumn { line, .. }
+            | SourceError::Ragged { line, .. }
+            | SourceError::InvalidUtf8 { line, .. }
+            | SourceError::InvalidJson { line, .. }
+            | SourceError::NotAnObject { line, .. }
+            | SourceError::BadId { line, .. } => Some(*line),
+        }
+    }
+}
+
+/// A stream of [`Row`]s read from one input file.
+///
+/// Iterating yields `Ok(row)` for good records and `Err` for bad ones; after a fatal error
+/// (see [`SourceError::is_row_error`]) the iterator ends.
+pub struct Source {
+    path: PathBuf,
+    columns: Vec<String>,
+    reader: Reader,
+    /// Set after a fatal error or the end of input: the iterator is fused.
+    done: bool,
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let format = match self.reader {
+            Reader::Csv(_) => "csv/tsv",
+            Reader::Jsonl(_) => "jsonl",
+        };
+        f.debug_struct("Source")
+            .field("path", &self.path)
+            .field("format", &format)
+            .field("columns", &self.columns)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Reader {
+    Csv(self::csv::CsvReader),
+    Jsonl(jsonl::JsonlReader),
+}
+
+impl Source {
+    /// Opens `path` and reads its header (JSONL: its first object), checking the header and
+    /// the id column. A header with no data rows is not an error: the stream is just empty.
+    pub fn open(path: &Path, opts: &SourceOptions) -> Result<Source, SourceError> {
+        let format = match opts.format.or_else(|| Format::from_path(path)) {
+            Some(format) => format,
+            None => {
+                return Err(SourceError::UnknownFormat {
+                    path: path.to_path_buf(),
+                })
+            }
+        };
+        let file = std::fs::File::open(path).map_err(|error| SourceError::Open {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        let id_column = opts.id_column.as_deref();
+        let (columns, reader) = match format {
+            Format::Csv | Format::Tsv => {
+                let delimiter = if format == Format::Tsv { b'\t' } else { b',' };
+                let (columns, reader) =
+                    self::csv::CsvReader::open(file, path, delimiter, id_column)?;
+                (columns, Reader::Csv(reader))
+            }
+            Format::Jsonl => {
+                let (columns, reader) = jsonl::JsonlReader::open(file, path, id_column)?;
+                (columns, Reader::Jsonl(reader))
+            }
+        };
+        Ok(Source {
+            path: path.to_path_buf(),
+            columns,
+            reader,
+            done: false,
+        })
+    }
+
+    /// Column names: the CSV/TSV header, or for JSONL the keys of the first object, in order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The file this source reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Iterator for Source {
+    type Item = Result<Row, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let item = match &mut self.reader {
+            Reader::Csv(reader) => reader.next_row(&self.path, &self.columns),
+            Reader::Jsonl(reader) => reader.next_row(&self.path),
+        };
+        match &item {
+            None => self.done = true,
+            Some(Err(e)) if !e.is_row_error() => self.done = true,
+            Some(_) => {}
+        }
+        item
+    }
+}
+
+/// Checks that `id_column`, if any, is one of `columns`, and returns its position.
+fn find_id_column(
+    path: &Path,
+    line: u64,
+    columns: &[String],
+    id_column: Option<&str>,
+) -> Result<Option<usize>, SourceError> {
+    let Some(name) = id_column else {
+        return Ok(None);
+    };
+    match columns.iter().position(|c| c == name) {
+        Some(pos) => Ok(Some(pos)),
+        None => Err(SourceError::UnknownIdColumn {
+            path: path.to_path_buf(),
+            line,
+            name: name.to_owned(),
+            available: quoted_list(columns),
+        }),
+    }
+}
+
+/// `"a", "b", "c"` — or `(none)` — capped so a hostile 100,000-column header stays readable.
+fn quoted_list(columns: &[String]) -> String {
+    const MAX: usize = 50;
+    if columns.is_empty() {
+        return "(none)".to_owned();
+    }
+    let mut out = columns
+        .iter()
+        .take(MAX)
+        .map(|c| format!("{c:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if columns.len() > MAX {
+        out.push_str(&format!(" and {} more", columns.len() - MAX));
+    }
+    out
+}
+
+/// The id of a record from its id value, or the 1-based row number when there is no id
+/// column. `Err` carries the problem text for [`SourceError::BadId`].
+fn id_from_value(value: Option<&Value>) -> Result<String, &'static str> {
+    match value {
+        None => Err("is missing"),
+        Some(Value::String(s)) if s.trim().is_empty() => Err("is empty"),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::Null) => Err("is empty"),
+        Some(Value::Bool(_)) => Err("must be a string or a number, found boolean"),
+        Some(Value::Array(_)) => Err("must be a string or a number, found array"),
+        Some(Value::Object(_)) => Err("must be a string or a number, found object"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+
+    #[test]
+    fn format_from_path_knows_the_extensions_in_any_case() {
+        let cases = [
+            ("a.csv", Some(Format::Csv)),
+            ("dir/A.CSV", Some(Format::Csv)),
+            ("a.tsv", Some(Format::Tsv)),
+            ("a.Tab", Some(Format::Tsv)),
+            ("a.jsonl", Some(Format::Jsonl)),
+            ("a.NDJSON", Some(Format::Jsonl)),
+            ("a.json", None),
+            ("a.txt", None),
+            ("csv", None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(Format::from_path(Path::new(path)), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn format_parses_from_str_and_serde() {
+        assert_eq!("CSV".parse::<Format>(), Ok(Format::Csv));
+        assert_eq!("tsv".parse::<Format>(), Ok(Format::Tsv));
+        assert_eq!("jsonl".parse::<Format>(), Ok(Format::Jsonl));
+        assert_eq!(
+            "xlsx".parse::<Format>().unwrap_err().to_string(),
+            "unknown input format \"xlsx\": expected csv, tsv or jsonl"
+        );
+        let f: Format = serde_json::from_str("\"jsonl\"").unwrap();
+        assert_eq!(f, Format::Jsonl);
+        let f: Format = serde_json::from_str("\"tsv\"").unwrap();
+        assert_eq!(f, Format::Tsv);
+        assert!(serde_json::from_str::<Format>("\"Csv\"").is_err());
+        assert_eq!(Format::Jsonl.to_string(), "jsonl");
+    }
+
+    #[test]
+    fn open_reports_a_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.csv");
+        let err = Source::open(&path, &SourceOptions::default()).unwrap_err();
+        assert!(!err.is_row_error());
+        assert_eq!(err.line(), None);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("{}: cannot open: ", path.display())),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn open_reports_an_unknown_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.txt");
+        std::fs::write(&path, "a\n1\n").unwrap();
+        let err = Source::open(&path, &SourceOptions::default())
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: cannot tell the input format from the file name; set the format to csv, tsv or jsonl",
+                path.display()
+            )
+        );
+        // An explicit format wins over the extension.
+        let opts = SourceOptions {
+            format: Some(Format::Csv),
+            id_column: None,
+        };
+        let rows: Vec<_> = Source::open(&path, &opts).unwrap().collect();
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn quoted_list_is_capped() {
+        let many: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
+        let s = quoted_list(&many);
+        assert!(s.starts_with("\"c0\", \"c1\""), "{s}");
+        assert!(s.ends_with("\"c49\" and 10 more"), "{s}");
+        assert_eq!(quoted_list(&[]), "(none)");
+    }
+
+    /// Reads every item of `bytes` as `format`; open errors count as one item.
+    fn read_all(bytes: &[u8], format: Format) -> Vec<Result<Row, SourceError>> {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(bytes).unwrap();
+        file.flush().unwrap();
+        let opts = SourceOptions {
+            format: Some(format),
+            id_column: None,
+        };
+        match Source::open(file.path(), &opts) {
+            Ok(source) => source.collect(),
+            Err(e) => vec![Err(e)],
+        }
+    }
+
+    /// Throughput check for the benchmark's hot path: `cargo test --release --lib
+    /// million_rows -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn million_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv_path = dir.path().join("big.csv");
+        let jsonl_path = dir.path().join("big.jsonl");
+        let mut csv = std::io::BufWriter::new(std::fs::File::create(&csv_path).unwrap());
+        let mut jsonl = std::io::BufWriter::new(std::fs::File::create(&jsonl_path).unwrap());
+        writeln!(csv, "sku,name,price,description").unwrap();
+        for i in 0..1_000_000 {
+            writeln!(csv, "S{i},Item {i},{}.99,\"A fine, sturdy item\"", i % 100).unwrap();
+            writeln!(
+                jsonl,
+                r#"{{"sku":"S{i}","name":"Item {i}","price":{}.99,"tags":["a","b"]}}"#,
+                i % 100
+            )
+            .unwrap();
+        }
+        csv.flush().unwrap();
+        jsonl.flush().unwrap();
+        for path in [csv_path, jsonl_path] {
+            let opts = SourceOptions {
+                format: None,
+                id_column: Some("sku".into()),
+            };
+            let start = std::time::Instant::now();
+            let mut n = 0u64;
+            for row in Source::open(&path, &opts).unwrap() {
+                n += row.unwrap().fields.len() as u64;
+            }
+            assert_eq!(n, 4_000_000);
+            eprintln!(
+                "{}: 1,000,000 rows in {:?}",
+                path.display(),
+                start.elapsed()
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes never panic any reader, and every error points at a line
+        /// (except "the file is empty", which has none to point at).
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            for format in [Format::Csv, Format::Tsv, Format::Jsonl] {
+                for item in read_all(&bytes, format) {
+                    if let Err(e) = item {
+                        let empty = matches!(e, SourceError::Empty { .. });
+                        prop_assert!(empty || e.line().is_some(), "{e}");
+                        prop_assert!(e.to_string().contains(':'), "{e}");
+                    }
+                }
+            }
+        }
+
+        /// Bytes biased towards the characters the parsers care about.
+        #[test]
+        fn structured_noise_never_panics(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(b"ab,\t\"\n\r{}[]:01\\ \xef\xbb\xbf\xff\x00".to_vec()),
+                0..512,
+            )
+        ) {
+            for format in [Format::Csv, Format::Tsv, Format::Jsonl] {
+                for item in read_all(&bytes, format) {
+                    match item {
+                        Ok(row) => prop_assert!(row.line >= 1),
+                        Err(e) => {
+                            let empty = matches!(e, SourceError::Empty { .. });
+                            prop_assert!(empty || e.line().is_some(), "{e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
