@@ -3,4 +3,5 @@
 //! Data flows one way: `source` → `render` → `limit` → `client` → `sink`, wired together by
 //! the commands in `cmd`. See DESIGN notes in README.md.
 
+pub mod mock;
 pub mod types;
