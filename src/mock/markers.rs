@@ -1,0 +1,90 @@
+//! Magic markers in the last user message that make the mock misbehave on purpose.
+
+/// The markers found in one prompt (see the `mock` module docs for what each does).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Markers {
+    pub(crate) bad_request: bool,
+    pub(crate) always_500: bool,
+    pub(crate) fail_first: Option<u32>,
+    pub(crate) hang: bool,
+    pub(crate) bad_json: bool,
+    pub(crate) no_choices: bool,
+    pub(crate) slow_body: bool,
+    pub(crate) length: bool,
+    pub(crate) echo: bool,
+    /// A `[[mock:...]]` we do not know: answered 400 so a typo in a test cannot pass silently.
+    pub(crate) unknown: bool,
+}
+
+/// Every marker starts with this.
+pub(crate) const PREFIX: &str = "[[mock:";
+
+impl Markers {
+    /// Find every `[[mock:NAME]]` in `text`.
+    pub(crate) fn parse(text: &str) -> Markers {
+        let mut m = Markers::default();
+        let mut rest = text;
+        while let Some(start) = rest.find(PREFIX) {
+            let after = &rest[start + PREFIX.len()..];
+            let Some(end) = after.find("]]") else {
+                m.unknown = true;
+                break;
+            };
+            match &after[..end] {
+                "400" => m.bad_request = true,
+                "500" => m.always_500 = true,
+                "hang" => m.hang = true,
+                "bad-json" => m.bad_json = true,
+                "no-choices" => m.no_choices = true,
+                "slow-body" => m.slow_body = true,
+                "length" => m.length = true,
+                "echo" => m.echo = true,
+                other => match other.strip_prefix("fail-first:").map(str::parse) {
+                    Some(Ok(n)) => m.fail_first = Some(n),
+                    _ => m.unknown = true,
+                },
+            }
+            rest = &after[end + 2..];
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_marker() {
+        assert_eq!(Markers::parse("plain text [[mock"), Markers::default());
+        let m = Markers::parse("a [[mock:echo]] b [[mock:length]][[mock:fail-first:3]]");
+        assert!(m.echo && m.length && !m.unknown);
+        assert_eq!(m.fail_first, Some(3));
+        for (t, f) in [
+            ("[[mock:400]]", Markers::parse("[[mock:400]]").bad_request),
+            ("[[mock:500]]", Markers::parse("[[mock:500]]").always_500),
+            ("[[mock:hang]]", Markers::parse("[[mock:hang]]").hang),
+            (
+                "[[mock:bad-json]]",
+                Markers::parse("[[mock:bad-json]]").bad_json,
+            ),
+            (
+                "[[mock:no-choices]]",
+                Markers::parse("[[mock:no-choices]]").no_choices,
+            ),
+            (
+                "[[mock:slow-body]]",
+                Markers::parse("[[mock:slow-body]]").slow_body,
+            ),
+        ] {
+            assert!(f, "{t}");
+        }
+    }
+
+    #[test]
+    fn typos_are_flagged_not_ignored() {
+        assert!(Markers::parse("[[mock:fail_first:2]]").unknown);
+        assert!(Markers::parse("[[mock:fail-first:x]]").unknown);
+        assert!(Markers::parse("[[mock:echo").unknown);
+    }
+}

@@ -1,0 +1,284 @@
+//! The built-in mock of an OpenAI-compatible API: `promptmill mock-server`, `run --mock`,
+//! the quickstart, every integration test and the benchmarks run against it.
+//!
+//! It answers deterministically (the same request gets the same text), enforces RPM/TPM
+//! limits the way providers do (see `limits.rs`), and injects faults on demand.
+//!
+//! # Routes
+//! All routes are declared in [`router`]; each endpoint's handling lives in its own module.
+//! - `POST /v1/chat/completions`: OpenAI chat completions (`messages`, `max_tokens` or
+//!   `max_completion_tokens`, `n`, `stop`; other fields are accepted and ignored).
+//! - `POST /v1/completions`: legacy text completions (`prompt`, default `max_tokens` 16).
+//! - `GET /_mock/stats`: [`MockStatsSnapshot`] as JSON.
+//! - `POST /_mock/reset`: zero the stats, the quota used and the fail-first attempts; refill
+//!   the rate limits. Answers the zeroed stats.
+//!
+//! # Answers
+//! `Mock answer for: <first 12 words of the last user message>` padded with filler words to
+//! 20–60 tokens, chosen from a hash of the request and `--seed`; cut to `max_tokens` (then
+//! `finish_reason` is `"length"`) and at the first `stop` sequence. Token counts are an
+//! approximation (bytes/4). Checks run in this order: auth (401), body (400), quota (429
+//! `insufficient_quota`), rate limits (429), `--latency-ms`, faults (500), answer.
+//!
+//! # Markers
+//! Put these in the last user message (or the `prompt`) to make one request misbehave:
+//! - `[[mock:400]]`: 400 `invalid_request_error`.
+//! - `[[mock:500]]`: always 500 `server_error`.
+//! - `[[mock:fail-first:N]]`: 500 for the first N admitted attempts of this exact prompt
+//!   (model + messages), then success. Rate-limited attempts do not count.
+//! - `[[mock:hang]]`: never answers (sleeps an hour, or until the server shuts down: 503).
+//! - `[[mock:bad-json]]`: 200 with a body that is not JSON.
+//! - `[[mock:no-choices]]`: 200 with `{"choices":[]}`.
+//! - `[[mock:slow-body]]`: sends the headers and half the body, then stalls.
+//! - `[[mock:length]]`: `finish_reason` is `"length"`.
+//! - `[[mock:echo]]`: the answer is the whole last user message (markers included).
+//!
+//! Markers can be combined; an unknown `[[mock:...]]` is a 400 so that a typo cannot pass.
+
+mod control;
+mod limits;
+mod markers;
+mod openai;
+mod reply;
+mod state;
+mod stats;
+mod text;
+
+pub use stats::MockStatsSnapshot;
+
+use anyhow::Context as _;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
+use axum::Router;
+use state::Shared;
+use std::io;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long `shutdown` waits for in-flight answers before dropping them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Mock API settings; also the flags of `promptmill mock-server` (and reused by `run --mock`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MockConfig {
+    /// Requests per minute enforced (unlimited when absent).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rpm: Option<u32>,
+    /// Tokens per minute enforced: prompt tokens + max_tokens (16 when absent) per request.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tpm: Option<u32>,
+    /// Milliseconds added before each admitted answer (not before 401/429 refusals).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Fraction of admitted requests answered 500, from 0 to 1.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub fail_rate: f64,
+    /// Seed for the answer text and the `--fail-rate` draws.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// When set, requests without `Authorization: Bearer <this key>` get 401.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// After this many 200 answers, every request gets 429 `insufficient_quota`.
+    #[arg(long)]
+    pub quota_requests: Option<u64>,
+    /// Omit the `x-ratelimit-*` headers.
+    #[arg(long)]
+    pub no_rate_headers: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            rpm: None,
+            tpm: None,
+            latency_ms: 0,
+            fail_rate: 0.0,
+            seed: 42,
+            api_key: None,
+            quota_requests: None,
+            no_rate_headers: false,
+        }
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction between 0 and 1"))
+    }
+}
+
+/// Flags of `promptmill mock-server`.
+#[derive(Debug, clap::Args)]
+pub struct MockServerArgs {
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to bind (0: any free port; the URL is printed on stdout).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Limits, latency and faults.
+    #[command(flatten)]
+    pub config: MockConfig,
+}
+
+/// A running mock API, serving on a spawned task until [`MockServer::shutdown`] or drop.
+pub struct MockServer {
+    /// The address actually bound (with the real port when bound to port 0).
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl MockServer {
+    /// Bind `bind` (use `127.0.0.1:0` for an ephemeral port) and serve on a spawned task.
+    pub async fn start(cfg: MockConfig, bind: SocketAddr) -> io::Result<MockServer> {
+        if !(0.0..=1.0).contains(&cfg.fail_rate) || cfg.rpm == Some(0) || cfg.tpm == Some(0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "mock config: fail_rate must be within 0..=1 and rpm/tpm at least 1",
+            ));
+        }
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = watch::channel(false);
+        let shared = Arc::new(Shared::new(cfg, rx.clone()));
+        let app = router(shared.clone());
+        let listener = listener.tap_io(|tcp| {
+            // Small JSON answers: do not let Nagle hold them back.
+            let _ = tcp.set_nodelay(true);
+        });
+        let task = tokio::spawn(async move {
+            let mut rx = rx;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|down| *down).await;
+                })
+                .await
+        });
+        Ok(MockServer {
+            addr,
+            shared,
+            shutdown: tx,
+            task,
+        })
+    }
+
+    /// The base URL clients use, e.g. `http://127.0.0.1:PORT/v1` (loopback when bound to
+    /// an unspecified address such as 0.0.0.0).
+    pub fn base_url(&self) -> String {
+        let ip = match self.addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        format!("http://{}/v1", SocketAddr::new(ip, self.addr.port()))
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> MockStatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// Stop accepting, let in-flight answers finish (stalled ones give up at once), wait up
+    /// to 5 s, then drop whatever is left.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for MockServer {
+    /// Dropping the server stops it too (without waiting).
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+/// Every route of the mock, in one place.
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/_mock/stats", get(control::stats))
+        .route("/_mock/reset", post(control::reset))
+        .fallback(control::not_found)
+        .with_state(shared)
+}
+
+/// The `promptmill mock-server` command body: binds `--host`/`--port`, prints exactly one
+/// line `mock API listening on <base url>` to stdout, serves until Ctrl-C or SIGTERM.
+pub async fn serve_forever(args: MockServerArgs) -> anyhow::Result<()> {
+    let bind = tokio::net::lookup_host((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot resolve --host {}", args.host))?
+        .next()
+        .with_context(|| format!("--host {} resolves to no address", args.host))?;
+    // Listen for signals before announcing the URL: a test may signal as soon as it reads it.
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    let server = MockServer::start(args.config, bind)
+        .await
+        .with_context(|| format!("cannot bind the mock API to {bind}"))?;
+    {
+        let mut out = io::stdout().lock();
+        writeln!(out, "mock API listening on {}", server.base_url())?;
+        out.flush()?;
+    }
+    signals.wait().await;
+    tracing::info!("mock API shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Ctrl-C and (on Unix) SIGTERM, registered up front.
+struct Signals {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                int: signal(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Signals {})
+        }
+    }
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            let Signals { mut int, mut term } = self;
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

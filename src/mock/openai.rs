@@ -1,0 +1,404 @@
+//! OpenAI endpoints: `POST /v1/chat/completions` and the legacy `POST /v1/completions`.
+//!
+//! Each handler parses its own request shape, computes tokens and the prompt hash, runs the
+//! shared checks in [`Shared::refuse`], then serialises an answer in OpenAI's exact shape.
+
+use super::markers::Markers;
+use super::state::{Shared, Ticket};
+use super::text::{self, answer, count_prompt_tokens, count_text_tokens, mix};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What the TPM limit charges for output when a request sets no `max_tokens`.
+const DEFAULT_LIMIT_MAX_TOKENS: u64 = 16;
+/// OpenAI's `n` upper bound.
+const MAX_N: u32 = 128;
+
+/// One message of a chat request. `content` is a string or an array of content parts.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Value>,
+}
+
+impl ChatMessage {
+    /// The message's text: the string content, or its text parts joined by newlines.
+    pub(crate) fn text(&self) -> Cow<'_, str> {
+        match &self.content {
+            Some(Value::String(s)) => Cow::Borrowed(s),
+            Some(Value::Array(parts)) => {
+                let texts: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect();
+                Cow::Owned(texts.join("\n"))
+            }
+            _ => Cow::Borrowed(""),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A request to either endpoint: `messages` for chat, `prompt` for legacy completions.
+/// Unknown fields such as `temperature` or `seed` are accepted and ignored.
+#[derive(Debug, Deserialize)]
+struct Request {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    messages: Option<Vec<ChatMessage>>,
+    #[serde(default)]
+    prompt: Option<Value>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+#[derive(Serialize)]
+struct ChatCompletion<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<ChatChoice>,
+    usage: UsageBody,
+    system_fingerprint: &'static str,
+}
+
+#[derive(Serialize)]
+struct ChatChoice {
+    index: u32,
+    message: AssistantMessage,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct AssistantMessage {
+    role: &'static str,
+    content: String,
+    refusal: Option<()>,
+}
+
+#[derive(Serialize)]
+struct TextCompletion<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<TextChoice>,
+    usage: UsageBody,
+}
+
+#[derive(Serialize)]
+struct TextChoice {
+    text: String,
+    index: u32,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct UsageBody {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: PromptDetails,
+    completion_tokens_details: CompletionDetails,
+}
+
+#[derive(Serialize)]
+struct PromptDetails {
+    cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct CompletionDetails {
+    reasoning_tokens: u64,
+}
+
+impl UsageBody {
+    fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        UsageBody {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptDetails { cached_tokens: 0 },
+            completion_tokens_details: CompletionDetails {
+                reasoning_tokens: 0,
+            },
+        }
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let seq = s.begin();
+    let resp = match s.refuse_unauthorized(&headers) {
+        None => chat(&s, seq, &body).await,
+        Some(r) => r,
+    };
+    s.decorate(resp, seq)
+}
+
+async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
+    let req: Request = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return s.bad_request(&unparseable(&e)),
+    };
+    let params = match Params::check(&req) {
+        Ok(p) => p,
+        Err(msg) => return s.bad_request(&msg),
+    };
+    let messages = match &req.messages {
+        Some(m) if !m.is_empty() => m,
+        _ => return s.bad_request("Missing required parameter: 'messages'."),
+    };
+    let last_user = messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .or(messages.last())
+        .map(ChatMessage::text)
+        .unwrap_or_default();
+    let mut hasher = DefaultHasher::new();
+    params.model.hash(&mut hasher);
+    for m in messages {
+        m.role.hash(&mut hasher);
+        m.text().hash(&mut hasher);
+    }
+    let prompt_tokens = count_prompt_tokens(params.model, messages);
+    let ticket = params.ticket(seq, &last_user, hasher.finish(), prompt_tokens);
+    if let Some(r) = s.refuse(&ticket).await {
+        return r;
+    }
+    let mut completion_tokens = 0;
+    let choices = (0..params.n)
+        .map(|i| {
+            let (content, tokens, finish_reason) = params.generate(s, &ticket, &last_user, i);
+            completion_tokens += tokens;
+            ChatChoice {
+                index: i,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content,
+                    refusal: None,
+                },
+                logprobs: None,
+                finish_reason,
+            }
+        })
+        .collect();
+    let out = ChatCompletion {
+        id: format!("chatcmpl-mock{:016x}", mix(seq)),
+        object: "chat.completion",
+        created: unix_now(),
+        model: params.model,
+        choices,
+        usage: UsageBody::new(prompt_tokens, completion_tokens),
+        system_fingerprint: "fp_mock",
+    };
+    finish(s, &ticket, prompt_tokens, completion_tokens, &out)
+}
+
+/// `POST /v1/completions` (legacy text completions).
+pub(crate) async fn completions(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let seq = s.begin();
+    let resp = match s.refuse_unauthorized(&headers) {
+        None => complete(&s, seq, &body).await,
+        Some(r) => r,
+    };
+    s.decorate(resp, seq)
+}
+
+async fn complete(s: &Shared, seq: u64, body: &[u8]) -> Response {
+    let req: Request = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return s.bad_request(&unparseable(&e)),
+    };
+    let mut params = match Params::check(&req) {
+        Ok(p) => p,
+        Err(msg) => return s.bad_request(&msg),
+    };
+    // Like OpenAI's legacy endpoint, generation stops at 16 tokens unless told otherwise.
+    params.max_tokens = params.max_tokens.or(Some(DEFAULT_LIMIT_MAX_TOKENS));
+    let prompt = match &req.prompt {
+        Some(Value::String(p)) => p.as_str(),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or(""),
+        Some(_) => return s.bad_request("The mock supports a single string 'prompt'."),
+        None => return s.bad_request("Missing required parameter: 'prompt'."),
+    };
+    let mut hasher = DefaultHasher::new();
+    "completions".hash(&mut hasher);
+    params.model.hash(&mut hasher);
+    prompt.hash(&mut hasher);
+    let prompt_tokens = count_text_tokens(prompt);
+    let ticket = params.ticket(seq, prompt, hasher.finish(), prompt_tokens);
+    if let Some(r) = s.refuse(&ticket).await {
+        return r;
+    }
+    let mut completion_tokens = 0;
+    let choices = (0..params.n)
+        .map(|i| {
+            let (text, tokens, finish_reason) = params.generate(s, &ticket, prompt, i);
+            completion_tokens += tokens;
+            TextChoice {
+                text,
+                index: i,
+                logprobs: None,
+                finish_reason,
+            }
+        })
+        .collect();
+    let out = TextCompletion {
+        id: format!("cmpl-mock{:016x}", mix(seq)),
+        object: "text_completion",
+        created: unix_now(),
+        model: params.model,
+        choices,
+        usage: UsageBody::new(prompt_tokens, completion_tokens),
+    };
+    finish(s, &ticket, prompt_tokens, completion_tokens, &out)
+}
+
+/// Validated parameters shared by both endpoints.
+struct Params<'a> {
+    model: &'a str,
+    max_tokens: Option<u64>,
+    n: u32,
+    stop: Vec<&'a str>,
+}
+
+impl<'a> Params<'a> {
+    fn check(c: &'a Request) -> Result<Params<'a>, String> {
+        let model = match c.model.as_deref() {
+            Some(m) if !m.is_empty() => m,
+            _ => return Err("you must provide a model parameter".to_owned()),
+        };
+        if c.stream == Some(true) {
+            return Err("The mock API does not support stream=true yet.".to_owned());
+        }
+        let max_tokens = c.max_completion_tokens.or(c.max_tokens);
+        if max_tokens == Some(0) {
+            return Err(
+                "Invalid 'max_tokens': integer below minimum value. Expected a value >= \
+                        1, but got 0 instead."
+                    .to_owned(),
+            );
+        }
+        let n = c.n.unwrap_or(1);
+        if !(1..=MAX_N).contains(&n) {
+            return Err(format!(
+                "Invalid 'n': expected a value from 1 to {MAX_N}, got {n}."
+            ));
+        }
+        let stop = match &c.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s.as_str()],
+            Some(Stop::Many(v)) => v.iter().map(String::as_str).collect(),
+        };
+        Ok(Params {
+            model,
+            max_tokens,
+            n,
+            stop,
+        })
+    }
+
+    fn ticket(&self, seq: u64, last_user: &str, hash: u64, prompt_tokens: u64) -> Ticket<'a> {
+        let out = self.max_tokens.unwrap_or(DEFAULT_LIMIT_MAX_TOKENS);
+        Ticket {
+            seq,
+            model: self.model,
+            markers: Markers::parse(last_user),
+            prompt_hash: hash,
+            limit_tokens: prompt_tokens + out.saturating_mul(u64::from(self.n)),
+        }
+    }
+
+    /// Choice `index`: its text, completion tokens and finish_reason.
+    fn generate(
+        &self,
+        s: &Shared,
+        t: &Ticket<'_>,
+        source: &str,
+        index: u32,
+    ) -> (String, u64, &'static str) {
+        let hash = mix(t.prompt_hash ^ s.cfg.seed ^ u64::from(index).rotate_left(32));
+        let mut a = answer(source, t.markers.echo, hash, self.max_tokens);
+        let cut = self
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| a.text.find(s))
+            .min();
+        if let Some(at) = cut {
+            a.text.truncate(at);
+            a.tokens = text::count_text_tokens(&a.text);
+            return (a.text, a.tokens, "stop");
+        }
+        let finish = if a.truncated || t.markers.length {
+            "length"
+        } else {
+            "stop"
+        };
+        (a.text, a.tokens, finish)
+    }
+}
+
+fn finish<T: Serialize>(
+    s: &Shared,
+    t: &Ticket<'_>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    out: &T,
+) -> Response {
+    match serde_json::to_vec(out) {
+        Ok(body) => s.answer(t, prompt_tokens, completion_tokens, body),
+        // Serialising plain structs of strings and integers cannot fail; answer 500 if it does.
+        Err(_) => super::reply::server_error(),
+    }
+}
+
+fn unparseable(e: &serde_json::Error) -> String {
+    format!(
+        "We could not parse the JSON body of your request. (HINT: This likely means you \
+         aren't using your HTTP library correctly.) ({e})"
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
