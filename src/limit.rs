@@ -6,26 +6,40 @@
 //! how naive clients lose rows to 429s).
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Jitter, Quota, RateLimiter};
 use tokio::time::Instant;
 
+use crate::client::RateLimitInfo;
+
 /// The limits a job runs under.
 pub struct Limiter {
-    requests: Option<DefaultDirectRateLimiter>,
-    tokens: Option<DefaultDirectRateLimiter>,
-    token_burst: u32,
+    buckets: Mutex<Buckets>,
     cooldown_until: Mutex<Option<Instant>>,
+}
+
+/// The current buckets; replaced (not mutated) when limits are learned from headers.
+#[derive(Clone, Default)]
+struct Buckets {
+    requests: Option<Arc<DefaultDirectRateLimiter>>,
+    tokens: Option<Arc<DefaultDirectRateLimiter>>,
+    token_burst: u32,
+    /// The limits were given by the job (never overridden by headers).
+    requests_fixed: bool,
+    tokens_fixed: bool,
+    learned_rpm: Option<u64>,
+    learned_tpm: Option<u64>,
 }
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = self.buckets();
         f.debug_struct("Limiter")
-            .field("requests", &self.requests.is_some())
-            .field("tokens", &self.tokens.is_some())
-            .field("token_burst", &self.token_burst)
+            .field("requests", &b.requests.is_some())
+            .field("tokens", &b.tokens.is_some())
+            .field("token_burst", &b.token_burst)
             .finish()
     }
 }
@@ -47,19 +61,61 @@ fn one_second_bucket(per_minute: u32) -> (DefaultDirectRateLimiter, u32) {
 impl Limiter {
     /// A limiter for the given per-minute limits (None = unlimited).
     pub fn new(requests_per_minute: Option<u32>, tokens_per_minute: Option<u32>) -> Limiter {
-        let requests = requests_per_minute.map(|r| one_second_bucket(r).0);
+        let requests = requests_per_minute.map(|r| Arc::new(one_second_bucket(r).0));
         let (tokens, token_burst) = match tokens_per_minute {
             Some(t) => {
                 let (l, b) = one_second_bucket(t);
-                (Some(l), b)
+                (Some(Arc::new(l)), b)
             }
             None => (None, 0),
         };
         Limiter {
-            requests,
-            tokens,
-            token_burst,
+            buckets: Mutex::new(Buckets {
+                requests_fixed: requests.is_some(),
+                tokens_fixed: tokens.is_some(),
+                requests,
+                tokens,
+                token_burst,
+                learned_rpm: None,
+                learned_tpm: None,
+            }),
             cooldown_until: Mutex::new(None),
+        }
+    }
+
+    fn buckets(&self) -> Buckets {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Learns limits the job did not give from the server's rate-limit headers
+    /// (`x-ratelimit-limit-requests` / `-tokens`), so a job without `[limits]` runs at the
+    /// provider's pace instead of finding it by 429s.
+    pub fn learn(&self, info: &RateLimitInfo) {
+        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if !b.requests_fixed {
+            if let Some(rpm) = info.limit_requests.filter(|r| *r > 0) {
+                if b.learned_rpm != Some(rpm) {
+                    let rpm32 = u32::try_from(rpm).unwrap_or(u32::MAX);
+                    b.requests = Some(Arc::new(one_second_bucket(rpm32).0));
+                    b.learned_rpm = Some(rpm);
+                    tracing::info!("learned a limit of {rpm} requests/min from the server");
+                }
+            }
+        }
+        if !b.tokens_fixed {
+            if let Some(tpm) = info.limit_tokens.filter(|t| *t > 0) {
+                if b.learned_tpm != Some(tpm) {
+                    let tpm32 = u32::try_from(tpm).unwrap_or(u32::MAX);
+                    let (l, burst) = one_second_bucket(tpm32);
+                    b.tokens = Some(Arc::new(l));
+                    b.token_burst = burst;
+                    b.learned_tpm = Some(tpm);
+                    tracing::info!("learned a limit of {tpm} tokens/min from the server");
+                }
+            }
         }
     }
 
@@ -68,11 +124,12 @@ impl Limiter {
     pub async fn acquire(&self, tokens: u64) {
         self.wait_cooldown().await;
         let jitter = Jitter::up_to(Duration::from_millis(2));
-        if let Some(r) = &self.requests {
+        let b = self.buckets();
+        if let Some(r) = &b.requests {
             r.until_ready_with_jitter(jitter).await;
         }
-        if let Some(t) = &self.tokens {
-            let n = tokens.clamp(1, self.token_burst.max(1) as u64) as u32;
+        if let Some(t) = &b.tokens {
+            let n = tokens.clamp(1, b.token_burst.max(1) as u64) as u32;
             let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
             // n <= burst by construction, so InsufficientCapacity cannot happen.
             let _ = t.until_n_ready_with_jitter(n, jitter).await;

@@ -264,9 +264,13 @@ impl Scheduler {
                 self.stats.retries.fetch_add(1, Relaxed);
             }
             let err = match self.client.send(&item.body).await {
-                Ok(c) => return Some(self.success(item, c, attempts)),
+                Ok(c) => {
+                    self.limiter.learn(&c.rate);
+                    return Some(self.success(item, c, attempts));
+                }
                 Err(e) => e,
             };
+            self.limiter.learn(&err.rate);
             tracing::debug!(row = item.row, attempt = attempts, "attempt failed: {err}");
             match err.action {
                 Action::AbortJob => {
@@ -288,7 +292,9 @@ impl Scheduler {
                     .retry_after
                     .unwrap_or_else(|| Duration::from_millis(250 << rate_limit_retries.min(6)));
                 self.limiter.cool_down(d);
-                d
+                // Spread the retries over the wait that follows, so the workers that were
+                // all turned away do not all come back in the same millisecond.
+                d + d.mul_f64(rand::random::<f64>())
             } else {
                 if err.kind == ErrorKind::Server {
                     self.stats.server_errors.fetch_add(1, Relaxed);

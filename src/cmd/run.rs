@@ -109,6 +109,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             tpm: args.mock_tpm,
             latency_ms: args.mock_latency_ms,
             fail_rate: args.mock_fail_rate,
+            ..MockConfig::default()
         };
         let server = MockServer::start(cfg, ([127, 0, 0, 1], 0).into())
             .await
@@ -129,15 +130,17 @@ fn start_err(e: impl Into<anyhow::Error>) -> anyhow::Error {
     anyhow!(CannotStart(e.into()))
 }
 
-fn planner_for(job: &Job) -> anyhow::Result<Planner> {
+/// The planner for a job. Row identity hashes include where requests go, so mock answers are
+/// never taken for real ones; the mock's port changes every run, so it is hashed as `mock:`.
+fn planner_for(job: &Job, mock: bool) -> anyhow::Result<Planner> {
     let renderer = Renderer::new(&job.prompt_spec())?;
     let provider = client::provider_for(job);
-    Ok(Planner::new(
-        job,
-        renderer,
-        provider,
-        &client::base_url(job),
-    ))
+    let identity = if mock {
+        "mock:".to_string()
+    } else {
+        client::base_url(job)
+    };
+    Ok(Planner::new(job, renderer, provider, &identity))
 }
 
 fn source_options(job: &Job) -> SourceOptions {
@@ -215,7 +218,7 @@ async fn run_job(
     prices: &PriceTable,
     started: Instant,
 ) -> anyhow::Result<u8> {
-    let planner = Arc::new(planner_for(job).map_err(start_err)?);
+    let planner = Arc::new(planner_for(job, args.mock).map_err(start_err)?);
 
     // Output columns: input columns (or the chosen subset), checked before anything else.
     let columns = Source::open(&job.input.path, &source_options(job))
@@ -336,6 +339,7 @@ async fn run_job(
         .context("row producer failed")?
         .context("reading rows")?;
     signals.abort();
+    let _ = signals.await; // the aborted task must drop its handle on the scheduler
     if let Some(r) = reporter {
         r.abort();
     }

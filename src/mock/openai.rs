@@ -5,7 +5,7 @@
 
 use super::markers::Markers;
 use super::state::{Shared, Ticket};
-use super::text::{self, answer, count_prompt_tokens, count_text_tokens, mix};
+use super::text::{self, answer, count_prompt_tokens, mix};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -31,6 +31,11 @@ pub(crate) struct ChatMessage {
 }
 
 impl ChatMessage {
+    /// The message's role.
+    pub(crate) fn role(&self) -> &str {
+        &self.role
+    }
+
     /// The message's text: the string content, or its text parts joined by newlines.
     pub(crate) fn text(&self) -> Cow<'_, str> {
         match &self.content {
@@ -262,7 +267,7 @@ async fn complete(s: &Shared, seq: u64, body: &[u8]) -> Response {
     "completions".hash(&mut hasher);
     params.model.hash(&mut hasher);
     prompt.hash(&mut hasher);
-    let prompt_tokens = count_text_tokens(prompt);
+    let prompt_tokens = text::count_completion_prompt_tokens(params.model, prompt);
     let ticket = params.ticket(seq, prompt, hasher.finish(), prompt_tokens);
     if let Some(r) = s.refuse(&ticket).await {
         return r;

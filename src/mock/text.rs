@@ -2,19 +2,31 @@
 
 use super::markers::PREFIX;
 use super::openai::ChatMessage;
+use crate::tokens::{ChatTurn, TokenCounter};
 
-/// Approximate prompt tokens of a chat request: ≈ bytes/4 per message + 3 per message + 3.
-// TODO(merge): use crate::tokens (exact tiktoken counts for OpenAI model families).
-pub(crate) fn count_prompt_tokens(_model: &str, messages: &[ChatMessage]) -> u64 {
-    messages
+/// Prompt tokens of a chat request as OpenAI bills them: exact tiktoken counts with the chat
+/// framing for OpenAI model families (an o200k approximation for others), so that the mock's
+/// usage agrees with what promptmill's estimate predicts, as the real API does.
+pub(crate) fn count_prompt_tokens(model: &str, messages: &[ChatMessage]) -> u64 {
+    let texts: Vec<_> = messages.iter().map(|m| (m.role(), m.text())).collect();
+    let turns: Vec<ChatTurn<'_>> = texts
         .iter()
-        .map(|m| count_text_tokens(&m.text()) + 3)
-        .sum::<u64>()
-        + 3
+        .map(|(role, text)| ChatTurn {
+            role,
+            name: None,
+            content: text,
+        })
+        .collect();
+    TokenCounter::for_model(model).count_turns(&turns)
 }
 
-/// Approximate tokens of a piece of text: bytes/4, rounded up.
-// TODO(merge): use crate::tokens
+/// Prompt tokens of a legacy completions request.
+pub(crate) fn count_completion_prompt_tokens(model: &str, prompt: &str) -> u64 {
+    TokenCounter::for_model(model).count_text(prompt)
+}
+
+/// Approximate tokens of generated text: bytes/4, rounded up (the mock's answers are
+/// filler; their length only has to be plausible and bounded by max_tokens).
 pub(crate) fn count_text_tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4)
 }
