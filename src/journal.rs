@@ -137,45 +137,7 @@ pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
         .create(true)
         .open(path)
         .map_err(&err)?;
-    let mut index = JournalIndex::default();
-    let mut good_end = 0u64;
-    {
-        let mut reader = BufReader::with_capacity(1 << 16, &mut file);
-        let mut line = Vec::new();
-        let mut offset = 0u64;
-        loop {
-            line.clear();
-            let n = reader.read_until(b'\n', &mut line).map_err(&err)? as u64;
-            if n == 0 {
-                break;
-            }
-            let complete = line.last() == Some(&b'\n');
-            match serde_json::from_slice::<RowOnly>(&line) {
-                Ok(r) if complete => {
-                    index.set(r.row, offset);
-                    if r.usage.is_some() && !r.cached {
-                        match r.cost_pico {
-                            Some(c) => index.spent = index.spent.saturating_add(Money(c)),
-                            None => index.unpriced += 1,
-                        }
-                    }
-                    good_end = offset + n;
-                }
-                _ if !complete => {
-                    // A crash mid-write: the last line is cut. Drop it below.
-                    index.repaired_tail = true;
-                }
-                _ => {
-                    index.skipped_lines += 1;
-                    good_end = offset + n;
-                }
-            }
-            offset += n;
-        }
-        if offset != good_end {
-            index.repaired_tail = true;
-        }
-    }
+    let (mut index, good_end) = scan(&mut file, path)?;
     if index.repaired_tail {
         file.set_len(good_end).map_err(&err)?;
         tracing::warn!(
@@ -192,6 +154,62 @@ pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
         index,
         line: Vec::with_capacity(1024),
     })
+}
+
+/// Reads the index of an existing journal without changing the file (a truncated tail is
+/// left in place but not indexed, as [`open`] would drop it). None when there is no journal.
+pub fn read_index(path: &Path) -> Result<Option<JournalIndex>, JournalError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let (mut index, _) = scan(&mut file, path)?;
+    index.records = index.rows_with_records();
+    Ok(Some(index))
+}
+
+/// Reads every record from the start of `file`: the index, and where the last good line ends.
+fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalError> {
+    let err = io_err(path);
+    let mut index = JournalIndex::default();
+    let mut good_end = 0u64;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(&err)? as u64;
+        if n == 0 {
+            break;
+        }
+        let complete = line.last() == Some(&b'\n');
+        match serde_json::from_slice::<RowOnly>(&line) {
+            Ok(r) if complete => {
+                index.set(r.row, offset);
+                if r.usage.is_some() && !r.cached {
+                    match r.cost_pico {
+                        Some(c) => index.spent = index.spent.saturating_add(Money(c)),
+                        None => index.unpriced += 1,
+                    }
+                }
+                good_end = offset + n;
+            }
+            _ if !complete => {
+                // A crash mid-write: the last line is cut. The caller drops it.
+                index.repaired_tail = true;
+            }
+            _ => {
+                index.skipped_lines += 1;
+                good_end = offset + n;
+            }
+        }
+        offset += n;
+    }
+    if offset != good_end {
+        index.repaired_tail = true;
+    }
+    Ok((index, good_end))
 }
 
 /// The part of a record the opening scan needs.

@@ -5,6 +5,7 @@
 //! that knows all the stages).
 
 pub mod budget;
+pub mod cache;
 pub mod client;
 pub mod cmd;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod mock;
 pub mod plan;
 pub mod progress;
 pub mod render;
+pub mod resume;
 pub mod scheduler;
 pub mod sink;
 pub mod source;

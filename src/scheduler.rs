@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::{Budget, Reservation};
+use crate::cache::{self, Cache};
 use crate::client::{Action, ApiError, Client, Completion, ErrorKind};
 use crate::cost::{ModelPrice, Tier};
 use crate::journal::{JournalWriter, Record, Status};
@@ -88,6 +89,8 @@ pub struct Scheduler {
     pub stop: CancellationToken,
     /// Drop requests in flight.
     pub cancel: CancellationToken,
+    /// Where successful responses are also stored (`--cache`), if anywhere.
+    pub cache: Option<Cache>,
     abort_reason: Mutex<Option<String>>,
     interrupted: std::sync::atomic::AtomicBool,
 }
@@ -123,9 +126,16 @@ impl Scheduler {
             progress,
             stop: CancellationToken::new(),
             cancel: CancellationToken::new(),
+            cache: None,
             abort_reason: Mutex::new(None),
             interrupted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Also stores every successful response in `cache`.
+    pub fn with_cache(mut self, cache: Option<Cache>) -> Scheduler {
+        self.cache = cache;
+        self
     }
 
     /// Marks the run as interrupted by a signal (the first one stops scheduling).
@@ -235,6 +245,19 @@ impl Scheduler {
             self.cancel.cancel();
             return;
         }
+        if let (true, Some(c)) = (ok, &self.cache) {
+            // The journal already holds the response; a cache that cannot be written costs
+            // only a future saving, so it is reported and the run goes on.
+            let entry = cache::Entry {
+                hash: record.hash.clone(),
+                choices: record.choices.clone(),
+                usage: record.usage,
+                fields: record.fields.clone(),
+            };
+            if let Err(e) = c.put(&entry) {
+                tracing::warn!("{}: cannot store a response: {e}", c.dir().display());
+            }
+        }
         self.progress.row_done(ok, cost);
     }
 
@@ -254,7 +277,13 @@ impl Scheduler {
         let mut rate_limit_retries = 0u32;
         let mut attempts = 0u32;
         loop {
-            self.limiter.acquire(item.limiter_tokens).await;
+            // Once the run is stopped (Ctrl-C), nothing new goes out: a row still waiting for
+            // the limiter or for its next retry stays pending and is sent on resume.
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return None,
+                _ = self.limiter.acquire(item.limiter_tokens) => {}
+            }
             if self.cancel.is_cancelled() {
                 return None;
             }
@@ -306,7 +335,11 @@ impl Scheduler {
                     None => return Some(self.failure(item, &err, attempts)),
                 }
             };
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return None,
+                _ = tokio::time::sleep(delay) => {}
+            }
         }
     }
 

@@ -59,6 +59,10 @@ pub struct JobArgs {
     /// built-in one.
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
+    /// Response cache folder (overrides cache.dir): identical requests are answered from it
+    /// at no cost; only successful responses are stored.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
 }
 
 impl JobArgs {
@@ -91,6 +95,7 @@ impl JobArgs {
             "estimate.assume_output_tokens",
             self.assume_output_tokens.map(i64::from),
         );
+        o.push_path("cache.dir", self.cache.as_deref());
         o.set = self.set.clone();
         o
     }

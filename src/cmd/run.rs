@@ -12,15 +12,17 @@ use tokio::sync::mpsc;
 use super::args::JobArgs;
 use super::exit;
 use crate::budget::Budget;
+use crate::cache::Cache;
 use crate::client::{self, Client, Secret};
 use crate::config::{Job, Mode};
 use crate::cost::{ModelPrice, PriceTable, Tier};
-use crate::journal::{self, JournalReader, Record, Status};
+use crate::journal::{self, Record, Status};
 use crate::limit::Limiter;
 use crate::mock::{MockConfig, MockServer};
 use crate::plan::Planner;
 use crate::progress::Progress;
 use crate::render::Renderer;
+use crate::resume::{Decision, Resume, ResumeCounts};
 use crate::scheduler::{Scheduler, StopReason, WorkItem};
 use crate::sink::{self, OutputSpec};
 use crate::source::{Source, SourceOptions};
@@ -80,6 +82,8 @@ struct Validated {
     bad_rows: u64,
     prompt_tokens: u64,
     expected_cost: Option<Money>,
+    /// What an earlier run's journal says about the rows.
+    resume: ResumeCounts,
 }
 
 /// The price table: the built-in one, or a user file over it.
@@ -152,7 +156,12 @@ fn source_options(job: &Job) -> SourceOptions {
 
 /// Renders and counts every row; the first bad row stops everything (unless the job skips
 /// bad rows), before a single request is sent.
-fn validate(job: &Job, planner: &Planner, price: Option<&ModelPrice>) -> anyhow::Result<Validated> {
+fn validate(
+    job: &Job,
+    planner: &Planner,
+    price: Option<&ModelPrice>,
+    resume: &mut Resume,
+) -> anyhow::Result<Validated> {
     let source = Source::open(&job.input.path, &source_options(job))?;
     let file = job.input.path.display().to_string();
     let mut v = Validated {
@@ -177,6 +186,7 @@ fn validate(job: &Job, planner: &Planner, price: Option<&ModelPrice>) -> anyhow:
         v.rows += 1;
         match planner.plan(&row) {
             Ok(p) => {
+                v.resume.add(resume.decide(row.index, &row.id, &p.hash)?);
                 v.prompt_tokens += p.prompt_tokens;
                 if let (Some(total), Some(pr)) = (v.expected_cost, price) {
                     let u = Usage {
@@ -204,9 +214,9 @@ fn validate(job: &Job, planner: &Planner, price: Option<&ModelPrice>) -> anyhow:
 #[derive(Debug, Default)]
 struct Produced {
     sent: u64,
-    resumed: u64,
-    changed: u64,
-    kept_failed: u64,
+    resume: ResumeCounts,
+    /// Rows answered from the response cache in this run.
+    cached: u64,
     bad_rows: u64,
     expected_cost: Option<Money>,
 }
@@ -254,13 +264,25 @@ async fn run_job(
 
     let validated = {
         let (job2, planner2, price2) = (job.clone(), planner.clone(), price.clone());
-        tokio::task::spawn_blocking(move || validate(&job2, &planner2, price2.as_ref()))
-            .await
-            .context("validation task failed")
-            .map_err(start_err)?
-            .map_err(start_err)?
+        let retry_failed = args.retry_failed;
+        tokio::task::spawn_blocking(move || {
+            // Read-only: the journal is repaired only when the run really starts.
+            let path = job2.journal_path();
+            let mut resume = match journal::read_index(&path)? {
+                Some(index) => Resume::new(&path, index, retry_failed)?,
+                None => Resume::empty(),
+            };
+            validate(&job2, &planner2, price2.as_ref(), &mut resume)
+        })
+        .await
+        .context("validation task failed")
+        .map_err(start_err)?
+        .map_err(start_err)?
     };
     if args.dry_run {
+        if let Some(line) = validated.resume.line() {
+            eprintln!("{line}");
+        }
         eprintln!(
             "dry run: {} rows, {} prompt tokens{}, expected cost {}",
             validated.rows,
@@ -293,23 +315,34 @@ async fn run_job(
         )));
     }
 
+    let cache = match &job.cache.dir {
+        Some(dir) => Some(Cache::open(dir).map_err(start_err)?),
+        None => None,
+    };
     let journal_path = job.journal_path();
     let writer = journal::open(&journal_path).map_err(start_err)?;
     let index_before = writer.index().clone();
     let budget = Budget::new(cap, index_before.spent);
     let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute);
     let progress = Progress::new(validated.rows, args.quiet || args.json);
-    let sched = Arc::new(Scheduler::new(
-        client,
-        limiter,
-        budget,
-        writer,
-        price.clone(),
-        Tier::Live,
-        job.limits.max_retries,
-        job.limits.max_in_flight,
-        progress.clone(),
-    ));
+    let sched = Arc::new(
+        Scheduler::new(
+            client,
+            limiter,
+            budget,
+            writer,
+            price.clone(),
+            Tier::Live,
+            job.limits.max_retries,
+            job.limits.max_in_flight,
+            progress.clone(),
+        )
+        .with_cache(cache.clone()),
+    );
+    // Before anything is sent: what an earlier run already did.
+    if let Some(line) = validated.resume.line() {
+        eprintln!("{line}");
+    }
     let reporter = progress.spawn_plain_reporter(Duration::from_secs(10));
     let signals = tokio::spawn(watch_signals(sched.clone()));
 
@@ -319,16 +352,16 @@ async fn run_job(
     let producer = {
         let (job, planner, sched, price) =
             (job.clone(), planner.clone(), sched.clone(), price.clone());
-        let index = index_before.clone();
-        let retry_failed = args.retry_failed;
+        let resume = Resume::new(&journal_path, index_before.clone(), args.retry_failed)
+            .map_err(start_err)?;
         tokio::task::spawn_blocking(move || {
             produce(
                 &job,
                 &planner,
                 &sched,
                 price.as_ref(),
-                &index,
-                retry_failed,
+                resume,
+                cache.as_ref(),
                 tx,
             )
         })
@@ -413,8 +446,8 @@ async fn run_job(
         failed: totals.failed,
         pending: totals.pending,
         cached: totals.cached,
-        resumed: produced.resumed,
-        changed: produced.changed,
+        resumed: produced.resume.done,
+        changed: produced.resume.changed,
         prompt_tokens: totals.usage.prompt_tokens,
         completion_tokens: totals.usage.completion_tokens,
         cached_tokens: totals.usage.cached_tokens,
@@ -453,18 +486,13 @@ fn produce(
     planner: &Planner,
     sched: &Scheduler,
     price: Option<&ModelPrice>,
-    index: &journal::JournalIndex,
-    retry_failed: bool,
+    mut resume: Resume,
+    cache: Option<&Cache>,
     tx: mpsc::Sender<WorkItem>,
 ) -> anyhow::Result<Produced> {
     let mut out = Produced {
         expected_cost: price.map(|_| Money::ZERO),
         ..Produced::default()
-    };
-    let mut reader = if index.records > 0 {
-        Some(JournalReader::open(&job.journal_path())?)
-    } else {
-        None
     };
     let expected_out = job
         .estimate
@@ -511,26 +539,38 @@ fn produce(
                 continue;
             }
         };
-        if let Some(r) = reader.as_mut() {
-            if let Some(prev) = r.get(index, row.index)? {
-                if prev.id == row.id && prev.hash == planned.hash {
-                    match prev.status {
-                        Status::Ok => {
-                            out.resumed += 1;
-                            sched.progress.row_done(true, Money::ZERO);
-                            continue;
-                        }
-                        Status::Failed if !retry_failed => {
-                            out.kept_failed += 1;
-                            sched.progress.row_done(false, Money::ZERO);
-                            continue;
-                        }
-                        Status::Failed => {}
-                    }
-                } else if prev.id == row.id {
-                    out.changed += 1;
-                }
-            }
+        let decision = resume.decide(row.index, &row.id, &planned.hash)?;
+        out.resume.add(decision);
+        if !decision.send() {
+            let ok = decision == Decision::Done;
+            sched.progress.row_done(ok, Money::ZERO);
+            continue;
+        }
+        // A cached answer to the very same request: recorded at no cost, and no request,
+        // rate-limit or budget is used for it.
+        if let Some(hit) = cache.and_then(|c| c.get(&planned.hash)) {
+            let rec = Record {
+                row: row.index,
+                id: row.id.clone(),
+                hash: planned.hash,
+                status: Status::Ok,
+                choices: hit.choices,
+                usage: hit.usage,
+                cost_pico: Some(0),
+                attempts: 0,
+                error: None,
+                cached: true,
+                batch: false,
+                fields: hit.fields,
+            };
+            sched
+                .journal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(&rec)?;
+            out.cached += 1;
+            sched.progress.row_done(true, Money::ZERO);
+            continue;
         }
         let reserve_prompt = planner.prompt_tokens_to_reserve(planned.prompt_tokens);
         let max_out = planner.max_completion_tokens();

@@ -1,0 +1,218 @@
+//! Resume: what an earlier run's journal says about a row, given what would be sent now.
+//!
+//! A row is done when its latest record has the same id and the same request hash and
+//! succeeded. A changed template, model or setting changes the hash, so the row is redone;
+//! a failed row is kept as failed unless the user asks for `--retry-failed`.
+
+use std::path::Path;
+
+use crate::journal::{JournalError, JournalIndex, JournalReader, Status};
+
+/// What to do with one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// No earlier record for this row: send it.
+    New,
+    /// Succeeded earlier with the same request: do not send it again.
+    Done,
+    /// Failed earlier with the same request, and failed rows are kept: do not send it.
+    KeptFailed,
+    /// Failed earlier with the same request and `--retry-failed` was given: send it again.
+    RetryFailed,
+    /// Recorded earlier, but what would be sent has changed since: send it again.
+    Changed,
+}
+
+impl Decision {
+    /// True when the row must be sent (or answered from the cache).
+    pub fn send(self) -> bool {
+        matches!(
+            self,
+            Decision::New | Decision::RetryFailed | Decision::Changed
+        )
+    }
+}
+
+/// Looks rows up in a journal's index.
+pub struct Resume {
+    index: JournalIndex,
+    reader: Option<JournalReader>,
+    retry_failed: bool,
+}
+
+impl Resume {
+    /// Decisions against the journal at `path` as `index` describes it.
+    pub fn new(
+        path: &Path,
+        index: JournalIndex,
+        retry_failed: bool,
+    ) -> Result<Resume, JournalError> {
+        let reader = if index.records > 0 {
+            Some(JournalReader::open(path)?)
+        } else {
+            None
+        };
+        Ok(Resume {
+            index,
+            reader,
+            retry_failed,
+        })
+    }
+
+    /// Decisions for a job that has no journal yet (every row is new).
+    pub fn empty() -> Resume {
+        Resume {
+            index: JournalIndex::default(),
+            reader: None,
+            retry_failed: false,
+        }
+    }
+
+    /// What to do with row `row` (0-based input index) whose id is `id` and whose request
+    /// would hash to `hash`.
+    pub fn decide(&mut self, row: u64, id: &str, hash: &str) -> Result<Decision, JournalError> {
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(Decision::New);
+        };
+        let Some(prev) = reader.get(&self.index, row)? else {
+            return Ok(Decision::New);
+        };
+        // A record for another id at this index means the input changed order: not this row's.
+        if prev.id != id {
+            return Ok(Decision::New);
+        }
+        if prev.hash != hash {
+            return Ok(Decision::Changed);
+        }
+        Ok(match prev.status {
+            Status::Ok => Decision::Done,
+            Status::Failed if self.retry_failed => Decision::RetryFailed,
+            Status::Failed => Decision::KeptFailed,
+        })
+    }
+}
+
+/// How many rows got each decision.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeCounts {
+    pub new: u64,
+    pub done: u64,
+    pub kept_failed: u64,
+    pub retry_failed: u64,
+    pub changed: u64,
+}
+
+impl ResumeCounts {
+    /// Counts one decision.
+    pub fn add(&mut self, d: Decision) {
+        match d {
+            Decision::New => self.new += 1,
+            Decision::Done => self.done += 1,
+            Decision::KeptFailed => self.kept_failed += 1,
+            Decision::RetryFailed => self.retry_failed += 1,
+            Decision::Changed => self.changed += 1,
+        }
+    }
+
+    /// The line telling the user what an earlier run already did, before anything is sent;
+    /// None when no row has an earlier record.
+    pub fn line(&self) -> Option<String> {
+        if self.done + self.kept_failed + self.retry_failed + self.changed == 0 {
+            return None;
+        }
+        let mut s = format!(
+            "resuming: {} rows done already (not sent again), {} changed since (template, model \
+             or settings) and redone",
+            self.done, self.changed
+        );
+        if self.kept_failed > 0 {
+            s.push_str(&format!(
+                ", {} failed rows kept as failed (add --retry-failed to send them again)",
+                self.kept_failed
+            ));
+        } else if self.retry_failed > 0 {
+            s.push_str(&format!(", {} failed rows retried", self.retry_failed));
+        } else {
+            s.push_str(", 0 failed rows");
+        }
+        s.push_str(&format!(
+            ", {} rows to send",
+            self.new + self.changed + self.retry_failed
+        ));
+        Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{self, Record};
+
+    fn rec(row: u64, id: &str, hash: &str, status: Status) -> Record {
+        Record {
+            row,
+            id: id.into(),
+            hash: hash.into(),
+            status,
+            choices: Vec::new(),
+            usage: None,
+            cost_pico: None,
+            attempts: 1,
+            error: None,
+            cached: false,
+            batch: false,
+            fields: None,
+        }
+    }
+
+    #[test]
+    fn decisions_follow_the_latest_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut w = journal::open(&path).unwrap();
+        w.append(&rec(0, "a", "h0", Status::Ok)).unwrap();
+        w.append(&rec(1, "b", "h1", Status::Failed)).unwrap();
+        w.append(&rec(2, "c", "old", Status::Ok)).unwrap();
+        w.append(&rec(3, "x", "h3", Status::Ok)).unwrap();
+        w.append(&rec(4, "e", "h4", Status::Failed)).unwrap();
+        w.append(&rec(4, "e", "h4", Status::Ok)).unwrap();
+        drop(w);
+        let index = journal::read_index(&path).unwrap().unwrap();
+        for (retry, failed) in [(false, Decision::KeptFailed), (true, Decision::RetryFailed)] {
+            let mut r = Resume::new(&path, index.clone(), retry).unwrap();
+            assert_eq!(r.decide(0, "a", "h0").unwrap(), Decision::Done);
+            assert_eq!(r.decide(1, "b", "h1").unwrap(), failed);
+            assert_eq!(r.decide(2, "c", "new").unwrap(), Decision::Changed);
+            assert_eq!(r.decide(3, "d", "h3").unwrap(), Decision::New, "other id");
+            assert_eq!(
+                r.decide(4, "e", "h4").unwrap(),
+                Decision::Done,
+                "latest wins"
+            );
+            assert_eq!(r.decide(5, "f", "h5").unwrap(), Decision::New);
+        }
+        assert_eq!(Resume::empty().decide(0, "a", "h0").unwrap(), Decision::New);
+    }
+
+    #[test]
+    fn the_line_says_what_is_kept_and_what_is_redone() {
+        let mut c = ResumeCounts::default();
+        assert_eq!(c.line(), None);
+        c.add(Decision::New);
+        assert_eq!(c.line(), None, "a fresh job says nothing");
+        for d in [
+            Decision::Done,
+            Decision::Done,
+            Decision::Changed,
+            Decision::KeptFailed,
+        ] {
+            c.add(d);
+        }
+        let line = c.line().unwrap();
+        assert!(line.contains("2 rows done already"), "{line}");
+        assert!(line.contains("1 changed since"), "{line}");
+        assert!(line.contains("1 failed rows kept"), "{line}");
+        assert!(line.contains("--retry-failed"), "{line}");
+        assert!(line.contains("2 rows to send"), "{line}");
+    }
+}
