@@ -439,7 +439,7 @@ fn produce(
         let planned = match planner.plan(&row) {
             Ok(p) => p,
             Err(e) => {
-                // validate() let it through only because the job skips bad rows.
+                // The estimate pass let it through only because the job skips bad rows.
                 out.bad_rows += 1;
                 let rec = Record {
                     row: row.index,
