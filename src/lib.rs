@@ -10,6 +10,7 @@ pub mod client;
 pub mod cmd;
 pub mod config;
 pub mod cost;
+pub mod estimate;
 pub mod journal;
 pub mod limit;
 pub mod mock;

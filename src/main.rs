@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use promptmill::cmd::{exit, run};
+use promptmill::cmd::{estimate, exit, run};
 
 /// Turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 #[derive(Debug, Parser)]
@@ -17,6 +17,8 @@ struct Cli {
 enum Command {
     /// Run a job: every row of the input through the model, into the output file.
     Run(Box<run::RunArgs>),
+    /// Estimate a job: rows, exact prompt tokens, cost and minimum time; nothing is sent.
+    Estimate(Box<estimate::EstimateArgs>),
     /// Serve the built-in OpenAI-compatible mock API (for trying jobs and for tests).
     MockServer(promptmill::mock::MockServerArgs),
 }
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
+            Command::Estimate(args) => estimate::run(*args).await,
             Command::MockServer(args) => promptmill::mock::serve_forever(args)
                 .await
                 .map(|_| exit::OK),

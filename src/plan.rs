@@ -78,6 +78,11 @@ impl Planner {
         self.counter.is_exact()
     }
 
+    /// The tokenizer used for prompt counts.
+    pub fn encoding(&self) -> crate::tokens::Encoding {
+        self.counter.encoding()
+    }
+
     /// Tokens a request may generate in total (max_tokens × variants).
     pub fn max_completion_tokens(&self) -> u64 {
         self.job.model.max_tokens as u64 * self.job.model.n.unwrap_or(1).max(1) as u64

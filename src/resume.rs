@@ -4,7 +4,8 @@
 //! succeeded. A changed template, model or setting changes the hash, so the row is redone;
 //! a failed row is kept as failed unless the user asks for `--retry-failed`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::journal::{JournalError, JournalIndex, JournalReader, Status};
 
@@ -35,7 +36,8 @@ impl Decision {
 
 /// Looks rows up in a journal's index.
 pub struct Resume {
-    index: JournalIndex,
+    index: Arc<JournalIndex>,
+    path: PathBuf,
     reader: Option<JournalReader>,
     retry_failed: bool,
 }
@@ -53,16 +55,32 @@ impl Resume {
             None
         };
         Ok(Resume {
-            index,
+            index: Arc::new(index),
+            path: path.to_path_buf(),
             reader,
             retry_failed,
+        })
+    }
+
+    /// Another lookup over the same index with a reader of its own, for another thread.
+    pub fn fork(&self) -> Result<Resume, JournalError> {
+        let reader = match self.reader {
+            Some(_) => Some(JournalReader::open(&self.path)?),
+            None => None,
+        };
+        Ok(Resume {
+            index: Arc::clone(&self.index),
+            path: self.path.clone(),
+            reader,
+            retry_failed: self.retry_failed,
         })
     }
 
     /// Decisions for a job that has no journal yet (every row is new).
     pub fn empty() -> Resume {
         Resume {
-            index: JournalIndex::default(),
+            index: Arc::default(),
+            path: PathBuf::new(),
             reader: None,
             retry_failed: false,
         }
@@ -112,6 +130,15 @@ impl ResumeCounts {
             Decision::RetryFailed => self.retry_failed += 1,
             Decision::Changed => self.changed += 1,
         }
+    }
+
+    /// Adds another set of counts.
+    pub fn merge(&mut self, o: &ResumeCounts) {
+        self.new += o.new;
+        self.done += o.done;
+        self.kept_failed += o.kept_failed;
+        self.retry_failed += o.retry_failed;
+        self.changed += o.changed;
     }
 
     /// The line telling the user what an earlier run already did, before anything is sent;

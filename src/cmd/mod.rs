@@ -1,6 +1,7 @@
 //! One module per subcommand, each wiring the pipeline stages for its use.
 
 pub mod args;
+pub mod estimate;
 pub mod run;
 
 /// Exit codes (see README): 0 all rows succeeded, 1 finished with failed rows, 2 could not

@@ -16,6 +16,7 @@ use crate::cache::Cache;
 use crate::client::{self, Client, Secret};
 use crate::config::{Job, Mode};
 use crate::cost::{ModelPrice, PriceTable, Tier};
+use crate::estimate::{estimate, EstimateOptions};
 use crate::journal::{self, Record, Status};
 use crate::limit::Limiter;
 use crate::mock::{MockConfig, MockServer};
@@ -55,9 +56,12 @@ pub struct RunArgs {
     /// Send rows that failed in an earlier run again (by default they are kept as failed).
     #[arg(long)]
     pub retry_failed: bool,
-    /// Print the summary as JSON on stdout.
+    /// Print the summary (with --dry-run: the estimate) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// With --dry-run: also print the first N rendered prompts.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub show: usize,
     /// No progress bar or periodic progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -74,17 +78,6 @@ impl std::fmt::Display for CannotStart {
 }
 
 impl std::error::Error for CannotStart {}
-
-/// What the validation pass learned about the rows.
-#[derive(Debug, Default, Clone)]
-struct Validated {
-    rows: u64,
-    bad_rows: u64,
-    prompt_tokens: u64,
-    expected_cost: Option<Money>,
-    /// What an earlier run's journal says about the rows.
-    resume: ResumeCounts,
-}
 
 /// The price table: the built-in one, or a user file over it.
 fn price_table(args: &JobArgs) -> anyhow::Result<std::borrow::Cow<'static, PriceTable>> {
@@ -154,62 +147,6 @@ fn source_options(job: &Job) -> SourceOptions {
     }
 }
 
-/// Renders and counts every row; the first bad row stops everything (unless the job skips
-/// bad rows), before a single request is sent.
-fn validate(
-    job: &Job,
-    planner: &Planner,
-    price: Option<&ModelPrice>,
-    resume: &mut Resume,
-) -> anyhow::Result<Validated> {
-    let source = Source::open(&job.input.path, &source_options(job))?;
-    let file = job.input.path.display().to_string();
-    let mut v = Validated {
-        expected_cost: price.map(|_| Money::ZERO),
-        ..Validated::default()
-    };
-    let expected_out = job
-        .estimate
-        .assume_output_tokens
-        .map(u64::from)
-        .unwrap_or(planner.max_completion_tokens());
-    for row in source {
-        let row = match row {
-            Ok(r) => r,
-            Err(e) if job.input.skip_bad_rows && e.is_row_error() => {
-                v.rows += 1;
-                v.bad_rows += 1;
-                continue;
-            }
-            Err(e) => bail!("{e}"),
-        };
-        v.rows += 1;
-        match planner.plan(&row) {
-            Ok(p) => {
-                v.resume.add(resume.decide(row.index, &row.id, &p.hash)?);
-                v.prompt_tokens += p.prompt_tokens;
-                if let (Some(total), Some(pr)) = (v.expected_cost, price) {
-                    let u = Usage {
-                        prompt_tokens: p.prompt_tokens,
-                        completion_tokens: expected_out,
-                        ..Usage::default()
-                    };
-                    v.expected_cost = Some(total.saturating_add(pr.cost(&u, Tier::Live)));
-                }
-            }
-            Err(e) if job.input.skip_bad_rows => {
-                tracing::warn!("{file}: {e}");
-                v.bad_rows += 1;
-            }
-            Err(e) => bail!("{file}: {e}"),
-        }
-    }
-    if v.rows == 0 {
-        bail!("{file}: no data rows (the file is empty or has only a header)");
-    }
-    Ok(v)
-}
-
 /// What the producer did while feeding the scheduler.
 #[derive(Debug, Default)]
 struct Produced {
@@ -262,17 +199,33 @@ async fn run_job(
     };
     spec.check().map_err(start_err)?;
 
+    if !args.dry_run && job.budget.max_usd.is_some() && price.is_none() {
+        return Err(start_err(anyhow!(
+            "budget.max_usd is set but there is no price for model '{}', so the cap cannot be \
+             enforced; give a price table with --prices FILE",
+            job.model.name
+        )));
+    }
+    // The validation pass and the dry run are one and the same: every row rendered and
+    // counted before a single request is sent.
     let validated = {
         let (job2, planner2, price2) = (job.clone(), planner.clone(), price.clone());
+        let show = if args.dry_run { args.show } else { 0 };
         let retry_failed = args.retry_failed;
         tokio::task::spawn_blocking(move || {
             // Read-only: the journal is repaired only when the run really starts.
             let path = job2.journal_path();
-            let mut resume = match journal::read_index(&path)? {
-                Some(index) => Resume::new(&path, index, retry_failed)?,
-                None => Resume::empty(),
+            let resume = match journal::read_index(&path)? {
+                Some(index) => Some(Resume::new(&path, index, retry_failed)?),
+                None => None,
             };
-            validate(&job2, &planner2, price2.as_ref(), &mut resume)
+            let opts = EstimateOptions {
+                price: price2.as_ref(),
+                show,
+                workers: 0,
+                resume: resume.as_ref(),
+            };
+            estimate(&job2, &planner2, &opts)
         })
         .await
         .context("validation task failed")
@@ -283,20 +236,17 @@ async fn run_job(
         if let Some(line) = validated.resume.line() {
             eprintln!("{line}");
         }
-        eprintln!(
-            "dry run: {} rows, {} prompt tokens{}, expected cost {}",
-            validated.rows,
-            validated.prompt_tokens,
-            if planner.exact_tokens() {
-                ""
-            } else {
-                " (approximate)"
-            },
-            validated
-                .expected_cost
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "unknown".into())
-        );
+        eprint!("{}", validated.render());
+        if job.budget.max_usd.is_some() && price.is_none() {
+            eprintln!(
+                "warning: budget.max_usd is set but model '{}' has no price: a run would refuse \
+                 to start; give a price table with --prices FILE",
+                job.model.name
+            );
+        }
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&validated)?);
+        }
         return Ok(exit::OK);
     }
 
@@ -307,13 +257,6 @@ async fn run_job(
     };
     let client = Client::for_job(job, key).map_err(start_err)?;
     let cap = job.budget.max_usd.map(Money::from_usd);
-    if cap.is_some() && price.is_none() {
-        return Err(start_err(anyhow!(
-            "budget.max_usd is set but there is no price for model '{}', so the cap cannot be \
-             enforced; give a price table with --prices FILE",
-            job.model.name
-        )));
-    }
 
     let cache = match &job.cache.dir {
         Some(dir) => Some(Cache::open(dir).map_err(start_err)?),
@@ -515,7 +458,7 @@ fn produce(
         let planned = match planner.plan(&row) {
             Ok(p) => p,
             Err(e) => {
-                // validate() let it through only because the job skips bad rows.
+                // The estimate pass let it through only because the job skips bad rows.
                 out.bad_rows += 1;
                 let rec = Record {
                     row: row.index,

@@ -1,0 +1,697 @@
+//! The estimate: one streaming pass over every row that renders it, counts its prompt tokens
+//! and checks it, then prices the job and works out how long its rate limits make it take.
+//!
+//! The run's validation pass and the dry run (`run --dry-run`, `estimate`) are this same
+//! code, so what is estimated is exactly what a run would send.
+//!
+//! Tokenizing is the slow part (BPE over every prompt), so rows are read on one thread, in
+//! chunks, and planned on worker threads (`std::thread::scope`, bounded channels: memory
+//! stays flat). Chunks carry their sequence number, so the *first* bad row in input order is
+//! the one reported, whichever worker found a bad row first.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::config::Job;
+use crate::cost::{ModelPrice, Tier};
+use crate::plan::Planner;
+use crate::resume::{Resume, ResumeCounts};
+use crate::source::{Source, SourceError, SourceOptions};
+use crate::types::{Message, Money, Row, Usage};
+
+/// Rows per chunk handed to a worker: large enough that channel traffic is negligible,
+/// small enough that a bad row early in the file is reported without reading much more.
+const CHUNK: usize = 256;
+/// Rows over the context window listed by name (the rest are only counted).
+const LIST_OVER_CONTEXT: usize = 5;
+
+/// What the estimate needs besides the job.
+#[derive(Clone, Copy)]
+pub struct EstimateOptions<'a> {
+    /// The model's prices; `None` = unknown price (costs are reported as unknown, never 0).
+    pub price: Option<&'a ModelPrice>,
+    /// Rendered prompts to keep for display (`--show N`).
+    pub show: usize,
+    /// Worker threads for rendering and tokenizing; 0 = one per core.
+    pub workers: usize,
+    /// An earlier run's journal, to count what a resumed run would skip; `None` = no journal.
+    pub resume: Option<&'a Resume>,
+}
+
+/// Everything the dry run reports. Field names are the `--json` format (see
+/// docs/estimate.md); they are stable.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Estimate {
+    /// The model priced and counted for.
+    pub model: String,
+    /// Data rows in the input, bad ones included.
+    pub rows: u64,
+    /// Rows that cannot be sent (skipped because `input.skip_bad_rows` is on).
+    pub bad_rows: u64,
+    /// Rows that would be sent: `rows - bad_rows`.
+    pub requests: u64,
+    /// Prompt tokens of all requests.
+    pub prompt_tokens: TokenCount,
+    /// Completion tokens assumed.
+    pub completion_tokens: CompletionTokens,
+    /// Cost at the provider's live (synchronous) prices; `None` = unknown price.
+    pub cost: Option<CostRange>,
+    /// Cost at Batch API prices; `None` = unknown price.
+    pub batch_cost: Option<CostRange>,
+    /// The shortest time the job's rate limits allow.
+    pub min_wall_time: WallTime,
+    /// The row with the most prompt tokens.
+    pub longest_prompt: Option<RowTokens>,
+    /// The model's context window for the prompt (LiteLLM `max_input_tokens`), if known.
+    pub context_window: Option<u64>,
+    /// Rows whose prompt is longer than the context window.
+    pub over_context_window: u64,
+    /// The first few of those rows, in input order.
+    pub over_context_rows: Vec<RowTokens>,
+    /// The job's budget cap (`budget.max_usd`), if any.
+    pub budget_usd: Option<f64>,
+    /// The first `--show N` rendered prompts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Sample>,
+    /// What an earlier run's journal says about the rows (counts only; the estimate itself
+    /// is for the whole job).
+    #[serde(skip)]
+    pub resume: ResumeCounts,
+}
+
+/// A token total and whether it is what the provider will bill.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TokenCount {
+    /// The total.
+    pub total: u64,
+    /// True when counted with the model's own tokenizer and chat framing.
+    pub exact: bool,
+    /// The tokenizer used, e.g. `o200k_base`.
+    pub encoding: String,
+}
+
+/// Completion tokens: the upper bound `max_tokens × n`, and the expected figure.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CompletionTokens {
+    /// Per request, the most that can be generated (`max_tokens × n`).
+    pub max_per_request: u64,
+    /// Per request, the expected length (`estimate.assume_output_tokens`, else the maximum).
+    pub expected_per_request: u64,
+    /// True when no expected length was given, so the expected figure is the upper bound.
+    pub expected_is_upper_bound: bool,
+    /// All requests, at the maximum.
+    pub max_total: u64,
+    /// All requests, at the expected length.
+    pub expected_total: u64,
+}
+
+/// Cost of all requests: prompt only, expected output, and maximum output.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CostRange {
+    /// Prompt tokens only (no output at all).
+    pub low_usd: f64,
+    /// Prompt tokens plus the expected output.
+    pub expected_usd: f64,
+    /// Prompt tokens plus `max_tokens` of output on every request: what the budget reserves.
+    pub high_usd: f64,
+    /// True for batch prices derived as half the live ones (the table had none).
+    pub derived: bool,
+}
+
+/// The minimum wall time under the job's rate limits.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WallTime {
+    /// Seconds; `None` when the job sets no rate limit (then latency and concurrency decide).
+    pub seconds: Option<f64>,
+    /// Which limit binds: `requests_per_minute`, `tokens_per_minute`, or `none`.
+    pub binding: String,
+    /// Seconds the requests/min limit alone needs.
+    pub rpm_seconds: Option<f64>,
+    /// Seconds the tokens/min limit alone needs (counting prompt + `max_tokens`, as the
+    /// limiter reserves).
+    pub tpm_seconds: Option<f64>,
+}
+
+/// A row and its prompt tokens.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RowTokens {
+    /// 1-based data row number (the header is not a row).
+    pub row: u64,
+    /// The row's id (`input.id` column, or the row number).
+    pub id: String,
+    /// Prompt tokens.
+    pub tokens: u64,
+}
+
+/// One rendered prompt, for `--show N`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Sample {
+    /// 1-based data row number.
+    pub row: u64,
+    /// The row's id.
+    pub id: String,
+    /// Prompt tokens.
+    pub tokens: u64,
+    /// The messages as they would be sent.
+    pub messages: Vec<Message>,
+}
+
+/// What a worker learned from one chunk of rows.
+#[derive(Default)]
+struct ChunkResult {
+    rows: u64,
+    bad_rows: u64,
+    requests: u64,
+    prompt_tokens: u64,
+    /// Prompt tokens as the budget and limiter reserve them (approximations get a margin).
+    reserve_prompt: u64,
+    longest: Option<RowTokens>,
+    over_context: u64,
+    over_context_rows: Vec<RowTokens>,
+    samples: Vec<Sample>,
+    resume: ResumeCounts,
+    /// The first error in the chunk that stops the pass.
+    error: Option<String>,
+}
+
+/// A chunk of input in file order: (position among items, row or read error).
+type Chunk = (u64, Vec<(u64, Result<Row, SourceError>)>);
+
+/// Renders, counts and checks every row of `job`, then prices the result. The first bad row
+/// (in input order) is an error unless the job skips bad rows.
+pub fn estimate(
+    job: &Job,
+    planner: &Planner,
+    opts: &EstimateOptions<'_>,
+) -> anyhow::Result<Estimate> {
+    let source = Source::open(
+        &job.input.path,
+        &SourceOptions {
+            format: job.input_format(),
+            id_column: job.input.id.clone(),
+        },
+    )?;
+    let file = job.input.path.display().to_string();
+    let context_window = opts.price.and_then(|p| p.max_input_tokens);
+    let workers = if opts.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        opts.workers
+    };
+    // After a chunk reports an error, later chunks are not needed: the reader stops and
+    // workers skip them, but earlier chunks still finish so the first error wins.
+    let stop_after = AtomicU64::new(u64::MAX);
+    let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(workers * 2);
+    let chunk_rx = Mutex::new(chunk_rx);
+    let (result_tx, result_rx) = sync_channel::<(u64, ChunkResult)>(workers * 2);
+
+    let results: BTreeMap<u64, ChunkResult> = std::thread::scope(|s| {
+        let stop_after = &stop_after;
+        s.spawn(move || {
+            let mut seq = 0u64;
+            let mut items = Vec::with_capacity(CHUNK);
+            for (pos, item) in (0u64..).zip(source) {
+                items.push((pos, item));
+                if items.len() == CHUNK {
+                    let full = std::mem::replace(&mut items, Vec::with_capacity(CHUNK));
+                    if seq > stop_after.load(Ordering::Relaxed)
+                        || chunk_tx.send((seq, full)).is_err()
+                    {
+                        return;
+                    }
+                    seq += 1;
+                }
+            }
+            if !items.is_empty() {
+                let _ = chunk_tx.send((seq, items));
+            }
+        });
+        for _ in 0..workers {
+            let (chunk_rx, result_tx) = (&chunk_rx, result_tx.clone());
+            let file = &file;
+            s.spawn(move || {
+                let mut resume = opts.resume.map(Resume::fork).transpose();
+                loop {
+                    let next = recv_shared(chunk_rx);
+                    let Some((seq, items)) = next else { return };
+                    if seq > stop_after.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let r = match resume.as_mut() {
+                        Ok(resume) => plan_chunk(
+                            job,
+                            planner,
+                            opts,
+                            resume.as_mut(),
+                            context_window,
+                            file,
+                            items,
+                        ),
+                        Err(e) => ChunkResult {
+                            error: Some(e.to_string()),
+                            ..ChunkResult::default()
+                        },
+                    };
+                    if r.error.is_some() {
+                        stop_after.fetch_min(seq, Ordering::Relaxed);
+                    }
+                    if result_tx.send((seq, r)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(result_tx);
+        result_rx.into_iter().collect()
+    });
+
+    let mut e = Estimate {
+        model: job.model.name.clone(),
+        rows: 0,
+        bad_rows: 0,
+        requests: 0,
+        prompt_tokens: TokenCount {
+            total: 0,
+            exact: planner.exact_tokens(),
+            encoding: planner.encoding().name().to_string(),
+        },
+        completion_tokens: CompletionTokens {
+            max_per_request: planner.max_completion_tokens(),
+            expected_per_request: 0,
+            expected_is_upper_bound: true,
+            max_total: 0,
+            expected_total: 0,
+        },
+        cost: None,
+        batch_cost: None,
+        min_wall_time: WallTime {
+            seconds: None,
+            binding: "none".into(),
+            rpm_seconds: None,
+            tpm_seconds: None,
+        },
+        longest_prompt: None,
+        context_window,
+        over_context_window: 0,
+        over_context_rows: Vec::new(),
+        budget_usd: job.budget.max_usd,
+        samples: Vec::new(),
+        resume: ResumeCounts::default(),
+    };
+    let mut reserve_prompt = 0u64;
+    for (_, r) in results {
+        if let Some(err) = r.error {
+            anyhow::bail!("{err}");
+        }
+        e.rows += r.rows;
+        e.bad_rows += r.bad_rows;
+        e.requests += r.requests;
+        e.prompt_tokens.total += r.prompt_tokens;
+        reserve_prompt += r.reserve_prompt;
+        if let Some(l) = r.longest {
+            // Chunks come in input order, so on a tie the earlier row stays.
+            if e.longest_prompt
+                .as_ref()
+                .is_none_or(|cur| l.tokens > cur.tokens)
+            {
+                e.longest_prompt = Some(l);
+            }
+        }
+        e.over_context_window += r.over_context;
+        let room = LIST_OVER_CONTEXT.saturating_sub(e.over_context_rows.len());
+        e.over_context_rows
+            .extend(r.over_context_rows.into_iter().take(room));
+        e.samples.extend(r.samples);
+        e.resume.merge(&r.resume);
+    }
+    if e.rows == 0 {
+        anyhow::bail!("{file}: no data rows (the file is empty or has only a header)");
+    }
+
+    let ct = &mut e.completion_tokens;
+    let assumed = job.estimate.assume_output_tokens.map(u64::from);
+    ct.expected_is_upper_bound = assumed.is_none();
+    ct.expected_per_request = assumed.unwrap_or(ct.max_per_request);
+    ct.max_total = ct.max_per_request.saturating_mul(e.requests);
+    ct.expected_total = ct.expected_per_request.saturating_mul(e.requests);
+
+    if let Some(p) = opts.price {
+        // Prices are linear in tokens, so pricing the totals equals summing per-row costs.
+        // The high figure prices prompts as the budget reserves them (approximate counts
+        // get a margin), so it is the most the cap can let through.
+        let range = |tier: Tier, derived: bool| {
+            let at = |prompt: u64, out: u64| {
+                p.cost(
+                    &Usage {
+                        prompt_tokens: prompt,
+                        completion_tokens: out,
+                        ..Usage::default()
+                    },
+                    tier,
+                )
+                .as_usd()
+            };
+            CostRange {
+                low_usd: at(e.prompt_tokens.total, 0),
+                expected_usd: at(e.prompt_tokens.total, ct.expected_total),
+                high_usd: at(reserve_prompt, ct.max_total),
+                derived,
+            }
+        };
+        e.cost = Some(range(Tier::Live, false));
+        e.batch_cost = Some(range(Tier::Batch, p.batch_derived));
+    }
+    // The limiter takes prompt + max_tokens per request before sending it.
+    e.min_wall_time = wall_time(
+        e.requests,
+        reserve_prompt.saturating_add(e.completion_tokens.max_total),
+        job.limits.requests_per_minute,
+        job.limits.tokens_per_minute,
+    );
+    Ok(e)
+}
+
+/// Takes the next chunk from the receiver shared by all workers.
+fn recv_shared<T>(rx: &Mutex<Receiver<T>>) -> Option<T> {
+    rx.lock().unwrap_or_else(|e| e.into_inner()).recv().ok()
+}
+
+/// Renders and counts one chunk of rows.
+fn plan_chunk(
+    job: &Job,
+    planner: &Planner,
+    opts: &EstimateOptions<'_>,
+    mut resume: Option<&mut Resume>,
+    context_window: Option<u64>,
+    file: &str,
+    items: Vec<(u64, Result<Row, SourceError>)>,
+) -> ChunkResult {
+    let mut r = ChunkResult::default();
+    for (pos, item) in items {
+        r.rows += 1;
+        let row = match item {
+            Ok(row) => row,
+            Err(e) if job.input.skip_bad_rows && e.is_row_error() => {
+                r.bad_rows += 1;
+                continue;
+            }
+            Err(e) => {
+                r.error = Some(e.to_string());
+                return r;
+            }
+        };
+        let planned = match planner.plan(&row) {
+            Ok(p) => p,
+            Err(e) if job.input.skip_bad_rows => {
+                tracing::warn!("{file}: {e}");
+                r.bad_rows += 1;
+                continue;
+            }
+            Err(e) => {
+                r.error = Some(format!("{file}: {e}"));
+                return r;
+            }
+        };
+        if let Some(resume) = resume.as_deref_mut() {
+            match resume.decide(row.index, &row.id, &planned.hash) {
+                Ok(d) => r.resume.add(d),
+                Err(e) => {
+                    r.error = Some(e.to_string());
+                    return r;
+                }
+            }
+        }
+        let tokens = planned.prompt_tokens;
+        r.requests += 1;
+        r.prompt_tokens += tokens;
+        r.reserve_prompt += planner.prompt_tokens_to_reserve(tokens);
+        let here = || RowTokens {
+            row: row.index + 1,
+            id: row.id.clone(),
+            tokens,
+        };
+        if r.longest.as_ref().is_none_or(|l| tokens > l.tokens) {
+            r.longest = Some(here());
+        }
+        if context_window.is_some_and(|w| tokens > w) {
+            r.over_context += 1;
+            if r.over_context_rows.len() < LIST_OVER_CONTEXT {
+                r.over_context_rows.push(here());
+            }
+        }
+        if pos < opts.show as u64 {
+            r.samples.push(Sample {
+                row: row.index + 1,
+                id: row.id.clone(),
+                tokens,
+                messages: planned.messages,
+            });
+        }
+    }
+    r
+}
+
+/// The shortest time `requests` requests taking `tokens` tokens in all can take under the
+/// limits (the limiter's buckets hold one second's worth, so nothing bursts past them).
+fn wall_time(requests: u64, tokens: u64, rpm: Option<u32>, tpm: Option<u32>) -> WallTime {
+    let secs = |n: u64, per_min: Option<u32>| {
+        per_min
+            .filter(|&l| l > 0)
+            .map(|l| n as f64 * 60.0 / f64::from(l))
+    };
+    let (rpm_seconds, tpm_seconds) = (secs(requests, rpm), secs(tokens, tpm));
+    let (seconds, binding) = match (rpm_seconds, tpm_seconds) {
+        (None, None) => (None, "none"),
+        (Some(r), None) => (Some(r), "requests_per_minute"),
+        (None, Some(t)) => (Some(t), "tokens_per_minute"),
+        (Some(r), Some(t)) if t > r => (Some(t), "tokens_per_minute"),
+        (Some(r), Some(_)) => (Some(r), "requests_per_minute"),
+    };
+    WallTime {
+        seconds,
+        binding: binding.into(),
+        rpm_seconds,
+        tpm_seconds,
+    }
+}
+
+fn usd(v: f64) -> String {
+    Money::from_usd(v).to_string()
+}
+
+/// `1h 02m`, `3m 20s`, `12.5s`.
+fn duration(secs: f64) -> String {
+    if secs < 60.0 {
+        return format!("{secs:.1}s");
+    }
+    let s = secs.round() as u64;
+    if s < 3600 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
+    }
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Estimate {
+    /// The readable table printed on stderr.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mut line = |k: &str, v: String| {
+            s.push_str(format!("  {k:<20} {v}").trim_end());
+            s.push('\n');
+        };
+        line("model", self.model.clone());
+        let mut rows = format!(
+            "{} ({} to send",
+            thousands(self.rows),
+            thousands(self.requests)
+        );
+        if self.bad_rows > 0 {
+            rows.push_str(&format!(", {} bad rows skipped", thousands(self.bad_rows)));
+        }
+        rows.push(')');
+        line("rows", rows);
+        let pt = &self.prompt_tokens;
+        line(
+            "prompt tokens",
+            format!(
+                "{} ({}, {})",
+                thousands(pt.total),
+                if pt.exact { "exact" } else { "approximate" },
+                pt.encoding
+            ),
+        );
+        let ct = &self.completion_tokens;
+        line(
+            "completion tokens",
+            format!(
+                "{} expected ({} per request{}), at most {} ({} per request)",
+                thousands(ct.expected_total),
+                thousands(ct.expected_per_request),
+                if ct.expected_is_upper_bound {
+                    ": the upper bound, no --assume-output-tokens given"
+                } else {
+                    ""
+                },
+                thousands(ct.max_total),
+                thousands(ct.max_per_request)
+            ),
+        );
+        let costs = |c: &Option<CostRange>| match c {
+            Some(c) => format!(
+                "{:<12} {:<12} {:<12}{}",
+                usd(c.low_usd),
+                usd(c.expected_usd),
+                usd(c.high_usd),
+                if c.derived {
+                    " (derived: half the live price)"
+                } else {
+                    ""
+                }
+            ),
+            None => "unknown: no price for this model (give one with --prices FILE)".into(),
+        };
+        line(
+            "cost",
+            format!("{:<12} {:<12} {:<12}", "low", "expected", "high"),
+        );
+        line("  live", costs(&self.cost));
+        line("  batch", costs(&self.batch_cost));
+        let w = &self.min_wall_time;
+        line(
+            "min wall time",
+            match w.seconds {
+                Some(sec) => format!(
+                    "{} ({} binds{})",
+                    duration(sec),
+                    w.binding,
+                    match (w.binding.as_str(), w.rpm_seconds, w.tpm_seconds) {
+                        ("tokens_per_minute", Some(r), _) => {
+                            format!("; requests_per_minute alone: {}", duration(r))
+                        }
+                        ("requests_per_minute", _, Some(t)) => {
+                            format!("; tokens_per_minute alone: {}", duration(t))
+                        }
+                        _ => String::new(),
+                    }
+                ),
+                None => "no rate limits set (latency and max_in_flight decide)".into(),
+            },
+        );
+        if let Some(l) = &self.longest_prompt {
+            line(
+                "longest prompt",
+                format!(
+                    "row {} (id {}): {} tokens",
+                    l.row,
+                    l.id,
+                    thousands(l.tokens)
+                ),
+            );
+        }
+        line(
+            "context window",
+            match self.context_window {
+                None => "unknown for this model".into(),
+                Some(w) if self.over_context_window == 0 => {
+                    format!("{} tokens; every prompt fits", thousands(w))
+                }
+                Some(w) => {
+                    let listed: Vec<String> = self
+                        .over_context_rows
+                        .iter()
+                        .map(|r| format!("row {} (id {}, {} tokens)", r.row, r.id, r.tokens))
+                        .collect();
+                    format!(
+                        "{} tokens; {} rows are longer: {}{}",
+                        thousands(w),
+                        thousands(self.over_context_window),
+                        listed.join(", "),
+                        if self.over_context_window > listed.len() as u64 {
+                            ", …"
+                        } else {
+                            ""
+                        }
+                    )
+                }
+            },
+        );
+        if let Some(cap) = self.budget_usd {
+            let verdict = match &self.cost {
+                None => "cannot be enforced: no price for this model".to_string(),
+                Some(c) if c.high_usd <= cap => "the high estimate fits".to_string(),
+                Some(c) if c.expected_usd <= cap => {
+                    "the expected cost fits, the high one does not".to_string()
+                }
+                Some(_) => "below the expected cost: the run will stop at the cap (exit 3), \
+                            resumable with a higher cap"
+                    .to_string(),
+            };
+            line("budget cap", format!("{} ({verdict})", usd(cap)));
+        }
+        for sample in &self.samples {
+            s.push_str(&format!(
+                "\n--- row {} (id {}), {} prompt tokens\n",
+                sample.row, sample.id, sample.tokens
+            ));
+            for m in &sample.messages {
+                s.push_str(&format!("[{}]\n{}\n", role(m), m.content));
+            }
+        }
+        s
+    }
+}
+
+fn role(m: &Message) -> &'static str {
+    match m.role {
+        crate::types::Role::System => "system",
+        crate::types::Role::User => "user",
+        crate::types::Role::Assistant => "assistant",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_time_names_the_binding_limit() {
+        let w = wall_time(1000, 600_000, Some(500), Some(100_000));
+        assert_eq!(w.binding, "tokens_per_minute");
+        assert_eq!(w.seconds, Some(360.0));
+        assert_eq!(w.rpm_seconds, Some(120.0));
+        let w = wall_time(1000, 600_000, Some(100), Some(1_000_000));
+        assert_eq!(w.binding, "requests_per_minute");
+        assert_eq!(w.seconds, Some(600.0));
+        let w = wall_time(1000, 600_000, None, None);
+        assert_eq!((w.seconds, w.binding.as_str()), (None, "none"));
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(duration(12.46), "12.5s");
+        assert_eq!(duration(200.0), "3m 20s");
+        assert_eq!(duration(3720.0), "1h 02m");
+    }
+}

@@ -1,0 +1,124 @@
+//! The hard budget cap, end to end against the mock API: a cap below the estimate stops the
+//! run at the cap (exit 3, resumable), and a raised cap finishes it without sending any row
+//! twice.
+
+mod common;
+
+use common::*;
+
+/// Sum of the `cost_usd` column of the output.
+fn output_cost(ws: &Workspace) -> f64 {
+    let (h, rows) = ws.csv("out/result.csv");
+    let c = col(&h, "cost_usd");
+    rows.iter().filter_map(|r| r[c].parse::<f64>().ok()).sum()
+}
+
+#[test]
+fn a_cap_below_the_estimate_stops_at_the_cap_and_resumes_when_raised() {
+    let mock = Mock::start(&["--latency-ms", "5"]);
+    let ws = Workspace::new();
+    ws.csv_rows(120);
+    let job = ws.job(&mock.base_url, "");
+    let job = job.to_str().unwrap();
+    let cap = 0.0008;
+    let cap_s = cap.to_string();
+
+    // The estimate says the job costs more than the cap.
+    let out = ws.run(&["estimate", job, "--json", "--max-usd", &cap_s]);
+    assert_exit(&out, 0);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let expected = e["cost"]["expected_usd"].as_f64().unwrap();
+    assert!(
+        expected > 2.0 * cap,
+        "estimate {expected} should exceed the cap {cap}"
+    );
+    assert_eq!(mock.stat("requests"), 0);
+
+    // The capped run stops at the cap.
+    let out = ws.run(&[
+        "run",
+        job,
+        "--quiet",
+        "--max-usd",
+        &cap_s,
+        "--max-in-flight",
+        "8",
+    ]);
+    assert_exit(&out, 3);
+    let s = ws.summary();
+    assert_eq!(s["status"], "budget", "{s}");
+    let spent = s["spent_total_usd"].as_f64().unwrap();
+    assert!(spent <= cap + 1e-12, "spent {spent} over the cap {cap}");
+    assert!(spent > cap / 2.0, "stopped far too early: {spent} of {cap}");
+    let in_output = output_cost(&ws);
+    assert!(
+        in_output <= cap + 1e-12,
+        "output cost {in_output} over the cap"
+    );
+    assert!((in_output - spent).abs() < 1e-9, "{in_output} vs {spent}");
+    let done = s["succeeded"].as_u64().unwrap();
+    let pending = s["pending"].as_u64().unwrap();
+    assert!(done > 0 && pending > 0, "{s}");
+    assert_eq!(done + pending, 120, "{s}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{} spent of $0.0008",
+            promptmill::types::Money::from_usd(spent)
+        )) && err.contains(&format!("{pending} rows not run")),
+        "the message must say what was spent and what remains: {err}"
+    );
+    let sent_first = mock.stat("distinct_prompts");
+    assert_eq!(
+        sent_first, done,
+        "every request the mock answered is in the output"
+    );
+
+    // Raise the cap: the rest runs, nothing is sent twice.
+    let out = ws.run(&["run", job, "--quiet", "--max-usd", "1"]);
+    assert_exit(&out, 0);
+    let s = ws.summary();
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["succeeded"], 120);
+    assert_eq!(s["resumed"].as_u64().unwrap(), done);
+    let (h, rows) = ws.csv("out/result.csv");
+    let ids: Vec<&str> = rows.iter().map(|r| r[col(&h, "id")].as_str()).collect();
+    let want: Vec<String> = (1..=120).map(|i| format!("r{i}")).collect();
+    assert_eq!(ids, want, "every row exactly once, in input order");
+    assert!(rows.iter().all(|r| r[col(&h, "status")] == "ok"));
+    assert_eq!(mock.stat("duplicate_prompts"), 0, "a prompt was sent twice");
+    assert_eq!(mock.stat("distinct_prompts"), 120);
+    let total = s["spent_total_usd"].as_f64().unwrap();
+    assert!((output_cost(&ws) - total).abs() < 1e-9);
+}
+
+#[test]
+fn a_cap_on_a_model_without_a_price_refuses_to_start() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(5);
+    let job = ws.job(&mock.base_url, "");
+    let out = ws.run(&[
+        "run",
+        job.to_str().unwrap(),
+        "--model",
+        "my-local-llama",
+        "--max-usd",
+        "1",
+    ]);
+    assert_exit(&out, 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no price for model 'my-local-llama'"), "{err}");
+    assert!(err.contains("--prices"), "{err}");
+    assert_eq!(mock.stat("requests"), 0);
+    // Without a cap the same job runs (its cost is reported as unknown, never 0).
+    let out = ws.run(&[
+        "run",
+        job.to_str().unwrap(),
+        "--model",
+        "my-local-llama",
+        "--quiet",
+    ]);
+    assert_exit(&out, 0);
+    assert!(ws.summary()["cost_usd"].is_null());
+}

@@ -1,0 +1,239 @@
+//! The dry run: `promptmill estimate JOB` (= `run JOB --dry-run`) renders and counts every
+//! row, prices the job and sends nothing.
+
+mod common;
+
+use common::*;
+use promptmill::tokens::TokenCounter;
+use promptmill::types::{Message, Role};
+
+/// A workspace with `n` rows and a job pointed at `base_url`.
+fn setup(n: usize, base_url: &str, extra: &str) -> (Workspace, String) {
+    let ws = Workspace::new();
+    ws.csv_rows(n);
+    let job = ws.job(base_url, extra);
+    (ws, job.to_str().unwrap().to_string())
+}
+
+fn estimate(ws: &Workspace, args: &[&str]) -> std::process::Output {
+    // No API key at all: an estimate must not need one.
+    promptmill()
+        .current_dir(ws.dir.path())
+        .arg("estimate")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn estimate_sends_nothing_and_needs_no_key() {
+    let mock = Mock::start(&[]);
+    let (ws, job) = setup(40, &mock.base_url, "requests_per_minute = 600");
+    let out = estimate(&ws, &[&job, "--json"]);
+    assert_exit(&out, 0);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["rows"], 40);
+    assert_eq!(e["requests"], 40);
+    assert_eq!(mock.stat("requests"), 0, "an estimate sent a request");
+    // `run --dry-run` is the same report.
+    let out2 = promptmill()
+        .current_dir(ws.dir.path())
+        .args(["run", &job, "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert_exit(&out2, 0);
+    assert_eq!(out.stdout, out2.stdout);
+    assert_eq!(mock.stat("requests"), 0);
+    assert!(
+        !ws.path("out/result.csv").exists(),
+        "a dry run wrote output"
+    );
+}
+
+#[test]
+fn estimate_json_has_exact_tokens_costs_and_wall_time() {
+    let (ws, job) = setup(
+        100,
+        "http://127.0.0.1:9",
+        "requests_per_minute = 60\ntokens_per_minute = 1000000",
+    );
+    let out = estimate(&ws, &[&job, "--json", "--assume-output-tokens", "20"]);
+    assert_exit(&out, 0);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The parallel pass adds up exactly what the counter gives row by row (the counter
+    // itself is checked against tiktoken in tests/token_counts.rs).
+    let counter = TokenCounter::for_model("gpt-4o-mini");
+    let expected: u64 = (1..=100)
+        .map(|i| {
+            counter.count_chat(&[
+                Message::new(Role::System, "You are terse."),
+                Message::new(Role::User, format!("Describe item {i} in color {}.", i % 7)),
+            ])
+        })
+        .sum();
+    let total = e["prompt_tokens"]["total"].as_u64().unwrap();
+    assert_eq!(total, expected);
+    assert_eq!(e["prompt_tokens"]["exact"], true);
+    assert_eq!(e["prompt_tokens"]["encoding"], "o200k_base");
+    let ct = &e["completion_tokens"];
+    assert_eq!(ct["max_per_request"], 50);
+    assert_eq!(ct["expected_per_request"], 20);
+    assert_eq!(ct["expected_is_upper_bound"], false);
+    assert_eq!(ct["max_total"], 5000);
+    assert_eq!(ct["expected_total"], 2000);
+    // gpt-4o-mini: $0.15 / $0.60 per million tokens; batch $0.075 / $0.30.
+    let c = &e["cost"];
+    let close = |a: &serde_json::Value, b: f64| (a.as_f64().unwrap() - b).abs() < 1e-12;
+    assert!(close(&c["low_usd"], total as f64 * 0.15e-6), "{c}");
+    assert!(
+        close(&c["expected_usd"], total as f64 * 0.15e-6 + 2000.0 * 0.6e-6),
+        "{c}"
+    );
+    assert!(
+        close(&c["high_usd"], total as f64 * 0.15e-6 + 5000.0 * 0.6e-6),
+        "{c}"
+    );
+    let b = &e["batch_cost"];
+    assert!(
+        close(
+            &b["expected_usd"],
+            total as f64 * 0.075e-6 + 2000.0 * 0.3e-6
+        ),
+        "{b}"
+    );
+    // 100 requests at 60/min: 100 s; tokens are far below the TPM limit.
+    assert_eq!(e["min_wall_time"]["binding"], "requests_per_minute");
+    assert_eq!(e["min_wall_time"]["seconds"], 100.0);
+    assert_eq!(e["context_window"], 128000);
+    assert_eq!(e["over_context_window"], 0);
+}
+
+#[test]
+fn expected_output_defaults_to_the_upper_bound_and_unknown_price_is_unknown() {
+    let (ws, job) = setup(5, "http://127.0.0.1:9", "");
+    let out = estimate(&ws, &[&job, "--json", "--model", "my-local-llama"]);
+    assert_exit(&out, 0);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["completion_tokens"]["expected_is_upper_bound"], true);
+    assert_eq!(e["completion_tokens"]["expected_per_request"], 50);
+    assert_eq!(e["prompt_tokens"]["exact"], false);
+    assert!(e["cost"].is_null() && e["batch_cost"].is_null(), "{e}");
+    assert_eq!(e["min_wall_time"]["binding"], "none");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("approximate"), "{err}");
+    assert!(err.contains("unknown: no price"), "{err}");
+    assert!(!err.contains("$0.00"), "unknown price shown as zero: {err}");
+}
+
+#[test]
+fn the_table_reads_well() {
+    let (ws, job) = setup(
+        30,
+        "http://127.0.0.1:9",
+        "requests_per_minute = 500\ntokens_per_minute = 2000",
+    );
+    let out = estimate(
+        &ws,
+        &[
+            &job,
+            "--assume-output-tokens",
+            "12",
+            "--max-usd",
+            "0.0005",
+            "--show",
+            "2",
+        ],
+    );
+    assert_exit(&out, 0);
+    assert!(out.stdout.is_empty(), "the table goes to stderr");
+    insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn rows_over_the_context_window_are_flagged() {
+    let ws = Workspace::new();
+    let mut csv = String::from("id,name,color\n");
+    for i in 1..=8 {
+        // Rows 3 and 6 are long: ~2 × 600 words.
+        let name = if i % 3 == 0 {
+            "word ".repeat(600)
+        } else {
+            format!("item {i}")
+        };
+        csv.push_str(&format!("r{i},{name},red\n"));
+    }
+    ws.write("rows.csv", &csv);
+    ws.write(
+        "prices.json",
+        r#"{"gpt-4o-mini": {"input_cost_per_token": 1.5e-7, "output_cost_per_token": 6e-7,
+            "max_input_tokens": 200, "litellm_provider": "openai"}}"#,
+    );
+    let job = ws.job("http://127.0.0.1:9", "");
+    let out = estimate(
+        &ws,
+        &[job.to_str().unwrap(), "--json", "--prices", "prices.json"],
+    );
+    assert_exit(&out, 0);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(e["context_window"], 200);
+    assert_eq!(e["over_context_window"], 2);
+    let rows: Vec<u64> = e["over_context_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["row"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rows, [3, 6]);
+    assert_eq!(e["longest_prompt"]["row"], 3, "ties go to the earlier row");
+    assert_eq!(e["longest_prompt"]["id"], "r3");
+    // Derived batch prices are marked.
+    assert_eq!(e["batch_cost"]["derived"], true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2 rows are longer: row 3 (id r3"), "{err}");
+    assert!(err.contains("derived"), "{err}");
+}
+
+#[test]
+fn the_first_bad_row_is_reported_even_with_parallel_workers() {
+    let ws = Workspace::new();
+    // 3000 rows (many chunks); rows 1500 and 2900 lack the `color` column value the
+    // template needs (JSONL with a missing key), the first one must be reported.
+    let mut s = String::new();
+    for i in 1..=3000 {
+        if i == 1500 || i == 2900 {
+            s.push_str(&format!("{{\"id\":\"r{i}\",\"name\":\"item {i}\"}}\n"));
+        } else {
+            s.push_str(&format!(
+                "{{\"id\":\"r{i}\",\"name\":\"item {i}\",\"color\":\"red\"}}\n"
+            ));
+        }
+    }
+    ws.write("rows.jsonl", &s);
+    let job = ws.job("http://127.0.0.1:9", "");
+    for _ in 0..3 {
+        let out = estimate(&ws, &[job.to_str().unwrap(), "--input", "rows.jsonl"]);
+        assert_exit(&out, 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("r1500") || err.contains("1500"), "{err}");
+        assert!(!err.contains("2900"), "{err}");
+    }
+    // With skip_bad_rows both are counted and the rest estimated.
+    let out = estimate(
+        &ws,
+        &[
+            job.to_str().unwrap(),
+            "--input",
+            "rows.jsonl",
+            "--set",
+            "input.skip_bad_rows=true",
+            "--json",
+        ],
+    );
+    assert_exit(&out, 0);
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (e["rows"].as_u64(), e["bad_rows"].as_u64()),
+        (Some(3000), Some(2))
+    );
+    assert_eq!(e["requests"], 2998);
+}
