@@ -254,7 +254,7 @@ impl Scheduler {
         let mut rate_limit_retries = 0u32;
         let mut attempts = 0u32;
         loop {
-            self.limiter.acquire(item.limiter_tokens).await;
+            let charge = self.limiter.acquire(item.limiter_tokens).await;
             if self.cancel.is_cancelled() {
                 return None;
             }
@@ -266,6 +266,9 @@ impl Scheduler {
             let err = match self.client.send(&item.body).await {
                 Ok(c) => {
                     self.limiter.learn(&c.rate);
+                    if let Some(u) = &c.usage {
+                        self.limiter.settle(charge, u.total());
+                    }
                     return Some(self.success(item, c, attempts));
                 }
                 Err(e) => e,
