@@ -279,11 +279,11 @@ impl Scheduler {
         loop {
             // Once the run is stopped (Ctrl-C), nothing new goes out: a row still waiting for
             // the limiter or for its next retry stays pending and is sent on resume.
-            tokio::select! {
+            let charge = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return None,
-                _ = self.limiter.acquire(item.limiter_tokens) => {}
-            }
+                charge = self.limiter.acquire(item.limiter_tokens) => charge,
+            };
             if self.cancel.is_cancelled() {
                 return None;
             }
@@ -295,6 +295,9 @@ impl Scheduler {
             let err = match self.client.send(&item.body).await {
                 Ok(c) => {
                     self.limiter.learn(&c.rate);
+                    if let Some(u) = &c.usage {
+                        self.limiter.settle(charge, u.total());
+                    }
                     return Some(self.success(item, c, attempts));
                 }
                 Err(e) => e,

@@ -67,8 +67,9 @@ fn a_thousand_rows_survive_500s_and_a_tight_rate_limit() {
 
 #[test]
 fn a_429_storm_is_ridden_out_without_losing_rows() {
-    // The job is not told the limit: it learns it the hard way, from 429s.
-    let mock = Mock::start(&["--rpm", "1200"]);
+    // The job is not told the limit and the server sends no headers: it learns the hard
+    // way, from 429s.
+    let mock = Mock::start(&["--rpm", "1200", "--no-rate-headers"]);
     let ws = Workspace::new();
     ws.csv_rows(150);
     let job = ws.job(&mock.base_url, "");

@@ -52,6 +52,13 @@ pub struct JobArgs {
     /// estimate.assume_output_tokens).
     #[arg(long, value_name = "N")]
     pub assume_output_tokens: Option<u32>,
+    /// Seconds one request may take in total, including a long generation (overrides
+    /// api.timeout_secs; default 600).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Seconds to wait for a connection (overrides api.connect_timeout_secs; default 10).
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<f64>,
     /// Any job-file key: `--set model.top_p=0.9` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -80,6 +87,8 @@ impl JobArgs {
         o.push("limits.max_retries", self.max_retries.map(i64::from));
         o.push("budget.max_usd", self.max_usd);
         o.push("api.base_url", self.base_url.clone());
+        o.push("api.timeout_secs", self.timeout);
+        o.push("api.connect_timeout_secs", self.connect_timeout);
         o.push(
             "api.provider",
             self.provider.map(|p| {

@@ -266,7 +266,9 @@ async fn run_job(
     let writer = journal::open(&journal_path).map_err(start_err)?;
     let index_before = writer.index().clone();
     let budget = Budget::new(cap, index_before.spent);
-    let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute);
+    let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute)
+        // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
+        .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
     let progress = Progress::new(validated.rows, args.quiet || args.json);
     let sched = Arc::new(
         Scheduler::new(

@@ -1,0 +1,347 @@
+//! Rate-limit and overhead benchmarks: the release binary against `promptmill mock-server`
+//! on 127.0.0.1, one table row per case (issue 5).
+//!
+//! ```text
+//! cargo bench --bench ratelimit                  # every case, full size
+//! cargo bench --bench ratelimit -- --quick       # a fifth of the rows: a quick check
+//! cargo bench --bench ratelimit -- case1 case4   # a subset
+//! ```
+//!
+//! It builds `target/release/promptmill` first (`cargo build --release`), then runs each
+//! case in a temp dir: a mock-server child, a `promptmill run --json` child, CPU time from
+//! the child's `/proc/PID/stat` (read while it is a zombie, so nothing is missed) and peak
+//! RSS from `VmHWM` in `/proc/PID/status`, sampled while it runs. Linux only.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Case {
+    name: &'static str,
+    what: &'static str,
+    /// What the mock enforces (requests/min), if anything.
+    mock_rpm: Option<u32>,
+    /// What the job is told.
+    job_rpm: Option<u32>,
+    latency_ms: u64,
+    rows: usize,
+    quick_rows: usize,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "case1",
+        what: "known limits",
+        mock_rpm: Some(3000),
+        job_rpm: Some(3000),
+        latency_ms: 200,
+        rows: 3000,
+        quick_rows: 600,
+    },
+    Case {
+        name: "case2",
+        what: "told 2x the limit",
+        mock_rpm: Some(3000),
+        job_rpm: Some(6000),
+        latency_ms: 200,
+        rows: 3000,
+        quick_rows: 600,
+    },
+    Case {
+        name: "case3",
+        what: "unknown limits",
+        mock_rpm: Some(3000),
+        job_rpm: None,
+        latency_ms: 200,
+        rows: 3000,
+        quick_rows: 600,
+    },
+    Case {
+        name: "case4",
+        what: "overhead",
+        mock_rpm: None,
+        job_rpm: None,
+        latency_ms: 0,
+        rows: 50_000,
+        quick_rows: 10_000,
+    },
+    Case {
+        name: "case5a",
+        what: "memory, 100k rows",
+        mock_rpm: None,
+        job_rpm: None,
+        latency_ms: 0,
+        rows: 100_000,
+        quick_rows: 10_000,
+    },
+    Case {
+        name: "case5b",
+        what: "memory, 1M rows",
+        mock_rpm: None,
+        job_rpm: None,
+        latency_ms: 0,
+        rows: 1_000_000,
+        quick_rows: 100_000,
+    },
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `cargo bench` passes `--bench`; everything else that is not a flag picks cases
+    // (`case5` picks both memory rows).
+    let wanted: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let bin = match build() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!(
+        "| case | requests | wall s | min s | utilization | 429s | retries | failed | \
+         CPU s/1k req (promptmill + mock) | peak RSS MB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for case in CASES {
+        if !wanted.is_empty() && !wanted.iter().any(|w| case.name.starts_with(w)) {
+            continue;
+        }
+        let rows = if quick { case.quick_rows } else { case.rows };
+        match run_case(&bin, case, rows) {
+            Ok(r) => println!("{}", r.row(case)),
+            Err(e) => println!("| {} {} | error: {e} |", case.name, case.what),
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// Builds the release binary and returns its path.
+fn build() -> Result<PathBuf, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("bench: cargo build --release --bin promptmill");
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--bin", "promptmill"])
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if !status.success() {
+        return Err("cargo build --release failed".into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release").join("promptmill");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!("no binary at {}", bin.display()))
+    }
+}
+
+struct Outcome {
+    rows: usize,
+    requests: u64,
+    wall: f64,
+    min: Option<f64>,
+    limit_per_sec: Option<f64>,
+    rate_limited: u64,
+    retries: u64,
+    failed: u64,
+    cpu: f64,
+    mock_cpu: f64,
+    peak_rss_kb: u64,
+}
+
+impl Outcome {
+    fn row(&self, c: &Case) -> String {
+        let (min, util) = match (self.min, self.limit_per_sec) {
+            (Some(m), Some(l)) => (
+                format!("{m:.1}"),
+                format!(
+                    "{:.3} ({:.2}x min)",
+                    self.rows as f64 / self.wall / l,
+                    self.wall / m
+                ),
+            ),
+            _ => (
+                "-".into(),
+                format!("{:.0} req/s", self.rows as f64 / self.wall),
+            ),
+        };
+        let per_k = |cpu: f64| cpu * 1000.0 / self.requests.max(1) as f64;
+        format!(
+            "| {} {} | {} | {:.1} | {min} | {util} | {} | {} | {} | {:.3} + {:.3} | {:.1} |",
+            c.name,
+            c.what,
+            self.requests,
+            self.wall,
+            self.rate_limited,
+            self.retries,
+            self.failed,
+            per_k(self.cpu),
+            per_k(self.mock_cpu),
+            self.peak_rss_kb as f64 / 1024.0,
+        )
+    }
+}
+
+fn run_case(bin: &Path, c: &Case, rows: usize) -> Result<Outcome, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    write_rows(&dir.path().join("rows.csv"), rows)?;
+    let mut mock_args = vec![
+        "mock-server".to_string(),
+        "--port".into(),
+        "0".into(),
+        "--latency-ms".into(),
+        c.latency_ms.to_string(),
+    ];
+    if let Some(r) = c.mock_rpm {
+        mock_args.extend(["--rpm".into(), r.to_string()]);
+    }
+    let (mut mock, base_url) = start_mock(bin, &mock_args)?;
+    let limits = c
+        .job_rpm
+        .map(|r| format!("requests_per_minute = {r}"))
+        .unwrap_or_default();
+    let job = format!(
+        "[input]\npath = \"rows.csv\"\nid = \"id\"\n\n[prompt]\nuser = \"Describe {{{{ name }}}} \
+         in {{{{ color }}}}.\"\n\n[model]\nname = \"gpt-4o-mini\"\nmax_tokens = 20\n\n[api]\n\
+         base_url = \"{base_url}\"\n\n[limits]\nmax_in_flight = 64\n{limits}\n\n[output]\n\
+         path = \"out.jsonl\"\n"
+    );
+    std::fs::write(dir.path().join("job.toml"), job).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let child = Command::new(bin)
+        .args(["run", "job.toml", "--json", "--quiet"])
+        .current_dir(dir.path())
+        .env("OPENAI_API_KEY", "sk-bench-0000")
+        .env_remove("OPENAI_BASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start promptmill: {e}"))?;
+    let (status, cpu, peak, stdout, stderr) = watch(child)?;
+    let wall = start.elapsed().as_secs_f64();
+    let mock_cpu = cpu_secs(mock.id()).unwrap_or(0.0);
+    let _ = mock.kill();
+    let _ = mock.wait();
+    let summary: serde_json::Value = serde_json::from_str(&stdout).map_err(|e| {
+        format!("promptmill exited {status:?}, no summary on stdout ({e}): {stderr}")
+    })?;
+    let n = |k: &str| summary[k].as_u64().unwrap_or(0);
+    let limit_per_sec = c.mock_rpm.map(|r| f64::from(r) / 60.0);
+    let min = limit_per_sec.map(|l| {
+        // The server's one-second slice goes at once, the rest at the limit, plus one answer.
+        let burst = l.floor();
+        (rows as f64 - burst).max(0.0) / l + c.latency_ms as f64 / 1000.0
+    });
+    Ok(Outcome {
+        rows,
+        requests: n("requests").max(n("succeeded") + n("failed")),
+        wall,
+        min,
+        limit_per_sec,
+        rate_limited: n("rate_limited"),
+        retries: n("retries"),
+        failed: n("failed"),
+        cpu,
+        mock_cpu,
+        peak_rss_kb: peak,
+    })
+}
+
+fn write_rows(path: &Path, n: usize) -> Result<(), String> {
+    let f = std::fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut w = std::io::BufWriter::new(f);
+    let mut go = || -> std::io::Result<()> {
+        writeln!(w, "id,name,color")?;
+        for i in 0..n {
+            writeln!(w, "r{i},item {i},color {}", i % 7)?;
+        }
+        w.flush()
+    };
+    go().map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+fn start_mock(bin: &Path, args: &[String]) -> Result<(Child, String), String> {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the mock: {e}"))?;
+    let out = child.stdout.take().ok_or("no mock stdout")?;
+    let mut line = String::new();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .ok_or_else(|| format!("no loopback URL in the mock banner: {line:?}"))?;
+    Ok((child, url.to_string()))
+}
+
+type Watched = (Option<i32>, f64, u64, String, String);
+
+/// Waits for the child, sampling its peak RSS; reads its CPU time once it is a zombie.
+fn watch(mut child: Child) -> Result<Watched, String> {
+    let pid = child.id();
+    let mut out = child.stdout.take().ok_or("no stdout")?;
+    let mut err = child.stderr.take().ok_or("no stderr")?;
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut peak = 0u64;
+    let cpu = loop {
+        if let Some(kb) = vm_hwm_kb(pid) {
+            peak = peak.max(kb);
+        }
+        if proc_state(pid) == Some('Z') {
+            break cpu_secs(pid).unwrap_or(0.0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    Ok((status.code(), cpu, peak, stdout, stderr))
+}
+
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: fields start after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn proc_state(pid: u32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
+}
+
+/// utime + stime in seconds (fields 14 and 15; clock ticks are 100/s on Linux).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let f = stat_fields(pid)?;
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
