@@ -16,6 +16,7 @@ pub mod plan;
 pub mod progress;
 pub mod render;
 pub mod scheduler;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod summary;

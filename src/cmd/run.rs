@@ -246,7 +246,12 @@ async fn run_job(
             .output_format()
             .ok_or_else(|| start_err(anyhow!("bad output format")))?,
         input_columns,
-        field_columns: Vec::new(),
+        field_columns: job
+            .model
+            .schema_json
+            .as_ref()
+            .map(crate::schema::field_names)
+            .unwrap_or_default(),
         variants: job.model.n.unwrap_or(1),
         formula_guard: job.output.formula_guard,
     };
@@ -299,7 +304,7 @@ async fn run_job(
     let budget = Budget::new(cap, index_before.spent);
     let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute);
     let progress = Progress::new(validated.rows, args.quiet || args.json);
-    let sched = Arc::new(Scheduler::new(
+    let mut sched = Scheduler::new(
         client,
         limiter,
         budget,
@@ -309,7 +314,9 @@ async fn run_job(
         job.limits.max_retries,
         job.limits.max_in_flight,
         progress.clone(),
-    ));
+    );
+    sched.schema = job.model.schema_json.clone();
+    let sched = Arc::new(sched);
     let reporter = progress.spawn_plain_reporter(Duration::from_secs(10));
     let signals = tokio::spawn(watch_signals(sched.clone()));
 
