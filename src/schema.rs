@@ -304,6 +304,45 @@ mod tests {
         assert!(bad(json!([1])).contains("should be object"));
     }
 
+    fn job(model_extra: &str) -> Result<Job, crate::config::ConfigError> {
+        let text = format!(
+            "[input]\npath = \"rows.csv\"\n[prompt]\nuser = \"hi\"\n[model]\nname = \"m\"\n{model_extra}\n[output]\npath = \"o.csv\"\n"
+        );
+        Job::from_str(
+            &text,
+            std::path::Path::new("jobs/j.toml"),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn schemas_load_inline_or_from_a_file_with_errors_that_name_them() {
+        let j = job("schema = { type = \"object\", properties = { a = { type = \"string\" } } }")
+            .unwrap();
+        assert_eq!(field_names(j.model.schema_json.as_ref().unwrap()), ["a"]);
+        let e = job("schema = { type = \"string\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.schema") && e.contains("jobs/j.toml"),
+            "{e}"
+        );
+        let e = job("schema_file = \"nope.schema.json\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs/nope.schema.json"), "{e}");
+        let root = env!("CARGO_MANIFEST_DIR");
+        let j = job(&format!(
+            "schema_file = \"{root}/templates/product_copy.schema.json\""
+        ))
+        .unwrap();
+        assert_eq!(
+            field_names(j.model.schema_json.as_ref().unwrap()),
+            ["headline", "body", "call_to_action"]
+        );
+        assert!(job("").unwrap().model.schema_json.is_none());
+    }
+
     #[test]
     fn truncation_and_non_json_are_told_apart() {
         let s = schema();

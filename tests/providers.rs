@@ -113,6 +113,14 @@ fn azure_deployment_url_api_key_header_and_api_version() {
         );
     }
     assert!(!text(&out).contains("az-wrong-key-999"));
+
+    // `run --mock` works for an Azure job as it is (no key, no endpoint needed).
+    let out = promptmill()
+        .current_dir(ws.path("."))
+        .args(["run", &j2, "--quiet", "--mock"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
 }
 
 #[test]

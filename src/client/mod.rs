@@ -523,6 +523,23 @@ mod tests {
     }
 
     #[test]
+    fn settings_a_provider_cannot_honour_are_refused_up_front() {
+        let job = |extra: &str| {
+            let text = format!(
+                "[input]\npath = \"r.csv\"\n[prompt]\nuser = \"hi\"\n[model]\nname = \"m\"\nn = 2\n[api]\n{extra}\n[output]\npath = \"o.csv\"\n"
+            );
+            Job::from_str(&text, std::path::Path::new("j.toml"), &Default::default()).unwrap()
+        };
+        let e = check_provider_settings(&job("provider = \"anthropic\"")).unwrap_err();
+        assert!(e.to_string().contains("model.n"), "{e}");
+        let e = check_provider_settings(&job("provider = \"azure\"\nendpoint = \"completions\""))
+            .unwrap_err();
+        assert!(e.to_string().contains("api.endpoint"), "{e}");
+        assert!(check_provider_settings(&job("provider = \"azure\"")).is_ok());
+        assert!(check_provider_settings(&job("endpoint = \"completions\"")).is_ok());
+    }
+
+    #[test]
     fn plain_http_is_refused_off_loopback() {
         assert!(check_base_url("http://127.0.0.1:8080/v1", false).is_ok());
         assert!(check_base_url("http://localhost:11434/v1", false).is_ok());

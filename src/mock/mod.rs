@@ -10,7 +10,8 @@
 //!   `max_completion_tokens`, `n`, `stop`; other fields are accepted and ignored).
 //! - `POST /v1/completions`: legacy text completions (`prompt`, default `max_tokens` 16).
 //! - `POST /openai/deployments/{deployment}/chat/completions?api-version=…`: Azure OpenAI
-//!   (the chat endpoint's answers; the key in `api-key`; `api-version` required).
+//!   (the chat endpoint's answers; the key in `api-key`; `api-version` required). Also
+//!   served under `/v1/…`, so `run --mock` works for Azure jobs.
 //! - `POST /v1/messages`: Anthropic Messages API (`x-api-key`, `anthropic-version`
 //!   required, top-level `system`, required `max_tokens`, `stop_sequences`).
 //! - `GET /_mock/stats`: [`MockStatsSnapshot`] as JSON.
@@ -238,6 +239,11 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route(
             "/openai/deployments/{deployment}/chat/completions",
+            post(azure::chat_completions),
+        )
+        // `run --mock` points every provider at `…/v1`: Azure's path then follows it.
+        .route(
+            "/v1/openai/deployments/{deployment}/chat/completions",
             post(azure::chat_completions),
         )
         .route("/v1/messages", post(anthropic::messages))
