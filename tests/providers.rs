@@ -453,3 +453,26 @@ fn legacy_completions_endpoint_and_n_variants_as_columns() {
         "one request per row, n variants each"
     );
 }
+
+#[test]
+fn a_silent_stream_times_out_between_chunks_and_is_retried() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    rows(&ws, &["kettle [[mock:slow-body]]"]);
+    let j = job(
+        &ws,
+        "name = \"gpt-4o-mini\"\nmax_tokens = 40\nstream = true",
+        &format!("base_url = \"{}\"\ntimeout_secs = 0.5", mock.base_url),
+        "silent",
+    );
+    let out = run_with(
+        &ws,
+        "OPENAI_API_KEY",
+        "sk-test",
+        &["run", &j, "--quiet", "--set", "limits.max_retries=1"],
+    );
+    assert_exit(&out, 1);
+    assert_eq!(column(&ws, "silent", "attempts"), ["2"]);
+    let err = &column(&ws, "silent", "error")[0];
+    assert!(err.contains("stream was silent"), "{err}");
+}
