@@ -315,9 +315,12 @@ impl Client {
     pub fn for_job(job: &Job, key: Secret) -> Result<Client, ClientError> {
         let base = base_url(job);
         if base.is_empty() {
-            return Err(ClientError::BaseUrl(
-                "no base URL: set api.base_url or the provider's endpoint variable".into(),
-            ));
+            return Err(ClientError::BaseUrl(match job.api.provider {
+                ProviderKind::Azure => "no Azure endpoint: set AZURE_OPENAI_ENDPOINT (e.g. \
+                    https://my-resource.openai.azure.com) or api.base_url"
+                    .into(),
+                _ => "no base URL: set api.base_url or the provider's endpoint variable".into(),
+            }));
         }
         check_base_url(&base, job.api.allow_insecure_http)?;
         check_provider_settings(job)?;
@@ -387,7 +390,12 @@ impl Client {
         .map_err(transport_error)?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        if stream && (200..300).contains(&status) {
+        // A server that ignores `stream` and answers plain JSON is read as such.
+        let event_stream = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if stream && event_stream && (200..300).contains(&status) {
             let events = read_events(resp, self.stream_idle).await?;
             return self.provider.parse_stream(&headers, &events);
         }
