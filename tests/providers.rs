@@ -476,3 +476,33 @@ fn a_silent_stream_times_out_between_chunks_and_is_retried() {
     let err = &column(&ws, "silent", "error")[0];
     assert!(err.contains("stream was silent"), "{err}");
 }
+
+#[test]
+fn example_structured_copy_runs_offline_with_mock() {
+    let ws = Workspace::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out_path = ws.path("copy.csv");
+    let out = promptmill()
+        .args([
+            "run",
+            &format!("{root}/examples/structured-copy/job.toml"),
+            "--mock",
+            "--quiet",
+        ])
+        .arg("--output")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let (h, rows) = ws.csv("copy.csv");
+    assert_eq!(rows.len(), 12);
+    for r in &rows {
+        assert_eq!(r[col(&h, "status")], "ok");
+        for c in ["headline", "body", "call_to_action"] {
+            assert!(
+                r[col(&h, c)].starts_with(&format!("Mock {c} for:")),
+                "{r:?}"
+            );
+        }
+    }
+}
