@@ -165,6 +165,9 @@ pub struct ModelConfig {
     /// Extra fields merged into every request body, for provider-specific settings.
     #[serde(default)]
     pub extra: Option<toml::Table>,
+    /// The JSON schema from `schema` or `schema_file`, loaded when the job is loaded.
+    #[serde(skip)]
+    pub schema_json: Option<serde_json::Value>,
 }
 
 fn default_max_tokens() -> u32 {
@@ -396,6 +399,7 @@ impl Job {
             .unwrap_or_else(|| PathBuf::from("."));
         job.resolve_paths();
         job.validate()?;
+        job.model.schema_json = crate::schema::load(&job).map_err(|m| job.invalid(m))?;
         Ok(job)
     }
 

@@ -19,6 +19,7 @@ pub mod progress;
 pub mod render;
 pub mod resume;
 pub mod scheduler;
+pub mod schema;
 pub mod sink;
 pub mod source;
 pub mod summary;

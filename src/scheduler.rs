@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,7 @@ use crate::cost::{ModelPrice, Tier};
 use crate::journal::{JournalWriter, Record, Status};
 use crate::limit::Limiter;
 use crate::progress::Progress;
-use crate::types::Money;
+use crate::types::{Money, Usage};
 
 /// A row ready to be sent.
 #[derive(Debug)]
@@ -91,6 +91,9 @@ pub struct Scheduler {
     pub cancel: CancellationToken,
     /// Where successful responses are also stored (`--cache`), if anywhere.
     pub cache: Option<Cache>,
+    /// The job's structured-output schema: answers that do not follow it are retried, and
+    /// its top-level fields are stored in the record (see [`crate::schema`]).
+    pub schema: Option<Value>,
     abort_reason: Mutex<Option<String>>,
     interrupted: std::sync::atomic::AtomicBool,
 }
@@ -127,6 +130,7 @@ impl Scheduler {
             stop: CancellationToken::new(),
             cancel: CancellationToken::new(),
             cache: None,
+            schema: None,
             abort_reason: Mutex::new(None),
             interrupted: std::sync::atomic::AtomicBool::new(false),
         }
@@ -276,6 +280,8 @@ impl Scheduler {
         let mut backoff = self.backoff();
         let mut rate_limit_retries = 0u32;
         let mut attempts = 0u32;
+        // Tokens paid for answers thrown away (invalid structured output): billed all the same.
+        let mut wasted: Option<Usage> = None;
         loop {
             // Once the run is stopped (Ctrl-C), nothing new goes out: a row still waiting for
             // the limiter or for its next retry stays pending and is sent on resume.
@@ -298,7 +304,13 @@ impl Scheduler {
                     if let Some(u) = &c.usage {
                         self.limiter.settle(charge, u.total());
                     }
-                    return Some(self.success(item, c, attempts));
+                    match self.post_process(c, wasted) {
+                        Ok((c, fields)) => return Some(self.success(item, c, attempts, fields)),
+                        Err((e, paid)) => {
+                            wasted = paid;
+                            e
+                        }
+                    }
                 }
                 Err(e) => e,
             };
@@ -309,7 +321,9 @@ impl Scheduler {
                     self.abort(&err);
                     return None;
                 }
-                Action::FailRow => return Some(self.failure(item, &err, attempts)),
+                Action::FailRow => {
+                    return Some(self.paid(self.failure(item, &err, attempts), wasted))
+                }
                 Action::Retry => {}
             }
             let delay = if err.kind == ErrorKind::RateLimited {
@@ -335,7 +349,7 @@ impl Scheduler {
                 }
                 match backoff.next() {
                     Some(d) => err.retry_after.map_or(d, |ra| ra.max(d)),
-                    None => return Some(self.failure(item, &err, attempts)),
+                    None => return Some(self.paid(self.failure(item, &err, attempts), wasted)),
                 }
             };
             tokio::select! {
@@ -346,7 +360,47 @@ impl Scheduler {
         }
     }
 
-    fn success(&self, item: &WorkItem, c: Completion, attempts: u32) -> Record {
+    /// The structured-output hook: with a schema, the answer must parse and validate (else
+    /// a retryable error, or a row failure when it was cut off at max_tokens). Usage of
+    /// rejected answers is carried in the error's second half so it is still billed.
+    #[allow(clippy::type_complexity)]
+    fn post_process(
+        &self,
+        mut c: Completion,
+        wasted: Option<Usage>,
+    ) -> Result<(Completion, Option<Map<String, Value>>), (ApiError, Option<Usage>)> {
+        c.usage = add_usage(c.usage, wasted);
+        let Some(schema) = &self.schema else {
+            return Ok((c, None));
+        };
+        match crate::schema::structure(schema, &c.choices) {
+            Ok(fields) => Ok((c, Some(fields))),
+            Err(e) => {
+                let mut err = ApiError::transport(ErrorKind::BadResponse, e.to_string());
+                if e == crate::schema::StructuredError::Truncated {
+                    err.action = Action::FailRow;
+                }
+                Err((err, c.usage))
+            }
+        }
+    }
+
+    /// Adds the usage and cost of rejected answers to a failure record.
+    fn paid(&self, mut r: Record, wasted: Option<Usage>) -> Record {
+        if let Some(u) = wasted {
+            r.cost_pico = self.price.as_ref().map(|p| p.cost(&u, self.tier).0);
+            r.usage = Some(u);
+        }
+        r
+    }
+
+    fn success(
+        &self,
+        item: &WorkItem,
+        c: Completion,
+        attempts: u32,
+        fields: Option<Map<String, Value>>,
+    ) -> Record {
         let cost = match (&self.price, &c.usage) {
             (Some(p), Some(u)) => Some(p.cost(u, self.tier).0),
             _ => None,
@@ -363,7 +417,7 @@ impl Scheduler {
             error: None,
             cached: false,
             batch: self.tier == Tier::Batch,
-            fields: None,
+            fields,
         }
     }
 
@@ -387,6 +441,16 @@ impl Scheduler {
             batch: false,
             fields: None,
         }
+    }
+}
+
+fn add_usage(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {
+    match (a, b) {
+        (Some(mut a), Some(b)) => {
+            a.add(&b);
+            Some(a)
+        }
+        (a, b) => a.or(b),
     }
 }
 

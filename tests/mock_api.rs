@@ -475,3 +475,111 @@ async fn legacy_completions_endpoint() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 16);
 }
+
+#[tokio::test]
+async fn azure_route_checks_api_key_and_api_version() {
+    let server = start(MockConfig {
+        api_key: Some("az-key-0123".into()),
+        ..MockConfig::default()
+    })
+    .await;
+    let root = server.base_url().trim_end_matches("/v1").to_string();
+    let url = |q: &str| format!("{root}/openai/deployments/my-dep/chat/completions{q}");
+    let mut body = chat_body("hello azure");
+    body.as_object_mut().unwrap().remove("model");
+    let send =
+        |u: String, key: &'static str| client().post(u).header("api-key", key).json(&body).send();
+    let ok = send(url("?api-version=2024-10-21"), "az-key-0123")
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let v = json_of(ok).await;
+    assert_eq!(
+        v["model"], "my-dep",
+        "the deployment stands in for the model"
+    );
+    let no_version = send(url(""), "az-key-0123").await.unwrap();
+    assert_eq!(no_version.status(), 400);
+    assert!(json_of(no_version).await["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("api-version"));
+    let wrong = send(url("?api-version=2024-10-21"), "az-nope")
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+}
+
+#[tokio::test]
+async fn anthropic_route_has_anthropic_shapes() {
+    let server = start(MockConfig {
+        api_key: Some("ant-key-0123".into()),
+        rpm: Some(600),
+        ..MockConfig::default()
+    })
+    .await;
+    let url = format!("{}/messages", server.base_url());
+    let body = json!({"model": "claude-haiku-4-5", "max_tokens": 50, "system": "Be terse.",
+        "messages": [{"role": "user", "content": "hello [[mock:fail-first:1]]"}]});
+    let post = |b: &Value, version: bool| {
+        let mut r = client().post(&url).header("x-api-key", "ant-key-0123");
+        if version {
+            r = r.header("anthropic-version", "2023-06-01");
+        }
+        r.json(b).send()
+    };
+    let no_version = post(&body, false).await.unwrap();
+    assert_eq!(no_version.status(), 400);
+    let v = json_of(no_version).await;
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let overloaded = post(&body, true).await.unwrap();
+    assert_eq!(overloaded.status().as_u16(), 529);
+    assert_eq!(
+        json_of(overloaded).await["error"]["type"],
+        "overloaded_error"
+    );
+    let ok = post(&body, true).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let reset = header(&ok, "anthropic-ratelimit-requests-reset")
+        .unwrap()
+        .to_string();
+    assert!(
+        promptmill::client::parse_rfc3339(&reset).is_some(),
+        "{reset}"
+    );
+    assert_eq!(
+        header(&ok, "anthropic-ratelimit-requests-limit"),
+        Some("600")
+    );
+    let v = json_of(ok).await;
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 5);
+    let mut no_max = body.clone();
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    assert_eq!(post(&no_max, true).await.unwrap().status(), 400);
+}
+
+#[tokio::test]
+async fn streams_end_with_usage_and_done() {
+    let server = start(MockConfig::default()).await;
+    let mut body = chat_body("stream me");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = chat(&server, &body).await;
+    assert_eq!(header(&resp, "content-type"), Some("text/event-stream"));
+    let text = resp.text().await.unwrap();
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let usage: Value = serde_json::from_str(data[data.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let mut bad = chat_body("x");
+    bad["stream_options"] = json!({"include_usage": true});
+    assert_eq!(chat(&server, &bad).await.status(), 400);
+}

@@ -5,24 +5,35 @@
 //! here does the HTTP, with timeouts and a cap on body size. Errors are classified once,
 //! in [`classify`], into what the scheduler must do: retry, fail the row, or abort the job.
 
+mod anthropic;
+mod azure;
 mod openai;
 mod ratelimit;
 mod secret;
+mod sse;
 
+pub use anthropic::{parse_rfc3339, Anthropic};
+pub use azure::Azure;
 pub use openai::OpenAi;
 pub use ratelimit::{parse_go_duration, RateLimitInfo};
 pub use secret::Secret;
+pub use sse::SseEvent;
 
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use crate::config::{Job, ModelConfig, ProviderKind};
+use crate::config::{Endpoint, Job, ModelConfig, ProviderKind};
 use crate::types::{Message, Usage};
 
 /// The largest response body read; a larger one is a failed attempt, not an allocation.
 const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// With `model.stream = true`: the longest silence allowed between two chunks when
+/// `api.timeout_secs` is not set (with it set, that value is the idle limit). A streamed
+/// request has no total time limit: a long generation that keeps sending is never cut.
+const DEFAULT_STREAM_IDLE: Duration = Duration::from_secs(60);
 
 /// One generated variant.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -161,6 +172,20 @@ pub trait Provider: Send + Sync {
     fn authorize(&self, req: reqwest::RequestBuilder, key: &Secret) -> reqwest::RequestBuilder;
     /// Reads a response.
     fn parse(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Completion, ApiError>;
+    /// Reads a successful streamed response (`model.stream = true`), given all its
+    /// server-sent events; a stream without its end marker is an interrupted attempt.
+    fn parse_stream(
+        &self,
+        headers: &HeaderMap,
+        events: &[SseEvent],
+    ) -> Result<Completion, ApiError>;
+}
+
+/// A failed attempt because the response was not what the API promised (retried).
+pub(crate) fn bad_response(message: impl Into<String>, rate: RateLimitInfo) -> ApiError {
+    let mut e = ApiError::transport(ErrorKind::BadResponse, message);
+    e.rate = Box::new(rate);
+    e
 }
 
 /// Errors setting up a client (before any request).
@@ -177,6 +202,8 @@ pub enum ClientError {
     BaseUrl(String),
     #[error("cannot build the HTTP client: {0}")]
     Http(String),
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Sends rendered prompts to one provider.
@@ -185,6 +212,10 @@ pub struct Client {
     provider: Box<dyn Provider>,
     url: String,
     key: Secret,
+    /// Total time for one non-streamed request.
+    timeout: Duration,
+    /// Longest silence between two chunks of a streamed response.
+    stream_idle: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -270,9 +301,12 @@ pub fn check_base_url(url: &str, allow_insecure_http: bool) -> Result<(), Client
 /// The provider a job speaks to (pure: no key, no network).
 pub fn provider_for(job: &Job) -> Box<dyn Provider> {
     match job.api.provider {
-        ProviderKind::Openai | ProviderKind::Azure | ProviderKind::Anthropic => {
-            Box::new(OpenAi::new(job.api.endpoint))
-        }
+        ProviderKind::Openai => Box::new(OpenAi::new(job.api.endpoint)),
+        ProviderKind::Azure => Box::new(Azure::new(
+            job.api.api_version.clone(),
+            job.api.deployment.clone(),
+        )),
+        ProviderKind::Anthropic => Box::new(Anthropic),
     }
 }
 
@@ -281,17 +315,24 @@ impl Client {
     pub fn for_job(job: &Job, key: Secret) -> Result<Client, ClientError> {
         let base = base_url(job);
         if base.is_empty() {
-            return Err(ClientError::BaseUrl(
-                "no base URL: set api.base_url or the provider's endpoint variable".into(),
-            ));
+            return Err(ClientError::BaseUrl(match job.api.provider {
+                ProviderKind::Azure => "no Azure endpoint: set AZURE_OPENAI_ENDPOINT (e.g. \
+                    https://my-resource.openai.azure.com) or api.base_url"
+                    .into(),
+                _ => "no base URL: set api.base_url or the provider's endpoint variable".into(),
+            }));
         }
         check_base_url(&base, job.api.allow_insecure_http)?;
+        check_provider_settings(job)?;
         let provider = provider_for(job);
         let timeout = Duration::from_secs_f64(job.api.timeout_secs.unwrap_or(600.0).max(0.001));
+        let stream_idle = job.api.timeout_secs.map_or(DEFAULT_STREAM_IDLE, |t| {
+            Duration::from_secs_f64(t.max(0.001))
+        });
         let connect =
             Duration::from_secs_f64(job.api.connect_timeout_secs.unwrap_or(10.0).max(0.001));
+        // The total timeout is set per request: streamed requests have none (see send).
         let http = reqwest::Client::builder()
-            .timeout(timeout)
             .connect_timeout(connect)
             .pool_max_idle_per_host(usize::MAX)
             .user_agent(concat!("promptmill/", env!("CARGO_PKG_VERSION")))
@@ -303,6 +344,8 @@ impl Client {
             provider,
             url,
             key,
+            timeout,
+            stream_idle,
         })
     }
 
@@ -323,15 +366,108 @@ impl Client {
     }
 
     /// Sends one attempt and classifies its outcome.
+    ///
+    /// A body with `"stream": true` is read as server-sent events as they arrive: each
+    /// chunk must come within the idle limit, and a stream cut short is a failed attempt
+    /// (retried like any transient error).
     pub async fn send(&self, body: &Value) -> Result<Completion, ApiError> {
+        let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
         let req = self.http.post(&self.url).json(body);
+        let req = if stream {
+            req
+        } else {
+            req.timeout(self.timeout)
+        };
         let req = self.provider.authorize(req, &self.key);
-        let resp = req.send().await.map_err(transport_error)?;
+        let send = req.send();
+        let resp = if stream {
+            tokio::time::timeout(self.stream_idle, send)
+                .await
+                .map_err(|_| idle_error(self.stream_idle))?
+        } else {
+            send.await
+        }
+        .map_err(transport_error)?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
+        // A server that ignores `stream` and answers plain JSON is read as such.
+        let event_stream = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if stream && event_stream && (200..300).contains(&status) {
+            let events = read_events(resp, self.stream_idle).await?;
+            return self.provider.parse_stream(&headers, &events);
+        }
         let bytes = read_capped(resp).await?;
         self.provider.parse(status, &headers, &bytes)
     }
+}
+
+/// Refuses settings a provider cannot honour, before anything is sent.
+fn check_provider_settings(job: &Job) -> Result<(), ClientError> {
+    let p = job.api.provider;
+    if p != ProviderKind::Openai && job.api.endpoint == Endpoint::Completions {
+        return Err(ClientError::Settings(
+            "api.endpoint = \"completions\" exists only for provider = \"openai\" (and \
+             OpenAI-compatible servers)"
+                .into(),
+        ));
+    }
+    if p == ProviderKind::Anthropic && job.model.n.is_some_and(|n| n > 1) {
+        return Err(ClientError::Settings(
+            "model.n > 1: the Anthropic Messages API returns one answer per request; remove \
+             model.n (or duplicate the input rows)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn idle_error(idle: Duration) -> ApiError {
+    ApiError::transport(
+        ErrorKind::Timeout,
+        format!(
+            "the stream was silent for {:.0} s (api.timeout_secs is the idle limit when \
+             streaming)",
+            idle.as_secs_f64()
+        ),
+    )
+}
+
+/// Reads a streamed body into its events, with an idle limit between chunks and the same
+/// size cap as a plain body.
+async fn read_events(
+    mut resp: reqwest::Response,
+    idle: Duration,
+) -> Result<Vec<SseEvent>, ApiError> {
+    let mut parser = sse::SseParser::default();
+    let mut events = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let chunk = tokio::time::timeout(idle, resp.chunk())
+            .await
+            .map_err(|_| idle_error(idle))?
+            .map_err(|e| {
+                let mut e = transport_error(e);
+                e.message = format!("the stream was interrupted: {}", e.message);
+                e
+            })?;
+        let Some(chunk) = chunk else { break };
+        total += chunk.len();
+        if total > MAX_BODY_BYTES {
+            return Err(ApiError::transport(
+                ErrorKind::BadResponse,
+                format!("streamed response larger than {MAX_BODY_BYTES} bytes"),
+            ));
+        }
+        events.extend(parser.feed(&chunk));
+    }
+    // A last event without its blank line still counts (some servers omit it).
+    if parser.pending() > 0 {
+        events.extend(parser.feed(b"\n\n"));
+    }
+    Ok(events)
 }
 
 fn transport_error(e: reqwest::Error) -> ApiError {
@@ -392,6 +528,23 @@ mod tests {
             RateLimitInfo::default(),
         );
         assert_eq!(q.kind, ErrorKind::InsufficientQuota);
+    }
+
+    #[test]
+    fn settings_a_provider_cannot_honour_are_refused_up_front() {
+        let job = |extra: &str| {
+            let text = format!(
+                "[input]\npath = \"r.csv\"\n[prompt]\nuser = \"hi\"\n[model]\nname = \"m\"\nn = 2\n[api]\n{extra}\n[output]\npath = \"o.csv\"\n"
+            );
+            Job::from_str(&text, std::path::Path::new("j.toml"), &Default::default()).unwrap()
+        };
+        let e = check_provider_settings(&job("provider = \"anthropic\"")).unwrap_err();
+        assert!(e.to_string().contains("model.n"), "{e}");
+        let e = check_provider_settings(&job("provider = \"azure\"\nendpoint = \"completions\""))
+            .unwrap_err();
+        assert!(e.to_string().contains("api.endpoint"), "{e}");
+        assert!(check_provider_settings(&job("provider = \"azure\"")).is_ok());
+        assert!(check_provider_settings(&job("endpoint = \"completions\"")).is_ok());
     }
 
     #[test]

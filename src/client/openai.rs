@@ -5,7 +5,8 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{classify, ApiError, Choice, Completion, ErrorKind, Provider, RateLimitInfo, Secret};
+use super::{bad_response, classify, ApiError, Choice, Completion, Provider, RateLimitInfo};
+use super::{Secret, SseEvent};
 use crate::config::{Endpoint, ModelConfig};
 use crate::types::{Message, Usage};
 
@@ -70,6 +71,20 @@ pub(crate) fn common_params(model: &ModelConfig, body: &mut Map<String, Value>, 
     if let Some(n) = model.n.filter(|n| *n > 1) {
         body.insert("n".into(), json!(n));
     }
+    if model.stream {
+        body.insert("stream".into(), json!(true));
+        // Without this the usage of a streamed answer is never sent.
+        body.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    if let (true, Some(schema)) = (chat, &model.schema_json) {
+        body.insert(
+            "response_format".into(),
+            json!({
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": schema, "strict": true}
+            }),
+        );
+    }
     if let Some(extra) = &model.extra {
         if let Ok(Value::Object(m)) = serde_json::to_value(extra) {
             body.extend(m);
@@ -132,6 +147,111 @@ impl Provider for OpenAi {
     fn parse(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> Result<Completion, ApiError> {
         parse_openai(status, headers, body)
     }
+
+    fn parse_stream(
+        &self,
+        headers: &HeaderMap,
+        events: &[SseEvent],
+    ) -> Result<Completion, ApiError> {
+        parse_openai_stream(headers, events)
+    }
+}
+
+/// One streamed chunk (`chat.completion.chunk` or a streamed text completion).
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<ErrorBody>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    #[serde(default)]
+    index: usize,
+    #[serde(default)]
+    delta: Option<WireMessage>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+/// Assembles an OpenAI server-sent-events stream (ending in `data: [DONE]`) into one
+/// completion; the usage comes from the last chunk (`stream_options.include_usage`).
+pub(crate) fn parse_openai_stream(
+    headers: &HeaderMap,
+    events: &[SseEvent],
+) -> Result<Completion, ApiError> {
+    let rate = RateLimitInfo::from_openai_headers(headers);
+    let mut choices: Vec<Choice> = Vec::new();
+    let mut usage = None;
+    let mut id = None;
+    let mut done = false;
+    for ev in events {
+        let data = ev.data.trim();
+        if data == "[DONE]" {
+            done = true;
+            break;
+        }
+        let chunk: Chunk = serde_json::from_str(data)
+            .map_err(|e| bad_response(format!("stream chunk is not JSON ({e})"), rate))?;
+        if let Some(err) = chunk.error {
+            // An error in the middle of a stream: the server gave up on this attempt.
+            let msg = err.message.unwrap_or_else(|| "error in stream".into());
+            return Err(bad_response(
+                format!("the stream reported an error: {msg}"),
+                rate,
+            ));
+        }
+        id = id.or(chunk.id);
+        if let Some(u) = chunk.usage {
+            usage = Some(u.into_usage());
+        }
+        for c in chunk.choices {
+            if c.index > 1024 {
+                return Err(bad_response("stream choice index out of range", rate));
+            }
+            while choices.len() <= c.index {
+                choices.push(Choice {
+                    text: String::new(),
+                    finish_reason: None,
+                });
+            }
+            let slot = &mut choices[c.index];
+            if let Some(t) = c.delta.and_then(|d| d.content.or(d.refusal)).or(c.text) {
+                slot.text.push_str(&t);
+            }
+            if c.finish_reason.is_some() {
+                slot.finish_reason = c.finish_reason;
+            }
+        }
+    }
+    if !done {
+        return Err(bad_response(
+            "the stream ended before [DONE] (interrupted)",
+            rate,
+        ));
+    }
+    if choices.is_empty() {
+        return Err(bad_response("stream has no choices", rate));
+    }
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(id);
+    Ok(Completion {
+        choices,
+        usage,
+        request_id,
+        rate,
+    })
 }
 
 #[derive(Deserialize)]
@@ -220,12 +340,6 @@ impl WireUsage {
     }
 }
 
-fn bad_response(message: impl Into<String>, rate: RateLimitInfo) -> ApiError {
-    let mut e = ApiError::transport(ErrorKind::BadResponse, message);
-    e.rate = Box::new(rate);
-    e
-}
-
 /// Reads an OpenAI-shaped response (chat or text completion) or error.
 pub(crate) fn parse_openai(
     status: u16,
@@ -296,7 +410,7 @@ pub(crate) fn parse_openai(
 }
 
 /// The start of a body, for error messages, on a char boundary.
-fn snippet(body: &[u8]) -> String {
+pub(crate) fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     let mut end = text.len().min(200);
     while !text.is_char_boundary(end) {
@@ -308,7 +422,7 @@ fn snippet(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::Action;
+    use crate::client::{Action, ErrorKind};
 
     fn model(name: &str) -> ModelConfig {
         toml::from_str(&format!(
@@ -372,5 +486,64 @@ mod tests {
         let e = parse_openai(502, &h, b"Bad Gateway").unwrap_err();
         assert_eq!(e.action, Action::Retry);
         assert!(e.to_string().contains("HTTP 502: Bad Gateway"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use crate::client::{Action, ErrorKind};
+
+    fn ev(d: &str) -> SseEvent {
+        SseEvent {
+            event: None,
+            data: d.to_string(),
+        }
+    }
+
+    #[test]
+    fn chunks_are_assembled_with_usage_and_n_variants() {
+        let events = [
+            ev(
+                r#"{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}"#,
+            ),
+            ev(
+                r#"{"id":"c1","choices":[{"index":1,"delta":{"content":"B"},"finish_reason":null}],"usage":null}"#,
+            ),
+            ev(
+                r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"A1"},"finish_reason":"stop"}],"usage":null}"#,
+            ),
+            ev(
+                r#"{"id":"c1","choices":[{"index":1,"delta":{},"finish_reason":"length"}],"usage":null}"#,
+            ),
+            ev(
+                r#"{"id":"c1","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+            ),
+            ev("[DONE]"),
+        ];
+        let c = parse_openai_stream(&HeaderMap::new(), &events).unwrap();
+        assert_eq!(c.choices.len(), 2);
+        assert_eq!(c.choices[0].text, "A1");
+        assert_eq!(c.choices[1].finish_reason.as_deref(), Some("length"));
+        let u = c.usage.unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+            (9, 3, 2)
+        );
+        let e = parse_openai_stream(&HeaderMap::new(), &events[..4]).unwrap_err();
+        assert_eq!((e.action, e.kind), (Action::Retry, ErrorKind::BadResponse));
+    }
+
+    #[test]
+    fn schema_and_stream_settings_reach_the_body() {
+        let mut m: ModelConfig = toml::from_str("name = \"gpt-4o-mini\"\nstream = true").unwrap();
+        m.schema_json = Some(json!({"type": "object"}));
+        let msgs = [Message::new(crate::types::Role::User, "hi")];
+        let b = OpenAi::new(Endpoint::Chat).body(&m, &msgs);
+        assert_eq!(b["stream_options"]["include_usage"], true);
+        assert_eq!(b["response_format"]["type"], "json_schema");
+        assert_eq!(b["response_format"]["json_schema"]["strict"], true);
+        let b = OpenAi::new(Endpoint::Completions).body(&m, &msgs);
+        assert!(b.get("response_format").is_none());
     }
 }

@@ -193,7 +193,12 @@ async fn run_job(
             .output_format()
             .ok_or_else(|| start_err(anyhow!("bad output format")))?,
         input_columns,
-        field_columns: Vec::new(),
+        field_columns: job
+            .model
+            .schema_json
+            .as_ref()
+            .map(crate::schema::field_names)
+            .unwrap_or_default(),
         variants: job.model.n.unwrap_or(1),
         formula_guard: job.output.formula_guard,
     };
@@ -270,20 +275,20 @@ async fn run_job(
         // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
         .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
     let progress = Progress::new(validated.rows, args.quiet || args.json);
-    let sched = Arc::new(
-        Scheduler::new(
-            client,
-            limiter,
-            budget,
-            writer,
-            price.clone(),
-            Tier::Live,
-            job.limits.max_retries,
-            job.limits.max_in_flight,
-            progress.clone(),
-        )
-        .with_cache(cache.clone()),
-    );
+    let mut sched = Scheduler::new(
+        client,
+        limiter,
+        budget,
+        writer,
+        price.clone(),
+        Tier::Live,
+        job.limits.max_retries,
+        job.limits.max_in_flight,
+        progress.clone(),
+    )
+    .with_cache(cache.clone());
+    sched.schema = job.model.schema_json.clone();
+    let sched = Arc::new(sched);
     // Before anything is sent: what an earlier run already did.
     if let Some(line) = validated.resume.line() {
         eprintln!("{line}");

@@ -12,6 +12,10 @@ pub(crate) struct Markers {
     pub(crate) slow_body: bool,
     pub(crate) length: bool,
     pub(crate) echo: bool,
+    /// The first structured answer to this prompt is not JSON.
+    pub(crate) bad_schema: bool,
+    /// The first streamed answer to this prompt is cut off half-way.
+    pub(crate) cut_stream: bool,
     /// A `[[mock:...]]` we do not know: answered 400 so a typo in a test cannot pass silently.
     pub(crate) unknown: bool,
 }
@@ -39,6 +43,8 @@ impl Markers {
                 "slow-body" => m.slow_body = true,
                 "length" => m.length = true,
                 "echo" => m.echo = true,
+                "bad-schema" => m.bad_schema = true,
+                "cut-stream" => m.cut_stream = true,
                 other => match other.strip_prefix("fail-first:").map(str::parse) {
                     Some(Ok(n)) => m.fail_first = Some(n),
                     _ => m.unknown = true,
@@ -60,6 +66,8 @@ mod tests {
         let m = Markers::parse("a [[mock:echo]] b [[mock:length]][[mock:fail-first:3]]");
         assert!(m.echo && m.length && !m.unknown);
         assert_eq!(m.fail_first, Some(3));
+        let m = Markers::parse("[[mock:bad-schema]] [[mock:cut-stream]]");
+        assert!(m.bad_schema && m.cut_stream && !m.unknown);
         for (t, f) in [
             ("[[mock:400]]", Markers::parse("[[mock:400]]").bad_request),
             ("[[mock:500]]", Markers::parse("[[mock:500]]").always_500),

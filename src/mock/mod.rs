@@ -9,6 +9,11 @@
 //! - `POST /v1/chat/completions`: OpenAI chat completions (`messages`, `max_tokens` or
 //!   `max_completion_tokens`, `n`, `stop`; other fields are accepted and ignored).
 //! - `POST /v1/completions`: legacy text completions (`prompt`, default `max_tokens` 16).
+//! - `POST /openai/deployments/{deployment}/chat/completions?api-version=…`: Azure OpenAI
+//!   (the chat endpoint's answers; the key in `api-key`; `api-version` required). Also
+//!   served under `/v1/…`, so `run --mock` works for Azure jobs.
+//! - `POST /v1/messages`: Anthropic Messages API (`x-api-key`, `anthropic-version`
+//!   required, top-level `system`, required `max_tokens`, `stop_sequences`).
 //! - `GET /_mock/stats`: [`MockStatsSnapshot`] as JSON.
 //! - `POST /_mock/reset`: zero the stats, the quota used and the fail-first attempts; refill
 //!   the rate limits. Answers the zeroed stats.
@@ -33,8 +38,25 @@
 //! - `[[mock:length]]`: `finish_reason` is `"length"`.
 //! - `[[mock:echo]]`: the answer is the whole last user message (markers included).
 //!
+//! - `[[mock:bad-schema]]`: the first structured (JSON-schema) answer to this prompt is
+//!   not JSON; later attempts are.
+//! - `[[mock:cut-stream]]`: the first answer to this prompt stops half-way with a broken
+//!   connection (an interrupted stream); later attempts are whole.
+//!
+//! # Streaming and structured output
+//! `"stream": true` answers with server-sent events in the endpoint's shape (OpenAI chunks
+//! plus a usage chunk when `stream_options.include_usage`; Anthropic's event sequence).
+//! A `response_format` of type `json_schema` (or, on `/v1/messages`, a system prompt with
+//! promptmill's "JSON schema:" instruction) gets a JSON answer that follows the schema,
+//! chosen deterministically (see `structured.rs`).
+//!
+//! Anthropic-style `anthropic-ratelimit-*` headers (RFC 3339 resets) are sent beside the
+//! `x-ratelimit-*` ones.
+//!
 //! Markers can be combined; an unknown `[[mock:...]]` is a 400 so that a typo cannot pass.
 
+mod anthropic;
+mod azure;
 mod control;
 mod limits;
 mod markers;
@@ -42,6 +64,8 @@ mod openai;
 mod reply;
 mod state;
 mod stats;
+mod stream;
+mod structured;
 mod text;
 
 pub use stats::MockStatsSnapshot;
@@ -213,6 +237,16 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(azure::chat_completions),
+        )
+        // `run --mock` points every provider at `…/v1`: Azure's path then follows it.
+        .route(
+            "/v1/openai/deployments/{deployment}/chat/completions",
+            post(azure::chat_completions),
+        )
+        .route("/v1/messages", post(anthropic::messages))
         .route("/_mock/stats", get(control::stats))
         .route("/_mock/reset", post(control::reset))
         .fallback(control::not_found)

@@ -79,6 +79,20 @@ struct Request {
     stop: Option<Stop>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
+}
+
+impl Request {
+    fn include_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true)
+    }
 }
 
 #[derive(Serialize)]
@@ -172,7 +186,7 @@ pub(crate) async fn chat_completions(
     s.decorate(resp, seq)
 }
 
-async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
+pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
     let req: Request = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return s.bad_request(&unparseable(&e)),
@@ -199,6 +213,8 @@ async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
         m.text().hash(&mut hasher);
     }
     let prompt_tokens = count_prompt_tokens(params.model, messages);
+    let mut params = params;
+    params.schema = super::structured::openai_schema(req.response_format.as_ref());
     let ticket = params.ticket(seq, &last_user, hasher.finish(), prompt_tokens);
     if let Some(r) = s.refuse(&ticket).await {
         return r;
@@ -229,7 +245,7 @@ async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
         usage: UsageBody::new(prompt_tokens, completion_tokens),
         system_fingerprint: "fp_mock",
     };
-    finish(s, &ticket, prompt_tokens, completion_tokens, &out)
+    finish(s, &ticket, prompt_tokens, completion_tokens, &out, &req)
 }
 
 /// `POST /v1/completions` (legacy text completions).
@@ -293,15 +309,17 @@ async fn complete(s: &Shared, seq: u64, body: &[u8]) -> Response {
         choices,
         usage: UsageBody::new(prompt_tokens, completion_tokens),
     };
-    finish(s, &ticket, prompt_tokens, completion_tokens, &out)
+    finish(s, &ticket, prompt_tokens, completion_tokens, &out, &req)
 }
 
-/// Validated parameters shared by both endpoints.
-struct Params<'a> {
-    model: &'a str,
-    max_tokens: Option<u64>,
-    n: u32,
-    stop: Vec<&'a str>,
+/// Validated parameters shared by every endpoint (Anthropic's too).
+pub(crate) struct Params<'a> {
+    pub(crate) model: &'a str,
+    pub(crate) max_tokens: Option<u64>,
+    pub(crate) n: u32,
+    pub(crate) stop: Vec<&'a str>,
+    /// A JSON schema the answer must follow (structured output).
+    pub(crate) schema: Option<&'a Value>,
 }
 
 impl<'a> Params<'a> {
@@ -310,8 +328,11 @@ impl<'a> Params<'a> {
             Some(m) if !m.is_empty() => m,
             _ => return Err("you must provide a model parameter".to_owned()),
         };
-        if c.stream == Some(true) {
-            return Err("The mock API does not support stream=true yet.".to_owned());
+        if c.stream_options.is_some() && c.stream != Some(true) {
+            return Err(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled."
+                    .to_owned(),
+            );
         }
         let max_tokens = c.max_completion_tokens.or(c.max_tokens);
         if max_tokens == Some(0) {
@@ -337,10 +358,17 @@ impl<'a> Params<'a> {
             max_tokens,
             n,
             stop,
+            schema: None,
         })
     }
 
-    fn ticket(&self, seq: u64, last_user: &str, hash: u64, prompt_tokens: u64) -> Ticket<'a> {
+    pub(crate) fn ticket(
+        &self,
+        seq: u64,
+        last_user: &str,
+        hash: u64,
+        prompt_tokens: u64,
+    ) -> Ticket<'a> {
         let out = self.max_tokens.unwrap_or(DEFAULT_LIMIT_MAX_TOKENS);
         Ticket {
             seq,
@@ -352,7 +380,7 @@ impl<'a> Params<'a> {
     }
 
     /// Choice `index`: its text, completion tokens and finish_reason.
-    fn generate(
+    pub(crate) fn generate(
         &self,
         s: &Shared,
         t: &Ticket<'_>,
@@ -360,6 +388,9 @@ impl<'a> Params<'a> {
         index: u32,
     ) -> (String, u64, &'static str) {
         let hash = mix(t.prompt_hash ^ s.cfg.seed ^ u64::from(index).rotate_left(32));
+        if let Some(schema) = self.schema {
+            return self.structured(s, t, schema, source, hash, index);
+        }
         let mut a = answer(source, t.markers.echo, hash, self.max_tokens);
         let cut = self
             .stop
@@ -381,28 +412,83 @@ impl<'a> Params<'a> {
     }
 }
 
+impl Params<'_> {
+    /// A JSON answer following `schema` (`[[mock:bad-schema]]`: not JSON, the first time),
+    /// cut like any answer by `max_tokens` and `[[mock:length]]`.
+    fn structured(
+        &self,
+        s: &Shared,
+        t: &Ticket<'_>,
+        schema: &Value,
+        source: &str,
+        hash: u64,
+        index: u32,
+    ) -> (String, u64, &'static str) {
+        let mut text =
+            if t.markers.bad_schema && index == 0 && s.first_time("bad-schema", t.prompt_hash) {
+                "Sure! Here is the JSON you asked for: {\"headline\": ".to_owned()
+            } else {
+                super::structured::sample(schema, source, hash).to_string()
+            };
+        let max_bytes = self.max_tokens.map_or(usize::MAX, |m| {
+            usize::try_from(m.saturating_mul(4)).unwrap_or(usize::MAX)
+        });
+        let mut finish = "stop";
+        if t.markers.length || text.len() > max_bytes {
+            let mut cut = (text.len() / 2).min(max_bytes);
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            finish = "length";
+        }
+        let tokens = text::count_text_tokens(&text);
+        (text, tokens, finish)
+    }
+}
+
 fn finish<T: Serialize>(
     s: &Shared,
     t: &Ticket<'_>,
     prompt_tokens: u64,
     completion_tokens: u64,
     out: &T,
+    req: &Request,
 ) -> Response {
-    match serde_json::to_vec(out) {
+    let body = if req.stream == Some(true) {
+        serde_json::to_value(out).map(|v| super::stream::openai(&v, req.include_usage()))
+    } else {
+        serde_json::to_vec(out)
+    };
+    match body {
+        Ok(body) if req.stream == Some(true) => {
+            event_stream(s.answer(t, prompt_tokens, completion_tokens, body))
+        }
         Ok(body) => s.answer(t, prompt_tokens, completion_tokens, body),
         // Serialising plain structs of strings and integers cannot fail; answer 500 if it does.
         Err(_) => super::reply::server_error(),
     }
 }
 
-fn unparseable(e: &serde_json::Error) -> String {
+/// Marks a 200 answer as a server-sent-event stream.
+pub(crate) fn event_stream(mut resp: Response) -> Response {
+    if resp.status().is_success() {
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/event-stream"),
+        );
+    }
+    resp
+}
+
+pub(crate) fn unparseable(e: &serde_json::Error) -> String {
     format!(
         "We could not parse the JSON body of your request. (HINT: This likely means you \
          aren't using your HTTP library correctly.) ({e})"
     )
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -111,6 +111,47 @@ pub(crate) fn add_rate_headers(h: &mut HeaderMap, st: &RateStatus) {
     }
 }
 
+/// Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`, the resets
+/// as RFC 3339 UTC times (sent on every answer, beside OpenAI's names).
+pub(crate) fn add_anthropic_rate_headers(h: &mut HeaderMap, st: &RateStatus) {
+    let now = std::time::SystemTime::now();
+    for (st, what) in [(&st.requests, "requests"), (&st.tokens, "tokens")] {
+        let Some(st) = st else { continue };
+        let name =
+            |k: &str| HeaderName::from_bytes(format!("anthropic-ratelimit-{what}-{k}").as_bytes());
+        if let (Ok(l), Ok(r), Ok(z)) = (name("limit"), name("remaining"), name("reset")) {
+            h.insert(l, HeaderValue::from(st.limit));
+            h.insert(r, HeaderValue::from(st.remaining));
+            if let Ok(v) = HeaderValue::from_str(&rfc3339(now + st.reset)) {
+                h.insert(z, v);
+            }
+        }
+    }
+}
+
+/// A UTC time as RFC 3339 with whole seconds (rounded up).
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 const REQUESTS: [&str; 3] = [
     "x-ratelimit-limit-requests",
     "x-ratelimit-remaining-requests",
@@ -134,6 +175,13 @@ fn trio(h: &mut HeaderMap, st: &LimitStatus, names: [&'static str; 3]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_through_the_client_parser() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(951_868_800 + 3661);
+        assert_eq!(rfc3339(t), "2000-03-01T01:01:01Z");
+        assert_eq!(crate::client::parse_rfc3339(&rfc3339(t)), Some(t));
+    }
 
     #[test]
     fn keys_are_never_echoed_whole() {

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     quota_used: AtomicU64,
     /// Attempts seen per prompt hash, for `[[mock:fail-first:N]]`.
     fail_first: Mutex<HashMap<u64, u32>>,
+    /// (marker, prompt hash) pairs already misbehaved once: `bad-schema`, `cut-stream`.
+    once: Mutex<std::collections::HashSet<(&'static str, u64)>>,
     /// Request sequence number: request ids and the `--fail-rate` draws.
     seq: AtomicU64,
     /// Flips to true when the server shuts down: stalled requests give up.
@@ -57,6 +59,7 @@ impl Shared {
             stats: Stats::default(),
             quota_used: AtomicU64::new(0),
             fail_first: Mutex::new(HashMap::new()),
+            once: Mutex::new(std::collections::HashSet::new()),
             seq: AtomicU64::new(0),
             shutdown,
         }
@@ -70,11 +73,22 @@ impl Shared {
 
     /// A 401 unless the bearer key matches `--api-key` (any key passes when none is set).
     pub(crate) fn refuse_unauthorized(&self, headers: &HeaderMap) -> Option<Response> {
+        self.refuse_unauthorized_by(headers, AUTHORIZATION.as_str(), "Bearer ")
+    }
+
+    /// A 401 unless header `name` holds `prefix` + `--api-key` (Azure: `api-key`,
+    /// Anthropic: `x-api-key`, both without prefix).
+    pub(crate) fn refuse_unauthorized_by(
+        &self,
+        headers: &HeaderMap,
+        name: &str,
+        prefix: &str,
+    ) -> Option<Response> {
         let expected = self.cfg.api_key.as_ref()?;
         let given = headers
-            .get(AUTHORIZATION)
+            .get(name)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| v.strip_prefix(prefix))
             .map(str::trim);
         if given == Some(expected.as_str()) {
             return None;
@@ -96,7 +110,7 @@ impl Shared {
         if t.markers.unknown {
             return Some(self.bad_request(
                 "Unknown [[mock:...]] marker in the last user message (mock markers: 400, 500, \
-                 fail-first:N, hang, bad-json, no-choices, slow-body, length, echo).",
+                 fail-first:N, hang, bad-json, no-choices, slow-body, length, echo, bad-schema, cut-stream).",
             ));
         }
         if t.markers.bad_request {
@@ -179,6 +193,14 @@ impl Shared {
         *attempts <= n
     }
 
+    /// True the first time `marker` is seen for this prompt (then false until a reset).
+    pub(crate) fn first_time(&self, marker: &'static str, prompt_hash: u64) -> bool {
+        self.once
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((marker, prompt_hash))
+    }
+
     fn random_failure(&self, seq: u64) -> bool {
         self.cfg.fail_rate > 0.0 && unit(mix(self.cfg.seed ^ mix(seq))) < self.cfg.fail_rate
     }
@@ -208,6 +230,16 @@ impl Shared {
         if m.no_choices {
             return reply::json_bytes(StatusCode::OK, "{\"choices\":[]}");
         }
+        if m.cut_stream && self.first_time("cut-stream", t.prompt_hash) {
+            // Half the answer, then the connection fails: an interrupted stream.
+            let mut head = Bytes::from(body);
+            let _tail = head.split_off(head.len() / 2);
+            let stream = futures_util::stream::iter([
+                Ok(head),
+                Err(std::io::Error::other("mock: stream cut")),
+            ]);
+            return reply::json_bytes(StatusCode::OK, Body::from_stream(stream));
+        }
         if m.slow_body {
             let mut head = Bytes::from(body);
             let _tail = head.split_off(head.len() / 2);
@@ -225,6 +257,9 @@ impl Shared {
 
     /// Stamp `x-request-id` and (unless `--no-rate-headers`) the `x-ratelimit-*` headers.
     pub(crate) fn decorate(&self, mut resp: Response, seq: u64) -> Response {
+        if !self.cfg.no_rate_headers {
+            reply::add_anthropic_rate_headers(resp.headers_mut(), &self.rate_status());
+        }
         let id = format!("req_{:016x}{:016x}", mix(seq), mix(!seq));
         let h = resp.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&id) {
@@ -253,6 +288,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.once.lock().unwrap_or_else(|e| e.into_inner()).clear();
         if let Some(l) = &self.limiter {
             *l.lock().unwrap_or_else(|e| e.into_inner()) =
                 RateLimiter::new(self.cfg.rpm, self.cfg.tpm, Instant::now());
