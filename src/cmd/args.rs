@@ -52,6 +52,14 @@ pub struct JobArgs {
     /// estimate.assume_output_tokens).
     #[arg(long, value_name = "N")]
     pub assume_output_tokens: Option<u32>,
+    /// Record unreadable or unrenderable rows as failed rows instead of refusing to start
+    /// (sets input.skip_bad_rows).
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+    /// Write generated CSV cells as they are, even when a spreadsheet would run them as a
+    /// formula (sets output.formula_guard = false).
+    #[arg(long)]
+    pub no_formula_guard: bool,
     /// Any job-file key: `--set model.top_p=0.9` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -90,6 +98,11 @@ impl JobArgs {
         o.push(
             "estimate.assume_output_tokens",
             self.assume_output_tokens.map(i64::from),
+        );
+        o.push("input.skip_bad_rows", self.skip_bad_rows.then_some(true));
+        o.push(
+            "output.formula_guard",
+            self.no_formula_guard.then_some(false),
         );
         o.set = self.set.clone();
         o
