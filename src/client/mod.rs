@@ -11,7 +11,7 @@ mod secret;
 
 pub use openai::OpenAi;
 pub use ratelimit::{parse_go_duration, RateLimitInfo};
-pub use secret::Secret;
+pub use secret::{mark_sensitive, Secret, SENSITIVE_HEADERS};
 
 use std::time::Duration;
 
@@ -324,9 +324,23 @@ impl Client {
 
     /// Sends one attempt and classifies its outcome.
     pub async fn send(&self, body: &Value) -> Result<Completion, ApiError> {
+        self.attempt(body).await.map_err(|mut e| {
+            // Defence in depth: a server that echoes our key must not make us log or store it.
+            e.message = self.key.scrub(&e.message);
+            e
+        })
+    }
+
+    async fn attempt(&self, body: &Value) -> Result<Completion, ApiError> {
         let req = self.http.post(&self.url).json(body);
-        let req = self.provider.authorize(req, &self.key);
-        let resp = req.send().await.map_err(transport_error)?;
+        let mut req = self
+            .provider
+            .authorize(req, &self.key)
+            .build()
+            .map_err(transport_error)?;
+        // Whatever headers the provider chose, credentials never show in a debug print.
+        secret::mark_sensitive(req.headers_mut());
+        let resp = self.http.execute(req).await.map_err(transport_error)?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = read_capped(resp).await?;
