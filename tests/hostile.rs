@@ -86,7 +86,7 @@ fn bad_inputs_are_refused_with_their_position_before_any_request() {
         (
             "deep.jsonl",
             format!("{{\"text\":\"a\"}}\n{{\"text\":{deep}}}\n").into_bytes(),
-            "deep.jsonl:2:".into(),
+            "deep.jsonl:2:".into(), // …:COLUMN: invalid JSON: recursion limit exceeded
         ),
         (
             "array.jsonl",
@@ -153,11 +153,24 @@ fn ten_megabyte_cell_is_refused_by_the_render_cap_not_a_crash() {
     assert!(err.contains("line 3"), "{err}");
     assert!(err.len() < 10_000, "the error must not echo the cell");
 
+    // With --skip-bad-rows the row is a failed row saying why; the small one is sent.
+    let out = ws.run(&["run", "job.toml", "--quiet", "--skip-bad-rows"]);
+    assert_exit(&out, 1);
+    let (h, rows) = ws.csv("out/result.csv");
+    assert_eq!(rows[0][col(&h, "status")], "ok");
+    assert_eq!(rows[1][col(&h, "status")], "failed");
+    let error = &rows[1][col(&h, "error")];
+    assert!(
+        error.contains("in.csv: row 2 (line 3") && error.contains("over the limit"),
+        "{error}"
+    );
+    assert_eq!(mock.stat("requests"), 1);
+
     // The same file, with a template that does not use the big column, runs.
     job(&ws, &mock.base_url, "in.csv", "Count {{ n }}");
     let out = ws.run(&["run", "job.toml", "--quiet", "--output", "out/small.jsonl"]);
     assert_exit(&out, 0);
-    assert_eq!(mock.stat("requests"), 2);
+    assert_eq!(mock.stat("requests"), 3);
 }
 
 /// `--skip-bad-rows`: every unreadable record is in the output exactly once, in place, failed,
@@ -597,7 +610,16 @@ fn api_keys_never_leak_even_at_trace_level() {
     assert!(second.contains("TRACE"));
     assert_eq!(ws.summary()["succeeded"], 5);
 
-    for (name, stream) in [("first run", &first), ("second run", &second)] {
+    // The in-process mock (`--mock`) at trace level, with the key in the environment.
+    let out = trace(Some(RIGHT), &["--mock", "--output", "out/mock.csv"]);
+    assert_exit(&out, 0);
+    let third = text(&out);
+
+    for (name, stream) in [
+        ("first run", &first),
+        ("second run", &second),
+        ("--mock run", &third),
+    ] {
         for key in [RIGHT, WRONG] {
             assert!(!stream.contains(key), "{name} printed a key");
             // Nor the distinctive middle of it (a partial echo).

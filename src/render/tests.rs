@@ -511,7 +511,10 @@ mod fuzz {
         // Few cases and little shrinking: values run to megabytes, and shrinking those is
         // slow. Failures are not persisted (a failing value can be tens of megabytes).
         #![proptest_config(ProptestConfig {
-            cases: 48,
+            cases: std::env::var("PROMPTMILL_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(48),
             max_shrink_iters: 8,
             failure_persistence: None,
             ..ProptestConfig::default()

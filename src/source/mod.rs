@@ -587,6 +587,14 @@ mod tests {
         assert_eq!(quoted_list(&[]), "(none)");
     }
 
+    /// Cases per property: `default`, or `PROMPTMILL_FUZZ_CASES` for a longer fuzzing run.
+    fn fuzz_cases(default: u32) -> u32 {
+        std::env::var("PROMPTMILL_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     /// Reads every item of `bytes` as `format`; open errors count as one item.
     fn read_all(bytes: &[u8], format: Format) -> Vec<Result<Row, SourceError>> {
         let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -644,7 +652,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(ProptestConfig::with_cases(fuzz_cases(256)))]
 
         /// Arbitrary bytes never panic any reader, and every error points at a line
         /// (except "the file is empty", which has none to point at).
