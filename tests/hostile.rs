@@ -556,6 +556,27 @@ fn key_in_job_file_is_refused() {
     assert!(!all.contains("PLAINTEXT-KEY"), "{all}");
 }
 
+/// A key an HTTP header cannot carry is refused up front (not sent without auth), without
+/// repeating it.
+#[test]
+fn unusable_key_is_refused_without_echoing_it() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(2);
+    ws.job(&mock.base_url, "");
+    let out = common::promptmill()
+        .current_dir(ws.dir.path())
+        .env("OPENAI_API_KEY", "sk-BADKEY-abc\u{7f}def-0042")
+        .args(["run", "job.toml"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let all = text(&out);
+    assert!(all.contains("OPENAI_API_KEY"), "{all}");
+    assert!(!all.contains("BADKEY"), "{all}");
+    assert_eq!(mock.stat("requests"), 0);
+}
+
 /// Every file under the workspace, read as bytes, must not hold `needle`.
 fn assert_absent(dir: &Path, needle: &str, skip: &[&Path]) {
     for f in all_files(dir) {

@@ -173,6 +173,11 @@ pub enum ClientError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the API key in {0} holds characters an HTTP header cannot carry (control characters \
+         or non-ASCII text); check it was copied whole and alone"
+    )]
+    BadKey(String),
     #[error("api.base_url: {0}")]
     BaseUrl(String),
     #[error("cannot build the HTTP client: {0}")]
@@ -229,12 +234,25 @@ pub fn api_key(job: &Job) -> Result<Secret, ClientError> {
                 path.display()
             )));
         }
-        return Ok(Secret::new(key));
+        return usable_key(key, || format!("the key file {}", path.display()));
     }
     let var = job.api_key_env();
     match std::env::var(&var) {
-        Ok(k) if !k.trim().is_empty() => Ok(Secret::new(k.trim().to_string())),
+        Ok(k) if !k.trim().is_empty() => usable_key(k.trim().to_string(), || {
+            format!("the environment variable {var}")
+        }),
         _ => Err(ClientError::MissingKey(var)),
+    }
+}
+
+/// Refuses a key an HTTP header cannot carry (a pasted control character or non-ASCII
+/// text): sending without it would only earn a confusing 401. The message names where the
+/// key came from, never the key.
+fn usable_key(key: String, from: impl FnOnce() -> String) -> Result<Secret, ClientError> {
+    let key = Secret::new(key);
+    match key.header_value("Bearer ") {
+        Some(_) => Ok(key),
+        None => Err(ClientError::BadKey(from())),
     }
 }
 
