@@ -625,7 +625,17 @@ fn api_keys_never_leak_even_at_trace_level() {
 
     // The right key from a file the job names.
     ws.write("secrets/key.txt", &format!("{RIGHT}\n"));
-    let out = trace(None, &["--set", "api.api_key_file=secrets/key.txt"]);
+    // The response cache (when the job has one) lives in the workspace too, so the scan
+    // below covers it.
+    let out = trace(
+        None,
+        &[
+            "--set",
+            "api.api_key_file=secrets/key.txt",
+            "--set",
+            "cache.dir=cache",
+        ],
+    );
     assert_exit(&out, 0);
     let second = text(&out);
     assert!(second.contains("TRACE"));
