@@ -16,7 +16,7 @@ pub use anthropic::{parse_rfc3339, Anthropic};
 pub use azure::Azure;
 pub use openai::OpenAi;
 pub use ratelimit::{parse_go_duration, RateLimitInfo};
-pub use secret::Secret;
+pub use secret::{mark_sensitive, Secret, SENSITIVE_HEADERS};
 pub use sse::SseEvent;
 
 use std::time::Duration;
@@ -198,6 +198,11 @@ pub enum ClientError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "the API key in {0} holds characters an HTTP header cannot carry (control characters \
+         or non-ASCII text); check it was copied whole and alone"
+    )]
+    BadKey(String),
     #[error("api.base_url: {0}")]
     BaseUrl(String),
     #[error("cannot build the HTTP client: {0}")]
@@ -260,12 +265,25 @@ pub fn api_key(job: &Job) -> Result<Secret, ClientError> {
                 path.display()
             )));
         }
-        return Ok(Secret::new(key));
+        return usable_key(key, || format!("the key file {}", path.display()));
     }
     let var = job.api_key_env();
     match std::env::var(&var) {
-        Ok(k) if !k.trim().is_empty() => Ok(Secret::new(k.trim().to_string())),
+        Ok(k) if !k.trim().is_empty() => usable_key(k.trim().to_string(), || {
+            format!("the environment variable {var}")
+        }),
         _ => Err(ClientError::MissingKey(var)),
+    }
+}
+
+/// Refuses a key an HTTP header cannot carry (a pasted control character or non-ASCII
+/// text): sending without it would only earn a confusing 401. The message names where the
+/// key came from, never the key.
+fn usable_key(key: String, from: impl FnOnce() -> String) -> Result<Secret, ClientError> {
+    let key = Secret::new(key);
+    match key.header_value("Bearer ") {
+        Some(_) => Ok(key),
+        None => Err(ClientError::BadKey(from())),
     }
 }
 
@@ -371,6 +389,14 @@ impl Client {
     /// chunk must come within the idle limit, and a stream cut short is a failed attempt
     /// (retried like any transient error).
     pub async fn send(&self, body: &Value) -> Result<Completion, ApiError> {
+        self.attempt(body).await.map_err(|mut e| {
+            // Defence in depth: a server that echoes our key must not make us log or store it.
+            e.message = self.key.scrub(&e.message);
+            e
+        })
+    }
+
+    async fn attempt(&self, body: &Value) -> Result<Completion, ApiError> {
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
         let req = self.http.post(&self.url).json(body);
         let req = if stream {
@@ -378,8 +404,14 @@ impl Client {
         } else {
             req.timeout(self.timeout)
         };
-        let req = self.provider.authorize(req, &self.key);
-        let send = req.send();
+        let mut req = self
+            .provider
+            .authorize(req, &self.key)
+            .build()
+            .map_err(transport_error)?;
+        // Whatever headers the provider chose, credentials never show in a debug print.
+        secret::mark_sensitive(req.headers_mut());
+        let send = self.http.execute(req);
         let resp = if stream {
             tokio::time::timeout(self.stream_idle, send)
                 .await

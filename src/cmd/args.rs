@@ -59,6 +59,14 @@ pub struct JobArgs {
     /// Seconds to wait for a connection (overrides api.connect_timeout_secs; default 10).
     #[arg(long, value_name = "SECS")]
     pub connect_timeout: Option<f64>,
+    /// Record unreadable or unrenderable rows as failed rows instead of refusing to start
+    /// (sets input.skip_bad_rows).
+    #[arg(long)]
+    pub skip_bad_rows: bool,
+    /// Write generated CSV cells as they are, even when a spreadsheet would run them as a
+    /// formula (sets output.formula_guard = false).
+    #[arg(long)]
+    pub no_formula_guard: bool,
     /// Any job-file key: `--set model.top_p=0.9` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -105,6 +113,11 @@ impl JobArgs {
             self.assume_output_tokens.map(i64::from),
         );
         o.push_path("cache.dir", self.cache.as_deref());
+        o.push("input.skip_bad_rows", self.skip_bad_rows.then_some(true));
+        o.push(
+            "output.formula_guard",
+            self.no_formula_guard.then_some(false),
+        );
         o.set = self.set.clone();
         o
     }

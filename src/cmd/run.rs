@@ -339,11 +339,15 @@ async fn run_job(
     let index = writer.finish()?;
 
     // Build the output from the journal, in input order, atomically.
-    let rows = Source::open(&job.input.path, &source_options(job))?.filter_map(|r| match r {
-        Ok(r) => Some(Ok(r)),
-        Err(e) if job.input.skip_bad_rows && e.is_row_error() => None,
-        Err(e) => Some(Err(e.to_string())),
-    });
+    let rows = Source::open(&job.input.path, &source_options(job))?
+        .keep_bad_rows()
+        .map(|r| match r {
+            Ok(Ok(r)) => Ok(r),
+            // Listed in place, as the failed row produce() journaled for it.
+            Ok(Err(bad)) if job.input.skip_bad_rows => Ok(bad.row),
+            Ok(Err(bad)) => Err(bad.error.to_string()),
+            Err(e) => Err(e.to_string()),
+        });
     let totals = sink::write_output(&spec, rows, &index, &journal_path)?;
 
     use std::sync::atomic::Ordering::Relaxed;
@@ -450,16 +454,20 @@ fn produce(
         .map(u64::from)
         .unwrap_or(planner.max_completion_tokens());
     let source = Source::open(&job.input.path, &source_options(job))?;
-    for row in source {
+    for row in source.keep_bad_rows() {
         if sched.stop.is_cancelled() {
             break;
         }
+        // The estimate pass lets bad rows through only when the job skips them: each becomes a
+        // failed row, journaled with the reason, so the output lists it in place.
         let row = match row {
-            Ok(r) => r,
-            Err(e) if job.input.skip_bad_rows && e.is_row_error() => {
+            Ok(Ok(r)) => r,
+            Ok(Err(bad)) if job.input.skip_bad_rows => {
                 out.bad_rows += 1;
+                record_bad_row(sched, &bad.row, bad.error.to_string())?;
                 continue;
             }
+            Ok(Err(bad)) => bail!("{}", bad.error),
             Err(e) => bail!("{e}"),
         };
         let planned = match planner.plan(&row) {
@@ -467,25 +475,8 @@ fn produce(
             Err(e) => {
                 // The estimate pass let it through only because the job skips bad rows.
                 out.bad_rows += 1;
-                let rec = Record {
-                    row: row.index,
-                    id: row.id.clone(),
-                    hash: String::new(),
-                    status: Status::Failed,
-                    choices: Vec::new(),
-                    usage: None,
-                    cost_pico: None,
-                    attempts: 0,
-                    error: Some(e.to_string()),
-                    cached: false,
-                    batch: false,
-                    fields: None,
-                };
-                sched
-                    .journal
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .append(&rec)?;
+                let file = job.input.path.display();
+                record_bad_row(sched, &row, format!("{file}: {e}"))?;
                 continue;
             }
         };
@@ -558,6 +549,31 @@ fn produce(
         }
     }
     Ok(out)
+}
+
+/// Journals a row that could not be read or rendered as failed, with the reason.
+fn record_bad_row(sched: &Scheduler, row: &crate::types::Row, error: String) -> anyhow::Result<()> {
+    let rec = Record {
+        row: row.index,
+        id: row.id.clone(),
+        hash: String::new(),
+        status: Status::Failed,
+        choices: Vec::new(),
+        usage: None,
+        cost_pico: None,
+        attempts: 0,
+        error: Some(error),
+        cached: false,
+        batch: false,
+        fields: None,
+    };
+    sched
+        .journal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .append(&rec)?;
+    sched.progress.row_done(false, Money::ZERO);
+    Ok(())
 }
 
 /// First Ctrl-C/SIGTERM: stop scheduling and let requests in flight finish (up to a grace

@@ -438,3 +438,113 @@ fn renders_from_many_threads() {
         handle.join().unwrap();
     }
 }
+
+mod fuzz {
+    //! Row values are data, whatever they hold: arbitrary Unicode, template syntax, huge
+    //! strings. Rendering never panics and prints the value literally (or, past the size
+    //! cap, refuses the message cleanly). Bounded: a few dozen cases, so `cargo test` stays
+    //! fast.
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Strings full of template syntax and the characters around it.
+    fn template_noise() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            proptest::sample::select(vec![
+                "{{",
+                "}}",
+                "{%",
+                "%}",
+                "{#",
+                "#}",
+                "{%-",
+                "-%}",
+                " ",
+                "\n",
+                "\r\n",
+                "'",
+                "\"",
+                "\\",
+                "range(99999999)",
+                "for x in",
+                "endfor",
+                "include",
+                "'/etc/passwd'",
+                "import",
+                "extends",
+                "set",
+                "macro",
+                "7*7",
+                "|",
+                "upper",
+                "env",
+                "self",
+                "loop",
+                "namespace()",
+                "\u{0}",
+                "\u{feff}",
+                "é",
+                "🦀",
+                "[[mock:hang]]",
+            ]),
+            0..40,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// A few pieces of template syntax, to be repeated into a huge value.
+    fn short_noise() -> impl Strategy<Value = String> {
+        template_noise().prop_map(|s| s.chars().take(24).collect())
+    }
+
+    /// Any value: arbitrary Unicode, template noise, or a short string repeated up to
+    /// a few megabytes.
+    fn any_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            template_noise(),
+            (short_noise(), 1usize..200_000).prop_map(|(s, n)| s.repeat(n)),
+        ]
+    }
+
+    proptest! {
+        // Few cases and little shrinking: values run to megabytes, and shrinking those is
+        // slow. Failures are not persisted (a failing value can be tens of megabytes).
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROMPTMILL_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(48),
+            max_shrink_iters: 8,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn any_row_value_renders_literally(v in any_value()) {
+            let renderer = Renderer::new(&user_spec(inline(
+                "Before {{ v }} | {{ doc.inner.v }} | {{ row['v'] }} after",
+            )))
+            .unwrap();
+            let r = row(json!({ "v": v, "doc": { "inner": { "v": v } } }));
+            let expected = format!("Before {v} | {v} | {v} after");
+            match renderer.render(&r) {
+                Ok(messages) => {
+                    prop_assert!(expected.len() <= MAX_MESSAGE_BYTES);
+                    prop_assert_eq!(messages.len(), 1);
+                    prop_assert!(messages[0].content == expected, "value changed in rendering");
+                }
+                Err(e) => {
+                    // Past the size cap the message is refused: by the cap, or earlier by
+                    // the fuel (bytes produced count as fuel). Nothing else may fail.
+                    prop_assert!(expected.len() > MAX_MESSAGE_BYTES, "{}", e);
+                    let refused = matches!(
+                        e.kind(),
+                        RenderErrorKind::TooLarge { .. } | RenderErrorKind::OutOfFuel { .. }
+                    );
+                    prop_assert!(refused, "{}", e);
+                }
+            }
+        }
+    }
+}

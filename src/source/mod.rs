@@ -391,6 +391,60 @@ impl Iterator for Source {
     }
 }
 
+/// A record that could not be read, kept in its place so a job that skips bad rows can still
+/// list it as a failed row.
+#[derive(Debug)]
+pub struct BadRow {
+    /// Stands in for the record: its index and line, the 1-based row number as id, no fields.
+    pub row: Row,
+    /// Why the record could not be read (`file:line:column: ...`).
+    pub error: SourceError,
+}
+
+/// [`Source`] iterated with its bad records kept in place: see [`Source::keep_bad_rows`].
+#[derive(Debug)]
+pub struct KeepBadRows {
+    source: Source,
+    next_index: u64,
+}
+
+impl Source {
+    /// Iterates rows with each row error as `Ok(Err(BadRow))`, carrying the index the record
+    /// took (every record, good or bad, takes one); fatal errors stay `Err` and end the stream.
+    pub fn keep_bad_rows(self) -> KeepBadRows {
+        KeepBadRows {
+            source: self,
+            next_index: 0,
+        }
+    }
+}
+
+impl Iterator for KeepBadRows {
+    type Item = Result<Result<Row, BadRow>, SourceError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.source.next()?;
+        let index = self.next_index;
+        Some(match item {
+            Ok(row) => {
+                self.next_index = row.index + 1;
+                Ok(Ok(row))
+            }
+            Err(error) if error.is_row_error() => {
+                self.next_index = index + 1;
+                let row = Row {
+                    index,
+                    line: error.line().unwrap_or(0),
+                    id: (index + 1).to_string(),
+                    fields: serde_json::Map::new(),
+                };
+                Ok(Err(BadRow { row, error }))
+            }
+            Err(e) => Err(e),
+        })
+    }
+}
+
 /// Checks that `id_column`, if any, is one of `columns`, and returns its position.
 fn find_id_column(
     path: &Path,
@@ -533,6 +587,14 @@ mod tests {
         assert_eq!(quoted_list(&[]), "(none)");
     }
 
+    /// Cases per property: `default`, or `PROMPTMILL_FUZZ_CASES` for a longer fuzzing run.
+    fn fuzz_cases(default: u32) -> u32 {
+        std::env::var("PROMPTMILL_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     /// Reads every item of `bytes` as `format`; open errors count as one item.
     fn read_all(bytes: &[u8], format: Format) -> Vec<Result<Row, SourceError>> {
         let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -590,7 +652,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(ProptestConfig::with_cases(fuzz_cases(256)))]
 
         /// Arbitrary bytes never panic any reader, and every error points at a line
         /// (except "the file is empty", which has none to point at).
@@ -603,6 +665,66 @@ mod tests {
                         prop_assert!(empty || e.line().is_some(), "{e}");
                         prop_assert!(e.to_string().contains(':'), "{e}");
                     }
+                }
+            }
+        }
+
+        /// Whatever the bytes, [`Source::keep_bad_rows`] numbers records 0, 1, 2… with no
+        /// gap or repeat, good and bad alike: the output lists bad rows in their place.
+        #[test]
+        fn keep_bad_rows_numbers_every_record_in_order(
+            bytes in proptest::collection::vec(
+                proptest::sample::select(b"ab,\t\"\n\r{}[]:01\\ \xff".to_vec()),
+                0..512,
+            )
+        ) {
+            for format in [Format::Csv, Format::Jsonl] {
+                let mut file = tempfile::NamedTempFile::new().unwrap();
+                file.write_all(&bytes).unwrap();
+                let opts = SourceOptions { format: Some(format), id_column: None };
+                let Ok(source) = Source::open(file.path(), &opts) else { continue };
+                for (expected, item) in (0u64..).zip(source.keep_bad_rows()) {
+                    let index = match item {
+                        Ok(Ok(row)) => row.index,
+                        Ok(Err(bad)) => {
+                            prop_assert!(bad.error.is_row_error());
+                            prop_assert_eq!(bad.row.id.clone(), (bad.row.index + 1).to_string());
+                            bad.row.index
+                        }
+                        Err(e) => {
+                            prop_assert!(!e.is_row_error());
+                            break;
+                        }
+                    };
+                    prop_assert_eq!(index, expected);
+                }
+            }
+        }
+
+        /// Any text at all (quotes, commas, CR/LF, a BOM in the middle, NULs, emoji) written
+        /// by a CSV writer or as JSON strings comes back exactly as it was.
+        #[test]
+        fn any_text_round_trips(
+            cells in proptest::collection::vec((any::<String>(), any::<String>()), 1..8)
+        ) {
+            let mut w = ::csv::Writer::from_writer(Vec::new());
+            w.write_record(["a", "b"]).unwrap();
+            let mut jsonl = String::new();
+            for (a, b) in &cells {
+                w.write_record([a, b]).unwrap();
+                jsonl.push_str(&serde_json::json!({ "a": a, "b": b }).to_string());
+                jsonl.push('\n');
+            }
+            let csv_bytes = w.into_inner().unwrap();
+            for (bytes, format) in [(csv_bytes, Format::Csv), (jsonl.into_bytes(), Format::Jsonl)] {
+                let rows: Vec<Row> = read_all(&bytes, format)
+                    .into_iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(rows.len(), cells.len(), "{}", format);
+                for (row, (a, b)) in rows.iter().zip(&cells) {
+                    prop_assert_eq!(row.fields["a"].as_str(), Some(a.as_str()), "{}", format);
+                    prop_assert_eq!(row.fields["b"].as_str(), Some(b.as_str()), "{}", format);
                 }
             }
         }
