@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use promptmill::cmd::{exit, run};
+use promptmill::cmd::{batch, exit, run};
 
 /// Turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 #[derive(Debug, Parser)]
@@ -17,6 +17,14 @@ struct Cli {
 enum Command {
     /// Run a job: every row of the input through the model, into the output file.
     Run(Box<run::RunArgs>),
+    /// Batch mode: poll the job's batches, collect finished ones, write the output.
+    Collect(Box<batch::CollectArgs>),
+    /// Batch mode: each batch's id, status, request counts and times.
+    Status(Box<batch::StatusArgs>),
+    /// Write the job's requests as a Batch API input file, without submitting.
+    Export(Box<batch::ExportArgs>),
+    /// Read Batch API output/error files into the job's journal and output.
+    Import(Box<batch::ImportArgs>),
     /// Serve the built-in OpenAI-compatible mock API (for trying jobs and for tests).
     MockServer(promptmill::mock::MockServerArgs),
 }
@@ -44,6 +52,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
+            Command::Collect(args) => batch::collect(*args).await,
+            Command::Status(args) => batch::status(*args).await,
+            Command::Export(args) => batch::export(*args).await,
+            Command::Import(args) => batch::import(*args).await,
             Command::MockServer(args) => promptmill::mock::serve_forever(args)
                 .await
                 .map(|_| exit::OK),

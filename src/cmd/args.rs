@@ -52,6 +52,9 @@ pub struct JobArgs {
     /// estimate.assume_output_tokens).
     #[arg(long, value_name = "N")]
     pub assume_output_tokens: Option<u32>,
+    /// How rows are sent: `live` requests, or the provider's `batch` API (overrides mode).
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::config::Mode>,
     /// Any job-file key: `--set model.top_p=0.9` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -90,6 +93,16 @@ impl JobArgs {
         o.push(
             "estimate.assume_output_tokens",
             self.assume_output_tokens.map(i64::from),
+        );
+        o.push(
+            "mode",
+            self.mode.map(|m| {
+                match m {
+                    crate::config::Mode::Live => "live",
+                    crate::config::Mode::Batch => "batch",
+                }
+                .to_string()
+            }),
         );
         o.set = self.set.clone();
         o

@@ -56,6 +56,9 @@ pub struct RunArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Batch mode (`--mode batch`) settings.
+    #[command(flatten)]
+    pub batch: super::batch::BatchFlags,
     /// No progress bar or periodic progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -75,7 +78,7 @@ impl std::error::Error for CannotStart {}
 
 /// What the validation pass learned about the rows.
 #[derive(Debug, Default, Clone)]
-struct Validated {
+pub(crate) struct Validated {
     rows: u64,
     bad_rows: u64,
     prompt_tokens: u64,
@@ -83,7 +86,7 @@ struct Validated {
 }
 
 /// The price table: the built-in one, or a user file over it.
-fn price_table(args: &JobArgs) -> anyhow::Result<std::borrow::Cow<'static, PriceTable>> {
+pub(crate) fn price_table(args: &JobArgs) -> anyhow::Result<std::borrow::Cow<'static, PriceTable>> {
     Ok(match &args.prices {
         Some(p) => std::borrow::Cow::Owned(PriceTable::merged_over_builtin(p)?),
         None => std::borrow::Cow::Borrowed(PriceTable::builtin()),
@@ -94,11 +97,6 @@ fn price_table(args: &JobArgs) -> anyhow::Result<std::borrow::Cow<'static, Price
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let mut job = args.job.load().map_err(|e| anyhow!(CannotStart(e)))?;
-    if job.mode == Mode::Batch {
-        return Err(anyhow!(CannotStart(anyhow!(
-            "mode = \"batch\" is not available yet in this version; use mode = \"live\""
-        ))));
-    }
     let prices = price_table(&args.job).map_err(|e| anyhow!(CannotStart(e)))?;
     let price = prices.lookup(&job.model.name).cloned();
 
@@ -119,20 +117,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         mock = Some(server);
     }
 
-    let outcome = run_job(&args, &job, price, &prices, started).await;
+    let outcome = if job.mode == Mode::Batch && !args.dry_run {
+        super::batch::run(&args, &job, price, &prices).await
+    } else {
+        run_job(&args, &job, price, &prices, started).await
+    };
     if let Some(m) = mock {
         m.shutdown().await;
     }
     outcome
 }
 
-fn start_err(e: impl Into<anyhow::Error>) -> anyhow::Error {
+pub(crate) fn start_err(e: impl Into<anyhow::Error>) -> anyhow::Error {
     anyhow!(CannotStart(e.into()))
 }
 
 /// The planner for a job. Row identity hashes include where requests go, so mock answers are
 /// never taken for real ones; the mock's port changes every run, so it is hashed as `mock:`.
-fn planner_for(job: &Job, mock: bool) -> anyhow::Result<Planner> {
+pub(crate) fn planner_for(job: &Job, mock: bool) -> anyhow::Result<Planner> {
     let renderer = Renderer::new(&job.prompt_spec())?;
     let provider = client::provider_for(job);
     let identity = if mock {
@@ -143,7 +145,7 @@ fn planner_for(job: &Job, mock: bool) -> anyhow::Result<Planner> {
     Ok(Planner::new(job, renderer, provider, &identity))
 }
 
-fn source_options(job: &Job) -> SourceOptions {
+pub(crate) fn source_options(job: &Job) -> SourceOptions {
     SourceOptions {
         format: job.input_format(),
         id_column: job.input.id.clone(),
@@ -152,7 +154,11 @@ fn source_options(job: &Job) -> SourceOptions {
 
 /// Renders and counts every row; the first bad row stops everything (unless the job skips
 /// bad rows), before a single request is sent.
-fn validate(job: &Job, planner: &Planner, price: Option<&ModelPrice>) -> anyhow::Result<Validated> {
+pub(crate) fn validate(
+    job: &Job,
+    planner: &Planner,
+    price: Option<&ModelPrice>,
+) -> anyhow::Result<Validated> {
     let source = Source::open(&job.input.path, &source_options(job))?;
     let file = job.input.path.display().to_string();
     let mut v = Validated {

@@ -9,6 +9,8 @@
 //! - `POST /v1/chat/completions`: OpenAI chat completions (`messages`, `max_tokens` or
 //!   `max_completion_tokens`, `n`, `stop`; other fields are accepted and ignored).
 //! - `POST /v1/completions`: legacy text completions (`prompt`, default `max_tokens` 16).
+//! - `POST /v1/files`, `GET /v1/files/{id}/content`, `POST|GET /v1/batches`,
+//!   `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`: the Batch API (see `batches.rs`).
 //! - `GET /_mock/stats`: [`MockStatsSnapshot`] as JSON.
 //! - `POST /_mock/reset`: zero the stats, the quota used and the fail-first attempts; refill
 //!   the rate limits. Answers the zeroed stats.
@@ -35,6 +37,7 @@
 //!
 //! Markers can be combined; an unknown `[[mock:...]]` is a 400 so that a typo cannot pass.
 
+mod batches;
 mod control;
 mod limits;
 mod markers;
@@ -89,6 +92,13 @@ pub struct MockConfig {
     /// Omit the `x-ratelimit-*` headers.
     #[arg(long)]
     pub no_rate_headers: bool,
+    /// Batch API: polls of `GET /v1/batches/{id}` per status step (validating, in_progress,
+    /// finalizing, completed).
+    #[arg(long, default_value_t = 1)]
+    pub batch_step_polls: u32,
+    /// Batch API: hold the answer to `POST /v1/batches` this long after creating the batch.
+    #[arg(long, default_value_t = 0)]
+    pub batch_create_delay_ms: u64,
 }
 
 impl Default for MockConfig {
@@ -102,6 +112,8 @@ impl Default for MockConfig {
             api_key: None,
             quota_requests: None,
             no_rate_headers: false,
+            batch_step_polls: 1,
+            batch_create_delay_ms: 0,
         }
     }
 }
@@ -216,7 +228,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_mock/stats", get(control::stats))
         .route("/_mock/reset", post(control::reset))
         .fallback(control::not_found)
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(batches::routes(shared))
 }
 
 /// The `promptmill mock-server` command body: binds `--host`/`--port`, prints exactly one
