@@ -369,3 +369,33 @@ fn run_mock_in_batch_mode_waits_and_finishes() {
     );
     assert_eq!(s["provider"], "mock");
 }
+
+#[test]
+fn a_round_that_could_cross_the_budget_is_not_submitted() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(100);
+    let job = ws.job(&mock.base_url, "");
+    // 100 rows × (prompt + 50 tokens) at batch prices is about $0.0016: a $0.001 cap refuses.
+    let out = ws.run(&[
+        "run",
+        job.to_str().unwrap(),
+        "--mode",
+        "batch",
+        "--max-usd",
+        "0.001",
+    ]);
+    assert_exit(&out, 3);
+    assert!(text(&out).contains("over budget.max_usd"), "{}", text(&out));
+    assert!(batches(&mock).is_empty(), "nothing submitted");
+    let out = ws.run(&[
+        "run",
+        job.to_str().unwrap(),
+        "--mode",
+        "batch",
+        "--max-usd",
+        "0.01",
+    ]);
+    assert_exit(&out, 4);
+    assert_eq!(batches(&mock).len(), 1);
+}

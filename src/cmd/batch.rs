@@ -24,13 +24,13 @@ use crate::batch::state::{is_terminal, BatchState, Chunk};
 use crate::batch::{META_CHUNK, META_JOB};
 use crate::client::{self, Secret};
 use crate::config::{Endpoint, Job, ProviderKind};
-use crate::cost::{ModelPrice, PriceTable};
+use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
 use crate::plan::Planner;
 use crate::sink::{self, OutputSpec};
 use crate::source::Source;
 use crate::summary::Summary;
-use crate::types::Money;
+use crate::types::{Money, Usage};
 
 /// Batch-mode flags of `run` and `collect`.
 #[derive(Debug, Clone, Args)]
@@ -520,10 +520,11 @@ fn new_round(
     let dir = ctx.input_dir();
     let mut split = Splitter::new(&dir, &format!("r{round}"), flags.batch_max_requests)
         .with_context(|| format!("{}: cannot create", dir.display()))?;
-    let n = pending_lines(ctx, writer, retry_failed, |line| split.push(line))?;
+    let (n, worst) = pending_lines(ctx, writer, retry_failed, |line| split.push(line))?;
     let files = split
         .finish()
         .with_context(|| format!("{}: cannot write batch input", dir.display()))?;
+    check_budget(ctx, writer.index().spent, n, worst)?;
     for (c, w) in files.into_iter().enumerate() {
         state.chunks.push(Chunk {
             key: format!("{}-r{round}-c{}", state.id, c + 1),
@@ -537,15 +538,39 @@ fn new_round(
     Ok(n)
 }
 
+/// A batch cannot be stopped half way the way a live run stops at the cap: refuse to submit
+/// a round whose worst case (every row generating `max_tokens`) could cross `budget.max_usd`.
+fn check_budget(ctx: &Ctx, spent: Money, requests: u64, worst: Money) -> anyhow::Result<()> {
+    let Some(cap) = ctx.job.budget.max_usd.map(Money::from_usd) else {
+        return Ok(());
+    };
+    if ctx.price.is_none() {
+        bail!(
+            "budget.max_usd is set but there is no price for model '{}', so the cap cannot be \
+             enforced; give a price table with --prices FILE",
+            ctx.job.model.name
+        );
+    }
+    if requests > 0 && spent.saturating_add(worst) > cap {
+        bail!(
+            "budget: these {requests} requests could cost up to {worst} at batch prices (if every \
+             row used model.max_tokens) and {spent} is already spent, over budget.max_usd = {cap}; \
+             nothing was submitted. Raise budget.max_usd (or --max-usd) or lower model.max_tokens"
+        );
+    }
+    Ok(())
+}
+
 /// Plans every row and hands the input line of each that has no result yet to `emit`
 /// (failed rows too with `retry_failed`). Rows the planner refuses (only possible when the
-/// job skips bad rows) are journaled as failed.
+/// job skips bad rows) are journaled as failed. Returns the number of lines and their
+/// worst-case cost at batch prices.
 fn pending_lines(
     ctx: &Ctx,
     writer: &mut JournalWriter,
     retry_failed: bool,
     mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Money)> {
     let job = &ctx.job;
     let index = writer.index().clone();
     let mut reader = if index.records > 0 {
@@ -554,7 +579,7 @@ fn pending_lines(
         None
     };
     let url = ctx.endpoint();
-    let mut n = 0;
+    let (mut n, mut worst) = (0, Money::ZERO);
     for row in Source::open(&job.input.path, &run::source_options(job))? {
         let row = match row {
             Ok(r) => r,
@@ -594,8 +619,16 @@ fn pending_lines(
         }
         emit(&input::line(row.index, &planned.hash, url, &planned.body))?;
         n += 1;
+        if let Some(p) = &ctx.price {
+            let u = Usage {
+                prompt_tokens: ctx.planner.prompt_tokens_to_reserve(planned.prompt_tokens),
+                completion_tokens: ctx.planner.max_completion_tokens(),
+                ..Usage::default()
+            };
+            worst = worst.saturating_add(p.cost(&u, Tier::Batch));
+        }
     }
-    Ok(n)
+    Ok((n, worst))
 }
 
 /// The output shape of a job (the same checks as a live run).
@@ -809,7 +842,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
     let mut w = std::io::BufWriter::new(file);
     let mut writer = journal::open(&ctx.job.journal_path())?;
     let mut bytes = 0u64;
-    let n = pending_lines(&ctx, &mut writer, args.retry_failed, |line| {
+    let (n, _) = pending_lines(&ctx, &mut writer, args.retry_failed, |line| {
         bytes += line.len() as u64;
         std::io::Write::write_all(&mut w, line)
     })?;
