@@ -837,6 +837,10 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
             .with_extension("")
             .with_extension("batch-input.jsonl")
     });
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
     let file =
         std::fs::File::create(&out).with_context(|| format!("{}: cannot create", out.display()))?;
     let mut w = std::io::BufWriter::new(file);

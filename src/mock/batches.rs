@@ -7,6 +7,9 @@
 //! `POST /v1/chat/completions` (so a batch gives exactly the text a live run gets); lines
 //! answered 200 go to the output file, the others (e.g. `[[mock:400]]`) to the error file,
 //! both in a scrambled order, as the real API does not keep input order either.
+//! Lines are answered one after another when a batch completes, through the same checks as
+//! live requests: `--latency-ms` adds up per line, and `--rpm`/`--tpm` limits turn lines
+//! into 429s in the error file, so run batch tests without them.
 //! `--batch-create-delay-ms` holds the answer to `POST /v1/batches` after the batch exists:
 //! tests kill a client in that window to check it does not create a second batch.
 
