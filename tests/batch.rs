@@ -399,3 +399,36 @@ fn a_round_that_could_cross_the_budget_is_not_submitted() {
     assert_exit(&out, 4);
     assert_eq!(batches(&mock).len(), 1);
 }
+
+#[test]
+fn a_batch_that_fails_validation_records_its_rows_as_failed() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(6);
+    let job = ws.job(&mock.base_url, "");
+    let job = job.to_str().unwrap();
+    // Stop after the input file is written, and break it (a duplicated line) before upload.
+    let out = promptmill()
+        .current_dir(ws.dir.path())
+        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
+        .env("PROMPTMILL_TEST_CRASH_AT", "after-write")
+        .args(["run", job, "--mode", "batch"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 101);
+    let input = ws.read("out/result.batches/r1-1.jsonl");
+    let first = input.lines().next().unwrap().to_string();
+    ws.write(
+        "out/result.batches/r1-1.jsonl",
+        &format!("{input}{first}\n"),
+    );
+
+    assert_exit(&ws.run(&["run", job, "--mode", "batch"]), 4);
+    assert_eq!(batches(&mock)[0]["status"], "failed");
+    let out = ws.run(&["collect", job]);
+    assert_exit(&out, 1);
+    let rows = rows_by_id(&ws, "out/result.csv");
+    assert!(rows.values().all(|r| r.0 == "failed"), "{rows:?}");
+    let journal = ws.read("out/result.journal.jsonl");
+    assert!(journal.contains("failed validation") && journal.contains("duplicate_custom_id"));
+}

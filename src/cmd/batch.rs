@@ -299,6 +299,7 @@ async fn drive(
             new_round_done = true;
             let added = new_round(ctx, &mut state, &mut writer, flags, how.retry_failed)?;
             state.save(&state_path)?;
+            crash_point("after-write");
             got.submitted += added;
             if added > 0 {
                 if !how.quiet {

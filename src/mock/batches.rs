@@ -201,6 +201,7 @@ async fn create(State(b): State<Arc<Batches>>, headers: HeaderMap, body: Bytes) 
             .split(|c| *c == b'\n')
             .filter(|l| !l.is_empty())
             .count();
+        let invalid = validate_input(input, &req.endpoint);
         let id = inner.id("batch");
         let t = now();
         let Value::Object(obj) = json!({
@@ -215,6 +216,13 @@ async fn create(State(b): State<Arc<Batches>>, headers: HeaderMap, body: Bytes) 
         }) else {
             return reply::server_error();
         };
+        let mut obj = obj;
+        if let Some(errors) = invalid {
+            // Like the real API, a batch whose input file is invalid fails as a whole.
+            obj.insert("status".into(), "failed".into());
+            obj.insert("failed_at".into(), t.into());
+            obj.insert("errors".into(), json!({"object": "list", "data": errors}));
+        }
         inner.batches.push(Batch {
             obj: obj.clone(),
             step: 0,
@@ -228,6 +236,36 @@ async fn create(State(b): State<Arc<Batches>>, headers: HeaderMap, body: Bytes) 
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     ok(Value::Object(obj))
+}
+
+/// The validation errors of an input file (None when it is valid): every line JSON with a
+/// unique `custom_id`, `method` POST and `url` equal to the batch's endpoint.
+fn validate_input(input: &[u8], endpoint: &str) -> Option<Vec<Value>> {
+    let mut seen = HashSet::new();
+    let mut errors = Vec::new();
+    for (n, line) in input.split(|c| *c == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
+        let problem = match v["custom_id"].as_str() {
+            _ if !v.is_object() => Some(("invalid_json_line", "This line is not valid JSON.")),
+            None => Some(("missing_custom_id", "Missing 'custom_id'.")),
+            Some(id) if !seen.insert(id.to_string()) => Some((
+                "duplicate_custom_id",
+                "The custom_id for this request is a duplicate of another request.",
+            )),
+            Some(_) if v["method"] != "POST" || v["url"] != endpoint => Some((
+                "invalid_url",
+                "The method must be POST and the url must match the batch endpoint.",
+            )),
+            Some(_) => None,
+        };
+        if let Some((code, message)) = problem {
+            errors.push(json!({"code": code, "message": message, "param": null, "line": n + 1}));
+        }
+    }
+    (!errors.is_empty()).then_some(errors)
 }
 
 #[derive(Deserialize)]
