@@ -4,6 +4,7 @@
 //! wired together by the commands in `cmd` (the scheduler in `scheduler` is the one place
 //! that knows all the stages).
 
+pub mod batch;
 pub mod budget;
 pub mod cache;
 pub mod client;

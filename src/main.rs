@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use promptmill::cmd::{estimate, exit, run};
+use promptmill::cmd::{batch, estimate, exit, run};
 
 /// Turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 #[derive(Debug, Parser)]
@@ -19,6 +19,14 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Estimate a job: rows, exact prompt tokens, cost and minimum time; nothing is sent.
     Estimate(Box<estimate::EstimateArgs>),
+    /// Batch mode: poll the job's batches, collect finished ones, write the output.
+    Collect(Box<batch::CollectArgs>),
+    /// Batch mode: each batch's id, status, request counts and times.
+    Status(Box<batch::StatusArgs>),
+    /// Write the job's requests as a Batch API input file, without submitting.
+    Export(Box<batch::ExportArgs>),
+    /// Read Batch API output/error files into the job's journal and output.
+    Import(Box<batch::ImportArgs>),
     /// Serve the built-in OpenAI-compatible mock API (for trying jobs and for tests).
     MockServer(promptmill::mock::MockServerArgs),
 }
@@ -47,6 +55,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Estimate(args) => estimate::run(*args).await,
+            Command::Collect(args) => batch::collect(*args).await,
+            Command::Status(args) => batch::status(*args).await,
+            Command::Export(args) => batch::export(*args).await,
+            Command::Import(args) => batch::import(*args).await,
             Command::MockServer(args) => promptmill::mock::serve_forever(args)
                 .await
                 .map(|_| exit::OK),

@@ -67,6 +67,9 @@ pub struct JobArgs {
     /// formula (sets output.formula_guard = false).
     #[arg(long)]
     pub no_formula_guard: bool,
+    /// How rows are sent: `live` requests, or the provider's `batch` API (overrides mode).
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::config::Mode>,
     /// Any job-file key: `--set model.top_p=0.9` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -117,6 +120,16 @@ impl JobArgs {
         o.push(
             "output.formula_guard",
             self.no_formula_guard.then_some(false),
+        );
+        o.push(
+            "mode",
+            self.mode.map(|m| {
+                match m {
+                    crate::config::Mode::Live => "live",
+                    crate::config::Mode::Batch => "batch",
+                }
+                .to_string()
+            }),
         );
         o.set = self.set.clone();
         o

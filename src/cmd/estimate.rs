@@ -34,6 +34,7 @@ pub async fn run(args: EstimateArgs) -> anyhow::Result<u8> {
         json: args.json,
         show: args.show,
         quiet: true,
+        batch: super::batch::BatchFlags::default(),
     })
     .await
 }

@@ -1,14 +1,17 @@
 //! One module per subcommand, each wiring the pipeline stages for its use.
 
 pub mod args;
+pub mod batch;
 pub mod estimate;
 pub mod run;
 
 /// Exit codes (see README): 0 all rows succeeded, 1 finished with failed rows, 2 could not
-/// start, 3 stopped mid-run (resumable).
+/// start, 3 stopped mid-run (resumable), 4 batches still running (run again later).
 pub mod exit {
     pub const OK: u8 = 0;
     pub const ROWS_FAILED: u8 = 1;
     pub const CANNOT_START: u8 = 2;
     pub const STOPPED: u8 = 3;
+    /// Batch mode: batches are still running; collect them later.
+    pub const IN_PROGRESS: u8 = 4;
 }

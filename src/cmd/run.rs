@@ -62,6 +62,9 @@ pub struct RunArgs {
     /// With --dry-run: also print the first N rendered prompts.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub show: usize,
+    /// Batch mode (`--mode batch`) settings.
+    #[command(flatten)]
+    pub batch: super::batch::BatchFlags,
     /// No progress bar or periodic progress lines.
     #[arg(long)]
     pub quiet: bool,
@@ -80,7 +83,7 @@ impl std::fmt::Display for CannotStart {
 impl std::error::Error for CannotStart {}
 
 /// The price table: the built-in one, or a user file over it.
-fn price_table(args: &JobArgs) -> anyhow::Result<std::borrow::Cow<'static, PriceTable>> {
+pub(crate) fn price_table(args: &JobArgs) -> anyhow::Result<std::borrow::Cow<'static, PriceTable>> {
     Ok(match &args.prices {
         Some(p) => std::borrow::Cow::Owned(PriceTable::merged_over_builtin(p)?),
         None => std::borrow::Cow::Borrowed(PriceTable::builtin()),
@@ -91,11 +94,6 @@ fn price_table(args: &JobArgs) -> anyhow::Result<std::borrow::Cow<'static, Price
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let mut job = args.job.load().map_err(|e| anyhow!(CannotStart(e)))?;
-    if job.mode == Mode::Batch {
-        return Err(anyhow!(CannotStart(anyhow!(
-            "mode = \"batch\" is not available yet in this version; use mode = \"live\""
-        ))));
-    }
     let prices = price_table(&args.job).map_err(|e| anyhow!(CannotStart(e)))?;
     let price = prices.lookup(&job.model.name).cloned();
 
@@ -116,20 +114,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         mock = Some(server);
     }
 
-    let outcome = run_job(&args, &job, price, &prices, started).await;
+    let outcome = if job.mode == Mode::Batch && !args.dry_run {
+        super::batch::run(&args, &job, price, &prices).await
+    } else {
+        run_job(&args, &job, price, &prices, started).await
+    };
     if let Some(m) = mock {
         m.shutdown().await;
     }
     outcome
 }
 
-fn start_err(e: impl Into<anyhow::Error>) -> anyhow::Error {
+pub(crate) fn start_err(e: impl Into<anyhow::Error>) -> anyhow::Error {
     anyhow!(CannotStart(e.into()))
 }
 
 /// The planner for a job. Row identity hashes include where requests go, so mock answers are
 /// never taken for real ones; the mock's port changes every run, so it is hashed as `mock:`.
-fn planner_for(job: &Job, mock: bool) -> anyhow::Result<Planner> {
+pub(crate) fn planner_for(job: &Job, mock: bool) -> anyhow::Result<Planner> {
     let renderer = Renderer::new(&job.prompt_spec())?;
     let provider = client::provider_for(job);
     let identity = if mock {
@@ -140,7 +142,7 @@ fn planner_for(job: &Job, mock: bool) -> anyhow::Result<Planner> {
     Ok(Planner::new(job, renderer, provider, &identity))
 }
 
-fn source_options(job: &Job) -> SourceOptions {
+pub(crate) fn source_options(job: &Job) -> SourceOptions {
     SourceOptions {
         format: job.input_format(),
         id_column: job.input.id.clone(),
@@ -167,42 +169,7 @@ async fn run_job(
 ) -> anyhow::Result<u8> {
     let planner = Arc::new(planner_for(job, args.mock).map_err(start_err)?);
 
-    // Output columns: input columns (or the chosen subset), checked before anything else.
-    let columns = Source::open(&job.input.path, &source_options(job))
-        .map_err(start_err)?
-        .columns()
-        .to_vec();
-    let input_columns = match &job.output.columns {
-        Some(chosen) => {
-            for c in chosen {
-                if !columns.contains(c) {
-                    return Err(start_err(anyhow!(
-                        "output.columns: '{c}' is not a column of {} (columns: {})",
-                        job.input.path.display(),
-                        columns.join(", ")
-                    )));
-                }
-            }
-            chosen.clone()
-        }
-        None => columns,
-    };
-    let spec = OutputSpec {
-        path: job.output.path.clone(),
-        format: job
-            .output_format()
-            .ok_or_else(|| start_err(anyhow!("bad output format")))?,
-        input_columns,
-        field_columns: job
-            .model
-            .schema_json
-            .as_ref()
-            .map(crate::schema::field_names)
-            .unwrap_or_default(),
-        variants: job.model.n.unwrap_or(1),
-        formula_guard: job.output.formula_guard,
-    };
-    spec.check().map_err(start_err)?;
+    let spec = output_spec(job).map_err(start_err)?;
 
     if !args.dry_run && job.budget.max_usd.is_some() && price.is_none() {
         return Err(start_err(anyhow!(
@@ -339,16 +306,7 @@ async fn run_job(
     let index = writer.finish()?;
 
     // Build the output from the journal, in input order, atomically.
-    let rows = Source::open(&job.input.path, &source_options(job))?
-        .keep_bad_rows()
-        .map(|r| match r {
-            Ok(Ok(r)) => Ok(r),
-            // Listed in place, as the failed row produce() journaled for it.
-            Ok(Err(bad)) if job.input.skip_bad_rows => Ok(bad.row),
-            Ok(Err(bad)) => Err(bad.error.to_string()),
-            Err(e) => Err(e.to_string()),
-        });
-    let totals = sink::write_output(&spec, rows, &index, &journal_path)?;
+    let totals = sink::write_output(&spec, output_rows(job)?, &index, &journal_path)?;
 
     use std::sync::atomic::Ordering::Relaxed;
     let wall = started.elapsed().as_secs_f64();
@@ -551,9 +509,65 @@ fn produce(
     Ok(out)
 }
 
-/// Journals a row that could not be read or rendered as failed, with the reason.
-fn record_bad_row(sched: &Scheduler, row: &crate::types::Row, error: String) -> anyhow::Result<()> {
-    let rec = Record {
+/// The output's shape: input columns (or the chosen subset, each checked), the structured
+/// output's fields, the variants. Checked before anything is sent.
+pub(crate) fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
+    let columns = Source::open(&job.input.path, &source_options(job))?
+        .columns()
+        .to_vec();
+    let input_columns = match &job.output.columns {
+        Some(chosen) => {
+            if let Some(c) = chosen.iter().find(|c| !columns.contains(c)) {
+                bail!(
+                    "output.columns: '{c}' is not a column of {} (columns: {})",
+                    job.input.path.display(),
+                    columns.join(", ")
+                );
+            }
+            chosen.clone()
+        }
+        None => columns,
+    };
+    let spec = OutputSpec {
+        path: job.output.path.clone(),
+        format: job.output_format().ok_or_else(|| {
+            anyhow!(
+                "{}: output must be .csv or .jsonl",
+                job.output.path.display()
+            )
+        })?,
+        input_columns,
+        field_columns: job
+            .model
+            .schema_json
+            .as_ref()
+            .map(crate::schema::field_names)
+            .unwrap_or_default(),
+        variants: job.model.n.unwrap_or(1),
+        formula_guard: job.output.formula_guard,
+    };
+    spec.check()?;
+    Ok(spec)
+}
+
+/// The input rows again, for building the output from the journal. A bad row is listed in
+/// place when the job skips bad rows (its failed record says why); otherwise it is an error.
+pub(crate) fn output_rows(
+    job: &Job,
+) -> anyhow::Result<impl Iterator<Item = Result<crate::types::Row, String>> + '_> {
+    Ok(Source::open(&job.input.path, &source_options(job))?
+        .keep_bad_rows()
+        .map(|r| match r {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(bad)) if job.input.skip_bad_rows => Ok(bad.row),
+            Ok(Err(bad)) => Err(bad.error.to_string()),
+            Err(e) => Err(e.to_string()),
+        }))
+}
+
+/// The failed record of a row that could not be read or rendered: no request, no hash.
+pub(crate) fn bad_row_record(row: &crate::types::Row, error: String, batch: bool) -> Record {
+    Record {
         row: row.index,
         id: row.id.clone(),
         hash: String::new(),
@@ -564,9 +578,14 @@ fn record_bad_row(sched: &Scheduler, row: &crate::types::Row, error: String) -> 
         attempts: 0,
         error: Some(error),
         cached: false,
-        batch: false,
+        batch,
         fields: None,
-    };
+    }
+}
+
+/// Journals a row that could not be read or rendered as failed, with the reason.
+fn record_bad_row(sched: &Scheduler, row: &crate::types::Row, error: String) -> anyhow::Result<()> {
+    let rec = bad_row_record(row, error, false);
     sched
         .journal
         .lock()

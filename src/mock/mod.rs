@@ -14,6 +14,8 @@
 //!   served under `/v1/…`, so `run --mock` works for Azure jobs.
 //! - `POST /v1/messages`: Anthropic Messages API (`x-api-key`, `anthropic-version`
 //!   required, top-level `system`, required `max_tokens`, `stop_sequences`).
+//! - `POST /v1/files`, `GET /v1/files/{id}/content`, `POST|GET /v1/batches`,
+//!   `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`: the Batch API (see `batches.rs`).
 //! - `GET /_mock/stats`: [`MockStatsSnapshot`] as JSON.
 //! - `POST /_mock/reset`: zero the stats, the quota used and the fail-first attempts; refill
 //!   the rate limits. Answers the zeroed stats.
@@ -57,6 +59,7 @@
 
 mod anthropic;
 mod azure;
+mod batches;
 mod control;
 mod limits;
 mod markers;
@@ -113,6 +116,13 @@ pub struct MockConfig {
     /// Omit the `x-ratelimit-*` headers.
     #[arg(long)]
     pub no_rate_headers: bool,
+    /// Batch API: polls of `GET /v1/batches/{id}` per status step (validating, in_progress,
+    /// finalizing, completed).
+    #[arg(long, default_value_t = 1)]
+    pub batch_step_polls: u32,
+    /// Batch API: hold the answer to `POST /v1/batches` this long after creating the batch.
+    #[arg(long, default_value_t = 0)]
+    pub batch_create_delay_ms: u64,
 }
 
 impl Default for MockConfig {
@@ -126,6 +136,8 @@ impl Default for MockConfig {
             api_key: None,
             quota_requests: None,
             no_rate_headers: false,
+            batch_step_polls: 1,
+            batch_create_delay_ms: 0,
         }
     }
 }
@@ -250,7 +262,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_mock/stats", get(control::stats))
         .route("/_mock/reset", post(control::reset))
         .fallback(control::not_found)
-        .with_state(shared)
+        .with_state(shared.clone())
+        .merge(batches::routes(shared))
 }
 
 /// The `promptmill mock-server` command body: binds `--host`/`--port`, prints exactly one

@@ -1,0 +1,197 @@
+//! The OpenAI Files and Batches endpoints: upload, create, retrieve, list, download.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::state::RequestCounts;
+use crate::client::{self, Provider, Secret};
+use crate::config::Job;
+
+/// The parts of a batch object promptmill uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchObject {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub input_file_id: String,
+    #[serde(default)]
+    pub output_file_id: Option<String>,
+    #[serde(default)]
+    pub error_file_id: Option<String>,
+    #[serde(default)]
+    pub request_counts: Option<RequestCounts>,
+    #[serde(default)]
+    pub created_at: Option<u64>,
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Validation errors of a `failed` batch.
+    #[serde(default)]
+    pub errors: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Page {
+    data: Vec<BatchObject>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    last_id: Option<String>,
+}
+
+/// A client for the Files and Batches endpoints of one job's API.
+pub struct BatchApi {
+    http: reqwest::Client,
+    base: String,
+    key: Secret,
+    provider: Box<dyn Provider>,
+}
+
+impl BatchApi {
+    /// The client for `job` (reads nothing from the network).
+    pub fn for_job(job: &Job, key: Secret) -> anyhow::Result<BatchApi> {
+        let base = client::base_url(job);
+        client::check_base_url(&base, job.api.allow_insecure_http)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(600))
+            .user_agent(concat!("promptmill/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(BatchApi {
+            http,
+            base,
+            key,
+            provider: client::provider_for(job),
+        })
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Vec<u8>> {
+        let resp = self
+            .provider
+            .authorize(req, &self.key)
+            .send()
+            .await
+            .with_context(|| format!("{what}: no answer from {}", self.base))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{what}: the answer was cut off"))?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let msg = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+            bail!("{what}: HTTP {}: {}", status.as_u16(), self.key.scrub(&msg));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let bytes = self.send(req, what).await?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{what}: unexpected answer"))
+    }
+
+    /// `POST /files` with purpose `batch`: the file id.
+    pub async fn upload(&self, path: &Path) -> anyhow::Result<String> {
+        let what = format!("uploading {}", path.display());
+        let bytes = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "batch.jsonl".into());
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name)
+            .mime_str("application/jsonl")?;
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .part("file", part);
+        let req = self
+            .http
+            .post(format!("{}/files", self.base))
+            .multipart(form);
+        let v: Value = self.json(req, &what).await?;
+        v["id"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("{what}: the answer has no file id"))
+    }
+
+    /// `POST /batches`.
+    pub async fn create(
+        &self,
+        file_id: &str,
+        endpoint: &str,
+        metadata: &Map<String, Value>,
+    ) -> anyhow::Result<BatchObject> {
+        let body = json!({"input_file_id": file_id, "endpoint": endpoint,
+            "completion_window": "24h", "metadata": metadata});
+        let req = self.http.post(format!("{}/batches", self.base)).json(&body);
+        self.json(req, &format!("creating a batch from {file_id}"))
+            .await
+    }
+
+    /// `GET /batches/{id}`.
+    pub async fn retrieve(&self, id: &str) -> anyhow::Result<BatchObject> {
+        let req = self.http.get(format!("{}/batches/{id}", self.base));
+        self.json(req, &format!("checking batch {id}")).await
+    }
+
+    /// Finds a batch by its chunk key (metadata) or input file id, newest first, looking
+    /// through at most `max_pages` pages of 100.
+    pub async fn find(
+        &self,
+        key_field: &str,
+        key: &str,
+        file_id: &str,
+        max_pages: usize,
+    ) -> anyhow::Result<Option<BatchObject>> {
+        let mut after: Option<String> = None;
+        for _ in 0..max_pages {
+            let mut req = self
+                .http
+                .get(format!("{}/batches", self.base))
+                .query(&[("limit", "100")]);
+            if let Some(a) = &after {
+                req = req.query(&[("after", a.as_str())]);
+            }
+            let page: Page = self.json(req, "listing batches").await?;
+            let hit = page.data.into_iter().find(|b| {
+                b.input_file_id == file_id
+                    || b.metadata
+                        .as_ref()
+                        .and_then(|m| m.get(key_field))
+                        .and_then(Value::as_str)
+                        == Some(key)
+            });
+            if hit.is_some() {
+                return Ok(hit);
+            }
+            if !page.has_more || page.last_id.is_none() {
+                break;
+            }
+            after = page.last_id;
+        }
+        Ok(None)
+    }
+
+    /// `GET /files/{id}/content`.
+    pub async fn download(&self, file_id: &str) -> anyhow::Result<Vec<u8>> {
+        let req = self
+            .http
+            .get(format!("{}/files/{file_id}/content", self.base));
+        self.send(req, &format!("downloading file {file_id}")).await
+    }
+}

@@ -1,0 +1,136 @@
+//! Batch output and error files back into journal records, joined to rows by `custom_id`.
+
+use std::collections::HashMap;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+use super::input::parse_custom_id;
+use crate::client::Provider;
+use crate::cost::{ModelPrice, Tier};
+use crate::journal::{Record, Status};
+
+/// Why a result line could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("line {line}: not JSON ({source})")]
+    Json {
+        line: usize,
+        source: serde_json::Error,
+    },
+    #[error(
+        "line {line}: custom_id '{id}' was not written by promptmill (expected row-<index>-<hash>)"
+    )]
+    CustomId { line: usize, id: String },
+    #[error("line {line}: row {row} is not in the input (it has {rows} rows)")]
+    UnknownRow { line: usize, row: u64, rows: usize },
+}
+
+/// Turns result lines into records: a row's id comes from `ids` (indexed by row), prices
+/// are batch prices.
+pub struct Joiner<'a> {
+    /// Row ids by row index (None for rows the input could not read).
+    pub ids: &'a HashMap<u64, String>,
+    pub provider: &'a dyn Provider,
+    pub price: Option<&'a ModelPrice>,
+}
+
+impl Joiner<'_> {
+    /// Every record in one output or error file (`bytes`), in file order.
+    pub fn records(&self, bytes: &[u8]) -> Result<Vec<Record>, LineError> {
+        let mut out = Vec::new();
+        for (n, raw) in bytes.split(|c| *c == b'\n').enumerate() {
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            out.push(self.record(n + 1, raw)?);
+        }
+        Ok(out)
+    }
+
+    fn record(&self, line: usize, raw: &[u8]) -> Result<Record, LineError> {
+        let v: Value =
+            serde_json::from_slice(raw).map_err(|source| LineError::Json { line, source })?;
+        let cid = v["custom_id"].as_str().unwrap_or("");
+        let (row, hash) = parse_custom_id(cid).ok_or_else(|| LineError::CustomId {
+            line,
+            id: cid.to_string(),
+        })?;
+        let id = self.ids.get(&row).ok_or(LineError::UnknownRow {
+            line,
+            row,
+            rows: self.ids.len(),
+        })?;
+        let mut rec = Record {
+            row,
+            id: id.clone(),
+            hash: hash.to_string(),
+            status: Status::Failed,
+            choices: Vec::new(),
+            usage: None,
+            cost_pico: None,
+            attempts: 1,
+            error: None,
+            cached: false,
+            batch: true,
+            fields: None,
+        };
+        let resp = &v["response"];
+        if resp.is_object() {
+            let status = resp["status_code"].as_u64().unwrap_or(0) as u16;
+            let body = serde_json::to_vec(&resp["body"]).unwrap_or_default();
+            match self.provider.parse(status, &HeaderMap::new(), &body) {
+                Ok(c) => {
+                    rec.status = Status::Ok;
+                    rec.choices = c.choices;
+                    rec.cost_pico = match (&c.usage, self.price) {
+                        (Some(u), Some(p)) => Some(p.cost(u, Tier::Batch).0),
+                        _ => None,
+                    };
+                    rec.usage = c.usage;
+                }
+                Err(e) => rec.error = Some(format!("batch: {e}")),
+            }
+        } else {
+            let code = v["error"]["code"].as_str().unwrap_or("error");
+            let msg = v["error"]["message"].as_str().unwrap_or("no message");
+            rec.error = Some(format!("batch: {code}: {msg}"));
+        }
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::OpenAi;
+    use crate::config::Endpoint;
+
+    #[test]
+    fn output_and_error_lines_become_records() {
+        let ids: HashMap<u64, String> = [(0, "a".to_string()), (1, "b".to_string())].into();
+        let provider = OpenAi::new(Endpoint::Chat);
+        let j = Joiner {
+            ids: &ids,
+            provider: &provider,
+            price: None,
+        };
+        let ok = r#"{"id":"x","custom_id":"row-1-h1","response":{"status_code":200,"body":{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}},"error":null}"#;
+        let bad = r#"{"id":"y","custom_id":"row-0-h0","response":{"status_code":400,"body":{"error":{"message":"nope","type":"invalid_request_error"}}},"error":null}"#;
+        let expired = r#"{"id":"z","custom_id":"row-0-h0","response":null,"error":{"code":"batch_expired","message":"not done in time"}}"#;
+        let text = format!("{ok}\n{bad}\n\n{expired}\n");
+        let recs = j.records(text.as_bytes()).unwrap();
+        assert_eq!(recs.len(), 3);
+        assert_eq!(
+            (recs[0].row, recs[0].id.as_str(), recs[0].status),
+            (1, "b", Status::Ok)
+        );
+        assert_eq!(recs[0].choices[0].text, "hi");
+        assert!(recs[0].batch);
+        assert_eq!(recs[1].status, Status::Failed);
+        assert!(recs[1].error.as_deref().unwrap().contains("nope"));
+        assert!(recs[2].error.as_deref().unwrap().contains("batch_expired"));
+        let err = j.records(b"{\"custom_id\":\"row-9-h\"}").unwrap_err();
+        assert!(err.to_string().contains("row 9"), "{err}");
+    }
+}

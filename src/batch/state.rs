@@ -1,0 +1,165 @@
+//! The batch state file (`<output stem>.batches.json`): every input file written, uploaded
+//! and turned into a batch, saved atomically after every step so that a crash at any point
+//! never submits the same rows twice.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sink::write_atomic;
+
+/// Errors reading or writing the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: cannot read the batch state: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: the batch state is not valid JSON ({source}); it records which batches \
+             were submitted, so fix or restore it rather than deleting it"
+    )]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path}: cannot write the batch state: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `request_counts` of a batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    #[serde(default)]
+    pub total: u64,
+    #[serde(default)]
+    pub completed: u64,
+    #[serde(default)]
+    pub failed: u64,
+}
+
+/// One input file and the batch made from it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// Unique identity (`<state id>-r<round>-c<n>`), sent as batch metadata so a batch whose
+    /// creation was not recorded can be found again.
+    pub key: String,
+    /// Submission round: 1 for the first, one more for each resubmission.
+    pub round: u32,
+    /// The input JSONL file on disk.
+    pub input: PathBuf,
+    pub requests: u64,
+    pub bytes: u64,
+    /// Set once the upload answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    /// Set just before `POST /v1/batches`: if there is no batch id yet, the create may have
+    /// happened without being recorded, so look it up before creating another.
+    #[serde(default)]
+    pub create_started: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub counts: RequestCounts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_file_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_file_id: Option<String>,
+    /// The batch's results are in the journal.
+    #[serde(default)]
+    pub collected: bool,
+}
+
+/// Everything submitted for one job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchState {
+    /// Random id of this state file: makes chunk keys unique across jobs and machines.
+    pub id: String,
+    pub job: String,
+    pub chunks: Vec<Chunk>,
+}
+
+/// Statuses after which a batch changes no more.
+pub fn is_terminal(status: &str) -> bool {
+    matches!(status, "completed" | "expired" | "cancelled" | "failed")
+}
+
+impl BatchState {
+    /// Reads the state, or a fresh one (with a new random id) when there is no file yet.
+    pub fn load(path: &Path, job: &str) -> Result<BatchState, StateError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Parse {
+                path: path.to_path_buf(),
+                source,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BatchState {
+                id: format!("{:016x}", rand::random::<u64>()),
+                job: job.to_string(),
+                chunks: Vec::new(),
+            }),
+            Err(source) => Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes the state atomically (temp file + rename).
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let write = |source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| write(e.into()))?;
+        write_atomic(path, &bytes).map_err(write)
+    }
+
+    /// Chunks whose results are not in the journal yet.
+    pub fn in_flight(&self) -> impl Iterator<Item = &Chunk> {
+        self.chunks.iter().filter(|c| !c.collected)
+    }
+
+    /// The last submission round (0 when nothing was submitted).
+    pub fn last_round(&self) -> u32 {
+        self.chunks.iter().map(|c| c.round).max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_a_missing_file_is_fresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.batches.json");
+        let mut s = BatchState::load(&path, "job").unwrap();
+        assert!(s.chunks.is_empty());
+        assert_eq!(s.id.len(), 16);
+        s.chunks.push(Chunk {
+            key: "k".into(),
+            round: 1,
+            file_id: Some("file-1".into()),
+            create_started: true,
+            ..Chunk::default()
+        });
+        s.save(&path).unwrap();
+        let back = BatchState::load(&path, "other").unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.in_flight().count(), 1);
+        assert_eq!(back.last_round(), 1);
+        std::fs::write(&path, "{oops").unwrap();
+        let err = BatchState::load(&path, "job").unwrap_err().to_string();
+        assert!(err.contains("x.batches.json"), "{err}");
+    }
+}

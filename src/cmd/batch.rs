@@ -1,0 +1,863 @@
+//! The Batch API commands: `run --mode batch` (submit, then collect on later runs),
+//! `collect`, `status`, `export --format openai-batch` and `import`.
+//!
+//! Every step that talks to the provider is recorded in the batch state file before and
+//! after it happens (see `batch::state`), so running any of these again after a crash
+//! carries on where it stopped and never submits the same rows twice.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::Args;
+use serde_json::{Map, Value};
+
+use super::args::JobArgs;
+use super::exit;
+use super::run::{self, start_err, RunArgs};
+use crate::batch::api::{BatchApi, BatchObject};
+use crate::batch::input::{self, Splitter};
+use crate::batch::results::Joiner;
+use crate::batch::state::{is_terminal, BatchState, Chunk};
+use crate::batch::{META_CHUNK, META_JOB};
+use crate::client::{self, Secret};
+use crate::config::{Endpoint, Job, ProviderKind};
+use crate::cost::{ModelPrice, PriceTable, Tier};
+use crate::estimate::{estimate, EstimateOptions};
+use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
+use crate::plan::Planner;
+use crate::resume::Resume;
+use crate::sink::{self, OutputSpec};
+use crate::source::Source;
+use crate::summary::Summary;
+use crate::types::{Money, Usage};
+
+/// Batch-mode flags of `run` and `collect`.
+#[derive(Debug, Clone, Args)]
+pub struct BatchFlags {
+    /// Batch mode: requests per batch input file (the API allows at most 50,000).
+    #[arg(long, default_value_t = input::MAX_REQUESTS, value_name = "N")]
+    pub batch_max_requests: u64,
+    /// Batch mode: keep polling until every batch has finished, then write the output.
+    #[arg(long)]
+    pub wait: bool,
+    /// Batch mode: seconds between polls with --wait.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub poll_secs: f64,
+}
+
+impl Default for BatchFlags {
+    /// The flags' defaults, for commands that never submit (e.g. `estimate`).
+    fn default() -> BatchFlags {
+        BatchFlags {
+            batch_max_requests: input::MAX_REQUESTS,
+            wait: false,
+            poll_secs: 30.0,
+        }
+    }
+}
+
+/// `promptmill collect JOB`: poll the job's batches and collect finished ones (never submits).
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    #[command(flatten)]
+    pub batch: BatchFlags,
+    /// Print the summary (or, while batches run, the batch states) as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `promptmill status JOB`: each batch's id, status, request counts and times.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Show the state file as recorded, without asking the API.
+    #[arg(long)]
+    pub no_refresh: bool,
+    /// Print the batches as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// File formats `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// OpenAI Batch API input JSONL (`custom_id`, `method`, `url`, `body` per line).
+    OpenaiBatch,
+}
+
+/// `promptmill export JOB --format openai-batch`: write the batch input without submitting.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// What to write.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Where (default: `<output stem>.batch-input.jsonl` beside the output).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Include rows that failed in an earlier run.
+    #[arg(long)]
+    pub retry_failed: bool,
+}
+
+/// `promptmill import JOB FILE...`: read Batch API output/error files into the job's output.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Batch output or error files (JSONL).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a command learned about one job, shared by all the batch commands.
+struct Ctx {
+    job: Job,
+    planner: Arc<Planner>,
+    price: Option<ModelPrice>,
+    prices: String,
+    mock: bool,
+}
+
+impl Ctx {
+    fn new(
+        job: Job,
+        price: Option<ModelPrice>,
+        prices: &PriceTable,
+        mock: bool,
+    ) -> anyhow::Result<Ctx> {
+        if job.api.provider != ProviderKind::Openai {
+            bail!(
+                "mode = \"batch\" supports the OpenAI Batch API only (api.provider = \"openai\"); \
+                 use mode = \"live\" for this provider"
+            );
+        }
+        let planner = Arc::new(run::planner_for(&job, mock)?);
+        Ok(Ctx {
+            job,
+            planner,
+            price,
+            prices: format!("{} ({})", prices.source(), prices.as_of()),
+            mock,
+        })
+    }
+
+    fn load(args: &JobArgs) -> anyhow::Result<Ctx> {
+        let job = args.load()?;
+        let prices = run::price_table(args)?;
+        let price = prices.lookup(&job.model.name).cloned();
+        Ctx::new(job, price, &prices, false)
+    }
+
+    /// The `url` of every input line.
+    fn endpoint(&self) -> &'static str {
+        match self.job.api.endpoint {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+        }
+    }
+
+    fn api(&self) -> anyhow::Result<BatchApi> {
+        let key = if self.mock {
+            client::api_key(&self.job).unwrap_or_else(|_| Secret::new("mock-key".into()))
+        } else {
+            client::api_key(&self.job)?
+        };
+        BatchApi::for_job(&self.job, key)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.job.batch_state_path()
+    }
+
+    /// `out/result.batches.json` → `out/result.batches/`: where input files are kept.
+    fn input_dir(&self) -> PathBuf {
+        self.state_path().with_extension("")
+    }
+
+    /// Row ids by row index, for joining results.
+    fn row_ids(&self) -> anyhow::Result<HashMap<u64, String>> {
+        let mut ids = HashMap::new();
+        for row in Source::open(&self.job.input.path, &run::source_options(&self.job))?.flatten() {
+            ids.insert(row.index, row.id);
+        }
+        Ok(ids)
+    }
+
+    /// Validates every row (like a live run) on a blocking thread.
+    async fn validate(&self) -> anyhow::Result<()> {
+        let (job, planner, price) = (self.job.clone(), self.planner.clone(), self.price.clone());
+        tokio::task::spawn_blocking(move || {
+            let opts = EstimateOptions {
+                price: price.as_ref(),
+                show: 0,
+                workers: 0,
+                resume: None,
+            };
+            estimate(&job, &planner, &opts)
+        })
+        .await
+        .context("validation task failed")??;
+        Ok(())
+    }
+}
+
+/// Runs `promptmill run` for a job in batch mode (the mock, if any, is already started).
+pub async fn run(
+    args: &RunArgs,
+    job: &Job,
+    price: Option<ModelPrice>,
+    prices: &PriceTable,
+) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let ctx = Ctx::new(job.clone(), price, prices, args.mock).map_err(start_err)?;
+    let spec = run::output_spec(&ctx.job).map_err(start_err)?;
+    ctx.validate().await.map_err(start_err)?;
+    let api = ctx.api().map_err(start_err)?;
+    let mut flags = args.batch.clone();
+    if args.mock {
+        // The in-process mock dies with this process: wait for the batches here.
+        flags.wait = true;
+        flags.poll_secs = flags.poll_secs.min(0.05);
+    }
+    let how = Drive {
+        submit: true,
+        retry_failed: args.retry_failed,
+        json: args.json,
+        quiet: args.quiet,
+    };
+    drive(&ctx, &api, &spec, &flags, how, started).await
+}
+
+/// Runs `promptmill collect`.
+pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let spec = run::output_spec(&ctx.job).map_err(start_err)?;
+    let api = ctx.api().map_err(start_err)?;
+    if !ctx.state_path().exists() {
+        return Err(start_err(anyhow!(
+            "{}: no batches were submitted for this job; submit with `promptmill run {} --mode batch`",
+            ctx.state_path().display(),
+            args.job.job.display()
+        )));
+    }
+    let how = Drive {
+        submit: false,
+        retry_failed: false,
+        json: args.json,
+        quiet: false,
+    };
+    drive(&ctx, &api, &spec, &args.batch, how, started).await
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Drive {
+    submit: bool,
+    retry_failed: bool,
+    json: bool,
+    quiet: bool,
+}
+
+/// What this invocation collected.
+#[derive(Debug, Default)]
+struct Collected {
+    ok: u64,
+    failed: u64,
+    cost: Money,
+    submitted: u64,
+}
+
+/// Submit what is not submitted, poll what runs, collect what finished; with `submit`, put
+/// rows with no result (and, with `retry_failed`, failed rows) into a new round once nothing
+/// is in flight. Writes the output when nothing is in flight any more.
+async fn drive(
+    ctx: &Ctx,
+    api: &BatchApi,
+    spec: &OutputSpec,
+    flags: &BatchFlags,
+    how: Drive,
+    started: Instant,
+) -> anyhow::Result<u8> {
+    let state_path = ctx.state_path();
+    let mut state = BatchState::load(&state_path, &ctx.job.display_name())?;
+    let mut writer = journal::open(&ctx.job.journal_path())?;
+    let mut ids: Option<HashMap<u64, String>> = None;
+    let mut got = Collected::default();
+    let mut new_round_done = false;
+    loop {
+        for i in 0..state.chunks.len() {
+            if state.chunks[i].collected {
+                continue;
+            }
+            if state.chunks[i].batch_id.is_none() {
+                submit_chunk(ctx, api, &mut state, i, &state_path).await?;
+                continue;
+            }
+            poll_chunk(
+                ctx,
+                api,
+                &mut state,
+                i,
+                &state_path,
+                &mut writer,
+                &mut ids,
+                &mut got,
+            )
+            .await?;
+        }
+        if how.submit && !new_round_done && state.in_flight().next().is_none() {
+            new_round_done = true;
+            let added = new_round(ctx, &mut state, &mut writer, flags, how.retry_failed)?;
+            state.save(&state_path)?;
+            crash_point("after-write");
+            got.submitted += added;
+            if added > 0 {
+                if !how.quiet {
+                    eprintln!("batch: {added} requests written; submitting");
+                }
+                continue;
+            }
+        }
+        if state.in_flight().next().is_none() || !flags.wait {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs_f64(flags.poll_secs.max(0.0))).await;
+    }
+    let index = writer.finish()?;
+    if state.in_flight().next().is_some() {
+        eprint!("{}", status_table(&state));
+        eprintln!(
+            "batches are still running; run `promptmill collect` (or this command) again later \
+             to collect them (exit code {})",
+            exit::IN_PROGRESS
+        );
+        if how.json {
+            println!("{}", serde_json::to_string_pretty(&state)?);
+        }
+        return Ok(exit::IN_PROGRESS);
+    }
+    finish_output(ctx, spec, &index, &got, how.json, started)
+}
+
+fn metadata(ctx: &Ctx, key: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    let name: String = ctx.job.display_name().chars().take(500).collect();
+    m.insert(META_JOB.into(), name.into());
+    m.insert(META_CHUNK.into(), key.into());
+    m
+}
+
+fn adopt(chunk: &mut Chunk, b: &BatchObject) {
+    chunk.batch_id = Some(b.id.clone());
+    chunk.status = Some(b.status.clone());
+    if let Some(c) = b.request_counts {
+        chunk.counts = c;
+    }
+    chunk.created_at = b.created_at.or(chunk.created_at);
+    chunk.expires_at = b.expires_at.or(chunk.expires_at);
+    chunk.output_file_id = b.output_file_id.clone();
+    chunk.error_file_id = b.error_file_id.clone();
+}
+
+/// Upload (unless done) and create (unless it may have happened: then look it up first),
+/// saving the state after each step.
+async fn submit_chunk(
+    ctx: &Ctx,
+    api: &BatchApi,
+    state: &mut BatchState,
+    i: usize,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let file_id = match state.chunks[i].file_id.clone() {
+        Some(f) => f,
+        None => {
+            let f = api.upload(&state.chunks[i].input).await?;
+            state.chunks[i].file_id = Some(f.clone());
+            state.save(path)?;
+            crash_point("after-upload");
+            f
+        }
+    };
+    let key = state.chunks[i].key.clone();
+    if state.chunks[i].create_started {
+        if let Some(b) = api.find(META_CHUNK, &key, &file_id, 10).await? {
+            tracing::info!("found batch {} created for {key} before a restart", b.id);
+            adopt(&mut state.chunks[i], &b);
+            state.save(path)?;
+            return Ok(());
+        }
+    }
+    state.chunks[i].create_started = true;
+    state.save(path)?;
+    let b = api
+        .create(&file_id, ctx.endpoint(), &metadata(ctx, &key))
+        .await?;
+    adopt(&mut state.chunks[i], &b);
+    state.save(path)?;
+    Ok(())
+}
+
+/// Test hook: `PROMPTMILL_TEST_CRASH_AT=<point>` exits at once (as a crash would) there.
+fn crash_point(point: &str) {
+    if std::env::var("PROMPTMILL_TEST_CRASH_AT").is_ok_and(|p| p == point) {
+        std::process::exit(101);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn poll_chunk(
+    ctx: &Ctx,
+    api: &BatchApi,
+    state: &mut BatchState,
+    i: usize,
+    path: &Path,
+    writer: &mut JournalWriter,
+    ids: &mut Option<HashMap<u64, String>>,
+    got: &mut Collected,
+) -> anyhow::Result<()> {
+    let id = state.chunks[i].batch_id.clone().unwrap_or_default();
+    let b = api.retrieve(&id).await?;
+    adopt(&mut state.chunks[i], &b);
+    state.save(path)?;
+    if !is_terminal(&b.status) {
+        return Ok(());
+    }
+    if ids.is_none() {
+        *ids = Some(ctx.row_ids()?);
+    }
+    let ids = ids.as_ref().ok_or_else(|| anyhow!("row ids not loaded"))?;
+    for file in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
+        let bytes = api.download(file).await?;
+        ingest(ctx, ids, &bytes, writer, got)
+            .with_context(|| format!("batch {id}, file {file}"))?;
+    }
+    if b.status == "failed" {
+        // The batch failed validation: no line ran. Record its rows as failed, with why.
+        let why = b
+            .errors
+            .as_ref()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no reason given".into());
+        let text = std::fs::read(&state.chunks[i].input)
+            .with_context(|| format!("{}: cannot read", state.chunks[i].input.display()))?;
+        for line in text.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_slice(line)?;
+            let Some((row, hash)) = v["custom_id"].as_str().and_then(input::parse_custom_id) else {
+                continue;
+            };
+            let rec = Record {
+                row,
+                id: ids.get(&row).cloned().unwrap_or_default(),
+                hash: hash.to_string(),
+                status: Status::Failed,
+                choices: Vec::new(),
+                usage: None,
+                cost_pico: None,
+                attempts: 1,
+                error: Some(format!("batch {id} failed validation: {why}")),
+                cached: false,
+                batch: true,
+                fields: None,
+            };
+            writer.append(&rec)?;
+            got.failed += 1;
+        }
+    }
+    writer.sync()?;
+    state.chunks[i].collected = true;
+    state.save(path)?;
+    if b.status != "completed" {
+        eprintln!(
+            "batch {id} ended {}: kept {} finished requests; rows without a result are \
+             submitted again on the next `run --mode batch`",
+            b.status,
+            b.request_counts
+                .map(|c| c.completed + c.failed)
+                .unwrap_or(0)
+        );
+    }
+    Ok(())
+}
+
+/// Appends the records of one output or error file, skipping answers already in the journal
+/// (a crash between writing them and recording the batch as collected).
+fn ingest(
+    ctx: &Ctx,
+    ids: &HashMap<u64, String>,
+    bytes: &[u8],
+    writer: &mut JournalWriter,
+    got: &mut Collected,
+) -> anyhow::Result<()> {
+    let provider = client::provider_for(&ctx.job);
+    let joiner = Joiner {
+        ids,
+        provider: provider.as_ref(),
+        price: ctx.price.as_ref(),
+    };
+    let records = joiner.records(bytes)?;
+    let mut reader = if writer.index().records > 0 {
+        Some(JournalReader::open(writer.path())?)
+    } else {
+        None
+    };
+    for rec in records {
+        if let Some(r) = reader.as_mut() {
+            if let Some(prev) = r.get(writer.index(), rec.row)? {
+                if prev.status == Status::Ok && prev.hash == rec.hash && prev.id == rec.id {
+                    continue;
+                }
+            }
+        }
+        match rec.status {
+            Status::Ok => got.ok += 1,
+            Status::Failed => got.failed += 1,
+        }
+        got.cost = got.cost.saturating_add(Money(rec.cost_pico.unwrap_or(0)));
+        writer.append(&rec)?;
+    }
+    Ok(())
+}
+
+/// Writes input files for every row that needs a request and adds them to the state as a
+/// new round; returns the number of requests.
+fn new_round(
+    ctx: &Ctx,
+    state: &mut BatchState,
+    writer: &mut JournalWriter,
+    flags: &BatchFlags,
+    retry_failed: bool,
+) -> anyhow::Result<u64> {
+    let round = state.last_round() + 1;
+    let dir = ctx.input_dir();
+    let mut split = Splitter::new(&dir, &format!("r{round}"), flags.batch_max_requests)
+        .with_context(|| format!("{}: cannot create", dir.display()))?;
+    let (n, worst) = pending_lines(ctx, writer, retry_failed, |line| split.push(line))?;
+    let files = split
+        .finish()
+        .with_context(|| format!("{}: cannot write batch input", dir.display()))?;
+    check_budget(ctx, writer.index().spent, n, worst)?;
+    for (c, w) in files.into_iter().enumerate() {
+        state.chunks.push(Chunk {
+            key: format!("{}-r{round}-c{}", state.id, c + 1),
+            round,
+            input: w.path,
+            requests: w.requests,
+            bytes: w.bytes,
+            ..Chunk::default()
+        });
+    }
+    Ok(n)
+}
+
+/// A batch cannot be stopped half way the way a live run stops at the cap: refuse to submit
+/// a round whose worst case (every row generating `max_tokens`) could cross `budget.max_usd`.
+fn check_budget(ctx: &Ctx, spent: Money, requests: u64, worst: Money) -> anyhow::Result<()> {
+    let Some(cap) = ctx.job.budget.max_usd.map(Money::from_usd) else {
+        return Ok(());
+    };
+    if ctx.price.is_none() {
+        bail!(
+            "budget.max_usd is set but there is no price for model '{}', so the cap cannot be \
+             enforced; give a price table with --prices FILE",
+            ctx.job.model.name
+        );
+    }
+    if requests > 0 && spent.saturating_add(worst) > cap {
+        bail!(
+            "budget: these {requests} requests could cost up to {worst} at batch prices (if every \
+             row used model.max_tokens) and {spent} is already spent, over budget.max_usd = {cap}; \
+             nothing was submitted. Raise budget.max_usd (or --max-usd) or lower model.max_tokens"
+        );
+    }
+    Ok(())
+}
+
+/// Plans every row and hands the input line of each that has no result yet to `emit`
+/// (failed rows too with `retry_failed`). Rows the planner refuses (only possible when the
+/// job skips bad rows) are journaled as failed. Returns the number of lines and their
+/// worst-case cost at batch prices.
+fn pending_lines(
+    ctx: &Ctx,
+    writer: &mut JournalWriter,
+    retry_failed: bool,
+    mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> anyhow::Result<(u64, Money)> {
+    let job = &ctx.job;
+    let mut resume = Resume::new(writer.path(), writer.index().clone(), retry_failed)?;
+    let url = ctx.endpoint();
+    let (mut n, mut worst) = (0, Money::ZERO);
+    let file = job.input.path.display();
+    for row in Source::open(&job.input.path, &run::source_options(job))?.keep_bad_rows() {
+        // The validation pass lets bad rows through only when the job skips them: each is
+        // journaled as a failed row with the reason, so the output lists it in place.
+        let row = match row {
+            Ok(Ok(r)) => r,
+            Ok(Err(bad)) if job.input.skip_bad_rows => {
+                writer.append(&run::bad_row_record(&bad.row, bad.error.to_string(), true))?;
+                continue;
+            }
+            Ok(Err(bad)) => bail!("{}", bad.error),
+            Err(e) => bail!("{e}"),
+        };
+        let planned = match ctx.planner.plan(&row) {
+            Ok(p) => p,
+            Err(e) => {
+                writer.append(&run::bad_row_record(&row, format!("{file}: {e}"), true))?;
+                continue;
+            }
+        };
+        if !resume.decide(row.index, &row.id, &planned.hash)?.send() {
+            continue;
+        }
+        emit(&input::line(row.index, &planned.hash, url, &planned.body))?;
+        n += 1;
+        if let Some(p) = &ctx.price {
+            let u = Usage {
+                prompt_tokens: ctx.planner.prompt_tokens_to_reserve(planned.prompt_tokens),
+                completion_tokens: ctx.planner.max_completion_tokens(),
+                ..Usage::default()
+            };
+            worst = worst.saturating_add(p.cost(&u, Tier::Batch));
+        }
+    }
+    Ok((n, worst))
+}
+
+/// Builds the output and summary from the journal (as a live run does), mode "batch".
+fn finish_output(
+    ctx: &Ctx,
+    spec: &OutputSpec,
+    index: &journal::JournalIndex,
+    got: &Collected,
+    json: bool,
+    started: Instant,
+) -> anyhow::Result<u8> {
+    let job = &ctx.job;
+    let journal_path = job.journal_path();
+    let totals = sink::write_output(spec, run::output_rows(job)?, index, &journal_path)?;
+    let code = if totals.failed == 0 && totals.pending == 0 {
+        exit::OK
+    } else {
+        exit::ROWS_FAILED
+    };
+    let priced = ctx.price.is_some();
+    let message = (totals.pending > 0).then(|| {
+        format!(
+            "{} rows have no result; run `promptmill run {} --mode batch` to submit them",
+            totals.pending,
+            job.file.display()
+        )
+    });
+    let summary = Summary {
+        job: job.display_name(),
+        model: job.model.name.clone(),
+        provider: if ctx.mock {
+            "mock".into()
+        } else {
+            "openai".into()
+        },
+        mode: "batch".into(),
+        output: job.output.path.display().to_string(),
+        journal: journal_path.display().to_string(),
+        status: "completed".into(),
+        message: message.clone(),
+        exit_code: code as i32,
+        rows: totals.rows,
+        succeeded: totals.succeeded,
+        failed: totals.failed,
+        pending: totals.pending,
+        cached: totals.cached,
+        resumed: 0,
+        changed: 0,
+        prompt_tokens: totals.usage.prompt_tokens,
+        completion_tokens: totals.usage.completion_tokens,
+        cached_tokens: totals.usage.cached_tokens,
+        reasoning_tokens: totals.usage.reasoning_tokens,
+        cost_usd: totals.cost.filter(|_| priced).map(Money::as_usd),
+        cost_this_run_usd: priced.then(|| got.cost.as_usd()),
+        estimated_cost_usd: None,
+        spent_total_usd: (priced && index.unpriced == 0).then(|| index.spent.as_usd()),
+        budget_usd: job.budget.max_usd,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        requests: got.ok + got.failed,
+        retries: 0,
+        rate_limited: 0,
+        server_errors: 0,
+        requests_per_minute: 0.0,
+        tokens_per_minute: 0.0,
+        prices: format!("{} (batch prices)", ctx.prices),
+    };
+    let bytes = serde_json::to_vec_pretty(&summary)?;
+    sink::write_atomic(&job.summary_path(), &bytes)
+        .with_context(|| format!("{}: cannot write summary", job.summary_path().display()))?;
+    if let Some(m) = &message {
+        eprintln!("note: {m}");
+    }
+    eprint!("{}", summary.render());
+    if json {
+        println!("{}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(code)
+}
+
+/// Runs `promptmill status`.
+pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
+    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let path = ctx.state_path();
+    if !path.exists() {
+        eprintln!(
+            "no batches submitted for this job ({} does not exist)",
+            path.display()
+        );
+        return Ok(exit::OK);
+    }
+    let mut state = BatchState::load(&path, &ctx.job.display_name())?;
+    if !args.no_refresh {
+        let api = ctx.api().map_err(start_err)?;
+        for c in state.chunks.iter_mut() {
+            let Some(id) = c.batch_id.clone() else {
+                continue;
+            };
+            if c.status.as_deref().is_some_and(is_terminal) {
+                continue;
+            }
+            let b = api.retrieve(&id).await?;
+            adopt(c, &b);
+        }
+        state.save(&path)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+    } else {
+        print!("{}", status_table(&state));
+    }
+    Ok(exit::OK)
+}
+
+/// One line per batch: id, status, counts, created, expires, collected.
+fn status_table(state: &BatchState) -> String {
+    let mut out = format!(
+        "{:<28} {:<12} {:>8} {:>9} {:>7}  {:<17} {:<17} {}\n",
+        "batch",
+        "status",
+        "total",
+        "completed",
+        "failed",
+        "created (UTC)",
+        "expires (UTC)",
+        "collected"
+    );
+    for c in &state.chunks {
+        out.push_str(&format!(
+            "{:<28} {:<12} {:>8} {:>9} {:>7}  {:<17} {:<17} {}\n",
+            c.batch_id.as_deref().unwrap_or("(not created)"),
+            c.status.as_deref().unwrap_or("-"),
+            c.counts.total.max(c.requests),
+            c.counts.completed,
+            c.counts.failed,
+            c.created_at.map(utc).unwrap_or_else(|| "-".into()),
+            c.expires_at.map(utc).unwrap_or_else(|| "-".into()),
+            if c.collected { "yes" } else { "no" },
+        ));
+    }
+    out
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM` UTC (Howard Hinnant's civil-from-days).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}")
+}
+
+/// Runs `promptmill export`.
+pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
+    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    ctx.validate().await.map_err(start_err)?;
+    let ExportFormat::OpenaiBatch = args.format;
+    let out = args.out.clone().unwrap_or_else(|| {
+        ctx.input_dir()
+            .with_extension("")
+            .with_extension("batch-input.jsonl")
+    });
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    let file =
+        std::fs::File::create(&out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    let mut writer = journal::open(&ctx.job.journal_path())?;
+    let mut bytes = 0u64;
+    let (n, _) = pending_lines(&ctx, &mut writer, args.retry_failed, |line| {
+        bytes += line.len() as u64;
+        std::io::Write::write_all(&mut w, line)
+    })?;
+    writer.finish()?;
+    std::io::Write::flush(&mut w).with_context(|| format!("{}: cannot write", out.display()))?;
+    eprintln!("wrote {n} requests ({bytes} bytes) to {}", out.display());
+    if n > input::MAX_REQUESTS || bytes > input::MAX_BYTES {
+        eprintln!(
+            "note: one Batch API input file holds at most {} requests and {} bytes; split this \
+             file before uploading it, or let `promptmill run --mode batch` do it",
+            input::MAX_REQUESTS,
+            input::MAX_BYTES
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Runs `promptmill import`.
+pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let spec = run::output_spec(&ctx.job).map_err(start_err)?;
+    let ids = ctx.row_ids().map_err(start_err)?;
+    let mut writer = journal::open(&ctx.job.journal_path())?;
+    let mut got = Collected::default();
+    for f in &args.files {
+        let bytes = std::fs::read(f).with_context(|| format!("{}: cannot read", f.display()))?;
+        ingest(&ctx, &ids, &bytes, &mut writer, &mut got)
+            .with_context(|| format!("{}", f.display()))?;
+    }
+    let index = writer.finish()?;
+    eprintln!(
+        "imported {} answers and {} failures from {} file(s)",
+        got.ok,
+        got.failed,
+        args.files.len()
+    );
+    finish_output(&ctx, &spec, &index, &got, args.json, started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_formats_unix_seconds() {
+        assert_eq!(utc(0), "1970-01-01 00:00");
+        assert_eq!(utc(1_764_100_000), "2025-11-25 19:46");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00");
+    }
+}

@@ -1,0 +1,473 @@
+//! The OpenAI Files and Batches endpoints of the mock: upload a JSONL input file, create a
+//! batch, poll it through `validating → in_progress → finalizing → completed`, and download
+//! its output and error files.
+//!
+//! Each status step takes `--batch-step-polls` polls of `GET /v1/batches/{id}` (1 by default,
+//! so tests are fast). Every input line is answered by the same handler as
+//! `POST /v1/chat/completions` (so a batch gives exactly the text a live run gets); lines
+//! answered 200 go to the output file, the others (e.g. `[[mock:400]]`) to the error file,
+//! both in a scrambled order, as the real API does not keep input order either.
+//! Lines are answered one after another when a batch completes, through the same checks as
+//! live requests: `--latency-ms` adds up per line, and `--rpm`/`--tpm` limits turn lines
+//! into 429s in the error file, so run batch tests without them.
+//! `--batch-create-delay-ms` holds the answer to `POST /v1/batches` after the batch exists:
+//! tests kill a client in that window to check it does not create a second batch.
+
+use super::reply;
+use super::state::Shared;
+use super::text::mix;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The status steps a batch goes through, one per `--batch-step-polls` polls.
+const STEPS: [&str; 4] = ["validating", "in_progress", "finalizing", "completed"];
+
+/// Files and batches of one mock server.
+pub(crate) struct Batches {
+    shared: Arc<Shared>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next: u64,
+    files: HashMap<String, Vec<u8>>,
+    file_meta: HashMap<String, Value>,
+    /// Oldest first.
+    batches: Vec<Batch>,
+}
+
+struct Batch {
+    obj: Map<String, Value>,
+    step: usize,
+    polls: u32,
+    /// Lines already answered (so a concurrent poll does not answer them twice).
+    answering: bool,
+}
+
+/// The routes, with their own state.
+pub(crate) fn routes(shared: Arc<Shared>) -> Router {
+    let state = Arc::new(Batches {
+        shared,
+        inner: Mutex::new(Inner::default()),
+    });
+    Router::new()
+        // Batch input files may be up to 200 MB (axum's default limit is 2 MB).
+        .route(
+            "/v1/files",
+            post(upload).layer(DefaultBodyLimit::max(210 * 1000 * 1000)),
+        )
+        .route("/v1/files/{id}/content", get(content))
+        .route("/v1/batches", post(create).get(list))
+        .route("/v1/batches/{id}", get(retrieve))
+        .route("/v1/batches/{id}/cancel", post(cancel))
+        .with_state(state)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn ok(v: Value) -> Response {
+    reply::json_bytes(StatusCode::OK, v.to_string())
+}
+
+fn not_found(what: &str) -> Response {
+    reply::error(
+        StatusCode::NOT_FOUND,
+        &format!("No such {what}"),
+        "invalid_request_error",
+        None,
+    )
+}
+
+impl Batches {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
+        self.shared.begin();
+        self.shared.refuse_unauthorized(headers)
+    }
+}
+
+impl Inner {
+    fn id(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}-mock{:012x}", mix(self.next) & 0xffff_ffff_ffff)
+    }
+}
+
+/// `POST /v1/files` (multipart: `purpose`, `file`).
+async fn upload(
+    State(b): State<Arc<Batches>>,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> Response {
+    if let Some(r) = b.refuse(&headers) {
+        return r;
+    }
+    let (mut purpose, mut file, mut name) = (None, None, String::from("upload.jsonl"));
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) => {
+                let fname = field.name().unwrap_or("").to_string();
+                if let Some(f) = field.file_name() {
+                    name = f.to_string();
+                }
+                let Ok(data) = field.bytes().await else {
+                    return reply::bad_request("unreadable multipart field");
+                };
+                match fname.as_str() {
+                    "purpose" => purpose = Some(String::from_utf8_lossy(&data).into_owned()),
+                    "file" => file = Some(data.to_vec()),
+                    _ => {}
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return reply::bad_request(&format!("bad multipart body: {e}")),
+        }
+    }
+    let (Some(purpose), Some(file)) = (purpose, file) else {
+        return reply::bad_request("Missing required parameter: 'file' and 'purpose'.");
+    };
+    if purpose != "batch" {
+        return reply::bad_request("The mock only accepts purpose 'batch'.");
+    }
+    let mut inner = b.lock();
+    let id = inner.id("file");
+    let meta = json!({"id": id, "object": "file", "bytes": file.len(), "created_at": now(),
+        "filename": name, "purpose": purpose});
+    inner.files.insert(id.clone(), file);
+    inner.file_meta.insert(id, meta.clone());
+    ok(meta)
+}
+
+/// `GET /v1/files/{id}/content`.
+async fn content(
+    State(b): State<Arc<Batches>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = b.refuse(&headers) {
+        return r;
+    }
+    match b.lock().files.get(&id) {
+        Some(bytes) => reply::json_bytes(StatusCode::OK, bytes.clone()),
+        None => not_found("file"),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    input_file_id: String,
+    endpoint: String,
+    completion_window: String,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+}
+
+/// `POST /v1/batches`.
+async fn create(State(b): State<Arc<Batches>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = b.refuse(&headers) {
+        return r;
+    }
+    let req: CreateBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return reply::bad_request(&format!("bad batch body: {e}")),
+    };
+    if req.completion_window != "24h" {
+        return reply::bad_request("completion_window must be '24h'.");
+    }
+    let obj = {
+        let mut inner = b.lock();
+        let Some(input) = inner.files.get(&req.input_file_id) else {
+            return not_found("file");
+        };
+        let total = input
+            .split(|c| *c == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        let invalid = validate_input(input, &req.endpoint);
+        let id = inner.id("batch");
+        let t = now();
+        let Value::Object(obj) = json!({
+            "id": id, "object": "batch", "endpoint": req.endpoint, "errors": null,
+            "input_file_id": req.input_file_id, "completion_window": "24h",
+            "status": "validating", "output_file_id": null, "error_file_id": null,
+            "created_at": t, "in_progress_at": null, "expires_at": t + 86_400,
+            "finalizing_at": null, "completed_at": null, "failed_at": null,
+            "expired_at": null, "cancelling_at": null, "cancelled_at": null,
+            "request_counts": {"total": total, "completed": 0, "failed": 0},
+            "metadata": req.metadata,
+        }) else {
+            return reply::server_error();
+        };
+        let mut obj = obj;
+        if let Some(errors) = invalid {
+            // Like the real API, a batch whose input file is invalid fails as a whole.
+            obj.insert("status".into(), "failed".into());
+            obj.insert("failed_at".into(), t.into());
+            obj.insert("errors".into(), json!({"object": "list", "data": errors}));
+        }
+        inner.batches.push(Batch {
+            obj: obj.clone(),
+            step: 0,
+            polls: 0,
+            answering: false,
+        });
+        obj
+    };
+    let delay = b.shared.cfg.batch_create_delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    ok(Value::Object(obj))
+}
+
+/// The validation errors of an input file (None when it is valid): every line JSON with a
+/// unique `custom_id`, `method` POST and `url` equal to the batch's endpoint.
+fn validate_input(input: &[u8], endpoint: &str) -> Option<Vec<Value>> {
+    let mut seen = HashSet::new();
+    let mut errors = Vec::new();
+    for (n, line) in input.split(|c| *c == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
+        let problem = match v["custom_id"].as_str() {
+            _ if !v.is_object() => Some(("invalid_json_line", "This line is not valid JSON.")),
+            None => Some(("missing_custom_id", "Missing 'custom_id'.")),
+            Some(id) if !seen.insert(id.to_string()) => Some((
+                "duplicate_custom_id",
+                "The custom_id for this request is a duplicate of another request.",
+            )),
+            Some(_) if v["method"] != "POST" || v["url"] != endpoint => Some((
+                "invalid_url",
+                "The method must be POST and the url must match the batch endpoint.",
+            )),
+            Some(_) => None,
+        };
+        if let Some((code, message)) = problem {
+            errors.push(json!({"code": code, "message": message, "param": null, "line": n + 1}));
+        }
+    }
+    (!errors.is_empty()).then_some(errors)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `GET /v1/batches`: newest first, `limit` (default 20, at most 100) and `after` paging.
+async fn list(
+    State(b): State<Arc<Batches>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if let Some(r) = b.refuse(&headers) {
+        return r;
+    }
+    let inner = b.lock();
+    let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    let newest_first = inner.batches.iter().rev().map(|b| &b.obj);
+    let mut all: Vec<&Map<String, Value>> = match &q.after {
+        Some(after) => newest_first
+            .skip_while(|o| o.get("id").and_then(Value::as_str) != Some(after))
+            .skip(1)
+            .collect(),
+        None => newest_first.collect(),
+    };
+    let has_more = all.len() > limit;
+    all.truncate(limit);
+    let id_of = |o: Option<&&Map<String, Value>>| o.and_then(|o| o.get("id")).cloned();
+    ok(json!({
+        "object": "list", "first_id": id_of(all.first()), "last_id": id_of(all.last()),
+        "has_more": has_more, "data": all,
+    }))
+}
+
+/// `GET /v1/batches/{id}`: each poll counts towards the next status step.
+async fn retrieve(
+    State(b): State<Arc<Batches>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = b.refuse(&headers) {
+        return r;
+    }
+    let per_step = b.shared.cfg.batch_step_polls.max(1);
+    let input = {
+        let mut inner = b.lock();
+        let Some(batch) = inner.batches.iter_mut().find(|x| x.obj["id"] == id) else {
+            return not_found("batch");
+        };
+        let done = matches!(
+            batch.obj["status"].as_str(),
+            Some("completed" | "cancelled" | "failed" | "expired")
+        );
+        if done || batch.answering {
+            return ok(Value::Object(batch.obj.clone()));
+        }
+        batch.polls += 1;
+        if batch.polls < per_step {
+            return ok(Value::Object(batch.obj.clone()));
+        }
+        batch.polls = 0;
+        if batch.step + 1 < STEPS.len() - 1 {
+            batch.step += 1;
+            let status = STEPS[batch.step];
+            batch.obj.insert("status".into(), status.into());
+            batch.obj.insert(format!("{status}_at"), now().into());
+            return ok(Value::Object(batch.obj.clone()));
+        }
+        batch.answering = true;
+        let file = batch.obj["input_file_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        inner.files.get(&file).cloned().unwrap_or_default()
+    };
+    let (output, errors, counts) = answer_lines(&b.shared, &headers, &input, usize::MAX).await;
+    finish(&b, &id, output, errors, counts, "completed")
+}
+
+/// `POST /v1/batches/{id}/cancel`: the first half of the lines count as finished, the rest
+/// are never answered (as when a real batch is cancelled part way).
+async fn cancel(
+    State(b): State<Arc<Batches>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Some(r) = b.refuse(&headers) {
+        return r;
+    }
+    let input = {
+        let mut inner = b.lock();
+        let Some(batch) = inner.batches.iter_mut().find(|x| x.obj["id"] == id) else {
+            return not_found("batch");
+        };
+        if batch.answering || batch.obj["status"] == "completed" {
+            return reply::bad_request("This batch cannot be cancelled any more.");
+        }
+        batch.answering = true;
+        let file = batch.obj["input_file_id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        inner.files.get(&file).cloned().unwrap_or_default()
+    };
+    let lines = input.split(|c| *c == b'\n').filter(|l| !l.is_empty());
+    let half = lines.count() / 2;
+    let (output, errors, counts) = answer_lines(&b.shared, &headers, &input, half).await;
+    finish(&b, &id, output, errors, counts, "cancelled")
+}
+
+/// Answers up to `max` input lines through the live chat handler: (output, errors,
+/// (completed, failed)), each file's lines scrambled.
+async fn answer_lines(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    input: &[u8],
+    max: usize,
+) -> (Vec<(u64, String)>, Vec<(u64, String)>, (u64, u64)) {
+    let mut auth = HeaderMap::new();
+    if let Some(v) = headers.get(AUTHORIZATION) {
+        auth.insert(AUTHORIZATION, v.clone());
+    }
+    let (mut output, mut errors) = (Vec::new(), Vec::new());
+    let mut seen = HashSet::new();
+    for (n, line) in input
+        .split(|c| *c == b'\n')
+        .filter(|l| !l.is_empty())
+        .take(max)
+        .enumerate()
+    {
+        let parsed: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
+        let custom_id = parsed["custom_id"].as_str().unwrap_or("").to_string();
+        let order = mix(n as u64 ^ 0x5eed);
+        let req_id = format!("batch_req_mock{order:016x}");
+        if custom_id.is_empty() || !seen.insert(custom_id.clone()) {
+            let e = json!({"id": req_id, "custom_id": custom_id, "response": null,
+                "error": {"code": "invalid_custom_id", "message": "custom_id missing or not unique"}});
+            errors.push((order, e.to_string()));
+            continue;
+        }
+        let body = serde_json::to_vec(&parsed["body"]).unwrap_or_default();
+        let resp =
+            super::openai::chat_completions(State(shared.clone()), auth.clone(), Bytes::from(body))
+                .await;
+        let status = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+            .await
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let out = json!({"id": req_id, "custom_id": custom_id, "response": {
+            "status_code": status, "request_id": format!("req_mock{order:016x}"), "body": body},
+            "error": null});
+        if status == 200 {
+            output.push((order, out.to_string()));
+        } else {
+            errors.push((order, out.to_string()));
+        }
+    }
+    let counts = (output.len() as u64, errors.len() as u64);
+    output.sort();
+    errors.sort();
+    (output, errors, counts)
+}
+
+fn finish(
+    b: &Batches,
+    id: &str,
+    output: Vec<(u64, String)>,
+    errors: Vec<(u64, String)>,
+    (completed, failed): (u64, u64),
+    status: &str,
+) -> Response {
+    let mut inner = b.lock();
+    let file = |lines: Vec<(u64, String)>, inner: &mut Inner| -> Value {
+        if lines.is_empty() {
+            return Value::Null;
+        }
+        let fid = inner.id("file");
+        let mut bytes = Vec::new();
+        for (_, l) in lines {
+            bytes.extend_from_slice(l.as_bytes());
+            bytes.push(b'\n');
+        }
+        inner.files.insert(fid.clone(), bytes);
+        Value::String(fid)
+    };
+    let out_id = file(output, &mut inner);
+    let err_id = file(errors, &mut inner);
+    let Some(batch) = inner.batches.iter_mut().find(|x| x.obj["id"] == id) else {
+        return not_found("batch");
+    };
+    let o = &mut batch.obj;
+    o.insert("status".into(), status.into());
+    o.insert(format!("{status}_at"), now().into());
+    o.insert("output_file_id".into(), out_id);
+    o.insert("error_file_id".into(), err_id);
+    if let Some(Value::Object(c)) = o.get_mut("request_counts") {
+        c.insert("completed".into(), completed.into());
+        c.insert("failed".into(), failed.into());
+    }
+    ok(Value::Object(o.clone()))
+}

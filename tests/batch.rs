@@ -1,0 +1,434 @@
+//! The Batch API backend end to end: the real binary submits to the mock's Files and Batches
+//! endpoints on 127.0.0.1, polls, collects, and writes the same output a live run writes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Every batch the mock has (`GET /v1/batches`, newest first).
+fn batches(mock: &Mock) -> Vec<Value> {
+    let body = http(&mock.addr, "GET", "/v1/batches?limit=100");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
+    v["data"].as_array().unwrap().clone()
+}
+
+/// Runs `collect` until it stops answering 4 (still running); returns the last output.
+fn collect_until_done(ws: &Workspace, job: &str) -> std::process::Output {
+    for _ in 0..20 {
+        let out = ws.run(&["collect", job]);
+        if out.status.code() != Some(4) {
+            return out;
+        }
+    }
+    panic!("batches never finished");
+}
+
+/// Output rows by id: (status, output text, cost).
+fn rows_by_id(ws: &Workspace, rel: &str) -> HashMap<String, (String, String, String)> {
+    let (h, rows) = ws.csv(rel);
+    let (id, st, out, cost) = (
+        col(&h, "id"),
+        col(&h, "status"),
+        col(&h, "output"),
+        col(&h, "cost_usd"),
+    );
+    rows.iter()
+        .map(|r| {
+            (
+                r[id].clone(),
+                (r[st].clone(), r[out].clone(), r[cost].clone()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn submit_poll_collect_retry_and_status() {
+    let mock = Mock::start(&["--batch-step-polls", "1"]);
+    let ws = Workspace::new();
+    let mut csv = String::from("id,name,color\n");
+    for i in 1..=20 {
+        let name = if i == 5 {
+            "bad [[mock:400]]".to_string()
+        } else {
+            format!("item {i}")
+        };
+        csv.push_str(&format!("r{i},{name},blue\n"));
+    }
+    ws.write("rows.csv", &csv);
+    let job = ws.job(&mock.base_url, "");
+    let job = job.to_str().unwrap();
+
+    // Submit: 20 requests split into files of at most 7, one batch each; not finished yet.
+    let out = ws.run(&["run", job, "--mode", "batch", "--batch-max-requests", "7"]);
+    assert_exit(&out, 4);
+    assert!(text(&out).contains("still running"), "{}", text(&out));
+    assert_eq!(batches(&mock).len(), 3);
+    for line in ws.read("out/result.batches/r1-1.jsonl").lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["method"], "POST");
+        assert_eq!(v["url"], "/v1/chat/completions");
+        assert_eq!(v["body"]["model"], "gpt-4o-mini");
+        assert!(v["custom_id"].as_str().unwrap().starts_with("row-"));
+    }
+
+    // Status: one line per batch with its id and request counts.
+    let out = ws.run(&["status", job]);
+    assert_exit(&out, 0);
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    for b in batches(&mock) {
+        assert!(table.contains(b["id"].as_str().unwrap()), "{table}");
+    }
+    assert!(table.contains("in_progress"), "{table}");
+    let out = ws.run(&["status", job, "--json", "--no-refresh"]);
+    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let totals: Vec<u64> = state["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["counts"]["total"].as_u64().unwrap())
+        .collect();
+    assert_eq!(totals, vec![7, 7, 6]);
+
+    // Collect: results come back out of order and are joined by custom_id.
+    let out = collect_until_done(&ws, job);
+    assert_exit(&out, 1);
+    let rows = rows_by_id(&ws, "out/result.csv");
+    assert_eq!(rows.len(), 20);
+    assert_eq!(rows["r5"].0, "failed");
+    for i in (1..=20).filter(|i| *i != 5) {
+        let (st, text, _) = &rows[&format!("r{i}")];
+        assert_eq!(st, "ok");
+        assert!(
+            text.starts_with(&format!("Mock answer for: Describe item {i} in blue.")),
+            "r{i}: {text}"
+        );
+    }
+    let (h, raw) = ws.csv("out/result.csv");
+    let ids: Vec<&str> = raw.iter().map(|r| r[col(&h, "id")].as_str()).collect();
+    assert_eq!(ids[..3], ["r1", "r2", "r3"], "input order kept");
+    let s = ws.summary();
+    assert_eq!(s["mode"], "batch");
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["failed"].as_u64()),
+        (Some(19), Some(1))
+    );
+    let journal = ws.read("out/result.journal.jsonl");
+    assert!(journal.lines().all(|l| l.contains("\"batch\":true")));
+
+    // Collecting again changes nothing and submits nothing.
+    let out = ws.run(&["collect", job]);
+    assert_exit(&out, 1);
+    assert_eq!(ws.read("out/result.journal.jsonl"), journal);
+
+    // --retry-failed puts only the failed row into a new batch.
+    let out = ws.run(&["run", job, "--mode", "batch", "--retry-failed"]);
+    assert_exit(&out, 4);
+    let all = batches(&mock);
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[0]["request_counts"]["total"], 1);
+    let out = collect_until_done(&ws, job);
+    assert_exit(&out, 1);
+    assert_eq!(batches(&mock).len(), 4, "collect never submits");
+}
+
+#[test]
+fn ten_thousand_rows_in_batch_equal_a_live_run_at_half_price() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(10_000);
+    let job = ws.job(&mock.base_url, "");
+    let job = job.to_str().unwrap();
+    let t = Instant::now();
+    let out = ws.run(&["run", job, "--quiet"]);
+    assert_exit(&out, 0);
+    let live_secs = t.elapsed().as_secs_f64();
+    let live = ws.summary();
+
+    let out = ws.run(&[
+        "run",
+        job,
+        "--mode",
+        "batch",
+        "--output",
+        "out/batch.csv",
+        "--wait",
+        "--poll-secs",
+        "0",
+    ]);
+    assert_exit(&out, 0);
+    let batch: Value = serde_json::from_str(&ws.read("out/batch.summary.json")).unwrap();
+    assert_eq!(batch["mode"], "batch");
+    assert_eq!(batch["succeeded"], 10_000);
+    assert_eq!(batches(&mock).len(), 1, "10,000 requests fit one batch");
+
+    let a = rows_by_id(&ws, "out/result.csv");
+    let b = rows_by_id(&ws, "out/batch.csv");
+    assert_eq!(a.len(), 10_000);
+    for (id, (st, text, _)) in &a {
+        assert_eq!(st, "ok");
+        assert_eq!(
+            &b[id].1, text,
+            "row {id}: same generated text in live and batch"
+        );
+    }
+    assert_eq!(live["prompt_tokens"], batch["prompt_tokens"]);
+    assert_eq!(live["completion_tokens"], batch["completion_tokens"]);
+    let (l, h) = (
+        live["cost_usd"].as_f64().unwrap(),
+        batch["cost_usd"].as_f64().unwrap(),
+    );
+    assert!(l > 0.0);
+    assert!((h * 2.0 - l).abs() < 1e-9, "batch {h} is half of live {l}");
+    eprintln!("live run took {live_secs:.1}s");
+}
+
+#[test]
+fn a_kill_between_create_and_record_does_not_create_a_second_batch() {
+    // The mock creates the batch, then holds its answer for 30 s: we kill the client there.
+    let mock = Mock::start(&["--batch-create-delay-ms", "30000"]);
+    let ws = Workspace::new();
+    ws.csv_rows(30);
+    let job = ws.job(&mock.base_url, "");
+    let job = job.to_str().unwrap();
+    let mut child = promptmill()
+        .current_dir(ws.dir.path())
+        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
+        .args(["run", job, "--mode", "batch"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while batches(&mock).is_empty() {
+        assert!(Instant::now() < deadline, "no batch was created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to record the batch id
+    child.wait().unwrap();
+    let state: Value = serde_json::from_str(&ws.read("out/result.batches.json")).unwrap();
+    assert_eq!(state["chunks"][0]["create_started"], true);
+    assert!(state["chunks"][0]["batch_id"].is_null(), "{state}");
+
+    let out = ws.run(&["run", job, "--mode", "batch"]);
+    assert_exit(&out, 4);
+    assert_eq!(
+        batches(&mock).len(),
+        1,
+        "the batch was found, not created again"
+    );
+    let state: Value = serde_json::from_str(&ws.read("out/result.batches.json")).unwrap();
+    assert_eq!(state["chunks"][0]["batch_id"], batches(&mock)[0]["id"]);
+    let out = collect_until_done(&ws, job);
+    assert_exit(&out, 0);
+    assert_eq!(ws.summary()["succeeded"], 30);
+    assert_eq!(batches(&mock).len(), 1);
+}
+
+#[test]
+fn a_crash_after_upload_creates_exactly_one_batch_from_that_file() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(10);
+    let job = ws.job(&mock.base_url, "");
+    let job = job.to_str().unwrap();
+    let out = promptmill()
+        .current_dir(ws.dir.path())
+        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
+        .env("PROMPTMILL_TEST_CRASH_AT", "after-upload")
+        .args(["run", job, "--mode", "batch"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 101);
+    assert!(batches(&mock).is_empty());
+    let state: Value = serde_json::from_str(&ws.read("out/result.batches.json")).unwrap();
+    let file_id = state["chunks"][0]["file_id"].as_str().unwrap().to_string();
+
+    let out = ws.run(&["run", job, "--mode", "batch"]);
+    assert_exit(&out, 4);
+    let all = batches(&mock);
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        all[0]["input_file_id"],
+        file_id.as_str(),
+        "the uploaded file is reused"
+    );
+    assert_eq!(all[0]["metadata"]["promptmill_job"], "job");
+    assert_exit(&collect_until_done(&ws, job), 0);
+}
+
+#[test]
+fn a_cancelled_batch_keeps_what_finished_and_the_rest_is_resubmitted() {
+    let mock = Mock::start(&["--batch-step-polls", "100"]);
+    let ws = Workspace::new();
+    ws.csv_rows(10);
+    let job = ws.job(&mock.base_url, "");
+    let job = job.to_str().unwrap();
+    assert_exit(&ws.run(&["run", job, "--mode", "batch"]), 4);
+    let id = batches(&mock)[0]["id"].as_str().unwrap().to_string();
+    http(&mock.addr, "POST", &format!("/v1/batches/{id}/cancel"));
+    let out = ws.run(&["collect", job]);
+    assert_exit(&out, 1);
+    assert!(text(&out).contains("cancelled"), "{}", text(&out));
+    let s = ws.summary();
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["pending"].as_u64()),
+        (Some(5), Some(5))
+    );
+
+    let out = ws.run(&["run", job, "--mode", "batch"]);
+    assert_exit(&out, 4);
+    let all = batches(&mock);
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        all[0]["request_counts"]["total"], 5,
+        "only the unfinished rows"
+    );
+}
+
+#[test]
+fn export_then_import_gives_the_batch_output() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(25);
+    let job = ws.job(&mock.base_url, "");
+    let job = job.to_str().unwrap();
+
+    // A batch run writes its input file; export writes the same lines without submitting.
+    let out = ws.run(&[
+        "export",
+        job,
+        "--format",
+        "openai-batch",
+        "--out",
+        "in.jsonl",
+    ]);
+    assert_exit(&out, 0);
+    assert!(batches(&mock).is_empty(), "export submits nothing");
+    let exported = ws.read("in.jsonl");
+    assert_eq!(exported.lines().count(), 25);
+    let out = ws.run(&[
+        "run",
+        job,
+        "--mode",
+        "batch",
+        "--output",
+        "out/a.csv",
+        "--wait",
+        "--poll-secs",
+        "0",
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(ws.read("out/a.batches/r1-1.jsonl"), exported);
+
+    // The results, fetched "by other means", imported into a fresh output.
+    let output_file = batches(&mock)[0]["output_file_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let results = http(
+        &mock.addr,
+        "GET",
+        &format!("/v1/files/{output_file}/content"),
+    );
+    ws.write("results.jsonl", &results);
+    let out = ws.run(&["import", job, "results.jsonl", "--output", "out/b.csv"]);
+    assert_exit(&out, 0);
+    assert_eq!(ws.read("out/a.csv"), ws.read("out/b.csv"));
+    let b: Value = serde_json::from_str(&ws.read("out/b.summary.json")).unwrap();
+    assert_eq!(b["succeeded"], 25);
+    assert_eq!(b["mode"], "batch");
+
+    // A line that promptmill did not write is refused with the file and line named.
+    ws.write(
+        "alien.jsonl",
+        "{\"custom_id\":\"request-1\",\"response\":null}\n",
+    );
+    let out = ws.run(&["import", job, "alien.jsonl", "--output", "out/c.csv"]);
+    assert!(!out.status.success());
+    let t = text(&out);
+    assert!(t.contains("alien.jsonl") && t.contains("line 1"), "{t}");
+}
+
+#[test]
+fn run_mock_in_batch_mode_waits_and_finishes() {
+    let ws = Workspace::new();
+    ws.csv_rows(12);
+    let job = ws.job("http://127.0.0.1:9/v1", "");
+    let out = ws.run(&["run", job.to_str().unwrap(), "--mock", "--mode", "batch"]);
+    assert_exit(&out, 0);
+    let s = ws.summary();
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["mode"].as_str()),
+        (Some(12), Some("batch"))
+    );
+    assert_eq!(s["provider"], "mock");
+}
+
+#[test]
+fn a_round_that_could_cross_the_budget_is_not_submitted() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(100);
+    let job = ws.job(&mock.base_url, "");
+    // 100 rows × (prompt + 50 tokens) at batch prices is about $0.0016: a $0.001 cap refuses.
+    let out = ws.run(&[
+        "run",
+        job.to_str().unwrap(),
+        "--mode",
+        "batch",
+        "--max-usd",
+        "0.001",
+    ]);
+    assert_exit(&out, 3);
+    assert!(text(&out).contains("over budget.max_usd"), "{}", text(&out));
+    assert!(batches(&mock).is_empty(), "nothing submitted");
+    let out = ws.run(&[
+        "run",
+        job.to_str().unwrap(),
+        "--mode",
+        "batch",
+        "--max-usd",
+        "0.01",
+    ]);
+    assert_exit(&out, 4);
+    assert_eq!(batches(&mock).len(), 1);
+}
+
+#[test]
+fn a_batch_that_fails_validation_records_its_rows_as_failed() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(6);
+    let job = ws.job(&mock.base_url, "");
+    let job = job.to_str().unwrap();
+    // Stop after the input file is written, and break it (a duplicated line) before upload.
+    let out = promptmill()
+        .current_dir(ws.dir.path())
+        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
+        .env("PROMPTMILL_TEST_CRASH_AT", "after-write")
+        .args(["run", job, "--mode", "batch"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 101);
+    let input = ws.read("out/result.batches/r1-1.jsonl");
+    let first = input.lines().next().unwrap().to_string();
+    ws.write(
+        "out/result.batches/r1-1.jsonl",
+        &format!("{input}{first}\n"),
+    );
+
+    assert_exit(&ws.run(&["run", job, "--mode", "batch"]), 4);
+    assert_eq!(batches(&mock)[0]["status"], "failed");
+    let out = ws.run(&["collect", job]);
+    assert_exit(&out, 1);
+    let rows = rows_by_id(&ws, "out/result.csv");
+    assert!(rows.values().all(|r| r.0 == "failed"), "{rows:?}");
+    let journal = ws.read("out/result.journal.jsonl");
+    assert!(journal.contains("failed validation") && journal.contains("duplicate_custom_id"));
+}
