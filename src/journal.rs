@@ -55,6 +55,27 @@ pub struct Record {
     pub fields: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+impl Record {
+    /// A failed row with no answer: `error` says why. Callers set `batch` and the rest with
+    /// struct update syntax where they differ.
+    pub fn failed(row: u64, id: String, hash: String, attempts: u32, error: String) -> Record {
+        Record {
+            row,
+            id,
+            hash,
+            status: Status::Failed,
+            choices: Vec::new(),
+            usage: None,
+            cost_pico: None,
+            attempts,
+            error: Some(error),
+            cached: false,
+            batch: false,
+            fields: None,
+        }
+    }
+}
+
 /// Errors reading or writing the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {

@@ -427,20 +427,13 @@ impl Scheduler {
         } else {
             err.to_string()
         };
-        Record {
-            row: item.row,
-            id: item.id.clone(),
-            hash: item.hash.clone(),
-            status: Status::Failed,
-            choices: Vec::new(),
-            usage: None,
-            cost_pico: None,
+        Record::failed(
+            item.row,
+            item.id.clone(),
+            item.hash.clone(),
             attempts,
-            error: Some(self.client.scrub(&what)),
-            cached: false,
-            batch: false,
-            fields: None,
-        }
+            self.client.scrub(&what),
+        )
     }
 }
 

@@ -61,19 +61,10 @@ impl Joiner<'_> {
             row,
             rows: self.ids.len(),
         })?;
+        // Failed until the response says otherwise; the error is set on every failed path.
         let mut rec = Record {
-            row,
-            id: id.clone(),
-            hash: hash.to_string(),
-            status: Status::Failed,
-            choices: Vec::new(),
-            usage: None,
-            cost_pico: None,
-            attempts: 1,
-            error: None,
-            cached: false,
             batch: true,
-            fields: None,
+            ..Record::failed(row, id.clone(), hash.to_string(), 1, String::new())
         };
         let resp = &v["response"];
         if resp.is_object() {
@@ -82,6 +73,7 @@ impl Joiner<'_> {
             match self.provider.parse(status, &HeaderMap::new(), &body) {
                 Ok(c) => {
                     rec.status = Status::Ok;
+                    rec.error = None;
                     rec.choices = c.choices;
                     rec.cost_pico = match (&c.usage, self.price) {
                         (Some(u), Some(p)) => Some(p.cost(u, Tier::Batch).0),

@@ -457,18 +457,14 @@ async fn poll_chunk(
                 continue;
             };
             let rec = Record {
-                row,
-                id: ids.get(&row).cloned().unwrap_or_default(),
-                hash: hash.to_string(),
-                status: Status::Failed,
-                choices: Vec::new(),
-                usage: None,
-                cost_pico: None,
-                attempts: 1,
-                error: Some(format!("batch {id} failed validation: {why}")),
-                cached: false,
                 batch: true,
-                fields: None,
+                ..Record::failed(
+                    row,
+                    ids.get(&row).cloned().unwrap_or_default(),
+                    hash.to_string(),
+                    1,
+                    format!("batch {id} failed validation: {why}"),
+                )
             };
             writer.append(&rec)?;
             got.failed += 1;

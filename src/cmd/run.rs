@@ -568,18 +568,8 @@ pub(crate) fn output_rows(
 /// The failed record of a row that could not be read or rendered: no request, no hash.
 pub(crate) fn bad_row_record(row: &crate::types::Row, error: String, batch: bool) -> Record {
     Record {
-        row: row.index,
-        id: row.id.clone(),
-        hash: String::new(),
-        status: Status::Failed,
-        choices: Vec::new(),
-        usage: None,
-        cost_pico: None,
-        attempts: 0,
-        error: Some(error),
-        cached: false,
         batch,
-        fields: None,
+        ..Record::failed(row.index, row.id.clone(), String::new(), 0, error)
     }
 }
 
