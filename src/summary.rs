@@ -2,6 +2,10 @@
 
 use serde::Serialize;
 
+use anyhow::Context as _;
+
+use crate::config::Job;
+use crate::sink::{self, OutputTotals};
 use crate::types::Money;
 
 /// What a run did, for people (printed) and scripts (JSON).
@@ -62,6 +66,53 @@ fn usd(v: Option<f64>) -> String {
 }
 
 impl Summary {
+    /// What every mode reports alike: the job, its output and the rows' totals. The caller
+    /// fills in status, this run's numbers and the rest.
+    pub fn for_output(
+        job: &Job,
+        mode: &str,
+        provider: String,
+        totals: &OutputTotals,
+        priced: bool,
+    ) -> Summary {
+        Summary {
+            job: job.display_name(),
+            model: job.model.name.clone(),
+            provider,
+            mode: mode.into(),
+            output: job.output.path.display().to_string(),
+            journal: job.journal_path().display().to_string(),
+            rows: totals.rows,
+            succeeded: totals.succeeded,
+            failed: totals.failed,
+            pending: totals.pending,
+            cached: totals.cached,
+            prompt_tokens: totals.usage.prompt_tokens,
+            completion_tokens: totals.usage.completion_tokens,
+            cached_tokens: totals.usage.cached_tokens,
+            reasoning_tokens: totals.usage.reasoning_tokens,
+            cost_usd: totals.cost.filter(|_| priced).map(Money::as_usd),
+            budget_usd: job.budget.max_usd,
+            ..Summary::default()
+        }
+    }
+
+    /// Writes the JSON beside the output (atomically), then prints `message` (after
+    /// `label`), the table on stderr, and with `json` the JSON on stdout.
+    pub fn publish(&self, job: &Job, label: &str, json: bool) -> anyhow::Result<()> {
+        let bytes = serde_json::to_vec_pretty(self)?;
+        sink::write_atomic(&job.summary_path(), &bytes)
+            .with_context(|| format!("{}: cannot write summary", job.summary_path().display()))?;
+        if let Some(m) = &self.message {
+            eprintln!("{label}: {m}");
+        }
+        eprint!("{}", self.render());
+        if json {
+            println!("{}", String::from_utf8_lossy(&bytes));
+        }
+        Ok(())
+    }
+
     /// The human-readable table.
     pub fn render(&self) -> String {
         let mut s = String::new();

@@ -655,55 +655,19 @@ fn finish_output(
             job.file.display()
         )
     });
+    let provider = if ctx.mock { "mock" } else { "openai" };
     let summary = Summary {
-        job: job.display_name(),
-        model: job.model.name.clone(),
-        provider: if ctx.mock {
-            "mock".into()
-        } else {
-            "openai".into()
-        },
-        mode: "batch".into(),
-        output: job.output.path.display().to_string(),
-        journal: journal_path.display().to_string(),
         status: "completed".into(),
-        message: message.clone(),
+        message,
         exit_code: code as i32,
-        rows: totals.rows,
-        succeeded: totals.succeeded,
-        failed: totals.failed,
-        pending: totals.pending,
-        cached: totals.cached,
-        resumed: 0,
-        changed: 0,
-        prompt_tokens: totals.usage.prompt_tokens,
-        completion_tokens: totals.usage.completion_tokens,
-        cached_tokens: totals.usage.cached_tokens,
-        reasoning_tokens: totals.usage.reasoning_tokens,
-        cost_usd: totals.cost.filter(|_| priced).map(Money::as_usd),
         cost_this_run_usd: priced.then(|| got.cost.as_usd()),
-        estimated_cost_usd: None,
         spent_total_usd: (priced && index.unpriced == 0).then(|| index.spent.as_usd()),
-        budget_usd: job.budget.max_usd,
         wall_seconds: started.elapsed().as_secs_f64(),
         requests: got.ok + got.failed,
-        retries: 0,
-        rate_limited: 0,
-        server_errors: 0,
-        requests_per_minute: 0.0,
-        tokens_per_minute: 0.0,
         prices: format!("{} (batch prices)", ctx.prices),
+        ..Summary::for_output(job, "batch", provider.into(), &totals, priced)
     };
-    let bytes = serde_json::to_vec_pretty(&summary)?;
-    sink::write_atomic(&job.summary_path(), &bytes)
-        .with_context(|| format!("{}: cannot write summary", job.summary_path().display()))?;
-    if let Some(m) = &message {
-        eprintln!("note: {m}");
-    }
-    eprint!("{}", summary.render());
-    if json {
-        println!("{}", String::from_utf8_lossy(&bytes));
-    }
+    summary.publish(job, "note", json)?;
     Ok(code)
 }
 

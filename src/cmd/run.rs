@@ -339,36 +339,20 @@ async fn run_job(
         ),
     };
     let priced = price.is_some();
+    let provider = if args.mock {
+        "mock".into()
+    } else {
+        format!("{:?}", job.api.provider).to_lowercase()
+    };
     let summary = Summary {
-        job: job.display_name(),
-        model: job.model.name.clone(),
-        provider: if args.mock {
-            "mock".into()
-        } else {
-            format!("{:?}", job.api.provider).to_lowercase()
-        },
-        mode: "live".into(),
-        output: job.output.path.display().to_string(),
-        journal: journal_path.display().to_string(),
         status: status.into(),
-        message: message.clone(),
+        message,
         exit_code: code as i32,
-        rows: totals.rows,
-        succeeded: totals.succeeded,
-        failed: totals.failed,
-        pending: totals.pending,
-        cached: totals.cached,
         resumed: produced.resume.done,
         changed: produced.resume.changed,
-        prompt_tokens: totals.usage.prompt_tokens,
-        completion_tokens: totals.usage.completion_tokens,
-        cached_tokens: totals.usage.cached_tokens,
-        reasoning_tokens: totals.usage.reasoning_tokens,
-        cost_usd: totals.cost.filter(|_| priced).map(Money::as_usd),
         cost_this_run_usd: priced.then(|| Money(stats.cost_pico.load(Relaxed)).as_usd()),
         estimated_cost_usd: produced.expected_cost.map(Money::as_usd),
         spent_total_usd: (priced && unpriced_total == 0).then(|| spent_total.as_usd()),
-        budget_usd: job.budget.max_usd,
         wall_seconds: wall,
         requests: attempts,
         retries: stats.retries.load(Relaxed),
@@ -377,17 +361,9 @@ async fn run_job(
         requests_per_minute: attempts as f64 / minutes,
         tokens_per_minute: stats.tokens.load(Relaxed) as f64 / minutes,
         prices: format!("{} ({})", prices.source(), prices.as_of()),
+        ..Summary::for_output(job, "live", provider, &totals, priced)
     };
-    let json = serde_json::to_vec_pretty(&summary)?;
-    sink::write_atomic(&job.summary_path(), &json)
-        .with_context(|| format!("{}: cannot write summary", job.summary_path().display()))?;
-    if let Some(m) = &message {
-        eprintln!("error: {m}");
-    }
-    eprint!("{}", summary.render());
-    if args.json {
-        println!("{}", String::from_utf8_lossy(&json));
-    }
+    summary.publish(job, "error", args.json)?;
     Ok(code)
 }
 
