@@ -9,6 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -65,11 +66,16 @@ pub enum JournalError {
     },
 }
 
-/// Where each row's latest record sits in the journal file: one u64 per row
-/// (8 MB for a million rows), `NONE` where the row has no record.
+/// Where each row's latest record sits in the journal file, and what the journal adds up to.
+///
+/// The row → offset table is not held in RAM (it would grow by 8 bytes a row): it lives in
+/// a [`Slots`] file, so a run's memory stays flat however many rows it has. Clones share that
+/// table and see records appended after they were made; records are never moved, so every
+/// offset stays valid.
 #[derive(Debug, Default, Clone)]
 pub struct JournalIndex {
-    offsets: Vec<u64>,
+    /// None for an index with no record (nothing to look up).
+    slots: Option<Arc<Slots>>,
     /// Records read or written.
     pub records: u64,
     /// A truncated or corrupt tail was cut off when opening.
@@ -82,29 +88,189 @@ pub struct JournalIndex {
     pub unpriced: u64,
 }
 
-const NONE: u64 = u64::MAX;
-
 impl JournalIndex {
-    fn set(&mut self, row: u64, offset: u64) {
-        let i = row as usize;
-        if self.offsets.len() <= i {
-            self.offsets.resize(i + 1, NONE);
-        }
-        self.offsets[i] = offset;
-        self.records += 1;
-    }
-
     /// Offset of the row's latest record.
-    pub fn offset(&self, row: u64) -> Option<u64> {
-        self.offsets
-            .get(row as usize)
-            .copied()
-            .filter(|o| *o != NONE)
+    pub fn offset(&self, row: u64) -> Result<Option<u64>, JournalError> {
+        match &self.slots {
+            Some(s) => s.get(row),
+            None => Ok(None),
+        }
     }
 
-    /// Number of rows with at least one record.
-    pub fn rows_with_records(&self) -> u64 {
-        self.offsets.iter().filter(|o| **o != NONE).count() as u64
+    /// Offsets of rows asked for in increasing order, read a page of slots at a time; for
+    /// building the output once nothing is written any more (it does not see later records).
+    pub fn cursor(&self) -> SlotCursor<'_> {
+        SlotCursor {
+            slots: self.slots.as_deref(),
+            page: None,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// Slots per page read or written at once (32 KiB).
+const PAGE: u64 = 4096;
+
+/// The row → offset table of a journal: 8 bytes per row at `row * 8` in an unnamed temporary
+/// file beside the journal, holding `offset + 1` (0, as in a hole or past the end, is "no
+/// record"). It is only a cache: rebuilt from the journal on every open, and removed by the
+/// OS when the process ends, however it ends. The OS's page cache, not our heap, holds it.
+#[derive(Debug)]
+struct Slots {
+    file: File,
+    /// The journal's path, for error messages.
+    journal: PathBuf,
+}
+
+impl Slots {
+    fn create(journal: &Path) -> Result<Slots, JournalError> {
+        let dir = journal
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // The system temp dir when the journal's folder is read-only (a dry run over someone
+        // else's files).
+        let file = tempfile::tempfile_in(dir)
+            .or_else(|_| tempfile::tempfile())
+            .map_err(io_err(journal))?;
+        Ok(Slots {
+            file,
+            journal: journal.to_path_buf(),
+        })
+    }
+
+    fn err(&self, row: u64, e: std::io::Error) -> JournalError {
+        JournalError::Io {
+            path: self.journal.clone(),
+            source: std::io::Error::new(e.kind(), format!("index slot of row {row}: {e}")),
+        }
+    }
+
+    fn get(&self, row: u64) -> Result<Option<u64>, JournalError> {
+        let mut b = [0u8; 8];
+        let at = row.saturating_mul(8);
+        match read_at(&self.file, &mut b, at) {
+            Ok(n) if n == b.len() => Ok(u64::from_le_bytes(b).checked_sub(1)),
+            Ok(_) => Ok(None), // past the end: no record
+            Err(e) => Err(self.err(row, e)),
+        }
+    }
+
+    fn set(&self, row: u64, offset: u64) -> Result<(), JournalError> {
+        let at = row.checked_mul(8).ok_or_else(|| out_of_range(self, row))?;
+        write_all_at(&self.file, &(offset + 1).to_le_bytes(), at).map_err(|e| self.err(row, e))
+    }
+
+    /// Reads page `page` into `buf` (zeros past the end of the file).
+    fn read_page(&self, page: u64, buf: &mut Vec<u8>) -> Result<(), JournalError> {
+        buf.clear();
+        buf.resize((PAGE * 8) as usize, 0);
+        let mut done = 0;
+        while done < buf.len() {
+            let at = page * PAGE * 8 + done as u64;
+            match read_at(&self.file, &mut buf[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.err(page * PAGE, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn out_of_range(slots: &Slots, row: u64) -> JournalError {
+    slots.err(row, std::io::Error::other("row number out of range"))
+}
+
+/// Slot value `row` of a page held in `buf`.
+fn slot_in(buf: &[u8], row: u64) -> u64 {
+    let i = (row % PAGE) as usize * 8;
+    u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, at)
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, at)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, at)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut buf: &[u8], mut at: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, buf, at)?;
+        buf = &buf[n..];
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Reads slots in increasing row order, a page at a time (see [`JournalIndex::cursor`]).
+pub struct SlotCursor<'a> {
+    slots: Option<&'a Slots>,
+    page: Option<u64>,
+    buf: Vec<u8>,
+}
+
+impl SlotCursor<'_> {
+    /// Offset of the row's latest record.
+    pub fn offset(&mut self, row: u64) -> Result<Option<u64>, JournalError> {
+        let Some(slots) = self.slots else {
+            return Ok(None);
+        };
+        let page = row / PAGE;
+        if self.page != Some(page) {
+            slots.read_page(page, &mut self.buf)?;
+            self.page = Some(page);
+        }
+        Ok(slot_in(&self.buf, row).checked_sub(1))
+    }
+}
+
+/// Slot writes of the opening scan, a page at a time: records are mostly in row order (out
+/// of order only by the requests that were in flight together).
+struct ScanPage<'a> {
+    slots: &'a Slots,
+    page: Option<u64>,
+    buf: Vec<u8>,
+    dirty: bool,
+}
+
+impl ScanPage<'_> {
+    /// Sets the row's slot; true when the row had no record before.
+    fn set(&mut self, row: u64, offset: u64) -> Result<bool, JournalError> {
+        if row.checked_mul(8).is_none() {
+            return Err(out_of_range(self.slots, row));
+        }
+        let page = row / PAGE;
+        if self.page != Some(page) {
+            self.flush()?;
+            self.slots.read_page(page, &mut self.buf)?;
+            self.page = Some(page);
+        }
+        let first = slot_in(&self.buf, row) == 0;
+        let i = (row % PAGE) as usize * 8;
+        self.buf[i..i + 8].copy_from_slice(&(offset + 1).to_le_bytes());
+        self.dirty = true;
+        Ok(first)
+    }
+
+    fn flush(&mut self) -> Result<(), JournalError> {
+        if let (Some(page), true) = (self.page, self.dirty) {
+            write_all_at(&self.slots.file, &self.buf, page * PAGE * 8)
+                .map_err(|e| self.slots.err(page * PAGE, e))?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 }
 
@@ -137,7 +303,7 @@ pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
         .create(true)
         .open(path)
         .map_err(&err)?;
-    let (mut index, good_end) = scan(&mut file, path)?;
+    let (index, good_end) = scan(&mut file, path)?;
     if index.repaired_tail {
         file.set_len(good_end).map_err(&err)?;
         tracing::warn!(
@@ -146,7 +312,6 @@ pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
             path.display()
         );
     }
-    index.records = index.rows_with_records();
     Ok(JournalWriter {
         file,
         path: path.to_path_buf(),
@@ -164,14 +329,21 @@ pub fn read_index(path: &Path) -> Result<Option<JournalIndex>, JournalError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let (mut index, _) = scan(&mut file, path)?;
-    index.records = index.rows_with_records();
+    let (index, _) = scan(&mut file, path)?;
     Ok(Some(index))
 }
 
-/// Reads every record from the start of `file`: the index, and where the last good line ends.
+/// Reads every record from the start of `file`: the index (`records` = rows with a record),
+/// and where the last good line ends.
 fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalError> {
     let err = io_err(path);
+    let slots = Slots::create(path)?;
+    let mut page = ScanPage {
+        slots: &slots,
+        page: None,
+        buf: Vec::new(),
+        dirty: false,
+    };
     let mut index = JournalIndex::default();
     let mut good_end = 0u64;
     let mut reader = BufReader::with_capacity(1 << 16, file);
@@ -186,7 +358,9 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
         let complete = line.last() == Some(&b'\n');
         match serde_json::from_slice::<RowOnly>(&line) {
             Ok(r) if complete => {
-                index.set(r.row, offset);
+                if page.set(r.row, offset)? {
+                    index.records += 1;
+                }
                 if r.usage.is_some() && !r.cached {
                     match r.cost_pico {
                         Some(c) => index.spent = index.spent.saturating_add(Money(c)),
@@ -209,6 +383,8 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
     if offset != good_end {
         index.repaired_tail = true;
     }
+    page.flush()?;
+    index.slots = Some(Arc::new(slots));
     Ok((index, good_end))
 }
 
@@ -237,14 +413,18 @@ impl JournalWriter {
         self.file
             .write_all(&self.line)
             .map_err(io_err(&self.path))?;
-        self.index.set(record.row, self.len);
+        let at = self.len;
+        self.len += self.line.len() as u64;
+        self.index.records += 1;
         if record.usage.is_some() && !record.cached {
             match record.cost_pico {
                 Some(c) => self.index.spent = self.index.spent.saturating_add(Money(c)),
                 None => self.index.unpriced += 1,
             }
         }
-        self.len += self.line.len() as u64;
+        if let Some(slots) = &self.index.slots {
+            slots.set(record.row, at)?;
+        }
         Ok(())
     }
 
@@ -308,7 +488,7 @@ impl JournalReader {
 
     /// The latest record of a row, if any.
     pub fn get(&mut self, index: &JournalIndex, row: u64) -> Result<Option<Record>, JournalError> {
-        match index.offset(row) {
+        match index.offset(row)? {
             Some(o) => self.read_at(o).map(Some),
             None => Ok(None),
         }
@@ -376,7 +556,7 @@ mod tests {
         let mut w = open(&path).unwrap();
         assert!(w.index().repaired_tail);
         assert_eq!(w.index().records, 1);
-        assert!(w.index().offset(1).is_none());
+        assert!(w.index().offset(1).unwrap().is_none());
         w.append(&rec(1, Status::Ok)).unwrap();
         drop(w);
         let w = open(&path).unwrap();
@@ -384,6 +564,39 @@ mod tests {
         assert_eq!(w.index().records, 2);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
+    }
+
+    #[test]
+    fn the_index_spans_pages_and_rows_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let rows = [PAGE + 3, 1, 3 * PAGE, PAGE - 1, 0, PAGE + 3, 5 * PAGE + 7];
+        let mut w = open(&path).unwrap();
+        for (i, &row) in rows.iter().enumerate() {
+            let status = if i == 5 { Status::Failed } else { Status::Ok };
+            w.append(&rec(row, status)).unwrap();
+        }
+        let live = w.index().clone();
+        drop(w);
+        let idx = read_index(&path).unwrap().unwrap();
+        assert_eq!(idx.records, 6, "rows with a record");
+        for index in [&live, &idx] {
+            let mut r = JournalReader::open(&path).unwrap();
+            let latest = r.get(index, PAGE + 3).unwrap().unwrap();
+            assert_eq!(latest.status, Status::Failed, "the latest record wins");
+            let mut cursor = index.cursor();
+            let mut found = Vec::new();
+            for row in 0..6 * PAGE {
+                let offset = cursor.offset(row).unwrap();
+                assert_eq!(offset, index.offset(row).unwrap(), "row {row}");
+                if let Some(o) = offset {
+                    assert_eq!(r.read_at(o).unwrap().row, row);
+                    found.push(row);
+                }
+            }
+            assert_eq!(found, [0, 1, PAGE - 1, PAGE + 3, 3 * PAGE, 5 * PAGE + 7]);
+        }
+        assert!(JournalIndex::default().offset(3).unwrap().is_none());
     }
 
     #[test]
