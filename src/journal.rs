@@ -14,6 +14,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Choice;
+use crate::slots::{SlotCursor, SlotFile};
 use crate::types::{Money, Usage};
 
 /// How a row ended.
@@ -68,10 +69,10 @@ pub enum JournalError {
 
 /// Where each row's latest record sits in the journal file, and what the journal adds up to.
 ///
-/// The row → offset table is not held in RAM (it would grow by 8 bytes a row): it lives in
-/// a [`Slots`] file, so a run's memory stays flat however many rows it has. Clones share that
-/// table and see records appended after they were made; records are never moved, so every
-/// offset stays valid.
+/// The row → offset table is not held in RAM (it would grow by 8 bytes a row): it is a
+/// [`SlotFile`] rebuilt from the journal on every open, so the journal stays the only source
+/// of truth. Clones share that table and see records appended after they were made; records
+/// are never moved, so every offset stays valid.
 #[derive(Debug, Default, Clone)]
 pub struct JournalIndex {
     /// None for an index with no record (nothing to look up).
@@ -88,189 +89,48 @@ pub struct JournalIndex {
     pub unpriced: u64,
 }
 
+/// The offset table and the journal it indexes (for error messages).
+#[derive(Debug)]
+struct Slots {
+    table: SlotFile,
+    journal: PathBuf,
+}
+
 impl JournalIndex {
     /// Offset of the row's latest record.
     pub fn offset(&self, row: u64) -> Result<Option<u64>, JournalError> {
         match &self.slots {
-            Some(s) => s.get(row),
+            Some(s) => s.table.get(row).map_err(io_err(&s.journal)),
             None => Ok(None),
         }
     }
 
-    /// Offsets of rows asked for in increasing order, read a page of slots at a time; for
-    /// building the output once nothing is written any more (it does not see later records).
-    pub fn cursor(&self) -> SlotCursor<'_> {
-        SlotCursor {
-            slots: self.slots.as_deref(),
-            page: None,
-            buf: Vec::new(),
+    /// Offsets of rows asked for in increasing order, read a page at a time; for building
+    /// the output once nothing is written any more (it does not see later records).
+    pub fn cursor(&self) -> JournalCursor<'_> {
+        match &self.slots {
+            Some(s) => JournalCursor {
+                slots: s.table.cursor(),
+                journal: &s.journal,
+            },
+            None => JournalCursor {
+                slots: SlotCursor::empty(),
+                journal: Path::new(""),
+            },
         }
     }
 }
 
-/// Slots per page read or written at once (32 KiB).
-const PAGE: u64 = 4096;
-
-/// The row → offset table of a journal: 8 bytes per row at `row * 8` in an unnamed temporary
-/// file beside the journal, holding `offset + 1` (0, as in a hole or past the end, is "no
-/// record"). It is only a cache: rebuilt from the journal on every open, and removed by the
-/// OS when the process ends, however it ends. The OS's page cache, not our heap, holds it.
-#[derive(Debug)]
-struct Slots {
-    file: File,
-    /// The journal's path, for error messages.
-    journal: PathBuf,
+/// See [`JournalIndex::cursor`].
+pub struct JournalCursor<'a> {
+    slots: SlotCursor<'a>,
+    journal: &'a Path,
 }
 
-impl Slots {
-    fn create(journal: &Path) -> Result<Slots, JournalError> {
-        let dir = journal
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        // The system temp dir when the journal's folder is read-only (a dry run over someone
-        // else's files).
-        let file = tempfile::tempfile_in(dir)
-            .or_else(|_| tempfile::tempfile())
-            .map_err(io_err(journal))?;
-        Ok(Slots {
-            file,
-            journal: journal.to_path_buf(),
-        })
-    }
-
-    fn err(&self, row: u64, e: std::io::Error) -> JournalError {
-        JournalError::Io {
-            path: self.journal.clone(),
-            source: std::io::Error::new(e.kind(), format!("index slot of row {row}: {e}")),
-        }
-    }
-
-    fn get(&self, row: u64) -> Result<Option<u64>, JournalError> {
-        let mut b = [0u8; 8];
-        let at = row.saturating_mul(8);
-        match read_at(&self.file, &mut b, at) {
-            Ok(n) if n == b.len() => Ok(u64::from_le_bytes(b).checked_sub(1)),
-            Ok(_) => Ok(None), // past the end: no record
-            Err(e) => Err(self.err(row, e)),
-        }
-    }
-
-    fn set(&self, row: u64, offset: u64) -> Result<(), JournalError> {
-        let at = row.checked_mul(8).ok_or_else(|| out_of_range(self, row))?;
-        write_all_at(&self.file, &(offset + 1).to_le_bytes(), at).map_err(|e| self.err(row, e))
-    }
-
-    /// Reads page `page` into `buf` (zeros past the end of the file).
-    fn read_page(&self, page: u64, buf: &mut Vec<u8>) -> Result<(), JournalError> {
-        buf.clear();
-        buf.resize((PAGE * 8) as usize, 0);
-        let mut done = 0;
-        while done < buf.len() {
-            let at = page * PAGE * 8 + done as u64;
-            match read_at(&self.file, &mut buf[done..], at) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.err(page * PAGE, e)),
-            }
-        }
-        Ok(())
-    }
-}
-
-fn out_of_range(slots: &Slots, row: u64) -> JournalError {
-    slots.err(row, std::io::Error::other("row number out of range"))
-}
-
-/// Slot value `row` of a page held in `buf`.
-fn slot_in(buf: &[u8], row: u64) -> u64 {
-    let i = (row % PAGE) as usize * 8;
-    u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"))
-}
-
-#[cfg(unix)]
-fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
-    std::os::unix::fs::FileExt::read_at(file, buf, at)
-}
-
-#[cfg(unix)]
-fn write_all_at(file: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, at)
-}
-
-#[cfg(windows)]
-fn read_at(file: &File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
-    std::os::windows::fs::FileExt::seek_read(file, buf, at)
-}
-
-#[cfg(windows)]
-fn write_all_at(file: &File, mut buf: &[u8], mut at: u64) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        let n = std::os::windows::fs::FileExt::seek_write(file, buf, at)?;
-        buf = &buf[n..];
-        at += n as u64;
-    }
-    Ok(())
-}
-
-/// Reads slots in increasing row order, a page at a time (see [`JournalIndex::cursor`]).
-pub struct SlotCursor<'a> {
-    slots: Option<&'a Slots>,
-    page: Option<u64>,
-    buf: Vec<u8>,
-}
-
-impl SlotCursor<'_> {
+impl JournalCursor<'_> {
     /// Offset of the row's latest record.
     pub fn offset(&mut self, row: u64) -> Result<Option<u64>, JournalError> {
-        let Some(slots) = self.slots else {
-            return Ok(None);
-        };
-        let page = row / PAGE;
-        if self.page != Some(page) {
-            slots.read_page(page, &mut self.buf)?;
-            self.page = Some(page);
-        }
-        Ok(slot_in(&self.buf, row).checked_sub(1))
-    }
-}
-
-/// Slot writes of the opening scan, a page at a time: records are mostly in row order (out
-/// of order only by the requests that were in flight together).
-struct ScanPage<'a> {
-    slots: &'a Slots,
-    page: Option<u64>,
-    buf: Vec<u8>,
-    dirty: bool,
-}
-
-impl ScanPage<'_> {
-    /// Sets the row's slot; true when the row had no record before.
-    fn set(&mut self, row: u64, offset: u64) -> Result<bool, JournalError> {
-        if row.checked_mul(8).is_none() {
-            return Err(out_of_range(self.slots, row));
-        }
-        let page = row / PAGE;
-        if self.page != Some(page) {
-            self.flush()?;
-            self.slots.read_page(page, &mut self.buf)?;
-            self.page = Some(page);
-        }
-        let first = slot_in(&self.buf, row) == 0;
-        let i = (row % PAGE) as usize * 8;
-        self.buf[i..i + 8].copy_from_slice(&(offset + 1).to_le_bytes());
-        self.dirty = true;
-        Ok(first)
-    }
-
-    fn flush(&mut self) -> Result<(), JournalError> {
-        if let (Some(page), true) = (self.page, self.dirty) {
-            write_all_at(&self.slots.file, &self.buf, page * PAGE * 8)
-                .map_err(|e| self.slots.err(page * PAGE, e))?;
-            self.dirty = false;
-        }
-        Ok(())
+        self.slots.get(row).map_err(io_err(self.journal))
     }
 }
 
@@ -337,13 +197,8 @@ pub fn read_index(path: &Path) -> Result<Option<JournalIndex>, JournalError> {
 /// and where the last good line ends.
 fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalError> {
     let err = io_err(path);
-    let slots = Slots::create(path)?;
-    let mut page = ScanPage {
-        slots: &slots,
-        page: None,
-        buf: Vec::new(),
-        dirty: false,
-    };
+    let table = SlotFile::create_beside(path).map_err(&err)?;
+    let mut page = table.page_writer();
     let mut index = JournalIndex::default();
     let mut good_end = 0u64;
     let mut reader = BufReader::with_capacity(1 << 16, file);
@@ -358,7 +213,7 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
         let complete = line.last() == Some(&b'\n');
         match serde_json::from_slice::<RowOnly>(&line) {
             Ok(r) if complete => {
-                if page.set(r.row, offset)? {
+                if page.set(r.row, offset).map_err(&err)? {
                     index.records += 1;
                 }
                 if r.usage.is_some() && !r.cached {
@@ -383,8 +238,11 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
     if offset != good_end {
         index.repaired_tail = true;
     }
-    page.flush()?;
-    index.slots = Some(Arc::new(slots));
+    page.flush().map_err(&err)?;
+    index.slots = Some(Arc::new(Slots {
+        table,
+        journal: path.to_path_buf(),
+    }));
     Ok((index, good_end))
 }
 
@@ -423,7 +281,10 @@ impl JournalWriter {
             }
         }
         if let Some(slots) = &self.index.slots {
-            slots.set(record.row, at)?;
+            slots
+                .table
+                .set(record.row, at)
+                .map_err(io_err(&self.path))?;
         }
         Ok(())
     }
@@ -570,6 +431,7 @@ mod tests {
     fn the_index_spans_pages_and_rows_out_of_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.jsonl");
+        const PAGE: u64 = crate::slots::PAGE;
         let rows = [PAGE + 3, 1, 3 * PAGE, PAGE - 1, 0, PAGE + 3, 5 * PAGE + 7];
         let mut w = open(&path).unwrap();
         for (i, &row) in rows.iter().enumerate() {
