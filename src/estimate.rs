@@ -20,6 +20,7 @@ use crate::config::Job;
 use crate::cost::{ModelPrice, Tier};
 use crate::plan::Planner;
 use crate::resume::{Resume, ResumeCounts};
+use crate::slots::SlotFile;
 use crate::source::{Source, SourceError, SourceOptions};
 use crate::types::{Message, Money, Row, Usage};
 
@@ -40,6 +41,9 @@ pub struct EstimateOptions<'a> {
     pub workers: usize,
     /// An earlier run's journal, to count what a resumed run would skip; `None` = no journal.
     pub resume: Option<&'a Resume>,
+    /// Where to write each row's prompt-token count (by row index), for a run to send the
+    /// rows without loading the tokenizer again.
+    pub record_tokens: Option<&'a SlotFile>,
 }
 
 /// Everything the dry run reports. Field names are the `--json` format (see
@@ -391,6 +395,7 @@ fn plan_chunk(
     items: Vec<(u64, Result<Row, SourceError>)>,
 ) -> ChunkResult {
     let mut r = ChunkResult::default();
+    let mut counted = Vec::new();
     for (pos, item) in items {
         r.rows += 1;
         let row = match item {
@@ -426,6 +431,9 @@ fn plan_chunk(
             }
         }
         let tokens = planned.prompt_tokens;
+        if opts.record_tokens.is_some() {
+            counted.push((row.index, tokens));
+        }
         r.requests += 1;
         r.prompt_tokens += tokens;
         r.reserve_prompt += planner.prompt_tokens_to_reserve(tokens);
@@ -452,7 +460,27 @@ fn plan_chunk(
             });
         }
     }
+    if let Some(slots) = opts.record_tokens {
+        if let Err(e) = record_tokens(slots, &counted) {
+            r.error = Some(format!("cannot keep token counts: {e}"));
+        }
+    }
     r
+}
+
+/// Writes counts by row, one write per run of consecutive rows (a chunk is one run unless it
+/// has bad rows).
+fn record_tokens(slots: &SlotFile, counted: &[(u64, u64)]) -> std::io::Result<()> {
+    let mut rest = counted;
+    while let Some(&(first, _)) = rest.first() {
+        let len = (1..rest.len())
+            .find(|&i| rest[i].0 != first + i as u64)
+            .unwrap_or(rest.len());
+        let run: Vec<Option<u64>> = rest[..len].iter().map(|&(_, t)| Some(t)).collect();
+        slots.set_run(first, &run)?;
+        rest = &rest[len..];
+    }
+    Ok(())
 }
 
 /// The shortest time `requests` requests taking `tokens` tokens in all can take under the

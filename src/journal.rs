@@ -9,10 +9,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::client::Choice;
+use crate::slots::{SlotCursor, SlotFile};
 use crate::types::{Money, Usage};
 
 /// How a row ended.
@@ -86,11 +88,16 @@ pub enum JournalError {
     },
 }
 
-/// Where each row's latest record sits in the journal file: one u64 per row
-/// (8 MB for a million rows), `NONE` where the row has no record.
+/// Where each row's latest record sits in the journal file, and what the journal adds up to.
+///
+/// The row → offset table is not held in RAM (it would grow by 8 bytes a row): it is a
+/// [`SlotFile`] rebuilt from the journal on every open, so the journal stays the only source
+/// of truth. Clones share that table and see records appended after they were made; records
+/// are never moved, so every offset stays valid.
 #[derive(Debug, Default, Clone)]
 pub struct JournalIndex {
-    offsets: Vec<u64>,
+    /// None for an index with no record (nothing to look up).
+    slots: Option<Arc<Slots>>,
     /// Records read or written.
     pub records: u64,
     /// A truncated or corrupt tail was cut off when opening.
@@ -103,29 +110,48 @@ pub struct JournalIndex {
     pub unpriced: u64,
 }
 
-const NONE: u64 = u64::MAX;
+/// The offset table and the journal it indexes (for error messages).
+#[derive(Debug)]
+struct Slots {
+    table: SlotFile,
+    journal: PathBuf,
+}
 
 impl JournalIndex {
-    fn set(&mut self, row: u64, offset: u64) {
-        let i = row as usize;
-        if self.offsets.len() <= i {
-            self.offsets.resize(i + 1, NONE);
-        }
-        self.offsets[i] = offset;
-        self.records += 1;
-    }
-
     /// Offset of the row's latest record.
-    pub fn offset(&self, row: u64) -> Option<u64> {
-        self.offsets
-            .get(row as usize)
-            .copied()
-            .filter(|o| *o != NONE)
+    pub fn offset(&self, row: u64) -> Result<Option<u64>, JournalError> {
+        match &self.slots {
+            Some(s) => s.table.get(row).map_err(io_err(&s.journal)),
+            None => Ok(None),
+        }
     }
 
-    /// Number of rows with at least one record.
-    pub fn rows_with_records(&self) -> u64 {
-        self.offsets.iter().filter(|o| **o != NONE).count() as u64
+    /// Offsets of rows asked for in increasing order, read a page at a time; for building
+    /// the output once nothing is written any more (it does not see later records).
+    pub fn cursor(&self) -> JournalCursor<'_> {
+        match &self.slots {
+            Some(s) => JournalCursor {
+                slots: s.table.cursor(),
+                journal: &s.journal,
+            },
+            None => JournalCursor {
+                slots: SlotCursor::empty(),
+                journal: Path::new(""),
+            },
+        }
+    }
+}
+
+/// See [`JournalIndex::cursor`].
+pub struct JournalCursor<'a> {
+    slots: SlotCursor<'a>,
+    journal: &'a Path,
+}
+
+impl JournalCursor<'_> {
+    /// Offset of the row's latest record.
+    pub fn offset(&mut self, row: u64) -> Result<Option<u64>, JournalError> {
+        self.slots.get(row).map_err(io_err(self.journal))
     }
 }
 
@@ -158,7 +184,7 @@ pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
         .create(true)
         .open(path)
         .map_err(&err)?;
-    let (mut index, good_end) = scan(&mut file, path)?;
+    let (index, good_end) = scan(&mut file, path)?;
     if index.repaired_tail {
         file.set_len(good_end).map_err(&err)?;
         tracing::warn!(
@@ -167,7 +193,6 @@ pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
             path.display()
         );
     }
-    index.records = index.rows_with_records();
     Ok(JournalWriter {
         file,
         path: path.to_path_buf(),
@@ -185,14 +210,16 @@ pub fn read_index(path: &Path) -> Result<Option<JournalIndex>, JournalError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let (mut index, _) = scan(&mut file, path)?;
-    index.records = index.rows_with_records();
+    let (index, _) = scan(&mut file, path)?;
     Ok(Some(index))
 }
 
-/// Reads every record from the start of `file`: the index, and where the last good line ends.
+/// Reads every record from the start of `file`: the index (`records` = rows with a record),
+/// and where the last good line ends.
 fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalError> {
     let err = io_err(path);
+    let table = SlotFile::create_beside(path).map_err(&err)?;
+    let mut page = table.page_writer();
     let mut index = JournalIndex::default();
     let mut good_end = 0u64;
     let mut reader = BufReader::with_capacity(1 << 16, file);
@@ -207,7 +234,9 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
         let complete = line.last() == Some(&b'\n');
         match serde_json::from_slice::<RowOnly>(&line) {
             Ok(r) if complete => {
-                index.set(r.row, offset);
+                if page.set(r.row, offset).map_err(&err)? {
+                    index.records += 1;
+                }
                 if r.usage.is_some() && !r.cached {
                     match r.cost_pico {
                         Some(c) => index.spent = index.spent.saturating_add(Money(c)),
@@ -230,6 +259,11 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
     if offset != good_end {
         index.repaired_tail = true;
     }
+    page.flush().map_err(&err)?;
+    index.slots = Some(Arc::new(Slots {
+        table,
+        journal: path.to_path_buf(),
+    }));
     Ok((index, good_end))
 }
 
@@ -258,14 +292,21 @@ impl JournalWriter {
         self.file
             .write_all(&self.line)
             .map_err(io_err(&self.path))?;
-        self.index.set(record.row, self.len);
+        let at = self.len;
+        self.len += self.line.len() as u64;
+        self.index.records += 1;
         if record.usage.is_some() && !record.cached {
             match record.cost_pico {
                 Some(c) => self.index.spent = self.index.spent.saturating_add(Money(c)),
                 None => self.index.unpriced += 1,
             }
         }
-        self.len += self.line.len() as u64;
+        if let Some(slots) = &self.index.slots {
+            slots
+                .table
+                .set(record.row, at)
+                .map_err(io_err(&self.path))?;
+        }
         Ok(())
     }
 
@@ -329,7 +370,7 @@ impl JournalReader {
 
     /// The latest record of a row, if any.
     pub fn get(&mut self, index: &JournalIndex, row: u64) -> Result<Option<Record>, JournalError> {
-        match index.offset(row) {
+        match index.offset(row)? {
             Some(o) => self.read_at(o).map(Some),
             None => Ok(None),
         }
@@ -397,7 +438,7 @@ mod tests {
         let mut w = open(&path).unwrap();
         assert!(w.index().repaired_tail);
         assert_eq!(w.index().records, 1);
-        assert!(w.index().offset(1).is_none());
+        assert!(w.index().offset(1).unwrap().is_none());
         w.append(&rec(1, Status::Ok)).unwrap();
         drop(w);
         let w = open(&path).unwrap();
@@ -405,6 +446,40 @@ mod tests {
         assert_eq!(w.index().records, 2);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
+    }
+
+    #[test]
+    fn the_index_spans_pages_and_rows_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        const PAGE: u64 = crate::slots::PAGE;
+        let rows = [PAGE + 3, 1, 3 * PAGE, PAGE - 1, 0, PAGE + 3, 5 * PAGE + 7];
+        let mut w = open(&path).unwrap();
+        for (i, &row) in rows.iter().enumerate() {
+            let status = if i == 5 { Status::Failed } else { Status::Ok };
+            w.append(&rec(row, status)).unwrap();
+        }
+        let live = w.index().clone();
+        drop(w);
+        let idx = read_index(&path).unwrap().unwrap();
+        assert_eq!(idx.records, 6, "rows with a record");
+        for index in [&live, &idx] {
+            let mut r = JournalReader::open(&path).unwrap();
+            let latest = r.get(index, PAGE + 3).unwrap().unwrap();
+            assert_eq!(latest.status, Status::Failed, "the latest record wins");
+            let mut cursor = index.cursor();
+            let mut found = Vec::new();
+            for row in 0..6 * PAGE {
+                let offset = cursor.offset(row).unwrap();
+                assert_eq!(offset, index.offset(row).unwrap(), "row {row}");
+                if let Some(o) = offset {
+                    assert_eq!(r.read_at(o).unwrap().row, row);
+                    found.push(row);
+                }
+            }
+            assert_eq!(found, [0, 1, PAGE - 1, PAGE + 3, 3 * PAGE, 5 * PAGE + 7]);
+        }
+        assert!(JournalIndex::default().offset(3).unwrap().is_none());
     }
 
     #[test]

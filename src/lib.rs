@@ -22,6 +22,7 @@ pub mod resume;
 pub mod scheduler;
 pub mod schema;
 pub mod sink;
+pub mod slots;
 pub mod source;
 pub mod summary;
 pub mod tokens;

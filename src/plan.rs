@@ -29,7 +29,10 @@ pub struct Planned {
 /// Plans rows for one job.
 pub struct Planner {
     renderer: Renderer,
-    counter: TokenCounter,
+    /// None once released (see [`Planner::release_tokenizer`]).
+    counter: Option<TokenCounter>,
+    exact: bool,
+    encoding: crate::tokens::Encoding,
     provider: Box<dyn Provider>,
     job: Job,
     url: String,
@@ -44,9 +47,12 @@ impl Planner {
         base_url: &str,
     ) -> Planner {
         let url = provider.url(base_url, &job.model);
+        let counter = TokenCounter::for_model(&job.model.name);
         Planner {
             renderer,
-            counter: TokenCounter::for_model(&job.model.name),
+            exact: counter.is_exact(),
+            encoding: counter.encoding(),
+            counter: Some(counter),
             provider,
             job: job.clone(),
             url,
@@ -55,14 +61,21 @@ impl Planner {
 
     /// Renders and prices one row.
     pub fn plan(&self, row: &Row) -> Result<Planned, RenderError> {
+        self.plan_counted(row, None)
+    }
+
+    /// Like [`plan`](Self::plan), with the prompt tokens already counted (by the estimate
+    /// pass) when `prompt_tokens` is given.
+    pub fn plan_counted(
+        &self,
+        row: &Row,
+        prompt_tokens: Option<u64>,
+    ) -> Result<Planned, RenderError> {
         let messages = self.renderer.render(row)?;
         let body = self.provider.body(&self.job.model, &messages);
-        let prompt_tokens = match self.job.api.endpoint {
-            Endpoint::Chat => self.counter.count_chat(&messages),
-            Endpoint::Completions => {
-                let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
-                self.counter.count_text(&text.join("\n\n"))
-            }
+        let prompt_tokens = match prompt_tokens {
+            Some(n) => n,
+            None => self.count(&messages),
         };
         let hash = request_hash(self.provider.name(), &self.url, &body);
         Ok(Planned {
@@ -73,14 +86,40 @@ impl Planner {
         })
     }
 
+    fn count(&self, messages: &[Message]) -> u64 {
+        // Released: a row the estimate did not count (the input changed under the run) loads
+        // the tables again for a moment.
+        let loaded;
+        let counter = match &self.counter {
+            Some(c) => c,
+            None => {
+                loaded = TokenCounter::for_model(&self.job.model.name);
+                &loaded
+            }
+        };
+        match self.job.api.endpoint {
+            Endpoint::Chat => counter.count_chat(messages),
+            Endpoint::Completions => {
+                let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+                counter.count_text(&text.join("\n\n"))
+            }
+        }
+    }
+
+    /// Lets go of the tokenizer (its tables are freed once no other counter uses them): a
+    /// run calls it after the estimate pass has counted every row.
+    pub fn release_tokenizer(&mut self) {
+        self.counter = None;
+    }
+
     /// True when prompt-token counts are exact for this model.
     pub fn exact_tokens(&self) -> bool {
-        self.counter.is_exact()
+        self.exact
     }
 
     /// The tokenizer used for prompt counts.
     pub fn encoding(&self) -> crate::tokens::Encoding {
-        self.counter.encoding()
+        self.encoding
     }
 
     /// Tokens a request may generate in total (max_tokens × variants).
@@ -91,7 +130,7 @@ impl Planner {
     /// The prompt-token count to reserve for budget and rate limits: exact counts as they
     /// are, approximations with a 25% margin so the cap holds even when they run low.
     pub fn prompt_tokens_to_reserve(&self, counted: u64) -> u64 {
-        if self.counter.is_exact() {
+        if self.exact {
             counted
         } else {
             counted + counted / 4 + 8

@@ -16,6 +16,8 @@
 //! characters it is made of, the way the API treats message content, never as one special
 //! token.
 
+use std::sync::{Arc, Mutex, Weak};
+
 use crate::types::{Message, Role};
 use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
 use tiktoken_rs::CoreBPE;
@@ -45,13 +47,34 @@ impl Encoding {
         }
     }
 
-    fn bpe(self) -> &'static CoreBPE {
-        match self {
-            Encoding::O200kBase => tiktoken_rs::o200k_base_singleton(),
-            Encoding::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
-            Encoding::O200kHarmony => tiktoken_rs::o200k_harmony_singleton(),
-            Encoding::P50kBase => tiktoken_rs::p50k_base_singleton(),
+    /// The BPE tables, shared by every counter alive; loaded when there is none, and freed
+    /// with the last one. Not tiktoken-rs's singletons, which live as long as the process:
+    /// o200k alone is ~40 MB resident (600k small allocations), which a run does not need
+    /// once the estimate pass has counted every row (see
+    /// [`Planner::release_tokenizer`](crate::plan::Planner::release_tokenizer)).
+    fn bpe(self) -> Arc<CoreBPE> {
+        static LOADED: Mutex<Vec<(Encoding, Weak<CoreBPE>)>> = Mutex::new(Vec::new());
+        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|(_, w)| w.strong_count() > 0);
+        if let Some(bpe) = loaded
+            .iter()
+            .find(|(e, _)| *e == self)
+            .and_then(|(_, w)| w.upgrade())
+        {
+            return bpe;
         }
+        // The vocabularies are embedded in the binary: loading cannot fail.
+        let bpe = Arc::new(
+            match self {
+                Encoding::O200kBase => tiktoken_rs::o200k_base(),
+                Encoding::Cl100kBase => tiktoken_rs::cl100k_base(),
+                Encoding::O200kHarmony => tiktoken_rs::o200k_harmony(),
+                Encoding::P50kBase => tiktoken_rs::p50k_base(),
+            }
+            .expect("embedded BPE vocabulary"),
+        );
+        loaded.push((self, Arc::downgrade(&bpe)));
+        bpe
     }
 }
 
@@ -67,11 +90,11 @@ pub struct ChatTurn<'a> {
     pub content: &'a str,
 }
 
-/// Counts prompt tokens for one model. Copying it is free: the BPE tables are process-wide
-/// singletons, loaded on first use and shared by every thread.
-#[derive(Clone, Copy)]
+/// Counts prompt tokens for one model. Cloning it is cheap: counters of the same encoding
+/// share one set of BPE tables, loaded on first use and freed when the last counter goes.
+#[derive(Clone)]
 pub struct TokenCounter {
-    bpe: &'static CoreBPE,
+    bpe: Arc<CoreBPE>,
     encoding: Encoding,
     exact: bool,
     /// Framing tokens per message (3, or 4 for gpt-3.5-turbo-0301).
@@ -254,8 +277,15 @@ mod tests {
     }
 
     #[test]
-    fn counter_is_send_sync_and_copy() {
-        fn assert_traits<T: Send + Sync + Copy + 'static>() {}
+    fn counter_is_send_sync_and_clone() {
+        fn assert_traits<T: Send + Sync + Clone + 'static>() {}
         assert_traits::<TokenCounter>();
+    }
+
+    #[test]
+    fn counters_share_tables_while_alive() {
+        let a = TokenCounter::for_model("gpt-4o");
+        let b = TokenCounter::for_model("gpt-4.1");
+        assert!(Arc::ptr_eq(&a.bpe, &b.bpe));
     }
 }

@@ -237,3 +237,61 @@ fn the_first_bad_row_is_reported_even_with_parallel_workers() {
     );
     assert_eq!(e["requests"], 2998);
 }
+
+/// A run counts every row once, in the estimate pass, and sends with those counts after
+/// letting go of the tokenizer: they must be the counts the tokenizer gives.
+#[test]
+fn recorded_token_counts_are_the_planner_counts() {
+    use promptmill::config::{Job, Overrides};
+    use promptmill::estimate::{estimate, EstimateOptions};
+    use promptmill::plan::Planner;
+    use promptmill::render::Renderer;
+    use promptmill::slots::SlotFile;
+    use promptmill::source::{Source, SourceOptions};
+
+    let (ws, job) = setup(600, "http://127.0.0.1:9", "");
+    let job = Job::load(std::path::Path::new(&job), &Overrides::default()).unwrap();
+    let planner = |job: &Job| {
+        let renderer = Renderer::new(&job.prompt_spec()).unwrap();
+        Planner::new(job, renderer, promptmill::client::provider_for(job), "x")
+    };
+    let counts = SlotFile::create_beside(&ws.path("rows.csv")).unwrap();
+    let opts = EstimateOptions {
+        price: None,
+        show: 0,
+        workers: 3,
+        resume: None,
+        record_tokens: Some(&counts),
+    };
+    let e = estimate(&job, &planner(&job), &opts).unwrap();
+    let mut released = planner(&job);
+    released.release_tokenizer();
+    let counting = planner(&job);
+    let source = Source::open(
+        &job.input.path,
+        &SourceOptions {
+            format: job.input_format(),
+            id_column: job.input.id.clone(),
+        },
+    )
+    .unwrap();
+    let (mut rows, mut total) = (0, 0);
+    for row in source {
+        let row = row.unwrap();
+        let recorded = counts
+            .get(row.index)
+            .unwrap()
+            .expect("a count for every row");
+        let counted = counting.plan(&row).unwrap();
+        assert_eq!(recorded, counted.prompt_tokens, "row {}", row.index);
+        let p = released.plan_counted(&row, Some(recorded)).unwrap();
+        assert_eq!(
+            (p.hash, p.body),
+            (counted.hash.clone(), counted.body.clone())
+        );
+        let p = released.plan(&row).unwrap();
+        assert_eq!(p.prompt_tokens, recorded, "counted again after the release");
+        (rows, total) = (rows + 1, total + recorded);
+    }
+    assert_eq!((rows, total), (e.requests, e.prompt_tokens.total));
+}

@@ -203,6 +203,7 @@ impl Ctx {
                 show: 0,
                 workers: 0,
                 resume: None,
+                record_tokens: None,
             };
             estimate(&job, &planner, &opts)
         })

@@ -26,6 +26,7 @@ use crate::render::Renderer;
 use crate::resume::{Decision, Resume, ResumeCounts};
 use crate::scheduler::{Scheduler, StopReason, WorkItem};
 use crate::sink::{self, OutputSpec};
+use crate::slots::{SlotCursor, SlotFile};
 use crate::source::{Source, SourceOptions};
 use crate::summary::Summary;
 use crate::types::{Money, Usage};
@@ -167,7 +168,7 @@ async fn run_job(
     prices: &PriceTable,
     started: Instant,
 ) -> anyhow::Result<u8> {
-    let planner = Arc::new(planner_for(job, args.mock).map_err(start_err)?);
+    let mut planner = Arc::new(planner_for(job, args.mock).map_err(start_err)?);
 
     let spec = output_spec(job).map_err(start_err)?;
 
@@ -178,10 +179,21 @@ async fn run_job(
             job.model.name
         )));
     }
+    // Each row's prompt tokens, counted once in the validation pass and read back by the
+    // producer, so that the run does not keep the tokenizer's tables (~40 MB).
+    let token_counts = if args.dry_run {
+        None
+    } else {
+        let counts = SlotFile::create_beside(&job.journal_path())
+            .context("cannot create a temporary file")
+            .map_err(start_err)?;
+        Some(Arc::new(counts))
+    };
     // The validation pass and the dry run are one and the same: every row rendered and
     // counted before a single request is sent.
     let validated = {
         let (job2, planner2, price2) = (job.clone(), planner.clone(), price.clone());
+        let counts = token_counts.clone();
         let show = if args.dry_run { args.show } else { 0 };
         let retry_failed = args.retry_failed;
         tokio::task::spawn_blocking(move || {
@@ -196,6 +208,7 @@ async fn run_job(
                 show,
                 workers: 0,
                 resume: resume.as_ref(),
+                record_tokens: counts.as_deref(),
             };
             estimate(&job2, &planner2, &opts)
         })
@@ -220,6 +233,10 @@ async fn run_job(
             println!("{}", serde_json::to_string_pretty(&validated)?);
         }
         return Ok(exit::OK);
+    }
+    // The estimate's copy of the planner is gone with its task.
+    if let Some(p) = Arc::get_mut(&mut planner) {
+        p.release_tokenizer();
     }
 
     let key = if args.mock {
@@ -279,6 +296,7 @@ async fn run_job(
                 price.as_ref(),
                 resume,
                 cache.as_ref(),
+                token_counts.as_deref(),
                 tx,
             )
         })
@@ -369,6 +387,7 @@ async fn run_job(
 
 /// Reads rows again, plans them, skips what the journal says is done, and feeds the rest to
 /// the scheduler. Runs on a blocking thread.
+#[allow(clippy::too_many_arguments)]
 fn produce(
     job: &Job,
     planner: &Planner,
@@ -376,8 +395,13 @@ fn produce(
     price: Option<&ModelPrice>,
     mut resume: Resume,
     cache: Option<&Cache>,
+    token_counts: Option<&SlotFile>,
     tx: mpsc::Sender<WorkItem>,
 ) -> anyhow::Result<Produced> {
+    let mut counted = match token_counts {
+        Some(t) => t.cursor(),
+        None => SlotCursor::empty(),
+    };
     let mut out = Produced {
         expected_cost: price.map(|_| Money::ZERO),
         ..Produced::default()
@@ -404,7 +428,8 @@ fn produce(
             Ok(Err(bad)) => bail!("{}", bad.error),
             Err(e) => bail!("{e}"),
         };
-        let planned = match planner.plan(&row) {
+        let tokens = counted.get(row.index).context("reading token counts")?;
+        let planned = match planner.plan_counted(&row, tokens) {
             Ok(p) => p,
             Err(e) => {
                 // The estimate pass let it through only because the job skips bad rows.

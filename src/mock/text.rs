@@ -1,5 +1,7 @@
 //! Deterministic answer text and approximate token counts.
 
+use std::sync::Mutex;
+
 use super::markers::PREFIX;
 use super::openai::ChatMessage;
 use crate::tokens::{ChatTurn, TokenCounter};
@@ -17,12 +19,28 @@ pub(crate) fn count_prompt_tokens(model: &str, messages: &[ChatMessage]) -> u64 
             content: text,
         })
         .collect();
-    TokenCounter::for_model(model).count_turns(&turns)
+    counter(model).count_turns(&turns)
 }
 
 /// Prompt tokens of a legacy completions request.
 pub(crate) fn count_completion_prompt_tokens(model: &str, prompt: &str) -> u64 {
-    TokenCounter::for_model(model).count_text(prompt)
+    counter(model).count_text(prompt)
+}
+
+/// The counter for a model, kept for the life of the mock: counters free their tables when
+/// the last one goes, and loading them for every request would take longer than answering.
+fn counter(model: &str) -> TokenCounter {
+    static KEPT: Mutex<Vec<(String, TokenCounter)>> = Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = kept.iter().find(|(m, _)| m == model) {
+        return c.clone();
+    }
+    let c = TokenCounter::for_model(model);
+    // Bounded: a client sending endless model names must not grow the mock without end.
+    if kept.len() < 64 {
+        kept.push((model.to_string(), c.clone()));
+    }
+    c
 }
 
 /// Approximate tokens of generated text: bytes/4, rounded up (the mock's answers are

@@ -146,11 +146,13 @@ where
             OutputFormat::Csv => Box::new(csv_out::CsvOut::new(buf, spec)?),
             OutputFormat::Jsonl => Box::new(jsonl_out::JsonlOut::new(buf, spec)),
         };
+        // Rows come in input order: the index is read a page at a time.
+        let mut slots = index.cursor();
         for row in rows {
             let row = row.map_err(SinkError::Input)?;
-            let record = match reader.as_mut() {
-                Some(r) => r.get(index, row.index)?,
-                None => None,
+            let record = match (reader.as_mut(), slots.offset(row.index)?) {
+                (Some(r), Some(offset)) => Some(r.read_at(offset)?),
+                _ => None,
             };
             // A record for another id at this index (the input changed) is not this row's.
             let record = record.filter(|r| r.id == row.id);

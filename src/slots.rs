@@ -1,0 +1,242 @@
+//! Per-row numbers kept on disk instead of in RAM: one 8-byte slot per row, at `row * 8` in an
+//! unnamed temporary file, so that memory stays flat however many rows a job has (a million
+//! rows is 8 MB of file, held by the OS's page cache rather than our heap).
+//!
+//! Only ever a cache of something that can be worked out again (the journal's offsets, the
+//! estimate's token counts): the OS removes the file when the process ends, however it ends.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+/// Slots per page read or written at once (32 KiB).
+pub const PAGE: u64 = 4096;
+
+/// A table of `Option<u64>` by row. A slot holds `value + 1`, so 0 (a hole in the file, or
+/// past its end) is "none".
+#[derive(Debug)]
+pub struct SlotFile {
+    file: File,
+}
+
+impl SlotFile {
+    /// An empty table in the folder of `beside` (the system temp dir when that folder is
+    /// read-only, as in a dry run over someone else's files).
+    pub fn create_beside(beside: &Path) -> io::Result<SlotFile> {
+        let dir = beside
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let file = tempfile::tempfile_in(dir).or_else(|_| tempfile::tempfile())?;
+        Ok(SlotFile { file })
+    }
+
+    /// The value of a row.
+    pub fn get(&self, row: u64) -> io::Result<Option<u64>> {
+        let mut b = [0u8; 8];
+        match read_at(&self.file, &mut b, row.saturating_mul(8)) {
+            Ok(n) if n == b.len() => Ok(u64::from_le_bytes(b).checked_sub(1)),
+            Ok(_) => Ok(None), // past the end
+            Err(e) => Err(slot_err(row, e)),
+        }
+    }
+
+    /// Sets the value of a row.
+    pub fn set(&self, row: u64, value: u64) -> io::Result<()> {
+        let at = byte_of(row)?;
+        write_all_at(&self.file, &(value + 1).to_le_bytes(), at).map_err(|e| slot_err(row, e))
+    }
+
+    /// Sets rows `first..first + values.len()` in one write.
+    pub fn set_run(&self, first: u64, values: &[Option<u64>]) -> io::Result<()> {
+        let at = byte_of(first)?;
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| v.map_or(0, |v| v + 1).to_le_bytes())
+            .collect();
+        write_all_at(&self.file, &bytes, at).map_err(|e| slot_err(first, e))
+    }
+
+    /// Reads rows asked for in increasing order, a page at a time. It does not see values
+    /// set after its page was read.
+    pub fn cursor(&self) -> SlotCursor<'_> {
+        SlotCursor {
+            slots: Some(self),
+            page: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sets rows a page at a time (read, changed, written back when another page is needed):
+    /// for many values set in roughly increasing row order. Call [`PageWriter::flush`] at the
+    /// end.
+    pub fn page_writer(&self) -> PageWriter<'_> {
+        PageWriter {
+            slots: self,
+            page: None,
+            buf: Vec::new(),
+            dirty: false,
+        }
+    }
+
+    /// Reads page `page` into `buf` (zeros past the end of the file).
+    fn read_page(&self, page: u64, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.clear();
+        buf.resize((PAGE * 8) as usize, 0);
+        let mut done = 0;
+        while done < buf.len() {
+            let at = page * PAGE * 8 + done as u64;
+            match read_at(&self.file, &mut buf[done..], at) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(slot_err(page * PAGE, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads slots in increasing row order (see [`SlotFile::cursor`]).
+#[derive(Debug)]
+pub struct SlotCursor<'a> {
+    slots: Option<&'a SlotFile>,
+    page: Option<u64>,
+    buf: Vec<u8>,
+}
+
+impl SlotCursor<'_> {
+    /// A cursor over no table: every row is none.
+    pub fn empty() -> SlotCursor<'static> {
+        SlotCursor {
+            slots: None,
+            page: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The value of a row.
+    pub fn get(&mut self, row: u64) -> io::Result<Option<u64>> {
+        let Some(slots) = self.slots else {
+            return Ok(None);
+        };
+        let page = row / PAGE;
+        if self.page != Some(page) {
+            slots.read_page(page, &mut self.buf)?;
+            self.page = Some(page);
+        }
+        Ok(slot_in(&self.buf, row).checked_sub(1))
+    }
+}
+
+/// Buffered slot writes (see [`SlotFile::page_writer`]).
+pub struct PageWriter<'a> {
+    slots: &'a SlotFile,
+    page: Option<u64>,
+    buf: Vec<u8>,
+    dirty: bool,
+}
+
+impl PageWriter<'_> {
+    /// Sets the value of a row; true when the row had none before.
+    pub fn set(&mut self, row: u64, value: u64) -> io::Result<bool> {
+        byte_of(row)?;
+        let page = row / PAGE;
+        if self.page != Some(page) {
+            self.flush()?;
+            self.slots.read_page(page, &mut self.buf)?;
+            self.page = Some(page);
+        }
+        let first = slot_in(&self.buf, row) == 0;
+        let i = (row % PAGE) as usize * 8;
+        self.buf[i..i + 8].copy_from_slice(&(value + 1).to_le_bytes());
+        self.dirty = true;
+        Ok(first)
+    }
+
+    /// Writes the page in hand.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if let (Some(page), true) = (self.page, self.dirty) {
+            write_all_at(&self.slots.file, &self.buf, page * PAGE * 8)
+                .map_err(|e| slot_err(page * PAGE, e))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+fn byte_of(row: u64) -> io::Result<u64> {
+    row.checked_mul(8)
+        .ok_or_else(|| slot_err(row, io::Error::other("row number out of range")))
+}
+
+fn slot_err(row: u64, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        format!("slot of row {row} in a temporary file: {e}"),
+    )
+}
+
+/// Slot `row` of the page held in `buf`.
+fn slot_in(buf: &[u8], row: u64) -> u64 {
+    let i = (row % PAGE) as usize * 8;
+    u64::from_le_bytes(buf[i..i + 8].try_into().expect("8 bytes"))
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    std::os::unix::fs::FileExt::read_at(file, buf, at)
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8], at: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, at)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    std::os::windows::fs::FileExt::seek_read(file, buf, at)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut buf: &[u8], mut at: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = std::os::windows::fs::FileExt::seek_write(file, buf, at)?;
+        buf = &buf[n..];
+        at += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_by_row_across_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SlotFile::create_beside(&dir.path().join("x")).unwrap();
+        s.set(PAGE + 1, 0).unwrap();
+        s.set_run(3, &[Some(7), None, Some(9)]).unwrap();
+        let mut w = s.page_writer();
+        assert!(w.set(2 * PAGE, 5).unwrap());
+        assert!(!w.set(2 * PAGE, 6).unwrap(), "set twice");
+        assert!(w.set(1, 1).unwrap());
+        w.flush().unwrap();
+        let want = |row| match row {
+            1 => Some(1),
+            3 => Some(7),
+            5 => Some(9),
+            r if r == PAGE + 1 => Some(0),
+            r if r == 2 * PAGE => Some(6),
+            _ => None,
+        };
+        let mut c = s.cursor();
+        for row in 0..3 * PAGE {
+            assert_eq!(s.get(row).unwrap(), want(row), "{row}");
+            assert_eq!(c.get(row).unwrap(), want(row), "{row}");
+        }
+        assert_eq!(SlotCursor::empty().get(1).unwrap(), None);
+        assert!(s.set(u64::MAX, 1).is_err());
+    }
+}
