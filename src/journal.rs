@@ -57,6 +57,21 @@ pub struct Record {
     pub fields: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Money a row spent on answers it threw away (structured output that did not parse) before
+/// the run stopped without finishing it (an abort, or a second Ctrl-C). It counts in the
+/// journal's spend, so a budget cap holds across runs, but it is not the row's record: the
+/// line has no `status`, is never indexed, and the row is sent again on resume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unfinished {
+    pub row: u64,
+    pub id: String,
+    pub hash: String,
+    pub usage: Usage,
+    /// Cost in picodollars; None when the model has no known price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_pico: Option<u64>,
+}
+
 impl Record {
     /// A failed row with no answer: `error` says why. Callers set `batch` and the rest with
     /// struct update syntax where they differ.
@@ -123,6 +138,16 @@ impl JournalIndex {
         match &self.slots {
             Some(s) => s.table.get(row).map_err(io_err(&s.journal)),
             None => Ok(None),
+        }
+    }
+
+    /// Adds a paid response (`paid`: it has usage and was not served from the cache).
+    fn count_spend(&mut self, paid: bool, cost_pico: Option<u64>) {
+        if paid {
+            match cost_pico {
+                Some(c) => self.spent = self.spent.saturating_add(Money(c)),
+                None => self.unpriced += 1,
+            }
         }
     }
 
@@ -234,15 +259,11 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
         let complete = line.last() == Some(&b'\n');
         match serde_json::from_slice::<RowOnly>(&line) {
             Ok(r) if complete => {
-                if page.set(r.row, offset).map_err(&err)? {
+                // A line without a status is an [`Unfinished`] spend, not the row's record.
+                if r.status.is_some() && page.set(r.row, offset).map_err(&err)? {
                     index.records += 1;
                 }
-                if r.usage.is_some() && !r.cached {
-                    match r.cost_pico {
-                        Some(c) => index.spent = index.spent.saturating_add(Money(c)),
-                        None => index.unpriced += 1,
-                    }
-                }
+                index.count_spend(r.usage.is_some() && !r.cached, r.cost_pico);
                 good_end = offset + n;
             }
             _ if !complete => {
@@ -272,6 +293,8 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
 struct RowOnly {
     row: u64,
     #[serde(default)]
+    status: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
     cost_pico: Option<u64>,
     #[serde(default)]
     cached: bool,
@@ -283,8 +306,31 @@ impl JournalWriter {
     /// Appends one record in a single write, so it is in the OS's hands before the next
     /// response is even looked at.
     pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
+        let at = self.write_line(record)?;
+        self.index.records += 1;
+        self.index
+            .count_spend(record.usage.is_some() && !record.cached, record.cost_pico);
+        if let Some(slots) = &self.index.slots {
+            slots
+                .table
+                .set(record.row, at)
+                .map_err(io_err(&self.path))?;
+        }
+        Ok(())
+    }
+
+    /// Appends the spend of a row that did not finish; the row's latest record stays what it
+    /// was.
+    pub fn append_unfinished(&mut self, spend: &Unfinished) -> Result<(), JournalError> {
+        self.write_line(spend)?;
+        self.index.count_spend(true, spend.cost_pico);
+        Ok(())
+    }
+
+    /// Writes one line; returns where it starts.
+    fn write_line(&mut self, value: &impl Serialize) -> Result<u64, JournalError> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, record).map_err(|e| JournalError::Io {
+        serde_json::to_writer(&mut self.line, value).map_err(|e| JournalError::Io {
             path: self.path.clone(),
             source: e.into(),
         })?;
@@ -294,20 +340,7 @@ impl JournalWriter {
             .map_err(io_err(&self.path))?;
         let at = self.len;
         self.len += self.line.len() as u64;
-        self.index.records += 1;
-        if record.usage.is_some() && !record.cached {
-            match record.cost_pico {
-                Some(c) => self.index.spent = self.index.spent.saturating_add(Money(c)),
-                None => self.index.unpriced += 1,
-            }
-        }
-        if let Some(slots) = &self.index.slots {
-            slots
-                .table
-                .set(record.row, at)
-                .map_err(io_err(&self.path))?;
-        }
-        Ok(())
+        Ok(at)
     }
 
     /// Forces written records to disk (survives power loss, not just process death).
@@ -423,6 +456,38 @@ mod tests {
         assert_eq!(r.get(&idx, 2).unwrap().unwrap(), rec(2, Status::Ok));
         assert!(r.get(&idx, 1).unwrap().is_none());
         assert!(r.get(&idx, 99).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_unfinished_spend_counts_but_is_no_row_s_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let spend = |row| Unfinished {
+            row,
+            id: format!("id-{row}"),
+            hash: "h".into(),
+            usage: Usage {
+                prompt_tokens: 5,
+                completion_tokens: 7,
+                ..Usage::default()
+            },
+            cost_pico: Some(30),
+        };
+        let mut w = open(&path).unwrap();
+        w.append(&rec(0, Status::Failed)).unwrap();
+        w.append_unfinished(&spend(0)).unwrap();
+        w.append_unfinished(&spend(1)).unwrap();
+        let live = w.index().clone();
+        drop(w);
+        let idx = read_index(&path).unwrap().unwrap();
+        for idx in [&live, &idx] {
+            assert_eq!(idx.records, 1);
+            assert_eq!(idx.skipped_lines, 0);
+            assert_eq!(idx.spent, Money(12 + 30 + 30));
+            let mut r = JournalReader::open(&path).unwrap();
+            assert_eq!(r.get(idx, 0).unwrap().unwrap(), rec(0, Status::Failed));
+            assert!(r.get(idx, 1).unwrap().is_none());
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::budget::{Budget, Reservation};
 use crate::cache::{self, Cache};
 use crate::client::{Action, ApiError, Client, Completion, ErrorKind};
 use crate::cost::{ModelPrice, Tier};
-use crate::journal::{JournalWriter, Record, Status};
+use crate::journal::{JournalError, JournalWriter, Record, Status, Unfinished};
 use crate::limit::Limiter;
 use crate::progress::Progress;
 use crate::types::{Money, Usage};
@@ -214,13 +214,16 @@ impl Scheduler {
 
     async fn process(&self, item: WorkItem, permit: OwnedSemaphorePermit, res: Reservation) {
         let _permit = permit;
+        // Tokens paid for answers thrown away (invalid structured output): billed all the
+        // same, so they outlive the attempts even when the run stops before the row ends.
+        let mut wasted: Option<Usage> = None;
         let record = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => None,
-            r = self.attempts(&item) => r,
+            r = self.attempts(&item, &mut wasted) => r,
         };
         let Some(record) = record else {
-            self.budget.release(res);
+            self.unfinished(&item, wasted, res);
             return;
         };
         let cost = Money(record.cost_pico.unwrap_or(0));
@@ -241,12 +244,7 @@ impl Scheduler {
             .unwrap_or_else(|e| e.into_inner())
             .append(&record);
         if let Err(e) = written {
-            let mut g = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
-            if g.is_none() {
-                *g = Some(format!("cannot write the journal: {e}"));
-            }
-            self.stop.cancel();
-            self.cancel.cancel();
+            self.journal_failed(e);
             return;
         }
         if let (true, Some(c)) = (ok, &self.cache) {
@@ -265,6 +263,46 @@ impl Scheduler {
         self.progress.row_done(ok, cost);
     }
 
+    /// A row the run stopped before it ended: its reservation goes back, except what its
+    /// thrown-away answers cost, which is spent and journaled (the row stays pending).
+    fn unfinished(&self, item: &WorkItem, wasted: Option<Usage>, res: Reservation) {
+        let Some(usage) = wasted else {
+            self.budget.release(res);
+            return;
+        };
+        let cost = self.price.as_ref().map(|p| p.cost(&usage, self.tier));
+        self.budget.settle(res, cost.unwrap_or(Money::ZERO));
+        self.stats.tokens.fetch_add(usage.total(), Relaxed);
+        self.stats
+            .cost_pico
+            .fetch_add(cost.map_or(0, |c| c.0), Relaxed);
+        let spend = Unfinished {
+            row: item.row,
+            id: item.id.clone(),
+            hash: item.hash.clone(),
+            usage,
+            cost_pico: cost.map(|c| c.0),
+        };
+        let written = self
+            .journal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .append_unfinished(&spend);
+        if let Err(e) = written {
+            self.journal_failed(e);
+        }
+    }
+
+    /// Stops the run: what is not journaled is not safe.
+    fn journal_failed(&self, e: JournalError) {
+        let mut g = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(format!("cannot write the journal: {e}"));
+        }
+        self.stop.cancel();
+        self.cancel.cancel();
+    }
+
     fn backoff(&self) -> impl Iterator<Item = Duration> {
         ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(500))
@@ -275,13 +313,12 @@ impl Scheduler {
             .build()
     }
 
-    /// Tries one row until it succeeds, fails for good, or the job must stop (None).
-    async fn attempts(&self, item: &WorkItem) -> Option<Record> {
+    /// Tries one row until it succeeds, fails for good, or the job must stop (None). The
+    /// usage of answers thrown away on the way is added to `wasted` (and to the record).
+    async fn attempts(&self, item: &WorkItem, wasted: &mut Option<Usage>) -> Option<Record> {
         let mut backoff = self.backoff();
         let mut rate_limit_retries = 0u32;
         let mut attempts = 0u32;
-        // Tokens paid for answers thrown away (invalid structured output): billed all the same.
-        let mut wasted: Option<Usage> = None;
         loop {
             // Once the run is stopped (Ctrl-C), nothing new goes out: a row still waiting for
             // the limiter or for its next retry stays pending and is sent on resume.
@@ -304,10 +341,10 @@ impl Scheduler {
                     if let Some(u) = &c.usage {
                         self.limiter.settle(charge, u.total());
                     }
-                    match self.post_process(c, wasted) {
+                    match self.post_process(c, *wasted) {
                         Ok((c, fields)) => return Some(self.success(item, c, attempts, fields)),
                         Err((e, paid)) => {
-                            wasted = paid;
+                            *wasted = paid;
                             e
                         }
                     }
@@ -322,7 +359,7 @@ impl Scheduler {
                     return None;
                 }
                 Action::FailRow => {
-                    return Some(self.paid(self.failure(item, &err, attempts), wasted))
+                    return Some(self.paid(self.failure(item, &err, attempts), *wasted))
                 }
                 Action::Retry => {}
             }
@@ -330,7 +367,7 @@ impl Scheduler {
                 self.stats.rate_limited.fetch_add(1, Relaxed);
                 rate_limit_retries += 1;
                 if rate_limit_retries > MAX_RATE_LIMIT_RETRIES {
-                    return Some(self.failure(item, &err, attempts));
+                    return Some(self.paid(self.failure(item, &err, attempts), *wasted));
                 }
                 // One 429 slows everyone: the server's wait (or a doubling guess) becomes
                 // a shared cooldown.
@@ -349,7 +386,7 @@ impl Scheduler {
                 }
                 match backoff.next() {
                     Some(d) => err.retry_after.map_or(d, |ra| ra.max(d)),
-                    None => return Some(self.paid(self.failure(item, &err, attempts), wasted)),
+                    None => return Some(self.paid(self.failure(item, &err, attempts), *wasted)),
                 }
             };
             tokio::select! {

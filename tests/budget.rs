@@ -122,3 +122,76 @@ fn a_cap_on_a_model_without_a_price_refuses_to_start() {
     assert_exit(&out, 0);
     assert!(ws.summary()["cost_usd"].is_null());
 }
+
+#[test]
+fn answers_thrown_away_by_a_stopped_row_are_still_counted_as_spent() {
+    // The mock answers one request, then says the account is out of quota. The one row's
+    // first structured answer is not JSON: paid for, thrown away, and the retry is refused,
+    // so the job stops with the row unfinished.
+    let mock = Mock::start(&["--quota-requests", "1"]);
+    let ws = Workspace::new();
+    ws.write("rows.csv", "id,name\nr1,lamp [[mock:bad-schema]]\n");
+    let job = ws.write(
+        "job.toml",
+        &format!(
+            r#"
+[input]
+path = "rows.csv"
+id = "id"
+
+[prompt]
+user = "Describe {{{{ name }}}}."
+
+[model]
+name = "gpt-4o-mini"
+max_tokens = 60
+schema = {{ type = "object", properties = {{ headline = {{ type = "string" }} }}, required = ["headline"], additionalProperties = false }}
+
+[api]
+base_url = "{}"
+
+[output]
+path = "out/result.csv"
+"#,
+            mock.base_url
+        ),
+    );
+    let job = job.to_str().unwrap();
+    let out = ws.run(&["run", job, "--quiet"]);
+    assert_exit(&out, 3);
+    assert_eq!(mock.stat("requests"), 2, "{}", mock.stats());
+    let s = ws.summary();
+    assert_eq!(s["pending"], 1, "{s}");
+    let this_run = s["cost_this_run_usd"].as_f64().unwrap();
+    assert!(this_run > 0.0, "the thrown-away answer was paid for: {s}");
+    assert_eq!(s["spent_total_usd"].as_f64(), Some(this_run), "{s}");
+
+    // The journal keeps that spend as a line that is not the row's record.
+    let journal = ws.read("out/result.journal.jsonl");
+    let lines: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{journal}");
+    assert_eq!(lines[0]["row"], 0);
+    assert!(lines[0].get("status").is_none(), "{journal}");
+    assert!(lines[0]["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+
+    // Against an account with quota the row is sent again as a new row (the spend line is
+    // not its record, so it is neither done nor "changed"), and the total spent across both
+    // runs includes the first run's thrown-away answer.
+    let funded = Mock::start(&[]);
+    let url = format!("api.base_url={}", funded.base_url);
+    let out = ws.run(&["run", job, "--quiet", "--set", &url]);
+    assert_exit(&out, 0);
+    let s = ws.summary();
+    assert_eq!(s["succeeded"], 1, "{s}");
+    assert_eq!(s["changed"], 0, "{s}");
+    assert_eq!(s["resumed"], 0, "{s}");
+    let second = s["cost_this_run_usd"].as_f64().unwrap();
+    let total = s["spent_total_usd"].as_f64().unwrap();
+    assert!(
+        (total - (this_run + second)).abs() < 1e-12,
+        "{total} = {this_run} + {second}"
+    );
+}
