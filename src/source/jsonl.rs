@@ -5,7 +5,7 @@
 //! `[[[[…` into an error instead of a stack overflow.
 
 use super::{find_id_column, id_from_value, SourceError};
-use crate::types::Row;
+use crate::types::{json_type, Row};
 use serde_json::Value;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -164,18 +164,6 @@ fn invalid_json(path: &Path, line: u64, e: &serde_json::Error) -> SourceError {
         line: line + (e.line() as u64).saturating_sub(1),
         column: (e.column() as u64).max(1),
         message,
-    }
-}
-
-/// The name of a JSON value's type, for messages.
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
     }
 }
 
