@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::client::Choice;
 use crate::config::Job;
+use crate::types::json_type;
 
 /// Loads the job's schema (inline TOML table or JSON file) and checks it describes an
 /// object with properties. Errors are messages naming the key or file.
@@ -131,7 +132,7 @@ pub fn validate(schema: &Value, v: &Value, path: &str) -> Result<(), String> {
     };
     match s.get("type") {
         Some(Value::String(t)) if !type_matches(t, v) => {
-            return Err(format!("{path} should be {t}, got {}", kind(v)))
+            return Err(format!("{path} should be {t}, got {}", json_type(v)))
         }
         Some(Value::Array(ts))
             if !ts
@@ -141,7 +142,7 @@ pub fn validate(schema: &Value, v: &Value, path: &str) -> Result<(), String> {
         {
             return Err(format!(
                 "{path} has type {}, not one of {}",
-                kind(v),
+                json_type(v),
                 Value::Array(ts.clone())
             ))
         }
@@ -224,17 +225,6 @@ pub fn validate(schema: &Value, v: &Value, path: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 #[cfg(test)]

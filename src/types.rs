@@ -45,6 +45,20 @@ impl Message {
     }
 }
 
+/// The JSON Schema name of a value's type ("object", "string", "number"…), for messages
+/// about JSONL rows and structured answers.
+pub fn json_type(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
 /// Token usage as reported by the API (or estimated, where the name says so).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {

@@ -109,6 +109,20 @@ impl Inner {
         self.next += 1;
         format!("{prefix}-mock{:012x}", mix(self.next) & 0xffff_ffff_ffff)
     }
+
+    /// The batch with this id.
+    fn batch(&mut self, id: &str) -> Option<&mut Batch> {
+        self.batches.iter_mut().find(|x| x.obj["id"] == id)
+    }
+}
+
+impl Batch {
+    /// Marks the batch as being answered (so no other poll answers it) and gives the id of
+    /// its input file.
+    fn start_answering(&mut self) -> String {
+        self.answering = true;
+        self.obj["input_file_id"].as_str().unwrap_or("").to_string()
+    }
 }
 
 /// `POST /v1/files` (multipart: `purpose`, `file`).
@@ -314,7 +328,7 @@ async fn retrieve(
     let per_step = b.shared.cfg.batch_step_polls.max(1);
     let input = {
         let mut inner = b.lock();
-        let Some(batch) = inner.batches.iter_mut().find(|x| x.obj["id"] == id) else {
+        let Some(batch) = inner.batch(&id) else {
             return not_found("batch");
         };
         let done = matches!(
@@ -336,11 +350,7 @@ async fn retrieve(
             batch.obj.insert(format!("{status}_at"), now().into());
             return ok(Value::Object(batch.obj.clone()));
         }
-        batch.answering = true;
-        let file = batch.obj["input_file_id"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
+        let file = batch.start_answering();
         inner.files.get(&file).cloned().unwrap_or_default()
     };
     let (output, errors, counts) = answer_lines(&b.shared, &headers, &input, usize::MAX).await;
@@ -359,17 +369,13 @@ async fn cancel(
     }
     let input = {
         let mut inner = b.lock();
-        let Some(batch) = inner.batches.iter_mut().find(|x| x.obj["id"] == id) else {
+        let Some(batch) = inner.batch(&id) else {
             return not_found("batch");
         };
         if batch.answering || batch.obj["status"] == "completed" {
             return reply::bad_request("This batch cannot be cancelled any more.");
         }
-        batch.answering = true;
-        let file = batch.obj["input_file_id"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
+        let file = batch.start_answering();
         inner.files.get(&file).cloned().unwrap_or_default()
     };
     let lines = input.split(|c| *c == b'\n').filter(|l| !l.is_empty());
@@ -457,7 +463,7 @@ fn finish(
     };
     let out_id = file(output, &mut inner);
     let err_id = file(errors, &mut inner);
-    let Some(batch) = inner.batches.iter_mut().find(|x| x.obj["id"] == id) else {
+    let Some(batch) = inner.batch(id) else {
         return not_found("batch");
     };
     let o = &mut batch.obj;

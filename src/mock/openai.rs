@@ -219,13 +219,10 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
     if let Some(r) = s.refuse(&ticket).await {
         return r;
     }
-    let mut completion_tokens = 0;
-    let choices = (0..params.n)
-        .map(|i| {
-            let (content, tokens, finish_reason) = params.generate(s, &ticket, &last_user, i);
-            completion_tokens += tokens;
+    let (choices, completion_tokens) =
+        params.choices(s, &ticket, &last_user, |index, content, finish_reason| {
             ChatChoice {
-                index: i,
+                index,
                 message: AssistantMessage {
                     role: "assistant",
                     content,
@@ -234,8 +231,7 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
                 logprobs: None,
                 finish_reason,
             }
-        })
-        .collect();
+        });
     let out = ChatCompletion {
         id: format!("chatcmpl-mock{:016x}", mix(seq)),
         object: "chat.completion",
@@ -288,19 +284,15 @@ async fn complete(s: &Shared, seq: u64, body: &[u8]) -> Response {
     if let Some(r) = s.refuse(&ticket).await {
         return r;
     }
-    let mut completion_tokens = 0;
-    let choices = (0..params.n)
-        .map(|i| {
-            let (text, tokens, finish_reason) = params.generate(s, &ticket, prompt, i);
-            completion_tokens += tokens;
+    let (choices, completion_tokens) =
+        params.choices(s, &ticket, prompt, |index, text, finish_reason| {
             TextChoice {
                 text,
-                index: i,
+                index,
                 logprobs: None,
                 finish_reason,
             }
-        })
-        .collect();
+        });
     let out = TextCompletion {
         id: format!("cmpl-mock{:016x}", mix(seq)),
         object: "text_completion",
@@ -377,6 +369,26 @@ impl<'a> Params<'a> {
             prompt_hash: hash,
             limit_tokens: prompt_tokens + out.saturating_mul(u64::from(self.n)),
         }
+    }
+
+    /// The `n` choices of an answer, each made by `choice` from its index, text and
+    /// finish_reason, and their completion tokens summed.
+    fn choices<C>(
+        &self,
+        s: &Shared,
+        t: &Ticket<'_>,
+        source: &str,
+        mut choice: impl FnMut(u32, String, &'static str) -> C,
+    ) -> (Vec<C>, u64) {
+        let mut completion_tokens = 0;
+        let choices = (0..self.n)
+            .map(|index| {
+                let (text, tokens, finish_reason) = self.generate(s, t, source, index);
+                completion_tokens += tokens;
+                choice(index, text, finish_reason)
+            })
+            .collect();
+        (choices, completion_tokens)
     }
 
     /// Choice `index`: its text, completion tokens and finish_reason.

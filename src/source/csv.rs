@@ -285,43 +285,14 @@ impl Read for Input {
 
 #[cfg(test)]
 mod tests {
+    use crate::source::test_files::{file, msg, open, open_err};
     use crate::source::{Format, Source, SourceError, SourceOptions};
     use crate::types::Row;
     use serde_json::{json, Value};
-    use std::path::{Path, PathBuf};
-
-    /// Writes `content` to `name` in a fresh temp dir; keeps the dir alive with the path.
-    fn file(name: &str, content: &[u8]) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(name);
-        std::fs::write(&path, content).unwrap();
-        (dir, path)
-    }
-
-    fn open(path: &Path, id: Option<&str>) -> Result<Source, SourceError> {
-        let opts = SourceOptions {
-            format: None,
-            id_column: id.map(str::to_owned),
-        };
-        Source::open(path, &opts)
-    }
 
     fn rows(content: &[u8]) -> Vec<Result<Row, SourceError>> {
         let (_dir, path) = file("data.csv", content);
         open(&path, None).unwrap().collect()
-    }
-
-    /// The error text with the temp dir removed, so tests can compare exact messages.
-    fn msg(e: &SourceError, path: &Path) -> String {
-        let dir = format!("{}/", path.parent().unwrap().display());
-        e.to_string().replace(&dir, "")
-    }
-
-    fn open_err(name: &str, content: &[u8], id: Option<&str>) -> (SourceError, String) {
-        let (_dir, path) = file(name, content);
-        let e = open(&path, id).err().unwrap();
-        let m = msg(&e, &path);
-        (e, m)
     }
 
     fn row_errs(name: &str, content: &[u8], id: Option<&str>) -> Vec<String> {

@@ -5,7 +5,7 @@
 //! `[[[[…` into an error instead of a stack overflow.
 
 use super::{find_id_column, id_from_value, SourceError};
-use crate::types::Row;
+use crate::types::{json_type, Row};
 use serde_json::Value;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -167,44 +167,11 @@ fn invalid_json(path: &Path, line: u64, e: &serde_json::Error) -> SourceError {
     }
 }
 
-/// The name of a JSON value's type, for messages.
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::source::{Source, SourceError, SourceOptions};
+    use crate::source::test_files::{file, msg, open, open_err};
     use crate::types::Row;
     use serde_json::{json, Value};
-    use std::path::{Path, PathBuf};
-
-    fn file(name: &str, content: &[u8]) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(name);
-        std::fs::write(&path, content).unwrap();
-        (dir, path)
-    }
-
-    fn open(path: &Path, id: Option<&str>) -> Result<Source, SourceError> {
-        let opts = SourceOptions {
-            format: None,
-            id_column: id.map(str::to_owned),
-        };
-        Source::open(path, &opts)
-    }
-
-    fn msg(e: &SourceError, path: &Path) -> String {
-        let dir = format!("{}/", path.parent().unwrap().display());
-        e.to_string().replace(&dir, "")
-    }
 
     /// Every item as `Ok(row)` or `Err(message without the temp dir)`.
     fn items(content: &[u8], id: Option<&str>) -> Vec<Result<Row, String>> {
@@ -219,13 +186,6 @@ mod tests {
                 })
             })
             .collect()
-    }
-
-    fn open_err(content: &[u8], id: Option<&str>) -> (SourceError, String) {
-        let (_dir, path) = file("data.jsonl", content);
-        let e = open(&path, id).err().unwrap();
-        let m = msg(&e, &path);
-        (e, m)
     }
 
     #[test]
@@ -301,7 +261,7 @@ mod tests {
 
     #[test]
     fn id_column_missing_from_the_first_object_is_fatal() {
-        let (e, m) = open_err(b"\n{\"sku\":1,\"name\":\"a\"}\n", Some("id"));
+        let (e, m) = open_err("data.jsonl", b"\n{\"sku\":1,\"name\":\"a\"}\n", Some("id"));
         assert_eq!(
             m,
             "data.jsonl:2: id column \"id\" is not in the header; available columns: \"sku\", \"name\""
@@ -312,7 +272,7 @@ mod tests {
     #[test]
     fn empty_file_is_fatal() {
         for content in [&b""[..], b"\n \n\r\n", b"\xEF\xBB\xBF"] {
-            let (e, m) = open_err(content, None);
+            let (e, m) = open_err("data.jsonl", content, None);
             assert_eq!(
                 m,
                 "data.jsonl: file is empty: expected JSON objects, one per line"

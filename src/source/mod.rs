@@ -11,6 +11,8 @@
 
 mod csv;
 mod jsonl;
+#[cfg(test)]
+mod test_files;
 
 use crate::types::Row;
 use serde_json::Value;
