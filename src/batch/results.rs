@@ -92,6 +92,26 @@ impl Joiner<'_> {
     }
 }
 
+/// Puts an answered record through the job's structured-output schema, with the code a live
+/// answer goes through ([`crate::schema::structure`]): its fields become the row's columns.
+/// A live run retries an answer that does not follow the schema; a batch cannot, so the row
+/// fails with the schema error (`--retry-failed` sends it again) and keeps the usage and
+/// cost of the answer, which was billed all the same.
+pub fn apply_schema(rec: &mut Record, schema: &Value) {
+    if rec.status != Status::Ok {
+        return;
+    }
+    match crate::schema::structure(schema, &rec.choices) {
+        Ok(fields) => rec.fields = Some(fields),
+        Err(e) => {
+            rec.status = Status::Failed;
+            rec.error = Some(format!("batch: {e}"));
+            rec.choices.clear();
+            rec.fields = None;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +144,54 @@ mod tests {
         assert!(recs[2].error.as_deref().unwrap().contains("batch_expired"));
         let err = j.records(b"{\"custom_id\":\"row-9-h\"}").unwrap_err();
         assert!(err.to_string().contains("row 9"), "{err}");
+    }
+
+    #[test]
+    fn the_schema_gives_fields_or_fails_the_row_keeping_what_it_cost() {
+        let schema = serde_json::json!({"type": "object", "required": ["a"],
+            "properties": {"a": {"type": "string"}}});
+        let answered = |text: &str, finish: &str| Record {
+            status: Status::Ok,
+            error: None,
+            choices: vec![crate::client::Choice {
+                text: text.into(),
+                finish_reason: Some(finish.into()),
+            }],
+            usage: Some(crate::types::Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3,
+                ..Default::default()
+            }),
+            cost_pico: Some(99),
+            batch: true,
+            ..Record::failed(0, "a".into(), "h".into(), 1, String::new())
+        };
+        let mut ok = answered(r#"{"a": "x"}"#, "stop");
+        apply_schema(&mut ok, &schema);
+        assert_eq!(ok.status, Status::Ok);
+        assert_eq!(ok.fields.as_ref().unwrap()["a"], "x");
+
+        let mut bad = answered("Sure! {\"a\":", "stop");
+        apply_schema(&mut bad, &schema);
+        assert_eq!(bad.status, Status::Failed);
+        let err = bad.error.as_deref().unwrap();
+        assert!(err.contains("does not follow model.schema"), "{err}");
+        assert!(bad.choices.is_empty() && bad.fields.is_none());
+        assert_eq!(
+            (bad.usage.unwrap().prompt_tokens, bad.cost_pico),
+            (7, Some(99))
+        );
+
+        let mut cut = answered(r#"{"a": "#, "length");
+        apply_schema(&mut cut, &schema);
+        assert!(cut.error.as_deref().unwrap().contains("max_tokens"));
+
+        let mut failed = Record::failed(0, "a".into(), "h".into(), 1, "batch: nope".into());
+        apply_schema(&mut failed, &schema);
+        assert_eq!(
+            failed.error.as_deref(),
+            Some("batch: nope"),
+            "failures stay as they are"
+        );
     }
 }

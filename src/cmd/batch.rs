@@ -19,7 +19,7 @@ use super::exit;
 use super::run::{self, start_err, RunArgs};
 use crate::batch::api::{BatchApi, BatchObject};
 use crate::batch::input::{self, Splitter};
-use crate::batch::results::Joiner;
+use crate::batch::results::{self, Joiner};
 use crate::batch::state::{is_terminal, BatchState, Chunk};
 use crate::batch::{META_CHUNK, META_JOB};
 use crate::client::{self, Secret};
@@ -508,10 +508,17 @@ fn ingest(
     } else {
         None
     };
-    for rec in records {
+    for mut rec in records {
+        if let Some(schema) = &ctx.job.model.schema_json {
+            results::apply_schema(&mut rec, schema);
+        }
         if let Some(r) = reader.as_mut() {
             if let Some(prev) = r.get(writer.index(), rec.row)? {
-                if prev.status == Status::Ok && prev.hash == rec.hash && prev.id == rec.id {
+                // The same failure read again is skipped too: a schema failure carries the
+                // cost of its answer, which must not be counted twice.
+                if (prev.status == Status::Ok && prev.hash == rec.hash && prev.id == rec.id)
+                    || prev == rec
+                {
                     continue;
                 }
             }
