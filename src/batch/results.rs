@@ -1,7 +1,5 @@
 //! Batch output and error files back into journal records, joined to rows by `custom_id`.
 
-use std::collections::HashMap;
-
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
@@ -9,6 +7,7 @@ use super::input::parse_custom_id;
 use crate::client::Provider;
 use crate::cost::{ModelPrice, Tier};
 use crate::journal::{Record, Status};
+use crate::slots::TextSlots;
 
 /// Why a result line could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +22,17 @@ pub enum LineError {
     )]
     CustomId { line: usize, id: String },
     #[error("line {line}: row {row} is not in the input (it has {rows} rows)")]
-    UnknownRow { line: usize, row: u64, rows: usize },
+    UnknownRow { line: usize, row: u64, rows: u64 },
+    #[error("line {line}: reading the row id: {source}")]
+    Ids { line: usize, source: std::io::Error },
 }
 
 /// Turns result lines into records: a row's id comes from `ids` (indexed by row), prices
 /// are batch prices.
 pub struct Joiner<'a> {
-    /// Row ids by row index (None for rows the input could not read).
-    pub ids: &'a HashMap<u64, String>,
+    /// Row ids by row index, on disk (none for rows the input could not read): the
+    /// `custom_id` carries the index, so joining holds nothing per row in memory.
+    pub ids: &'a TextSlots,
     pub provider: &'a dyn Provider,
     pub price: Option<&'a ModelPrice>,
 }
@@ -56,15 +58,19 @@ impl Joiner<'_> {
             line,
             id: cid.to_string(),
         })?;
-        let id = self.ids.get(&row).ok_or(LineError::UnknownRow {
-            line,
-            row,
-            rows: self.ids.len(),
-        })?;
+        let id = self
+            .ids
+            .get(row)
+            .map_err(|source| LineError::Ids { line, source })?
+            .ok_or(LineError::UnknownRow {
+                line,
+                row,
+                rows: self.ids.rows(),
+            })?;
         // Failed until the response says otherwise; the error is set on every failed path.
         let mut rec = Record {
             batch: true,
-            ..Record::failed(row, id.clone(), hash.to_string(), 1, String::new())
+            ..Record::failed(row, id, hash.to_string(), 1, String::new())
         };
         let resp = &v["response"];
         if resp.is_object() {
@@ -120,7 +126,12 @@ mod tests {
 
     #[test]
     fn output_and_error_lines_become_records() {
-        let ids: HashMap<u64, String> = [(0, "a".to_string()), (1, "b".to_string())].into();
+        let dir = tempfile::tempdir().unwrap();
+        let ids = TextSlots::from_rows(
+            &dir.path().join("j"),
+            [(0, "a".to_string()), (1, "b".to_string())],
+        )
+        .unwrap();
         let provider = OpenAi::new(Endpoint::Chat);
         let j = Joiner {
             ids: &ids,

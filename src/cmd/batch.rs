@@ -5,7 +5,6 @@
 //! after it happens (see `batch::state`), so running any of these again after a crash
 //! carries on where it stopped and never submits the same rows twice.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +29,7 @@ use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
 use crate::plan::Planner;
 use crate::resume::Resume;
 use crate::sink::{self, OutputSpec};
+use crate::slots::TextSlots;
 use crate::source::Source;
 use crate::summary::Summary;
 use crate::types::{Money, Usage};
@@ -185,13 +185,14 @@ impl Ctx {
         self.state_path().with_extension("")
     }
 
-    /// Row ids by row index, for joining results.
-    fn row_ids(&self) -> anyhow::Result<HashMap<u64, String>> {
-        let mut ids = HashMap::new();
-        for row in Source::open(&self.job.input.path, &run::source_options(&self.job))?.flatten() {
-            ids.insert(row.index, row.id);
-        }
-        Ok(ids)
+    /// Row ids by row index, for joining results: in temporary files rather than a map, so
+    /// that collecting holds nothing per row in memory however many rows the job has.
+    fn row_ids(&self) -> anyhow::Result<TextSlots> {
+        let rows = Source::open(&self.job.input.path, &run::source_options(&self.job))?
+            .flatten()
+            .map(|row| (row.index, row.id));
+        TextSlots::from_rows(&self.job.journal_path(), rows)
+            .context("cannot keep the row ids in a temporary file")
     }
 
     /// Validates every row (like a live run) on a blocking thread.
@@ -293,7 +294,7 @@ async fn drive(
     let state_path = ctx.state_path();
     let mut state = BatchState::load(&state_path, &ctx.job.display_name())?;
     let mut writer = journal::open(&ctx.job.journal_path())?;
-    let mut ids: Option<HashMap<u64, String>> = None;
+    let mut ids: Option<TextSlots> = None;
     let mut got = Collected::default();
     let mut new_round_done = false;
     loop {
@@ -424,7 +425,7 @@ async fn poll_chunk(
     i: usize,
     path: &Path,
     writer: &mut JournalWriter,
-    ids: &mut Option<HashMap<u64, String>>,
+    ids: &mut Option<TextSlots>,
     got: &mut Collected,
 ) -> anyhow::Result<()> {
     let id = state.chunks[i].batch_id.clone().unwrap_or_default();
@@ -461,7 +462,7 @@ async fn poll_chunk(
                 batch: true,
                 ..Record::failed(
                     row,
-                    ids.get(&row).cloned().unwrap_or_default(),
+                    ids.get(row)?.unwrap_or_default(),
                     hash.to_string(),
                     1,
                     format!("batch {id} failed validation: {why}"),
@@ -491,7 +492,7 @@ async fn poll_chunk(
 /// (a crash between writing them and recording the batch as collected).
 fn ingest(
     ctx: &Ctx,
-    ids: &HashMap<u64, String>,
+    ids: &TextSlots,
     bytes: &[u8],
     writer: &mut JournalWriter,
     got: &mut Collected,
