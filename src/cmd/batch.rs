@@ -123,7 +123,11 @@ pub struct ImportArgs {
 /// What a command learned about one job, shared by all the batch commands.
 struct Ctx {
     job: Job,
-    planner: Arc<Planner>,
+    /// Plans rows, and holds the tokenizer's tables (~40 MB) while it does: only `run` and
+    /// `export` make one ([`Ctx::with_planner`]), and `run` drops it once its round is
+    /// written, so that polling and collecting (often for hours with `--wait`) do not keep
+    /// the tables.
+    planner: Option<Arc<Planner>>,
     price: Option<ModelPrice>,
     prices: String,
     mock: bool,
@@ -142,14 +146,25 @@ impl Ctx {
                  use mode = \"live\" for this provider"
             );
         }
-        let planner = Arc::new(run::planner_for(&job, mock)?);
         Ok(Ctx {
             job,
-            planner,
+            planner: None,
             price,
             prices: format!("{} ({})", prices.source(), prices.as_of()),
             mock,
         })
+    }
+
+    /// The same context with a planner, for the commands that write input lines.
+    fn with_planner(mut self) -> anyhow::Result<Ctx> {
+        self.planner = Some(Arc::new(run::planner_for(&self.job, self.mock)?));
+        Ok(self)
+    }
+
+    fn planner(&self) -> anyhow::Result<&Arc<Planner>> {
+        self.planner
+            .as_ref()
+            .ok_or_else(|| anyhow!("internal: this command plans no rows"))
     }
 
     fn load(args: &JobArgs) -> anyhow::Result<Ctx> {
@@ -197,7 +212,11 @@ impl Ctx {
 
     /// Validates every row (like a live run) on a blocking thread.
     async fn validate(&self) -> anyhow::Result<()> {
-        let (job, planner, price) = (self.job.clone(), self.planner.clone(), self.price.clone());
+        let (job, planner, price) = (
+            self.job.clone(),
+            self.planner()?.clone(),
+            self.price.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let opts = EstimateOptions {
                 price: price.as_ref(),
@@ -222,7 +241,9 @@ pub async fn run(
     prices: &PriceTable,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let ctx = Ctx::new(job.clone(), price, prices, args.mock).map_err(start_err)?;
+    let mut ctx = Ctx::new(job.clone(), price, prices, args.mock)
+        .and_then(Ctx::with_planner)
+        .map_err(start_err)?;
     let spec = run::output_spec(&ctx.job).map_err(start_err)?;
     ctx.validate().await.map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
@@ -238,13 +259,13 @@ pub async fn run(
         json: args.json,
         quiet: args.quiet,
     };
-    drive(&ctx, &api, &spec, &flags, how, started).await
+    drive(&mut ctx, &api, &spec, &flags, how, started).await
 }
 
 /// Runs `promptmill collect`.
 pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let mut ctx = Ctx::load(&args.job).map_err(start_err)?;
     let spec = run::output_spec(&ctx.job).map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
     if !ctx.state_path().exists() {
@@ -260,7 +281,7 @@ pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
         json: args.json,
         quiet: false,
     };
-    drive(&ctx, &api, &spec, &args.batch, how, started).await
+    drive(&mut ctx, &api, &spec, &args.batch, how, started).await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -284,7 +305,7 @@ struct Collected {
 /// rows with no result (and, with `retry_failed`, failed rows) into a new round once nothing
 /// is in flight. Writes the output when nothing is in flight any more.
 async fn drive(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     api: &BatchApi,
     spec: &OutputSpec,
     flags: &BatchFlags,
@@ -321,6 +342,9 @@ async fn drive(
         if how.submit && !new_round_done && state.in_flight().next().is_none() {
             new_round_done = true;
             let added = new_round(ctx, &mut state, &mut writer, flags, how.retry_failed)?;
+            // Nothing is planned after the round: let the tokenizer go (the validation
+            // task's copy of the planner ended with it, so this frees the tables).
+            ctx.planner = None;
             state.save(&state_path)?;
             crash_point("after-write");
             got.submitted += added;
@@ -599,6 +623,7 @@ fn pending_lines(
     mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> anyhow::Result<(u64, Money)> {
     let job = &ctx.job;
+    let planner = ctx.planner()?;
     let mut resume = Resume::new(writer.path(), writer.index().clone(), retry_failed)?;
     let url = ctx.endpoint();
     let (mut n, mut worst) = (0, Money::ZERO);
@@ -615,7 +640,7 @@ fn pending_lines(
             Ok(Err(bad)) => bail!("{}", bad.error),
             Err(e) => bail!("{e}"),
         };
-        let planned = match ctx.planner.plan(&row) {
+        let planned = match planner.plan(&row) {
             Ok(p) => p,
             Err(e) => {
                 writer.append(&run::bad_row_record(&row, format!("{file}: {e}"), true))?;
@@ -629,8 +654,8 @@ fn pending_lines(
         n += 1;
         if let Some(p) = &ctx.price {
             let u = Usage {
-                prompt_tokens: ctx.planner.prompt_tokens_to_reserve(planned.prompt_tokens),
-                completion_tokens: ctx.planner.max_completion_tokens(),
+                prompt_tokens: planner.prompt_tokens_to_reserve(planned.prompt_tokens),
+                completion_tokens: planner.max_completion_tokens(),
                 ..Usage::default()
             };
             worst = worst.saturating_add(p.cost(&u, Tier::Batch));
@@ -752,7 +777,9 @@ fn utc(secs: u64) -> String {
 
 /// Runs `promptmill export`.
 pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
-    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let ctx = Ctx::load(&args.job)
+        .and_then(Ctx::with_planner)
+        .map_err(start_err)?;
     ctx.validate().await.map_err(start_err)?;
     let ExportFormat::OpenaiBatch = args.format;
     let out = args.out.clone().unwrap_or_else(|| {
