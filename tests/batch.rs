@@ -576,3 +576,41 @@ fn a_batch_answer_that_fails_the_schema_fails_its_row_and_is_paid_for() {
         "the first answer stays paid for: {now} > {spent}"
     );
 }
+
+#[test]
+fn a_crash_before_a_batch_is_marked_collected_counts_a_schema_failure_once() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.write(
+        "rows.csv",
+        "id,name,color\nr1,kettle,red\nr2,lamp [[mock:bad-schema]],blue\n",
+    );
+    let job = schema_job(&ws, &mock.base_url);
+    // Killed after the results are journaled, before the batch is recorded as collected.
+    let out = promptmill()
+        .current_dir(ws.dir.path())
+        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
+        .env("PROMPTMILL_TEST_CRASH_AT", "after-ingest")
+        .args(["run", &job, "--mode", "batch", "--wait", "--poll-secs", "0"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 101);
+    let journal = ws.read("out/result.journal.jsonl");
+    assert_eq!(journal.lines().count(), 2, "{journal}");
+
+    // Collecting reads the same results again: nothing is journaled (or paid for) twice.
+    let out = ws.run(&["collect", &job]);
+    assert_exit(&out, 1);
+    assert_eq!(ws.read("out/result.journal.jsonl"), journal);
+    let (h, rows) = ws.csv("out/result.csv");
+    let costs: Vec<f64> = rows
+        .iter()
+        .map(|r| r[col(&h, "cost_usd")].parse::<f64>().unwrap())
+        .collect();
+    assert!(costs.iter().all(|c| *c > 0.0), "{costs:?}");
+    let spent = ws.summary()["spent_total_usd"].as_f64().unwrap();
+    assert!(
+        (spent - costs.iter().sum::<f64>()).abs() < 1e-12,
+        "spent {spent} vs rows {costs:?}"
+    );
+}

@@ -497,6 +497,7 @@ async fn poll_chunk(
         }
     }
     writer.sync()?;
+    crash_point("after-ingest");
     state.chunks[i].collected = true;
     state.save(path)?;
     if b.status != "completed" {
