@@ -1,9 +1,10 @@
 //! Per-row numbers kept on disk instead of in RAM: one 8-byte slot per row, at `row * 8` in an
 //! unnamed temporary file, so that memory stays flat however many rows a job has (a million
-//! rows is 8 MB of file, held by the OS's page cache rather than our heap).
+//! rows is 8 MB of file, held by the OS's page cache rather than our heap), and short texts
+//! by row ([`TextSlots`]) the same way.
 //!
 //! Only ever a cache of something that can be worked out again (the journal's offsets, the
-//! estimate's token counts): the OS removes the file when the process ends, however it ends.
+//! estimate's token counts, the input's row ids): the OS removes the file when the process ends, however it ends.
 
 use std::fs::File;
 use std::io;
@@ -23,12 +24,9 @@ impl SlotFile {
     /// An empty table in the folder of `beside` (the system temp dir when that folder is
     /// read-only, as in a dry run over someone else's files).
     pub fn create_beside(beside: &Path) -> io::Result<SlotFile> {
-        let dir = beside
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let file = tempfile::tempfile_in(dir).or_else(|_| tempfile::tempfile())?;
-        Ok(SlotFile { file })
+        Ok(SlotFile {
+            file: temp_file_beside(beside)?,
+        })
     }
 
     /// The value of a row.
@@ -165,6 +163,91 @@ impl PageWriter<'_> {
     }
 }
 
+/// Short texts by row (the input's row ids) kept on disk like a [`SlotFile`]: each slot holds
+/// where the row's text starts in a second temporary file (a 4-byte length, then the bytes),
+/// so a million ids cost two files in the page cache and nothing on the heap.
+#[derive(Debug)]
+pub struct TextSlots {
+    offsets: SlotFile,
+    texts: File,
+    rows: u64,
+}
+
+impl TextSlots {
+    /// A table of `rows` (row, text) pairs, given in increasing row order (gaps allowed),
+    /// in the folder of `beside` (see [`SlotFile::create_beside`]).
+    pub fn from_rows(
+        beside: &Path,
+        rows: impl IntoIterator<Item = (u64, String)>,
+    ) -> io::Result<TextSlots> {
+        let offsets = SlotFile::create_beside(beside)?;
+        let texts = temp_file_beside(beside)?;
+        let mut out = io::BufWriter::new(texts.try_clone()?);
+        let (mut end, mut count) = (0u64, 0u64);
+        let mut slots = offsets.page_writer();
+        for (row, text) in rows {
+            let len = u32::try_from(text.len())
+                .map_err(|_| slot_err(row, io::Error::other("text longer than 4 GiB")))?;
+            io::Write::write_all(&mut out, &len.to_le_bytes())?;
+            io::Write::write_all(&mut out, text.as_bytes())?;
+            if slots.set(row, end)? {
+                count += 1;
+            }
+            end += 4 + u64::from(len);
+        }
+        slots.flush()?;
+        io::Write::flush(&mut out)?;
+        Ok(TextSlots {
+            offsets,
+            texts,
+            rows: count,
+        })
+    }
+
+    /// The text of a row (None for a row that was not given).
+    pub fn get(&self, row: u64) -> io::Result<Option<String>> {
+        let Some(at) = self.offsets.get(row)? else {
+            return Ok(None);
+        };
+        let mut len = [0u8; 4];
+        read_exact_at(&self.texts, &mut len, at).map_err(|e| slot_err(row, e))?;
+        let mut text = vec![0u8; u32::from_le_bytes(len) as usize];
+        read_exact_at(&self.texts, &mut text, at + 4).map_err(|e| slot_err(row, e))?;
+        String::from_utf8(text)
+            .map(Some)
+            .map_err(|e| slot_err(row, io::Error::new(io::ErrorKind::InvalidData, e)))
+    }
+
+    /// How many rows have a text.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
+/// An unnamed temporary file in the folder of `beside`, else in the system temp dir.
+fn temp_file_beside(beside: &Path) -> io::Result<File> {
+    let dir = beside
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    tempfile::tempfile_in(dir).or_else(|_| tempfile::tempfile())
+}
+
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut at: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match read_at(file, buf, at) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                at += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn byte_of(row: u64) -> io::Result<u64> {
     row.checked_mul(8)
         .ok_or_else(|| slot_err(row, io::Error::other("row number out of range")))
@@ -238,5 +321,35 @@ mod tests {
         }
         assert_eq!(SlotCursor::empty().get(1).unwrap(), None);
         assert!(s.set(u64::MAX, 1).is_err());
+    }
+
+    #[test]
+    fn texts_by_row_across_pages_with_gaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = (0..3 * PAGE).filter(|r| r % 5 != 3).map(|r| {
+            (
+                r,
+                if r == 7 {
+                    String::new()
+                } else {
+                    format!("id-é{r}")
+                },
+            )
+        });
+        let t = TextSlots::from_rows(&dir.path().join("x"), rows).unwrap();
+        assert_eq!(
+            t.rows(),
+            (0..3 * PAGE).filter(|r| r % 5 != 3).count() as u64
+        );
+        for row in (0..3 * PAGE + 10).rev() {
+            let want = match row {
+                7 => Some(String::new()),
+                r if r % 5 == 3 || r >= 3 * PAGE => None,
+                r => Some(format!("id-é{r}")),
+            };
+            assert_eq!(t.get(row).unwrap(), want, "{row}");
+        }
+        let empty = TextSlots::from_rows(&dir.path().join("x"), []).unwrap();
+        assert_eq!((empty.rows(), empty.get(0).unwrap()), (0, None));
     }
 }

@@ -432,3 +432,185 @@ fn a_batch_that_fails_validation_records_its_rows_as_failed() {
     let journal = ws.read("out/result.journal.jsonl");
     assert!(journal.contains("failed validation") && journal.contains("duplicate_custom_id"));
 }
+
+/// `job.toml` as [`Workspace::job`] writes it, with a structured-output schema.
+fn schema_job(ws: &Workspace, base_url: &str) -> String {
+    let path = ws.write(
+        "job.toml",
+        &format!(
+            r#"
+[input]
+path = "rows.csv"
+id = "id"
+
+[prompt]
+system = "You are terse."
+user = "Describe {{{{ name }}}} in {{{{ color }}}}."
+
+[model]
+name = "gpt-4o-mini"
+max_tokens = 200
+schema = {{ type = "object", additionalProperties = false, required = ["title", "stars"], properties = {{ title = {{ type = "string" }}, stars = {{ type = "integer", minimum = 1, maximum = 5 }} }} }}
+
+[api]
+base_url = "{base_url}"
+
+[limits]
+max_retries = 0
+
+[output]
+path = "out/result.csv"
+"#
+        ),
+    );
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn a_schema_job_collected_from_a_batch_gives_the_rows_of_a_live_run() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(40);
+    let job = schema_job(&ws, &mock.base_url);
+    assert_exit(&ws.run(&["run", &job, "--quiet"]), 0);
+    let out = ws.run(&[
+        "run",
+        &job,
+        "--mode",
+        "batch",
+        "--output",
+        "out/batch.csv",
+        "--wait",
+        "--poll-secs",
+        "0",
+    ]);
+    assert_exit(&out, 0);
+
+    let (lh, live) = ws.csv("out/result.csv");
+    let (bh, batch) = ws.csv("out/batch.csv");
+    assert_eq!(lh, bh);
+    let (title, stars, cost) = (col(&lh, "title"), col(&lh, "stars"), col(&lh, "cost_usd"));
+    assert_eq!((live.len(), batch.len()), (40, 40));
+    for (l, b) in live.iter().zip(&batch) {
+        assert!(
+            l[title].starts_with("Mock title for:"),
+            "live row has its field: {l:?}"
+        );
+        assert!((1..=5).contains(&l[stars].parse::<u32>().unwrap()), "{l:?}");
+        for (c, name) in lh.iter().enumerate().filter(|(c, _)| *c != cost) {
+            assert_eq!(l[c], b[c], "column {name}: live {l:?} batch {b:?}");
+        }
+        let (lc, bc) = (
+            l[cost].parse::<f64>().unwrap(),
+            b[cost].parse::<f64>().unwrap(),
+        );
+        assert!(
+            (bc * 2.0 - lc).abs() < 1e-12,
+            "batch {bc} is half of live {lc}"
+        );
+    }
+}
+
+#[test]
+fn a_batch_answer_that_fails_the_schema_fails_its_row_and_is_paid_for() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.write(
+        "rows.csv",
+        "id,name,color\nr1,kettle,red\nr2,lamp [[mock:bad-schema]],blue\nr3,mug,green\n",
+    );
+    let job = schema_job(&ws, &mock.base_url);
+    let batch = ["run", &job, "--mode", "batch", "--wait", "--poll-secs", "0"];
+    let out = ws.run(&batch);
+    assert_exit(&out, 1);
+    let (h, rows) = ws.csv("out/result.csv");
+    let at = |r: usize, c: &str| rows[r][col(&h, c)].clone();
+    assert_eq!(
+        (at(0, "status"), at(2, "status")),
+        ("ok".into(), "ok".into())
+    );
+    assert_eq!(at(1, "status"), "failed");
+    let err = at(1, "error");
+    assert!(
+        err.contains("does not follow model.schema") && err.contains("not JSON"),
+        "{err}"
+    );
+    assert_eq!(
+        (at(1, "title"), at(1, "output")),
+        (String::new(), String::new())
+    );
+    assert!(
+        at(1, "prompt_tokens").parse::<u64>().unwrap() > 0,
+        "paid tokens kept"
+    );
+    assert!(
+        at(1, "cost_usd").parse::<f64>().unwrap() > 0.0,
+        "and their cost"
+    );
+    let s = ws.summary();
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["failed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let spent = s["spent_total_usd"].as_f64().unwrap();
+    let row_costs: f64 = rows
+        .iter()
+        .map(|r| r[col(&h, "cost_usd")].parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        (spent - row_costs).abs() < 1e-12,
+        "spent {spent} counts the failed answer"
+    );
+
+    // --retry-failed sends that row again (the mock answers properly the second time).
+    let mut again = batch.to_vec();
+    again.push("--retry-failed");
+    assert_exit(&ws.run(&again), 0);
+    assert_eq!(batches(&mock)[0]["request_counts"]["total"], 1);
+    let (h, rows) = ws.csv("out/result.csv");
+    assert_eq!(rows[1][col(&h, "status")], "ok");
+    assert!(rows[1][col(&h, "title")].starts_with("Mock title for:"));
+    let now = ws.summary()["spent_total_usd"].as_f64().unwrap();
+    assert!(
+        now > spent,
+        "the first answer stays paid for: {now} > {spent}"
+    );
+}
+
+#[test]
+fn a_crash_before_a_batch_is_marked_collected_counts_a_schema_failure_once() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.write(
+        "rows.csv",
+        "id,name,color\nr1,kettle,red\nr2,lamp [[mock:bad-schema]],blue\n",
+    );
+    let job = schema_job(&ws, &mock.base_url);
+    // Killed after the results are journaled, before the batch is recorded as collected.
+    let out = promptmill()
+        .current_dir(ws.dir.path())
+        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
+        .env("PROMPTMILL_TEST_CRASH_AT", "after-ingest")
+        .args(["run", &job, "--mode", "batch", "--wait", "--poll-secs", "0"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 101);
+    let journal = ws.read("out/result.journal.jsonl");
+    assert_eq!(journal.lines().count(), 2, "{journal}");
+
+    // Collecting reads the same results again: nothing is journaled (or paid for) twice.
+    let out = ws.run(&["collect", &job]);
+    assert_exit(&out, 1);
+    assert_eq!(ws.read("out/result.journal.jsonl"), journal);
+    let (h, rows) = ws.csv("out/result.csv");
+    let costs: Vec<f64> = rows
+        .iter()
+        .map(|r| r[col(&h, "cost_usd")].parse::<f64>().unwrap())
+        .collect();
+    assert!(costs.iter().all(|c| *c > 0.0), "{costs:?}");
+    let spent = ws.summary()["spent_total_usd"].as_f64().unwrap();
+    assert!(
+        (spent - costs.iter().sum::<f64>()).abs() < 1e-12,
+        "spent {spent} vs rows {costs:?}"
+    );
+}

@@ -1,7 +1,5 @@
 //! Batch output and error files back into journal records, joined to rows by `custom_id`.
 
-use std::collections::HashMap;
-
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
@@ -9,6 +7,7 @@ use super::input::parse_custom_id;
 use crate::client::Provider;
 use crate::cost::{ModelPrice, Tier};
 use crate::journal::{Record, Status};
+use crate::slots::TextSlots;
 
 /// Why a result line could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +22,17 @@ pub enum LineError {
     )]
     CustomId { line: usize, id: String },
     #[error("line {line}: row {row} is not in the input (it has {rows} rows)")]
-    UnknownRow { line: usize, row: u64, rows: usize },
+    UnknownRow { line: usize, row: u64, rows: u64 },
+    #[error("line {line}: reading the row id: {source}")]
+    Ids { line: usize, source: std::io::Error },
 }
 
 /// Turns result lines into records: a row's id comes from `ids` (indexed by row), prices
 /// are batch prices.
 pub struct Joiner<'a> {
-    /// Row ids by row index (None for rows the input could not read).
-    pub ids: &'a HashMap<u64, String>,
+    /// Row ids by row index, on disk (none for rows the input could not read): the
+    /// `custom_id` carries the index, so joining holds nothing per row in memory.
+    pub ids: &'a TextSlots,
     pub provider: &'a dyn Provider,
     pub price: Option<&'a ModelPrice>,
 }
@@ -56,15 +58,19 @@ impl Joiner<'_> {
             line,
             id: cid.to_string(),
         })?;
-        let id = self.ids.get(&row).ok_or(LineError::UnknownRow {
-            line,
-            row,
-            rows: self.ids.len(),
-        })?;
+        let id = self
+            .ids
+            .get(row)
+            .map_err(|source| LineError::Ids { line, source })?
+            .ok_or(LineError::UnknownRow {
+                line,
+                row,
+                rows: self.ids.rows(),
+            })?;
         // Failed until the response says otherwise; the error is set on every failed path.
         let mut rec = Record {
             batch: true,
-            ..Record::failed(row, id.clone(), hash.to_string(), 1, String::new())
+            ..Record::failed(row, id, hash.to_string(), 1, String::new())
         };
         let resp = &v["response"];
         if resp.is_object() {
@@ -92,6 +98,26 @@ impl Joiner<'_> {
     }
 }
 
+/// Puts an answered record through the job's structured-output schema, with the code a live
+/// answer goes through ([`crate::schema::structure`]): its fields become the row's columns.
+/// A live run retries an answer that does not follow the schema; a batch cannot, so the row
+/// fails with the schema error (`--retry-failed` sends it again) and keeps the usage and
+/// cost of the answer, which was billed all the same.
+pub fn apply_schema(rec: &mut Record, schema: &Value) {
+    if rec.status != Status::Ok {
+        return;
+    }
+    match crate::schema::structure(schema, &rec.choices) {
+        Ok(fields) => rec.fields = Some(fields),
+        Err(e) => {
+            rec.status = Status::Failed;
+            rec.error = Some(format!("batch: {e}"));
+            rec.choices.clear();
+            rec.fields = None;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,7 +126,12 @@ mod tests {
 
     #[test]
     fn output_and_error_lines_become_records() {
-        let ids: HashMap<u64, String> = [(0, "a".to_string()), (1, "b".to_string())].into();
+        let dir = tempfile::tempdir().unwrap();
+        let ids = TextSlots::from_rows(
+            &dir.path().join("j"),
+            [(0, "a".to_string()), (1, "b".to_string())],
+        )
+        .unwrap();
         let provider = OpenAi::new(Endpoint::Chat);
         let j = Joiner {
             ids: &ids,
@@ -124,5 +155,54 @@ mod tests {
         assert!(recs[2].error.as_deref().unwrap().contains("batch_expired"));
         let err = j.records(b"{\"custom_id\":\"row-9-h\"}").unwrap_err();
         assert!(err.to_string().contains("row 9"), "{err}");
+    }
+
+    #[test]
+    fn the_schema_gives_fields_or_fails_the_row_keeping_what_it_cost() {
+        let schema = serde_json::json!({"type": "object", "required": ["a"],
+            "properties": {"a": {"type": "string"}}});
+        let answered = |text: &str, finish: &str| Record {
+            status: Status::Ok,
+            error: None,
+            choices: vec![crate::client::Choice {
+                text: text.into(),
+                finish_reason: Some(finish.into()),
+            }],
+            usage: Some(crate::types::Usage {
+                prompt_tokens: 7,
+                completion_tokens: 3,
+                ..Default::default()
+            }),
+            cost_pico: Some(99),
+            batch: true,
+            ..Record::failed(0, "a".into(), "h".into(), 1, String::new())
+        };
+        let mut ok = answered(r#"{"a": "x"}"#, "stop");
+        apply_schema(&mut ok, &schema);
+        assert_eq!(ok.status, Status::Ok);
+        assert_eq!(ok.fields.as_ref().unwrap()["a"], "x");
+
+        let mut bad = answered("Sure! {\"a\":", "stop");
+        apply_schema(&mut bad, &schema);
+        assert_eq!(bad.status, Status::Failed);
+        let err = bad.error.as_deref().unwrap();
+        assert!(err.contains("does not follow model.schema"), "{err}");
+        assert!(bad.choices.is_empty() && bad.fields.is_none());
+        assert_eq!(
+            (bad.usage.unwrap().prompt_tokens, bad.cost_pico),
+            (7, Some(99))
+        );
+
+        let mut cut = answered(r#"{"a": "#, "length");
+        apply_schema(&mut cut, &schema);
+        assert!(cut.error.as_deref().unwrap().contains("max_tokens"));
+
+        let mut failed = Record::failed(0, "a".into(), "h".into(), 1, "batch: nope".into());
+        apply_schema(&mut failed, &schema);
+        assert_eq!(
+            failed.error.as_deref(),
+            Some("batch: nope"),
+            "failures stay as they are"
+        );
     }
 }

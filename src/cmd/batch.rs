@@ -5,7 +5,6 @@
 //! after it happens (see `batch::state`), so running any of these again after a crash
 //! carries on where it stopped and never submits the same rows twice.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use super::exit;
 use super::run::{self, start_err, RunArgs};
 use crate::batch::api::{BatchApi, BatchObject};
 use crate::batch::input::{self, Splitter};
-use crate::batch::results::Joiner;
+use crate::batch::results::{self, Joiner};
 use crate::batch::state::{is_terminal, BatchState, Chunk};
 use crate::batch::{META_CHUNK, META_JOB};
 use crate::client::{self, Secret};
@@ -30,6 +29,7 @@ use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
 use crate::plan::Planner;
 use crate::resume::Resume;
 use crate::sink::{self, OutputSpec};
+use crate::slots::TextSlots;
 use crate::source::Source;
 use crate::summary::Summary;
 use crate::types::{Money, Usage};
@@ -123,7 +123,11 @@ pub struct ImportArgs {
 /// What a command learned about one job, shared by all the batch commands.
 struct Ctx {
     job: Job,
-    planner: Arc<Planner>,
+    /// Plans rows, and holds the tokenizer's tables (~40 MB) while it does: only `run` and
+    /// `export` make one ([`Ctx::with_planner`]), and `run` drops it once its round is
+    /// written, so that polling and collecting (often for hours with `--wait`) do not keep
+    /// the tables.
+    planner: Option<Arc<Planner>>,
     price: Option<ModelPrice>,
     prices: String,
     mock: bool,
@@ -142,14 +146,25 @@ impl Ctx {
                  use mode = \"live\" for this provider"
             );
         }
-        let planner = Arc::new(run::planner_for(&job, mock)?);
         Ok(Ctx {
             job,
-            planner,
+            planner: None,
             price,
             prices: format!("{} ({})", prices.source(), prices.as_of()),
             mock,
         })
+    }
+
+    /// The same context with a planner, for the commands that write input lines.
+    fn with_planner(mut self) -> anyhow::Result<Ctx> {
+        self.planner = Some(Arc::new(run::planner_for(&self.job, self.mock)?));
+        Ok(self)
+    }
+
+    fn planner(&self) -> anyhow::Result<&Arc<Planner>> {
+        self.planner
+            .as_ref()
+            .ok_or_else(|| anyhow!("internal: this command plans no rows"))
     }
 
     fn load(args: &JobArgs) -> anyhow::Result<Ctx> {
@@ -185,18 +200,23 @@ impl Ctx {
         self.state_path().with_extension("")
     }
 
-    /// Row ids by row index, for joining results.
-    fn row_ids(&self) -> anyhow::Result<HashMap<u64, String>> {
-        let mut ids = HashMap::new();
-        for row in Source::open(&self.job.input.path, &run::source_options(&self.job))?.flatten() {
-            ids.insert(row.index, row.id);
-        }
-        Ok(ids)
+    /// Row ids by row index, for joining results: in temporary files rather than a map, so
+    /// that collecting holds nothing per row in memory however many rows the job has.
+    fn row_ids(&self) -> anyhow::Result<TextSlots> {
+        let rows = Source::open(&self.job.input.path, &run::source_options(&self.job))?
+            .flatten()
+            .map(|row| (row.index, row.id));
+        TextSlots::from_rows(&self.job.journal_path(), rows)
+            .context("cannot keep the row ids in a temporary file")
     }
 
     /// Validates every row (like a live run) on a blocking thread.
     async fn validate(&self) -> anyhow::Result<()> {
-        let (job, planner, price) = (self.job.clone(), self.planner.clone(), self.price.clone());
+        let (job, planner, price) = (
+            self.job.clone(),
+            self.planner()?.clone(),
+            self.price.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let opts = EstimateOptions {
                 price: price.as_ref(),
@@ -221,7 +241,9 @@ pub async fn run(
     prices: &PriceTable,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let ctx = Ctx::new(job.clone(), price, prices, args.mock).map_err(start_err)?;
+    let mut ctx = Ctx::new(job.clone(), price, prices, args.mock)
+        .and_then(Ctx::with_planner)
+        .map_err(start_err)?;
     let spec = run::output_spec(&ctx.job).map_err(start_err)?;
     ctx.validate().await.map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
@@ -237,13 +259,13 @@ pub async fn run(
         json: args.json,
         quiet: args.quiet,
     };
-    drive(&ctx, &api, &spec, &flags, how, started).await
+    drive(&mut ctx, &api, &spec, &flags, how, started).await
 }
 
 /// Runs `promptmill collect`.
 pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let mut ctx = Ctx::load(&args.job).map_err(start_err)?;
     let spec = run::output_spec(&ctx.job).map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
     if !ctx.state_path().exists() {
@@ -259,7 +281,7 @@ pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
         json: args.json,
         quiet: false,
     };
-    drive(&ctx, &api, &spec, &args.batch, how, started).await
+    drive(&mut ctx, &api, &spec, &args.batch, how, started).await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -283,7 +305,7 @@ struct Collected {
 /// rows with no result (and, with `retry_failed`, failed rows) into a new round once nothing
 /// is in flight. Writes the output when nothing is in flight any more.
 async fn drive(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     api: &BatchApi,
     spec: &OutputSpec,
     flags: &BatchFlags,
@@ -293,7 +315,7 @@ async fn drive(
     let state_path = ctx.state_path();
     let mut state = BatchState::load(&state_path, &ctx.job.display_name())?;
     let mut writer = journal::open(&ctx.job.journal_path())?;
-    let mut ids: Option<HashMap<u64, String>> = None;
+    let mut ids: Option<TextSlots> = None;
     let mut got = Collected::default();
     let mut new_round_done = false;
     loop {
@@ -320,6 +342,9 @@ async fn drive(
         if how.submit && !new_round_done && state.in_flight().next().is_none() {
             new_round_done = true;
             let added = new_round(ctx, &mut state, &mut writer, flags, how.retry_failed)?;
+            // Nothing is planned after the round: let the tokenizer go (the validation
+            // task's copy of the planner ended with it, so this frees the tables).
+            ctx.planner = None;
             state.save(&state_path)?;
             crash_point("after-write");
             got.submitted += added;
@@ -424,7 +449,7 @@ async fn poll_chunk(
     i: usize,
     path: &Path,
     writer: &mut JournalWriter,
-    ids: &mut Option<HashMap<u64, String>>,
+    ids: &mut Option<TextSlots>,
     got: &mut Collected,
 ) -> anyhow::Result<()> {
     let id = state.chunks[i].batch_id.clone().unwrap_or_default();
@@ -461,7 +486,7 @@ async fn poll_chunk(
                 batch: true,
                 ..Record::failed(
                     row,
-                    ids.get(&row).cloned().unwrap_or_default(),
+                    ids.get(row)?.unwrap_or_default(),
                     hash.to_string(),
                     1,
                     format!("batch {id} failed validation: {why}"),
@@ -472,6 +497,7 @@ async fn poll_chunk(
         }
     }
     writer.sync()?;
+    crash_point("after-ingest");
     state.chunks[i].collected = true;
     state.save(path)?;
     if b.status != "completed" {
@@ -491,7 +517,7 @@ async fn poll_chunk(
 /// (a crash between writing them and recording the batch as collected).
 fn ingest(
     ctx: &Ctx,
-    ids: &HashMap<u64, String>,
+    ids: &TextSlots,
     bytes: &[u8],
     writer: &mut JournalWriter,
     got: &mut Collected,
@@ -508,10 +534,17 @@ fn ingest(
     } else {
         None
     };
-    for rec in records {
+    for mut rec in records {
+        if let Some(schema) = &ctx.job.model.schema_json {
+            results::apply_schema(&mut rec, schema);
+        }
         if let Some(r) = reader.as_mut() {
             if let Some(prev) = r.get(writer.index(), rec.row)? {
-                if prev.status == Status::Ok && prev.hash == rec.hash && prev.id == rec.id {
+                // The same failure read again is skipped too: a schema failure carries the
+                // cost of its answer, which must not be counted twice.
+                if (prev.status == Status::Ok && prev.hash == rec.hash && prev.id == rec.id)
+                    || prev == rec
+                {
                     continue;
                 }
             }
@@ -591,6 +624,7 @@ fn pending_lines(
     mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> anyhow::Result<(u64, Money)> {
     let job = &ctx.job;
+    let planner = ctx.planner()?;
     let mut resume = Resume::new(writer.path(), writer.index().clone(), retry_failed)?;
     let url = ctx.endpoint();
     let (mut n, mut worst) = (0, Money::ZERO);
@@ -607,7 +641,7 @@ fn pending_lines(
             Ok(Err(bad)) => bail!("{}", bad.error),
             Err(e) => bail!("{e}"),
         };
-        let planned = match ctx.planner.plan(&row) {
+        let planned = match planner.plan(&row) {
             Ok(p) => p,
             Err(e) => {
                 writer.append(&run::bad_row_record(&row, format!("{file}: {e}"), true))?;
@@ -621,8 +655,8 @@ fn pending_lines(
         n += 1;
         if let Some(p) = &ctx.price {
             let u = Usage {
-                prompt_tokens: ctx.planner.prompt_tokens_to_reserve(planned.prompt_tokens),
-                completion_tokens: ctx.planner.max_completion_tokens(),
+                prompt_tokens: planner.prompt_tokens_to_reserve(planned.prompt_tokens),
+                completion_tokens: planner.max_completion_tokens(),
                 ..Usage::default()
             };
             worst = worst.saturating_add(p.cost(&u, Tier::Batch));
@@ -744,7 +778,9 @@ fn utc(secs: u64) -> String {
 
 /// Runs `promptmill export`.
 pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
-    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let ctx = Ctx::load(&args.job)
+        .and_then(Ctx::with_planner)
+        .map_err(start_err)?;
     ctx.validate().await.map_err(start_err)?;
     let ExportFormat::OpenaiBatch = args.format;
     let out = args.out.clone().unwrap_or_else(|| {
