@@ -430,6 +430,15 @@ fn run_mock_batch_export_and_import_work_for_anthropic_jobs() {
     let ws = Workspace::new();
     ws.csv_rows(9);
     let job = self::job(&ws, &mock.base_url);
+    // What live mode refuses for Anthropic, batch mode refuses too, before sending.
+    let out = run(
+        &ws,
+        &["run", &job, "--mode", "batch", "--set", "model.n=2"],
+        &[],
+    );
+    assert_exit(&out, 2);
+    assert!(text(&out).contains("model.n"), "{}", text(&out));
+    assert!(batches(&mock).is_empty());
     let out = run(
         &ws,
         &[

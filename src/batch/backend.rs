@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::anthropic::{self, MessageBatches};
 use super::api::{BatchApi, BatchObject};
 use super::input;
-use crate::client::Secret;
+use crate::client::{self, Secret};
 use crate::config::{Job, ProviderKind};
 
 /// The Batch API of one job's provider.
@@ -51,6 +51,7 @@ pub fn result_lines(provider: ProviderKind, bytes: Vec<u8>) -> anyhow::Result<Ve
 impl Backend {
     /// The backend for `job`'s provider (reads nothing from the network).
     pub fn for_job(job: &Job, key: Secret) -> anyhow::Result<Backend> {
+        client::check_provider_settings(job)?;
         Ok(match job.api.provider {
             ProviderKind::Openai => Backend::OpenAi(BatchApi::for_job(job, key)?),
             ProviderKind::Anthropic => Backend::Anthropic(MessageBatches::for_job(job, key)?),

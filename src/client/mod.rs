@@ -436,8 +436,8 @@ impl Client {
     }
 }
 
-/// Refuses settings a provider cannot honour, before anything is sent.
-fn check_provider_settings(job: &Job) -> Result<(), ClientError> {
+/// Refuses settings a provider cannot honour, before anything is sent (live or batch).
+pub fn check_provider_settings(job: &Job) -> Result<(), ClientError> {
     let p = job.api.provider;
     if p != ProviderKind::Openai && job.api.endpoint == Endpoint::Completions {
         return Err(ClientError::Settings(
