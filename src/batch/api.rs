@@ -44,10 +44,12 @@ struct Page {
     last_id: Option<String>,
 }
 
-/// A client for the Files and Batches endpoints of one job's API.
+/// A client for the Files and Batches endpoints of one job's API. Its transport (base URL,
+/// the job's provider's authentication, error messages) also carries Anthropic's Message
+/// Batches (see `anthropic.rs`).
 pub struct BatchApi {
-    http: reqwest::Client,
-    base: String,
+    pub(super) http: reqwest::Client,
+    pub(super) base: String,
     key: Secret,
     provider: Box<dyn Provider>,
 }
@@ -70,7 +72,13 @@ impl BatchApi {
         })
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Vec<u8>> {
+    /// Sends `req` with the job's authentication: the body of a 2xx answer, else an error
+    /// naming `what`, the status and the provider's message (the key scrubbed).
+    pub(super) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<Vec<u8>> {
         let resp = self
             .provider
             .authorize(req, &self.key)
@@ -93,7 +101,8 @@ impl BatchApi {
         Ok(bytes.to_vec())
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(
+    /// [`BatchApi::send`], the answer read as JSON.
+    pub(super) async fn json<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
         what: &str,

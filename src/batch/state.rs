@@ -61,6 +61,10 @@ pub struct Chunk {
     /// happened without being recorded, so look it up before creating another.
     #[serde(default)]
     pub create_started: bool,
+    /// When `create_started` was set (unix seconds; Message Batches only, which carry no
+    /// metadata: a lost batch is looked for among those created since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_started_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -213,9 +213,9 @@ fn finish_reason(stop: &str) -> String {
     .to_string()
 }
 
-/// The HTTP status an Anthropic error type stands for (errors inside a stream carry no
-/// status of their own).
-fn status_for_error_type(kind: &str) -> Option<u16> {
+/// The HTTP status an Anthropic error type stands for (errors inside a stream, or in a
+/// Message Batches result, carry no status of their own).
+pub fn status_for_error_type(kind: &str) -> Option<u16> {
     Some(match kind {
         "invalid_request_error" => 400,
         "authentication_error" => 401,

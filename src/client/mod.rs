@@ -12,7 +12,7 @@ mod ratelimit;
 mod secret;
 mod sse;
 
-pub use anthropic::{civil_from_days, parse_rfc3339, Anthropic};
+pub use anthropic::{civil_from_days, parse_rfc3339, status_for_error_type, Anthropic};
 pub use azure::Azure;
 pub use openai::OpenAi;
 pub use ratelimit::{parse_go_duration, RateLimitInfo};
@@ -436,8 +436,8 @@ impl Client {
     }
 }
 
-/// Refuses settings a provider cannot honour, before anything is sent.
-fn check_provider_settings(job: &Job) -> Result<(), ClientError> {
+/// Refuses settings a provider cannot honour, before anything is sent (live or batch).
+pub fn check_provider_settings(job: &Job) -> Result<(), ClientError> {
     let p = job.api.provider;
     if p != ProviderKind::Openai && job.api.endpoint == Endpoint::Completions {
         return Err(ClientError::Settings(

@@ -1,5 +1,5 @@
 //! The Batch API commands: `run --mode batch` (submit, then collect on later runs),
-//! `collect`, `status`, `export --format openai-batch` and `import`.
+//! `collect`, `status`, `export --format openai-batch|anthropic-batch` and `import`.
 //!
 //! Every step that talks to the provider is recorded in the batch state file before and
 //! after it happens (see `batch::state`), so running any of these again after a crash
@@ -16,11 +16,12 @@ use serde_json::{Map, Value};
 use super::args::JobArgs;
 use super::exit;
 use super::run::{self, start_err, RunArgs};
-use crate::batch::api::{BatchApi, BatchObject};
+use crate::batch::api::BatchObject;
+use crate::batch::backend::{self, Backend};
 use crate::batch::input::{self, Splitter};
 use crate::batch::results::{self, Joiner};
 use crate::batch::state::{is_terminal, BatchState, Chunk};
-use crate::batch::{META_CHUNK, META_JOB};
+use crate::batch::{crash_point, META_CHUNK, META_JOB};
 use crate::client::{self, Secret};
 use crate::config::{Endpoint, Job, ProviderKind};
 use crate::cost::{ModelPrice, PriceTable, Tier};
@@ -89,6 +90,9 @@ pub struct StatusArgs {
 pub enum ExportFormat {
     /// OpenAI Batch API input JSONL (`custom_id`, `method`, `url`, `body` per line).
     OpenaiBatch,
+    /// Anthropic Message Batches requests, one per line (`custom_id`, `params`): the
+    /// elements of the create call's `requests`.
+    AnthropicBatch,
 }
 
 /// `promptmill export JOB --format openai-batch`: write the batch input without submitting.
@@ -140,10 +144,11 @@ impl Ctx {
         prices: &PriceTable,
         mock: bool,
     ) -> anyhow::Result<Ctx> {
-        if job.api.provider != ProviderKind::Openai {
+        if !backend::supports(job.api.provider) {
             bail!(
-                "mode = \"batch\" supports the OpenAI Batch API only (api.provider = \"openai\"); \
-                 use mode = \"live\" for this provider"
+                "mode = \"batch\" supports OpenAI's Batch API and Anthropic's Message Batches \
+                 only (api.provider = \"openai\" or \"anthropic\"); use mode = \"live\" for \
+                 this provider"
             );
         }
         Ok(Ctx {
@@ -182,13 +187,13 @@ impl Ctx {
         }
     }
 
-    fn api(&self) -> anyhow::Result<BatchApi> {
+    fn api(&self) -> anyhow::Result<Backend> {
         let key = if self.mock {
             client::api_key(&self.job).unwrap_or_else(|_| Secret::new("mock-key".into()))
         } else {
             client::api_key(&self.job)?
         };
-        BatchApi::for_job(&self.job, key)
+        Backend::for_job(&self.job, key)
     }
 
     fn state_path(&self) -> PathBuf {
@@ -306,7 +311,7 @@ struct Collected {
 /// is in flight. Writes the output when nothing is in flight any more.
 async fn drive(
     ctx: &mut Ctx,
-    api: &BatchApi,
+    api: &Backend,
     spec: &OutputSpec,
     flags: &BatchFlags,
     how: Drive,
@@ -400,11 +405,19 @@ fn adopt(chunk: &mut Chunk, b: &BatchObject) {
 /// saving the state after each step.
 async fn submit_chunk(
     ctx: &Ctx,
-    api: &BatchApi,
+    api: &Backend,
     state: &mut BatchState,
     i: usize,
     path: &Path,
 ) -> anyhow::Result<()> {
+    let api = match api {
+        Backend::OpenAi(api) => api,
+        Backend::Anthropic(mb) => {
+            let b = mb.submit(state, i, path).await?;
+            adopt(&mut state.chunks[i], &b);
+            return Ok(state.save(path)?);
+        }
+    };
     let file_id = match state.chunks[i].file_id.clone() {
         Some(f) => f,
         None => {
@@ -434,17 +447,10 @@ async fn submit_chunk(
     Ok(())
 }
 
-/// Test hook: `PROMPTMILL_TEST_CRASH_AT=<point>` exits at once (as a crash would) there.
-fn crash_point(point: &str) {
-    if std::env::var("PROMPTMILL_TEST_CRASH_AT").is_ok_and(|p| p == point) {
-        std::process::exit(101);
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn poll_chunk(
     ctx: &Ctx,
-    api: &BatchApi,
+    api: &Backend,
     state: &mut BatchState,
     i: usize,
     path: &Path,
@@ -464,7 +470,7 @@ async fn poll_chunk(
     }
     let ids = ids.as_ref().ok_or_else(|| anyhow!("row ids not loaded"))?;
     for file in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
-        let bytes = api.download(file).await?;
+        let bytes = api.download(file, &state.chunks[i].input).await?;
         ingest(ctx, ids, &bytes, writer, got)
             .with_context(|| format!("batch {id}, file {file}"))?;
     }
@@ -651,7 +657,13 @@ fn pending_lines(
         if !resume.decide(row.index, &row.id, &planned.hash)?.send() {
             continue;
         }
-        emit(&input::line(row.index, &planned.hash, url, &planned.body))?;
+        emit(&backend::request_line(
+            job.api.provider,
+            row.index,
+            &planned.hash,
+            url,
+            &planned.body,
+        ))?;
         n += 1;
         if let Some(p) = &ctx.price {
             let u = Usage {
@@ -690,7 +702,11 @@ fn finish_output(
             job.file.display()
         )
     });
-    let provider = if ctx.mock { "mock" } else { "openai" };
+    let provider = if ctx.mock {
+        "mock"
+    } else {
+        client::provider_for(job).name()
+    };
     let summary = Summary {
         status: "completed".into(),
         message,
@@ -778,11 +794,18 @@ fn utc(secs: u64) -> String {
 
 /// Runs `promptmill export`.
 pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
-    let ctx = Ctx::load(&args.job)
-        .and_then(Ctx::with_planner)
-        .map_err(start_err)?;
+    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let (format, provider, name) = match args.format {
+        ExportFormat::OpenaiBatch => ("openai-batch", ProviderKind::Openai, "openai"),
+        ExportFormat::AnthropicBatch => ("anthropic-batch", ProviderKind::Anthropic, "anthropic"),
+    };
+    if ctx.job.api.provider != provider {
+        return Err(start_err(anyhow!(
+            "--format {format} is for jobs with api.provider = \"{name}\""
+        )));
+    }
+    let ctx = ctx.with_planner().map_err(start_err)?;
     ctx.validate().await.map_err(start_err)?;
-    let ExportFormat::OpenaiBatch = args.format;
     let out = args.out.clone().unwrap_or_else(|| {
         ctx.input_dir()
             .with_extension("")
@@ -825,6 +848,8 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     let mut got = Collected::default();
     for f in &args.files {
         let bytes = std::fs::read(f).with_context(|| format!("{}: cannot read", f.display()))?;
+        let bytes = backend::result_lines(ctx.job.api.provider, bytes)
+            .with_context(|| format!("{}", f.display()))?;
         ingest(&ctx, &ids, &bytes, &mut writer, &mut got)
             .with_context(|| format!("{}", f.display()))?;
     }

@@ -16,6 +16,9 @@
 //!   required, top-level `system`, required `max_tokens`, `stop_sequences`).
 //! - `POST /v1/files`, `GET /v1/files/{id}/content`, `POST|GET /v1/batches`,
 //!   `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`: the Batch API (see `batches.rs`).
+//! - `POST|GET /v1/messages/batches`, `GET /v1/messages/batches/{id}`,
+//!   `GET /v1/messages/batches/{id}/results`, `POST /v1/messages/batches/{id}/cancel`:
+//!   Anthropic's Message Batches (see `message_batches.rs`; `[[mock:expire]]` there).
 //! - `GET /_mock/stats`: [`MockStatsSnapshot`] as JSON.
 //! - `POST /_mock/reset`: zero the stats, the quota used and the fail-first attempts; refill
 //!   the rate limits. Answers the zeroed stats.
@@ -63,6 +66,7 @@ mod batches;
 mod control;
 mod limits;
 mod markers;
+mod message_batches;
 mod openai;
 mod reply;
 mod state;
@@ -117,10 +121,11 @@ pub struct MockConfig {
     #[arg(long)]
     pub no_rate_headers: bool,
     /// Batch API: polls of `GET /v1/batches/{id}` per status step (validating, in_progress,
-    /// finalizing, completed).
+    /// finalizing, completed); Message Batches end after three such steps.
     #[arg(long, default_value_t = 1)]
     pub batch_step_polls: u32,
-    /// Batch API: hold the answer to `POST /v1/batches` this long after creating the batch.
+    /// Batch API: hold the answer to `POST /v1/batches` (or `/v1/messages/batches`) this
+    /// long after creating the batch.
     #[arg(long, default_value_t = 0)]
     pub batch_create_delay_ms: u64,
 }
@@ -263,7 +268,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/_mock/reset", post(control::reset))
         .fallback(control::not_found)
         .with_state(shared.clone())
-        .merge(batches::routes(shared))
+        .merge(batches::routes(shared.clone()))
+        .merge(message_batches::routes(shared))
 }
 
 /// The `promptmill mock-server` command body: binds `--host`/`--port`, prints exactly one
