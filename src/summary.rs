@@ -153,15 +153,14 @@ impl Summary {
         );
         line("cost", usd(self.cost_usd));
         if self.cost_this_run_usd.is_some() || self.estimated_cost_usd.is_some() {
+            // A batch collection does not re-run the estimate: no "(estimated ...)" then.
+            let estimated = self
+                .estimated_cost_usd
+                .map(|e| format!(" (estimated {})", Money::from_usd(e)))
+                .unwrap_or_default();
             line(
                 "this run",
-                format!(
-                    "{} (estimated {})",
-                    usd(self.cost_this_run_usd),
-                    self.estimated_cost_usd
-                        .map(|e| Money::from_usd(e).to_string())
-                        .unwrap_or_else(|| "unknown".into())
-                ),
+                format!("{}{estimated}", usd(self.cost_this_run_usd)),
             );
         }
         if let Some(b) = self.budget_usd {
@@ -174,13 +173,16 @@ impl Summary {
                 ),
             );
         }
-        line(
-            "time",
+        // The rates of a batch run are the provider's, not ours: only the wall time.
+        let time = if self.mode == "batch" {
+            format!("{:.1}s", self.wall_seconds)
+        } else {
             format!(
                 "{:.1}s, {:.0} requests/min, {:.0} tokens/min",
                 self.wall_seconds, self.requests_per_minute, self.tokens_per_minute
-            ),
-        );
+            )
+        };
+        line("time", time);
         line(
             "requests",
             format!(
@@ -190,5 +192,46 @@ impl Summary {
         );
         line("output", self.output.clone());
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(table: &'a str, label: &str) -> &'a str {
+        table
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label} line in\n{table}"))
+    }
+
+    #[test]
+    fn a_batch_summary_shows_no_rates_and_no_unknown_estimate() {
+        let live = Summary {
+            mode: "live".into(),
+            cost_this_run_usd: Some(0.5),
+            estimated_cost_usd: Some(0.75),
+            wall_seconds: 2.0,
+            requests_per_minute: 600.0,
+            tokens_per_minute: 9000.0,
+            ..Summary::default()
+        };
+        let t = live.render();
+        assert!(
+            line(&t, "this run").ends_with("$0.50 (estimated $0.75)"),
+            "{t}"
+        );
+        assert!(line(&t, "time").ends_with("2.0s, 600 requests/min, 9000 tokens/min"));
+
+        let batch = Summary {
+            mode: "batch".into(),
+            estimated_cost_usd: None,
+            requests_per_minute: 0.0,
+            ..live
+        };
+        let t = batch.render();
+        assert!(line(&t, "this run").ends_with("$0.50"), "{t}");
+        assert!(line(&t, "time").ends_with("  2.0s"), "{t}");
     }
 }
