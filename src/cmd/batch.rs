@@ -758,8 +758,16 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
 
 /// One line per batch: id, status, counts, created, expires, collected.
 fn status_table(state: &BatchState) -> String {
+    // As wide as the longest id (OpenAI's are ~36 characters, Anthropic's ~35).
+    let w = state
+        .chunks
+        .iter()
+        .map(|c| c.batch_id.as_deref().map_or(13, str::len))
+        .max()
+        .unwrap_or(0)
+        .max(28);
     let mut out = format!(
-        "{:<28} {:<12} {:>8} {:>9} {:>7}  {:<17} {:<17} {}\n",
+        "{:<w$} {:<12} {:>8} {:>9} {:>7}  {:<17} {:<17} {}\n",
         "batch",
         "status",
         "total",
@@ -771,7 +779,7 @@ fn status_table(state: &BatchState) -> String {
     );
     for c in &state.chunks {
         out.push_str(&format!(
-            "{:<28} {:<12} {:>8} {:>9} {:>7}  {:<17} {:<17} {}\n",
+            "{:<w$} {:<12} {:>8} {:>9} {:>7}  {:<17} {:<17} {}\n",
             c.batch_id.as_deref().unwrap_or("(not created)"),
             c.status.as_deref().unwrap_or("-"),
             c.counts.total.max(c.requests),
@@ -865,7 +873,32 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::utc;
+    use super::{status_table, utc};
+    use crate::batch::state::{BatchState, Chunk};
+
+    #[test]
+    fn status_columns_line_up_with_long_batch_ids() {
+        let chunk = |id: &str| Chunk {
+            batch_id: Some(id.into()),
+            status: Some("in_progress".into()),
+            ..Chunk::default()
+        };
+        let state = BatchState {
+            chunks: vec![
+                chunk("msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d"),
+                chunk("batch_abc"),
+                Chunk::default(),
+            ],
+            ..BatchState::default()
+        };
+        let table = status_table(&state);
+        let lines: Vec<&str> = table.lines().collect();
+        let at = lines[0].find("status").unwrap();
+        assert!(at > "msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d".len(), "{table}");
+        assert_eq!(lines[1].find("in_progress"), Some(at), "{table}");
+        assert_eq!(lines[2].find("in_progress"), Some(at), "{table}");
+        assert!(lines[3].starts_with("(not created)"), "{table}");
+    }
 
     #[test]
     fn utc_formats_unix_seconds() {
