@@ -30,7 +30,7 @@ use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
 use crate::plan::Planner;
 use crate::resume::Resume;
 use crate::sink::{self, OutputSpec};
-use crate::slots::TextSlots;
+use crate::slots::{SlotCursor, SlotFile, TextSlots};
 use crate::source::Source;
 use crate::summary::Summary;
 use crate::types::{Money, Usage};
@@ -132,6 +132,9 @@ struct Ctx {
     /// written, so that polling and collecting (often for hours with `--wait`) do not keep
     /// the tables.
     planner: Option<Arc<Planner>>,
+    /// Each row's prompt tokens as the validation pass counted them, so that writing the
+    /// input lines does not count them again (nor keep the tokenizer loaded).
+    token_counts: Option<SlotFile>,
     price: Option<ModelPrice>,
     prices: String,
     mock: bool,
@@ -154,6 +157,7 @@ impl Ctx {
         Ok(Ctx {
             job,
             planner: None,
+            token_counts: None,
             price,
             prices: format!("{} ({})", prices.source(), prices.as_of()),
             mock,
@@ -216,24 +220,32 @@ impl Ctx {
     }
 
     /// Validates every row (like a live run) on a blocking thread.
-    async fn validate(&self) -> anyhow::Result<()> {
+    async fn validate(&mut self) -> anyhow::Result<()> {
+        let counts = SlotFile::create_beside(&self.job.journal_path())
+            .context("cannot create a temporary file")?;
         let (job, planner, price) = (
             self.job.clone(),
             self.planner()?.clone(),
             self.price.clone(),
         );
-        tokio::task::spawn_blocking(move || {
+        let counts = tokio::task::spawn_blocking(move || {
             let opts = EstimateOptions {
                 price: price.as_ref(),
                 show: 0,
                 workers: 0,
                 resume: None,
-                record_tokens: None,
+                record_tokens: Some(&counts),
             };
-            estimate(&job, &planner, &opts)
+            estimate(&job, &planner, &opts).map(|_| counts)
         })
         .await
         .context("validation task failed")??;
+        self.token_counts = Some(counts);
+        // The rows are counted: the tokenizer's tables can go (the validation task's copy
+        // of the planner ended with it).
+        if let Some(p) = self.planner.as_mut().and_then(Arc::get_mut) {
+            p.release_tokenizer();
+        }
         Ok(())
     }
 }
@@ -350,6 +362,7 @@ async fn drive(
             // Nothing is planned after the round: let the tokenizer go (the validation
             // task's copy of the planner ended with it, so this frees the tables).
             ctx.planner = None;
+            ctx.token_counts = None;
             state.save(&state_path)?;
             crash_point("after-write");
             got.submitted += added;
@@ -631,6 +644,10 @@ fn pending_lines(
 ) -> anyhow::Result<(u64, Money)> {
     let job = &ctx.job;
     let planner = ctx.planner()?;
+    let mut counted = match &ctx.token_counts {
+        Some(t) => t.cursor(),
+        None => SlotCursor::empty(),
+    };
     let mut resume = Resume::new(writer.path(), writer.index().clone(), retry_failed)?;
     let url = ctx.endpoint();
     let (mut n, mut worst) = (0, Money::ZERO);
@@ -647,7 +664,8 @@ fn pending_lines(
             Ok(Err(bad)) => bail!("{}", bad.error),
             Err(e) => bail!("{e}"),
         };
-        let planned = match planner.plan(&row) {
+        let tokens = counted.get(row.index).context("reading token counts")?;
+        let planned = match planner.plan_counted(&row, tokens) {
             Ok(p) => p,
             Err(e) => {
                 writer.append(&run::bad_row_record(&row, format!("{file}: {e}"), true))?;
@@ -812,7 +830,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
             "--format {format} is for jobs with api.provider = \"{name}\""
         )));
     }
-    let ctx = ctx.with_planner().map_err(start_err)?;
+    let mut ctx = ctx.with_planner().map_err(start_err)?;
     ctx.validate().await.map_err(start_err)?;
     let out = args.out.clone().unwrap_or_else(|| {
         ctx.input_dir()
