@@ -32,6 +32,14 @@ fn job(ws: &Workspace, model: &str, api: &str, out: &str) -> String {
     )
 }
 
+/// The same job twice: `plain.toml`, and `streamed.toml` with `stream = true` added to
+/// `model`.
+fn plain_and_streamed(ws: &Workspace, model: &str, api: &str) -> (String, String) {
+    let plain = job(ws, model, api, "plain");
+    let streamed = job(ws, &format!("{model}\nstream = true"), api, "streamed");
+    (plain, streamed)
+}
+
 /// One column of `out/{out}.csv`.
 fn column(ws: &Workspace, out: &str, name: &str) -> Vec<String> {
     ws.column(&format!("out/{out}.csv"), name)
@@ -122,18 +130,8 @@ fn openai_stream_is_assembled_like_the_plain_answer_and_cut_streams_are_retried(
     let ws = Workspace::new();
     ws.named_rows(&["kettle", "lamp [[mock:cut-stream]]", "chair"], "red");
     let api = format!("base_url = \"{}\"", mock.base_url);
-    let plain = job(
-        &ws,
-        "name = \"gpt-4o-mini\"\nmax_tokens = 60\nn = 2",
-        &api,
-        "plain",
-    );
-    let streamed = job(
-        &ws,
-        "name = \"gpt-4o-mini\"\nmax_tokens = 60\nn = 2\nstream = true",
-        &api,
-        "streamed",
-    );
+    let model = "name = \"gpt-4o-mini\"\nmax_tokens = 60\nn = 2";
+    let (plain, streamed) = plain_and_streamed(&ws, model, &api);
     assert_exit(&run(&ws, OPENAI, &streamed, &[]), 0);
     assert_eq!(
         column(&ws, "streamed", "attempts"),
@@ -163,18 +161,8 @@ fn anthropic_stream_is_assembled_with_usage() {
     let ws = Workspace::new();
     ws.named_rows(&["kettle", "lamp"], "red");
     let api = format!("provider = \"anthropic\"\nbase_url = \"{}\"", mock.base_url);
-    let plain = job(
-        &ws,
-        "name = \"claude-haiku-4-5\"\nmax_tokens = 60",
-        &api,
-        "plain",
-    );
-    let streamed = job(
-        &ws,
-        "name = \"claude-haiku-4-5\"\nmax_tokens = 60\nstream = true",
-        &api,
-        "streamed",
-    );
+    let model = "name = \"claude-haiku-4-5\"\nmax_tokens = 60";
+    let (plain, streamed) = plain_and_streamed(&ws, model, &api);
     assert_exit(&run(&ws, ANTHROPIC, &streamed, &[]), 0);
     assert_exit(&run(&ws, ANTHROPIC, &plain, &[]), 0);
     let columns = [
