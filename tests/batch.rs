@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Stdio;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,7 +18,7 @@ fn batches(mock: &Mock) -> Vec<Value> {
 }
 
 /// Runs `collect` until it stops answering 4 (still running); returns the last output.
-fn collect_until_done(ws: &Workspace, job: &str) -> std::process::Output {
+fn collect_until_done(ws: &Workspace, job: &str) -> Output {
     for _ in 0..20 {
         let out = ws.run(&["collect", job]);
         if out.status.code() != Some(4) {
@@ -26,6 +26,37 @@ fn collect_until_done(ws: &Workspace, job: &str) -> std::process::Output {
         }
     }
     panic!("batches never finished");
+}
+
+/// `run --mode batch --wait` with no pause between polls, writing to `output`.
+fn run_batch_and_wait(ws: &Workspace, job: &str, output: &str) -> Output {
+    ws.run(&[
+        "run",
+        job,
+        "--mode",
+        "batch",
+        "--output",
+        output,
+        "--wait",
+        "--poll-secs",
+        "0",
+    ])
+}
+
+/// `run --mode batch` that crashes on purpose at `point` (`PROMPTMILL_TEST_CRASH_AT`).
+fn run_batch_crashing_at(ws: &Workspace, job: &str, point: &str) -> Output {
+    ws.run_env(
+        &[
+            ("OPENAI_API_KEY", TEST_KEY),
+            ("PROMPTMILL_TEST_CRASH_AT", point),
+        ],
+        &["run", job, "--mode", "batch"],
+    )
+}
+
+/// The batch state file beside `out/result.csv`.
+fn batch_state(ws: &Workspace) -> Value {
+    ws.json("out/result.batches.json")
 }
 
 /// Output rows by id: (status, output text, cost).
@@ -51,18 +82,15 @@ fn rows_by_id(ws: &Workspace, rel: &str) -> HashMap<String, (String, String, Str
 fn submit_poll_collect_retry_and_status() {
     let mock = Mock::start(&["--batch-step-polls", "1"]);
     let ws = Workspace::new();
-    let mut csv = String::from("id,name,color\n");
-    for i in 1..=20 {
-        let name = if i == 5 {
-            "bad [[mock:400]]".to_string()
-        } else {
-            format!("item {i}")
-        };
-        csv.push_str(&format!("r{i},{name},blue\n"));
-    }
-    ws.write("rows.csv", &csv);
+    let names: Vec<String> = (1..=20)
+        .map(|i| match i {
+            5 => "bad [[mock:400]]".to_string(),
+            _ => format!("item {i}"),
+        })
+        .collect();
+    ws.named_rows(&names, "blue");
     let job = ws.job(&mock.base_url, "");
-    let job = job.to_str().unwrap();
+    let job = job.as_str();
 
     // Submit: 20 requests split into files of at most 7, one batch each; not finished yet.
     let out = ws.run(&["run", job, "--mode", "batch", "--batch-max-requests", "7"]);
@@ -86,7 +114,7 @@ fn submit_poll_collect_retry_and_status() {
     }
     assert!(table.contains("in_progress"), "{table}");
     let out = ws.run(&["status", job, "--json", "--no-refresh"]);
-    let state: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = stdout_json(&out);
     let totals: Vec<u64> = state["chunks"]
         .as_array()
         .unwrap()
@@ -140,29 +168,17 @@ fn submit_poll_collect_retry_and_status() {
 #[test]
 fn ten_thousand_rows_in_batch_equal_a_live_run_at_half_price() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(10_000);
-    let job = ws.job(&mock.base_url, "");
-    let job = job.to_str().unwrap();
+    let (ws, job) = Workspace::with_job(10_000, &mock.base_url, "");
+    let job = job.as_str();
     let t = Instant::now();
     let out = ws.run(&["run", job, "--quiet"]);
     assert_exit(&out, 0);
     let live_secs = t.elapsed().as_secs_f64();
     let live = ws.summary();
 
-    let out = ws.run(&[
-        "run",
-        job,
-        "--mode",
-        "batch",
-        "--output",
-        "out/batch.csv",
-        "--wait",
-        "--poll-secs",
-        "0",
-    ]);
+    let out = run_batch_and_wait(&ws, job, "out/batch.csv");
     assert_exit(&out, 0);
-    let batch: Value = serde_json::from_str(&ws.read("out/batch.summary.json")).unwrap();
+    let batch = ws.json("out/batch.summary.json");
     assert_eq!(batch["mode"], "batch");
     assert_eq!(batch["succeeded"], 10_000);
     assert_eq!(batches(&mock).len(), 1, "10,000 requests fit one batch");
@@ -192,18 +208,9 @@ fn ten_thousand_rows_in_batch_equal_a_live_run_at_half_price() {
 fn a_kill_between_create_and_record_does_not_create_a_second_batch() {
     // The mock creates the batch, then holds its answer for 30 s: we kill the client there.
     let mock = Mock::start(&["--batch-create-delay-ms", "30000"]);
-    let ws = Workspace::new();
-    ws.csv_rows(30);
-    let job = ws.job(&mock.base_url, "");
-    let job = job.to_str().unwrap();
-    let mut child = promptmill()
-        .current_dir(ws.dir.path())
-        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
-        .args(["run", job, "--mode", "batch"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (ws, job) = Workspace::with_job(30, &mock.base_url, "");
+    let job = job.as_str();
+    let mut child = ws.spawn(&["run", job, "--mode", "batch"], Stdio::null());
     let deadline = Instant::now() + Duration::from_secs(20);
     while batches(&mock).is_empty() {
         assert!(Instant::now() < deadline, "no batch was created");
@@ -211,7 +218,7 @@ fn a_kill_between_create_and_record_does_not_create_a_second_batch() {
     }
     child.kill().unwrap(); // SIGKILL: no chance to record the batch id
     child.wait().unwrap();
-    let state: Value = serde_json::from_str(&ws.read("out/result.batches.json")).unwrap();
+    let state = batch_state(&ws);
     assert_eq!(state["chunks"][0]["create_started"], true);
     assert!(state["chunks"][0]["batch_id"].is_null(), "{state}");
 
@@ -222,7 +229,7 @@ fn a_kill_between_create_and_record_does_not_create_a_second_batch() {
         1,
         "the batch was found, not created again"
     );
-    let state: Value = serde_json::from_str(&ws.read("out/result.batches.json")).unwrap();
+    let state = batch_state(&ws);
     assert_eq!(state["chunks"][0]["batch_id"], batches(&mock)[0]["id"]);
     let out = collect_until_done(&ws, job);
     assert_exit(&out, 0);
@@ -233,20 +240,12 @@ fn a_kill_between_create_and_record_does_not_create_a_second_batch() {
 #[test]
 fn a_crash_after_upload_creates_exactly_one_batch_from_that_file() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(10);
-    let job = ws.job(&mock.base_url, "");
-    let job = job.to_str().unwrap();
-    let out = promptmill()
-        .current_dir(ws.dir.path())
-        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
-        .env("PROMPTMILL_TEST_CRASH_AT", "after-upload")
-        .args(["run", job, "--mode", "batch"])
-        .output()
-        .unwrap();
+    let (ws, job) = Workspace::with_job(10, &mock.base_url, "");
+    let job = job.as_str();
+    let out = run_batch_crashing_at(&ws, job, "after-upload");
     assert_exit(&out, 101);
     assert!(batches(&mock).is_empty());
-    let state: Value = serde_json::from_str(&ws.read("out/result.batches.json")).unwrap();
+    let state = batch_state(&ws);
     let file_id = state["chunks"][0]["file_id"].as_str().unwrap().to_string();
 
     let out = ws.run(&["run", job, "--mode", "batch"]);
@@ -265,10 +264,8 @@ fn a_crash_after_upload_creates_exactly_one_batch_from_that_file() {
 #[test]
 fn a_cancelled_batch_keeps_what_finished_and_the_rest_is_resubmitted() {
     let mock = Mock::start(&["--batch-step-polls", "100"]);
-    let ws = Workspace::new();
-    ws.csv_rows(10);
-    let job = ws.job(&mock.base_url, "");
-    let job = job.to_str().unwrap();
+    let (ws, job) = Workspace::with_job(10, &mock.base_url, "");
+    let job = job.as_str();
     assert_exit(&ws.run(&["run", job, "--mode", "batch"]), 4);
     let id = batches(&mock)[0]["id"].as_str().unwrap().to_string();
     http(&mock.addr, "POST", &format!("/v1/batches/{id}/cancel"));
@@ -294,10 +291,8 @@ fn a_cancelled_batch_keeps_what_finished_and_the_rest_is_resubmitted() {
 #[test]
 fn export_then_import_gives_the_batch_output() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(25);
-    let job = ws.job(&mock.base_url, "");
-    let job = job.to_str().unwrap();
+    let (ws, job) = Workspace::with_job(25, &mock.base_url, "");
+    let job = job.as_str();
 
     // A batch run writes its input file; export writes the same lines without submitting.
     let out = ws.run(&[
@@ -312,17 +307,7 @@ fn export_then_import_gives_the_batch_output() {
     assert!(batches(&mock).is_empty(), "export submits nothing");
     let exported = ws.read("in.jsonl");
     assert_eq!(exported.lines().count(), 25);
-    let out = ws.run(&[
-        "run",
-        job,
-        "--mode",
-        "batch",
-        "--output",
-        "out/a.csv",
-        "--wait",
-        "--poll-secs",
-        "0",
-    ]);
+    let out = run_batch_and_wait(&ws, job, "out/a.csv");
     assert_exit(&out, 0);
     assert_eq!(ws.read("out/a.batches/r1-1.jsonl"), exported);
 
@@ -340,7 +325,7 @@ fn export_then_import_gives_the_batch_output() {
     let out = ws.run(&["import", job, "results.jsonl", "--output", "out/b.csv"]);
     assert_exit(&out, 0);
     assert_eq!(ws.read("out/a.csv"), ws.read("out/b.csv"));
-    let b: Value = serde_json::from_str(&ws.read("out/b.summary.json")).unwrap();
+    let b = ws.json("out/b.summary.json");
     assert_eq!(b["succeeded"], 25);
     assert_eq!(b["mode"], "batch");
 
@@ -357,10 +342,8 @@ fn export_then_import_gives_the_batch_output() {
 
 #[test]
 fn run_mock_in_batch_mode_waits_and_finishes() {
-    let ws = Workspace::new();
-    ws.csv_rows(12);
-    let job = ws.job("http://127.0.0.1:9/v1", "");
-    let out = ws.run(&["run", job.to_str().unwrap(), "--mock", "--mode", "batch"]);
+    let (ws, job) = Workspace::with_job(12, "http://127.0.0.1:9/v1", "");
+    let out = ws.run(&["run", &job, "--mock", "--mode", "batch"]);
     assert_exit(&out, 0);
     let s = ws.summary();
     assert_eq!(
@@ -373,29 +356,13 @@ fn run_mock_in_batch_mode_waits_and_finishes() {
 #[test]
 fn a_round_that_could_cross_the_budget_is_not_submitted() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(100);
-    let job = ws.job(&mock.base_url, "");
+    let (ws, job) = Workspace::with_job(100, &mock.base_url, "");
     // 100 rows × (prompt + 50 tokens) at batch prices is about $0.0016: a $0.001 cap refuses.
-    let out = ws.run(&[
-        "run",
-        job.to_str().unwrap(),
-        "--mode",
-        "batch",
-        "--max-usd",
-        "0.001",
-    ]);
+    let out = ws.run(&["run", &job, "--mode", "batch", "--max-usd", "0.001"]);
     assert_exit(&out, 3);
     assert!(text(&out).contains("over budget.max_usd"), "{}", text(&out));
     assert!(batches(&mock).is_empty(), "nothing submitted");
-    let out = ws.run(&[
-        "run",
-        job.to_str().unwrap(),
-        "--mode",
-        "batch",
-        "--max-usd",
-        "0.01",
-    ]);
+    let out = ws.run(&["run", &job, "--mode", "batch", "--max-usd", "0.01"]);
     assert_exit(&out, 4);
     assert_eq!(batches(&mock).len(), 1);
 }
@@ -403,18 +370,10 @@ fn a_round_that_could_cross_the_budget_is_not_submitted() {
 #[test]
 fn a_batch_that_fails_validation_records_its_rows_as_failed() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(6);
-    let job = ws.job(&mock.base_url, "");
-    let job = job.to_str().unwrap();
+    let (ws, job) = Workspace::with_job(6, &mock.base_url, "");
+    let job = job.as_str();
     // Stop after the input file is written, and break it (a duplicated line) before upload.
-    let out = promptmill()
-        .current_dir(ws.dir.path())
-        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
-        .env("PROMPTMILL_TEST_CRASH_AT", "after-write")
-        .args(["run", job, "--mode", "batch"])
-        .output()
-        .unwrap();
+    let out = run_batch_crashing_at(&ws, job, "after-write");
     assert_exit(&out, 101);
     let input = ws.read("out/result.batches/r1-1.jsonl");
     let first = input.lines().next().unwrap().to_string();

@@ -8,25 +8,22 @@ use common::*;
 
 /// Sum of the `cost_usd` column of the output.
 fn output_cost(ws: &Workspace) -> f64 {
-    let (h, rows) = ws.csv("out/result.csv");
-    let c = col(&h, "cost_usd");
-    rows.iter().filter_map(|r| r[c].parse::<f64>().ok()).sum()
+    let cost = ws.column("out/result.csv", "cost_usd");
+    cost.iter().filter_map(|c| c.parse::<f64>().ok()).sum()
 }
 
 #[test]
 fn a_cap_below_the_estimate_stops_at_the_cap_and_resumes_when_raised() {
     let mock = Mock::start(&["--latency-ms", "5"]);
-    let ws = Workspace::new();
-    ws.csv_rows(120);
-    let job = ws.job(&mock.base_url, "");
-    let job = job.to_str().unwrap();
+    let (ws, job) = Workspace::with_job(120, &mock.base_url, "");
+    let job = job.as_str();
     let cap = 0.0008;
     let cap_s = cap.to_string();
 
     // The estimate says the job costs more than the cap.
     let out = ws.run(&["estimate", job, "--json", "--max-usd", &cap_s]);
     assert_exit(&out, 0);
-    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = stdout_json(&out);
     let expected = e["cost"]["expected_usd"].as_f64().unwrap();
     assert!(
         expected > 2.0 * cap,
@@ -60,7 +57,7 @@ fn a_cap_below_the_estimate_stops_at_the_cap_and_resumes_when_raised() {
     let pending = s["pending"].as_u64().unwrap();
     assert!(done > 0 && pending > 0, "{s}");
     assert_eq!(done + pending, 120, "{s}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.contains(&format!(
             "{} spent of $0.0008",
@@ -81,11 +78,7 @@ fn a_cap_below_the_estimate_stops_at_the_cap_and_resumes_when_raised() {
     assert_eq!(s["status"], "completed");
     assert_eq!(s["succeeded"], 120);
     assert_eq!(s["resumed"].as_u64().unwrap(), done);
-    let (h, rows) = ws.csv("out/result.csv");
-    let ids: Vec<&str> = rows.iter().map(|r| r[col(&h, "id")].as_str()).collect();
-    let want: Vec<String> = (1..=120).map(|i| format!("r{i}")).collect();
-    assert_eq!(ids, want, "every row exactly once, in input order");
-    assert!(rows.iter().all(|r| r[col(&h, "status")] == "ok"));
+    assert_complete_output(&ws, 120);
     assert_eq!(mock.stat("duplicate_prompts"), 0, "a prompt was sent twice");
     assert_eq!(mock.stat("distinct_prompts"), 120);
     let total = s["spent_total_usd"].as_f64().unwrap();
@@ -95,30 +88,15 @@ fn a_cap_below_the_estimate_stops_at_the_cap_and_resumes_when_raised() {
 #[test]
 fn a_cap_on_a_model_without_a_price_refuses_to_start() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(5);
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&[
-        "run",
-        job.to_str().unwrap(),
-        "--model",
-        "my-local-llama",
-        "--max-usd",
-        "1",
-    ]);
+    let (ws, job) = Workspace::with_job(5, &mock.base_url, "");
+    let out = ws.run(&["run", &job, "--model", "my-local-llama", "--max-usd", "1"]);
     assert_exit(&out, 2);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("no price for model 'my-local-llama'"), "{err}");
     assert!(err.contains("--prices"), "{err}");
     assert_eq!(mock.stat("requests"), 0);
     // Without a cap the same job runs (its cost is reported as unknown, never 0).
-    let out = ws.run(&[
-        "run",
-        job.to_str().unwrap(),
-        "--model",
-        "my-local-llama",
-        "--quiet",
-    ]);
+    let out = ws.run(&["run", &job, "--model", "my-local-llama", "--quiet"]);
     assert_exit(&out, 0);
     assert!(ws.summary()["cost_usd"].is_null());
 }

@@ -7,40 +7,27 @@ use common::*;
 use promptmill::tokens::TokenCounter;
 use promptmill::types::{Message, Role};
 
-/// A workspace with `n` rows and a job pointed at `base_url`.
-fn setup(n: usize, base_url: &str, extra: &str) -> (Workspace, String) {
-    let ws = Workspace::new();
-    ws.csv_rows(n);
-    let job = ws.job(base_url, extra);
-    (ws, job.to_str().unwrap().to_string())
-}
-
+/// `promptmill estimate ARGS` with no API key at all: an estimate must not need one.
 fn estimate(ws: &Workspace, args: &[&str]) -> std::process::Output {
-    // No API key at all: an estimate must not need one.
-    promptmill()
-        .current_dir(ws.dir.path())
+    ws.command()
         .arg("estimate")
         .args(args)
         .output()
-        .unwrap()
+        .expect("run promptmill")
 }
 
 #[test]
 fn estimate_sends_nothing_and_needs_no_key() {
     let mock = Mock::start(&[]);
-    let (ws, job) = setup(40, &mock.base_url, "requests_per_minute = 600");
+    let (ws, job) = Workspace::with_job(40, &mock.base_url, "requests_per_minute = 600");
     let out = estimate(&ws, &[&job, "--json"]);
     assert_exit(&out, 0);
-    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = stdout_json(&out);
     assert_eq!(e["rows"], 40);
     assert_eq!(e["requests"], 40);
     assert_eq!(mock.stat("requests"), 0, "an estimate sent a request");
     // `run --dry-run` is the same report.
-    let out2 = promptmill()
-        .current_dir(ws.dir.path())
-        .args(["run", &job, "--dry-run", "--json"])
-        .output()
-        .unwrap();
+    let out2 = ws.run_env(&[], &["run", &job, "--dry-run", "--json"]);
     assert_exit(&out2, 0);
     assert_eq!(out.stdout, out2.stdout);
     assert_eq!(mock.stat("requests"), 0);
@@ -52,14 +39,14 @@ fn estimate_sends_nothing_and_needs_no_key() {
 
 #[test]
 fn estimate_json_has_exact_tokens_costs_and_wall_time() {
-    let (ws, job) = setup(
+    let (ws, job) = Workspace::with_job(
         100,
         "http://127.0.0.1:9",
         "requests_per_minute = 60\ntokens_per_minute = 1000000",
     );
     let out = estimate(&ws, &[&job, "--json", "--assume-output-tokens", "20"]);
     assert_exit(&out, 0);
-    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = stdout_json(&out);
     // The parallel pass adds up exactly what the counter gives row by row (the counter
     // itself is checked against tiktoken in tests/token_counts.rs).
     let counter = TokenCounter::for_model("gpt-4o-mini");
@@ -110,16 +97,16 @@ fn estimate_json_has_exact_tokens_costs_and_wall_time() {
 
 #[test]
 fn expected_output_defaults_to_the_upper_bound_and_unknown_price_is_unknown() {
-    let (ws, job) = setup(5, "http://127.0.0.1:9", "");
+    let (ws, job) = Workspace::with_job(5, "http://127.0.0.1:9", "");
     let out = estimate(&ws, &[&job, "--json", "--model", "my-local-llama"]);
     assert_exit(&out, 0);
-    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = stdout_json(&out);
     assert_eq!(e["completion_tokens"]["expected_is_upper_bound"], true);
     assert_eq!(e["completion_tokens"]["expected_per_request"], 50);
     assert_eq!(e["prompt_tokens"]["exact"], false);
     assert!(e["cost"].is_null() && e["batch_cost"].is_null(), "{e}");
     assert_eq!(e["min_wall_time"]["binding"], "none");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("approximate"), "{err}");
     assert!(err.contains("unknown: no price"), "{err}");
     assert!(!err.contains("$0.00"), "unknown price shown as zero: {err}");
@@ -127,7 +114,7 @@ fn expected_output_defaults_to_the_upper_bound_and_unknown_price_is_unknown() {
 
 #[test]
 fn the_table_reads_well() {
-    let (ws, job) = setup(
+    let (ws, job) = Workspace::with_job(
         30,
         "http://127.0.0.1:9",
         "requests_per_minute = 500\ntokens_per_minute = 2000",
@@ -146,7 +133,7 @@ fn the_table_reads_well() {
     );
     assert_exit(&out, 0);
     assert!(out.stdout.is_empty(), "the table goes to stderr");
-    insta::assert_snapshot!(String::from_utf8_lossy(&out.stderr));
+    insta::assert_snapshot!(stderr(&out));
 }
 
 #[test]
@@ -169,12 +156,9 @@ fn rows_over_the_context_window_are_flagged() {
             "max_input_tokens": 200, "litellm_provider": "openai"}}"#,
     );
     let job = ws.job("http://127.0.0.1:9", "");
-    let out = estimate(
-        &ws,
-        &[job.to_str().unwrap(), "--json", "--prices", "prices.json"],
-    );
+    let out = estimate(&ws, &[&job, "--json", "--prices", "prices.json"]);
     assert_exit(&out, 0);
-    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = stdout_json(&out);
     assert_eq!(e["context_window"], 200);
     assert_eq!(e["over_context_window"], 2);
     let rows: Vec<u64> = e["over_context_rows"]
@@ -188,7 +172,7 @@ fn rows_over_the_context_window_are_flagged() {
     assert_eq!(e["longest_prompt"]["id"], "r3");
     // Derived batch prices are marked.
     assert_eq!(e["batch_cost"]["derived"], true);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("2 rows are longer: row 3 (id r3"), "{err}");
     assert!(err.contains("derived"), "{err}");
 }
@@ -211,9 +195,9 @@ fn the_first_bad_row_is_reported_even_with_parallel_workers() {
     ws.write("rows.jsonl", &s);
     let job = ws.job("http://127.0.0.1:9", "");
     for _ in 0..3 {
-        let out = estimate(&ws, &[job.to_str().unwrap(), "--input", "rows.jsonl"]);
+        let out = estimate(&ws, &[&job, "--input", "rows.jsonl"]);
         assert_exit(&out, 2);
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert!(err.contains("r1500") || err.contains("1500"), "{err}");
         assert!(!err.contains("2900"), "{err}");
     }
@@ -221,7 +205,7 @@ fn the_first_bad_row_is_reported_even_with_parallel_workers() {
     let out = estimate(
         &ws,
         &[
-            job.to_str().unwrap(),
+            &job,
             "--input",
             "rows.jsonl",
             "--set",
@@ -230,7 +214,7 @@ fn the_first_bad_row_is_reported_even_with_parallel_workers() {
         ],
     );
     assert_exit(&out, 0);
-    let e: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let e = stdout_json(&out);
     assert_eq!(
         (e["rows"].as_u64(), e["bad_rows"].as_u64()),
         (Some(3000), Some(2))
@@ -249,7 +233,7 @@ fn recorded_token_counts_are_the_planner_counts() {
     use promptmill::slots::SlotFile;
     use promptmill::source::{Source, SourceOptions};
 
-    let (ws, job) = setup(600, "http://127.0.0.1:9", "");
+    let (ws, job) = Workspace::with_job(600, "http://127.0.0.1:9", "");
     let job = Job::load(std::path::Path::new(&job), &Overrides::default()).unwrap();
     let planner = |job: &Job| {
         let renderer = Renderer::new(&job.prompt_spec()).unwrap();

@@ -7,38 +7,21 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{all_files, assert_exit, col, text, Mock, Workspace};
+use common::{assert_absent, assert_exit, col, stderr, text, JobFile, Mock, Workspace, TEST_KEY};
 
 /// Writes `job.toml` reading `input` (no id column), with `user` as the user template.
 fn job(ws: &Workspace, base_url: &str, input: &str, user: &str) {
-    ws.write(
+    ws.write_job(
         "job.toml",
-        &format!(
-            r#"
-[input]
-path = "{input}"
-
-[prompt]
-user = '''{user}'''
-
-[model]
-name = "gpt-4o-mini"
-max_tokens = 50
-
-[api]
-base_url = "{base_url}"
-
-[limits]
-max_in_flight = 4
-max_retries = 1
-
-[output]
-path = "out/result.csv"
-"#
-        ),
+        &JobFile {
+            input: &format!("path = \"{input}\""),
+            prompt: &format!("user = '''{user}'''"),
+            api: &format!("base_url = \"{base_url}\""),
+            limits: "max_in_flight = 4\nmax_retries = 1",
+            ..JobFile::default()
+        },
     );
 }
 
@@ -46,10 +29,20 @@ fn write_bytes(ws: &Workspace, rel: &str, bytes: &[u8]) {
     std::fs::write(ws.path(rel), bytes).unwrap();
 }
 
+/// A fresh mock, and a workspace whose `job.toml` reads `input`, holding `content`, with
+/// `user` as the user template.
+fn setup(input: &str, content: impl AsRef<[u8]>, user: &str) -> (Mock, Workspace) {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    write_bytes(&ws, input, content.as_ref());
+    job(&ws, &mock.base_url, input, user);
+    (mock, ws)
+}
+
 /// Exit 2 with `needle` in stderr, nothing sent to the mock, no output written.
 fn assert_refused(ws: &Workspace, mock: &Mock, out: &std::process::Output, needle: &str) {
     assert_exit(out, 2);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(out);
     assert!(err.contains(needle), "expected {needle:?} in:\n{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(mock.stat("requests"), 0, "a request was sent");
@@ -112,17 +105,9 @@ fn bad_inputs_are_refused_with_their_position_before_any_request() {
 /// column's name (the strict template would fail otherwise) and `\r` is not part of a value.
 #[test]
 fn bom_and_crlf_are_read_cleanly() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    write_bytes(
-        &ws,
+    let (_mock, ws) = setup(
         "in.csv",
         b"\xef\xbb\xbftext,n\r\nhello,1\r\nworld,2\r\n",
-    );
-    job(
-        &ws,
-        &mock.base_url,
-        "in.csv",
         "{{ text }}|{{ n }}| [[mock:echo]]",
     );
     let out = ws.run(&["run", "job.toml", "--quiet"]);
@@ -138,18 +123,15 @@ fn bom_and_crlf_are_read_cleanly() {
 /// cap and is refused naming the row, before any request. Unused, it is just carried along.
 #[test]
 fn ten_megabyte_cell_is_refused_by_the_render_cap_not_a_crash() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
     let big = "x".repeat(10 * 1024 * 1024);
-    write_bytes(
-        &ws,
+    let (mock, ws) = setup(
         "in.csv",
-        format!("n,text\n1,small\n2,{big}\n").as_bytes(),
+        format!("n,text\n1,small\n2,{big}\n"),
+        "Say {{ text }}",
     );
-    job(&ws, &mock.base_url, "in.csv", "Say {{ text }}");
     let out = ws.run(&["run", "job.toml"]);
     assert_refused(&ws, &mock, &out, "in.csv");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("line 3"), "{err}");
     assert!(err.len() < 10_000, "the error must not echo the cell");
 
@@ -177,10 +159,8 @@ fn ten_megabyte_cell_is_refused_by_the_render_cap_not_a_crash() {
 /// with its file:line:column; good rows are sent. Running again sends nothing more.
 #[test]
 fn skip_bad_rows_lists_each_bad_row_once_in_place_with_its_reason() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    write_bytes(&ws, "in.csv", b"n,text\n1,first\n2\n3,bad \xff\n4,last\n");
-    job(&ws, &mock.base_url, "in.csv", "Say {{ text }}");
+    let bad_rows = b"n,text\n1,first\n2\n3,bad \xff\n4,last\n";
+    let (mock, ws) = setup("in.csv", bad_rows, "Say {{ text }}");
 
     // Without the flag: refused, naming the first bad row.
     let out = ws.run(&["run", "job.toml"]);
@@ -220,13 +200,11 @@ fn skip_bad_rows_lists_each_bad_row_once_in_place_with_its_reason() {
 /// object become failed rows in place.
 #[test]
 fn skip_bad_rows_in_jsonl_with_an_id_column() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.write(
+    let (mock, ws) = setup(
         "in.jsonl",
         "{\"id\":\"a\",\"text\":\"one\"}\n{oops\n\n\"just a string\"\n{\"id\":\"d\",\"text\":\"four\"}\n",
+        "Say {{ text }}",
     );
-    job(&ws, &mock.base_url, "in.jsonl", "Say {{ text }}");
     let out = ws.run(&[
         "run",
         "job.toml",
@@ -239,11 +217,7 @@ fn skip_bad_rows_in_jsonl_with_an_id_column() {
         "out/result.jsonl",
     ]);
     assert_exit(&out, 1);
-    let lines: Vec<serde_json::Value> = ws
-        .read("out/result.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = ws.jsonl("out/result.jsonl");
     assert_eq!(lines.len(), 4, "{lines:?}");
     let status: Vec<&str> = lines
         .iter()
@@ -263,12 +237,15 @@ fn skip_bad_rows_in_jsonl_with_an_id_column() {
 
 /// Writes `job.toml` reading `in.csv` with the user prompt from the template file `template`.
 fn template_job(ws: &Workspace, base_url: &str, template: &str) {
-    ws.write(
+    ws.write_job(
         "job.toml",
-        &format!(
-            "[input]\npath = \"in.csv\"\n[prompt]\ntemplate = \"{template}\"\n[model]\nname = \
-             \"gpt-4o-mini\"\n[api]\nbase_url = \"{base_url}\"\n[output]\npath = \"out/result.csv\"\n"
-        ),
+        &JobFile {
+            input: "path = \"in.csv\"",
+            prompt: &format!("template = \"{template}\""),
+            model: "name = \"gpt-4o-mini\"",
+            api: &format!("base_url = \"{base_url}\""),
+            ..JobFile::default()
+        },
     );
 }
 
@@ -304,13 +281,11 @@ fn templates_cannot_read_files_or_environment() {
         let name = format!("tpl/t{i}.j2");
         ws.write(&name, body);
         template_job(&ws, &mock.base_url, &name);
-        let out = common::promptmill()
-            .current_dir(ws.dir.path())
-            .env("OPENAI_API_KEY", "sk-test-key-0123456789")
-            .env("PROMPTMILL_TEST_SECRET", "TOPSECRET-ENV-VALUE")
-            .args(["run", "job.toml"])
-            .output()
-            .unwrap();
+        let env = [
+            ("OPENAI_API_KEY", TEST_KEY),
+            ("PROMPTMILL_TEST_SECRET", "TOPSECRET-ENV-VALUE"),
+        ];
+        let out = ws.run_env(&env, &["run", "job.toml"]);
         assert_refused(&ws, &mock, &out, &format!("t{i}.j2"));
         let all = text(&out);
         assert!(!all.contains("TOPSECRET"), "{body}: {all}");
@@ -321,17 +296,15 @@ fn templates_cannot_read_files_or_environment() {
 /// A row value holding template code is sent as text, never run.
 #[test]
 fn row_values_are_never_executed() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.write(
+    let (_mock, ws) = setup(
         "in.jsonl",
         concat!(
             "{\"text\":\"{{ 7 * 7 }}\"}\n",
             "{\"text\":\"{% include '/etc/passwd' %}\"}\n",
             "{\"text\":\"{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}\"}\n",
         ),
+        "{{ text }} [[mock:echo]]",
     );
-    job(&ws, &mock.base_url, "in.jsonl", "{{ text }} [[mock:echo]]");
     let out = ws.run(&["run", "job.toml", "--quiet", "--max-tokens", "500"]);
     assert_exit(&out, 0);
     let (h, rows) = ws.csv("out/result.csv");
@@ -344,13 +317,9 @@ fn row_values_are_never_executed() {
 /// A runaway template fails fast (fuel), before any request, naming the template.
 #[test]
 fn runaway_template_fails_fast() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.write("in.csv", "text\nhello\n");
-    job(
-        &ws,
-        &mock.base_url,
+    let (mock, ws) = setup(
         "in.csv",
+        "text\nhello\n",
         "{% for i in range(100000) %}{% for j in range(100000) %}{{ text }}{% endfor %}{% endfor %}",
     );
     let t = Instant::now();
@@ -375,22 +344,20 @@ const FORMULAS: &[&str] = &[
     "plain",
 ];
 
-fn formula_job(ws: &Workspace, mock: &Mock) {
+/// A job that echoes each of `FORMULAS` back as its output.
+fn formula_setup() -> (Mock, Workspace) {
     let mut input = String::new();
     for f in FORMULAS {
         input.push_str(&serde_json::json!({ "text": f }).to_string());
         input.push('\n');
     }
-    ws.write("in.jsonl", &input);
-    job(ws, &mock.base_url, "in.jsonl", "{{ text }} [[mock:echo]]");
+    setup("in.jsonl", input, "{{ text }} [[mock:echo]]")
 }
 
 /// Generated cells that a spreadsheet would run are prefixed with `'` in CSV by default.
 #[test]
 fn csv_output_neutralises_formulas_by_default() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    formula_job(&ws, &mock);
+    let (_mock, ws) = formula_setup();
     let out = ws.run(&["run", "job.toml", "--quiet"]);
     assert_exit(&out, 0);
     let (h, rows) = ws.csv("out/result.csv");
@@ -408,9 +375,7 @@ fn csv_output_neutralises_formulas_by_default() {
 /// `--no-formula-guard` writes CSV cells as they are; JSONL is always written as is.
 #[test]
 fn formula_guard_can_be_turned_off_and_jsonl_is_as_is() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    formula_job(&ws, &mock);
+    let (_mock, ws) = formula_setup();
     let out = ws.run(&["run", "job.toml", "--quiet", "--no-formula-guard"]);
     assert_exit(&out, 0);
     let (h, rows) = ws.csv("out/result.csv");
@@ -421,11 +386,7 @@ fn formula_guard_can_be_turned_off_and_jsonl_is_as_is() {
 
     let out = ws.run(&["run", "job.toml", "--quiet", "--output", "out/r.jsonl"]);
     assert_exit(&out, 0);
-    let lines: Vec<serde_json::Value> = ws
-        .read("out/r.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = ws.jsonl("out/r.jsonl");
     for (line, f) in lines.iter().zip(FORMULAS) {
         assert_eq!(line["output"], format!("{f} [[mock:echo]]"));
     }
@@ -435,13 +396,11 @@ fn formula_guard_can_be_turned_off_and_jsonl_is_as_is() {
 /// failed attempt, retried, then a failed row; the other rows succeed; never a crash.
 #[test]
 fn hostile_responses_are_retried_then_fail_the_row() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.write(
+    let (mock, ws) = setup(
         "in.csv",
         "text\nfine\n[[mock:bad-json]]\n[[mock:no-choices]]\n[[mock:slow-body]]\n[[mock:hang]]\n",
+        "Say {{ text }}",
     );
-    job(&ws, &mock.base_url, "in.csv", "Say {{ text }}");
     let t = Instant::now();
     let out = ws.run(&[
         "run",
@@ -531,7 +490,7 @@ fn plain_http_to_another_machine_is_refused() {
     let out = ws.run(&["run", "job.toml", "--set", "api.connect_timeout_secs=30"]);
     assert_exit(&out, 2);
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("allow_insecure_http"), "{err}");
     assert!(!ws.path("out/result.csv").exists());
     assert!(!ws.path("out/result.journal.jsonl").exists());
@@ -564,29 +523,13 @@ fn unusable_key_is_refused_without_echoing_it() {
     let ws = Workspace::new();
     ws.csv_rows(2);
     ws.job(&mock.base_url, "");
-    let out = common::promptmill()
-        .current_dir(ws.dir.path())
-        .env("OPENAI_API_KEY", "sk-BADKEY-abc\u{7f}def-0042")
-        .args(["run", "job.toml"])
-        .output()
-        .unwrap();
+    let env = [("OPENAI_API_KEY", "sk-BADKEY-abc\u{7f}def-0042")];
+    let out = ws.run_env(&env, &["run", "job.toml"]);
     assert_exit(&out, 2);
     let all = text(&out);
     assert!(all.contains("OPENAI_API_KEY"), "{all}");
     assert!(!all.contains("BADKEY"), "{all}");
     assert_eq!(mock.stat("requests"), 0);
-}
-
-/// Every file under the workspace, read as bytes, must not hold `needle`.
-fn assert_absent(dir: &Path, needle: &str, skip: &[&Path]) {
-    for f in all_files(dir) {
-        if skip.iter().any(|s| *s == f) {
-            continue;
-        }
-        let bytes = std::fs::read(&f).unwrap();
-        let hay = String::from_utf8_lossy(&bytes);
-        assert!(!hay.contains(needle), "{} holds the key", f.display());
-    }
 }
 
 /// The key-leak test: a whole job at `RUST_LOG=trace`, first with a wrong key from the
@@ -602,12 +545,9 @@ fn api_keys_never_leak_even_at_trace_level() {
     ws.job(&mock.base_url, "");
 
     let trace = |env_key: Option<&str>, extra: &[&str]| {
-        let mut c = common::promptmill();
-        c.current_dir(ws.dir.path()).env("RUST_LOG", "trace");
-        if let Some(k) = env_key {
-            c.env("OPENAI_API_KEY", k);
-        }
-        c.args(["run", "job.toml"]).args(extra).output().unwrap()
+        let mut env = vec![("RUST_LOG", "trace")];
+        env.extend(env_key.map(|k| ("OPENAI_API_KEY", k)));
+        ws.run_env(&env, &[&["run", "job.toml"], extra].concat())
     };
 
     let out = trace(Some(WRONG), &[]);

@@ -1,11 +1,23 @@
 //! The built-in mock API, driven over HTTP the way clients and other tests will use it.
 
+use clap::Parser;
 use promptmill::mock::{MockConfig, MockServer, MockStatsSnapshot};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-async fn start(cfg: MockConfig) -> MockServer {
-    MockServer::start(cfg, "127.0.0.1:0".parse().unwrap())
+/// Starts the mock on an ephemeral loopback port, set up with the flags `promptmill
+/// mock-server` takes (e.g. `["--rpm", "600"]`), as the binary's tests set it up.
+async fn start(flags: &[&str]) -> MockServer {
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: MockConfig,
+    }
+    let args = std::iter::once("mock-server").chain(flags.iter().copied());
+    let config = Flags::try_parse_from(args)
+        .unwrap_or_else(|e| panic!("mock flags {flags:?}: {e}"))
+        .config;
+    MockServer::start(config, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()
 }
@@ -29,14 +41,23 @@ fn chat_body(text: &str) -> Value {
     })
 }
 
+/// `POST /chat/completions` with `key` as the bearer token (none when `None`).
+async fn chat_as(server: &MockServer, key: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut req = client().post(format!("{}/chat/completions", server.base_url()));
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    req.json(body).send().await.unwrap()
+}
+
+/// `POST /chat/completions` with a key the mock takes (it checks none unless told one).
 async fn chat(server: &MockServer, body: &Value) -> reqwest::Response {
-    client()
-        .post(format!("{}/chat/completions", server.base_url()))
-        .bearer_auth("sk-test")
-        .json(body)
-        .send()
-        .await
-        .unwrap()
+    chat_as(server, Some("sk-test"), body).await
+}
+
+/// Sends `req` and reads the answer's JSON body.
+async fn fetch<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> T {
+    req.send().await.unwrap().json().await.unwrap()
 }
 
 async fn json_of(resp: reqwest::Response) -> Value {
@@ -50,7 +71,7 @@ fn header<'a>(resp: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn chat_completion_has_openai_shape_and_is_deterministic() {
-    let server = start(MockConfig::default()).await;
+    let server = start(&[]).await;
     assert!(server.base_url().starts_with("http://127.0.0.1:"));
     assert!(server.base_url().ends_with("/v1"));
     let body = chat_body("Classify the sentiment of: I love this product so much");
@@ -98,7 +119,7 @@ async fn chat_completion_has_openai_shape_and_is_deterministic() {
 
 #[tokio::test]
 async fn max_tokens_n_and_stop_shape_the_choices() {
-    let server = start(MockConfig::default()).await;
+    let server = start(&[]).await;
     let mut body = chat_body("Write a long story about a lighthouse keeper");
     body["max_completion_tokens"] = json!(5);
     body["n"] = json!(3);
@@ -129,12 +150,7 @@ async fn max_tokens_n_and_stop_shape_the_choices() {
 async fn over_rpm_answers_429_with_retry_and_ratelimit_headers() {
     // 60 RPM: a one-second slice of 1 request, refilled after 1 s (slow enough that a
     // loaded machine cannot refill it between two requests by accident).
-    let cfg = MockConfig {
-        rpm: Some(60),
-        tpm: Some(1_000_000),
-        ..MockConfig::default()
-    };
-    let server = start(cfg).await;
+    let server = start(&["--rpm", "60", "--tpm", "1000000"]).await;
     let body = chat_body("hello");
     let resp = chat(&server, &body).await;
     assert_eq!(resp.status(), 200);
@@ -173,11 +189,7 @@ async fn over_rpm_answers_429_with_retry_and_ratelimit_headers() {
 #[tokio::test]
 async fn over_tpm_answers_429_tokens() {
     // 6000 TPM: 100 tokens per second slice; each request charges prompt + 200.
-    let server = start(MockConfig {
-        tpm: Some(6000),
-        ..MockConfig::default()
-    })
-    .await;
+    let server = start(&["--tpm", "6000"]).await;
     let mut body = chat_body("count my tokens");
     body["max_tokens"] = json!(200);
     assert_eq!(
@@ -196,12 +208,7 @@ async fn over_tpm_answers_429_tokens() {
 
 #[tokio::test]
 async fn no_rate_headers_flag_omits_them() {
-    let server = start(MockConfig {
-        rpm: Some(600),
-        no_rate_headers: true,
-        ..MockConfig::default()
-    })
-    .await;
+    let server = start(&["--rpm", "600", "--no-rate-headers"]).await;
     let resp = chat(&server, &chat_body("hi")).await;
     assert_eq!(resp.status(), 200);
     assert!(header(&resp, "x-ratelimit-limit-requests").is_none());
@@ -209,20 +216,9 @@ async fn no_rate_headers_flag_omits_them() {
 
 #[tokio::test]
 async fn wrong_or_missing_key_is_401_and_masked() {
-    let server = start(MockConfig {
-        api_key: Some("sk-right-key-000000".into()),
-        ..MockConfig::default()
-    })
-    .await;
-    let url = format!("{}/chat/completions", server.base_url());
+    let server = start(&["--api-key", "sk-right-key-000000"]).await;
     let body = chat_body("hi");
-    let resp = client()
-        .post(&url)
-        .bearer_auth("sk-wrong-key-1234abcd")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_as(&server, Some("sk-wrong-key-1234abcd"), &body).await;
     assert_eq!(resp.status(), 401);
     let v = json_of(resp).await;
     assert_eq!(v["error"]["code"], "invalid_api_key");
@@ -230,15 +226,9 @@ async fn wrong_or_missing_key_is_401_and_masked() {
     let msg = v["error"]["message"].as_str().unwrap();
     assert_eq!(msg, "Incorrect API key provided: sk-...abcd.");
 
-    let resp = client().post(&url).json(&body).send().await.unwrap();
+    let resp = chat_as(&server, None, &body).await;
     assert_eq!(resp.status(), 401);
-    let resp = client()
-        .post(&url)
-        .bearer_auth("sk-right-key-000000")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_as(&server, Some("sk-right-key-000000"), &body).await;
     assert_eq!(resp.status(), 200);
     let stats = server.stats();
     assert_eq!((stats.requests, stats.unauthorized, stats.ok), (3, 2, 1));
@@ -247,12 +237,7 @@ async fn wrong_or_missing_key_is_401_and_masked() {
 #[tokio::test]
 async fn fail_rate_answers_some_500s_reproducibly() {
     let run = || async {
-        let server = start(MockConfig {
-            fail_rate: 0.3,
-            seed: 9,
-            ..MockConfig::default()
-        })
-        .await;
+        let server = start(&["--fail-rate", "0.3", "--seed", "9"]).await;
         let mut statuses = Vec::new();
         for i in 0..100 {
             let resp = chat(&server, &chat_body(&format!("row {i}"))).await;
@@ -283,7 +268,7 @@ async fn fail_rate_answers_some_500s_reproducibly() {
 
 #[tokio::test]
 async fn markers_misbehave_on_demand() {
-    let server = start(MockConfig::default()).await;
+    let server = start(&[]).await;
     let status = |text: &'static str| {
         let server = &server;
         async move { chat(server, &chat_body(text)).await.status().as_u16() }
@@ -344,11 +329,7 @@ async fn markers_misbehave_on_demand() {
 
 #[tokio::test]
 async fn quota_runs_out_for_good() {
-    let server = start(MockConfig {
-        quota_requests: Some(2),
-        ..MockConfig::default()
-    })
-    .await;
+    let server = start(&["--quota-requests", "2"]).await;
     for i in 0..2 {
         assert_eq!(
             chat(&server, &chat_body(&format!("q{i}"))).await.status(),
@@ -367,40 +348,19 @@ async fn quota_runs_out_for_good() {
 
 #[tokio::test]
 async fn stats_and_reset_over_http() {
-    let server = start(MockConfig::default()).await;
+    let server = start(&[]).await;
     for text in ["a", "b", "a"] {
         assert_eq!(chat(&server, &chat_body(text)).await.status(), 200);
     }
     let root = server.base_url().trim_end_matches("/v1").to_owned();
-    let stats: MockStatsSnapshot = client()
-        .get(format!("{root}/_mock/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: MockStatsSnapshot = fetch(client().get(format!("{root}/_mock/stats"))).await;
     assert_eq!(stats, server.stats());
     assert_eq!((stats.requests, stats.ok), (3, 3));
     assert_eq!((stats.distinct_prompts, stats.duplicate_prompts), (2, 1));
-    let raw: Value = client()
-        .get(format!("{root}/_mock/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let raw: Value = fetch(client().get(format!("{root}/_mock/stats"))).await;
     assert_eq!(raw["duplicate_prompts"], 1);
 
-    let zeroed: MockStatsSnapshot = client()
-        .post(format!("{root}/_mock/reset"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let zeroed: MockStatsSnapshot = fetch(client().post(format!("{root}/_mock/reset"))).await;
     assert_eq!(zeroed, MockStatsSnapshot::default());
     assert_eq!(server.stats(), MockStatsSnapshot::default());
 
@@ -418,7 +378,7 @@ async fn stats_and_reset_over_http() {
 
 #[tokio::test]
 async fn bad_bodies_are_400() {
-    let server = start(MockConfig::default()).await;
+    let server = start(&[]).await;
     let url = format!("{}/chat/completions", server.base_url());
     let resp = client().post(&url).body("{not json").send().await.unwrap();
     assert_eq!(resp.status(), 400);
@@ -439,7 +399,7 @@ async fn bad_bodies_are_400() {
 
 #[tokio::test]
 async fn legacy_completions_endpoint() {
-    let server = start(MockConfig::default()).await;
+    let server = start(&[]).await;
     let resp = client()
         .post(format!("{}/completions", server.base_url()))
         .json(&json!({"model": "gpt-3.5-turbo-instruct", "prompt": "Say hi to the world", "max_tokens": 100}))
@@ -463,26 +423,20 @@ async fn legacy_completions_endpoint() {
     assert_eq!(v["usage"]["total_tokens"].as_u64().unwrap(), 5 + c);
 
     // Without max_tokens the legacy endpoint stops at 16 tokens, like OpenAI's.
-    let v: Value = client()
-        .post(format!("{}/completions", server.base_url()))
-        .json(&json!({"model": "m", "prompt": "again"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = json!({"model": "m", "prompt": "again"});
+    let v: Value = fetch(
+        client()
+            .post(format!("{}/completions", server.base_url()))
+            .json(&again),
+    )
+    .await;
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert!(v["usage"]["completion_tokens"].as_u64().unwrap() <= 16);
 }
 
 #[tokio::test]
 async fn azure_route_checks_api_key_and_api_version() {
-    let server = start(MockConfig {
-        api_key: Some("az-key-0123".into()),
-        ..MockConfig::default()
-    })
-    .await;
+    let server = start(&["--api-key", "az-key-0123"]).await;
     let root = server.base_url().trim_end_matches("/v1").to_string();
     let url = |q: &str| format!("{root}/openai/deployments/my-dep/chat/completions{q}");
     let mut body = chat_body("hello azure");
@@ -512,12 +466,7 @@ async fn azure_route_checks_api_key_and_api_version() {
 
 #[tokio::test]
 async fn anthropic_route_has_anthropic_shapes() {
-    let server = start(MockConfig {
-        api_key: Some("ant-key-0123".into()),
-        rpm: Some(600),
-        ..MockConfig::default()
-    })
-    .await;
+    let server = start(&["--api-key", "ant-key-0123", "--rpm", "600"]).await;
     let url = format!("{}/messages", server.base_url());
     let body = json!({"model": "claude-haiku-4-5", "max_tokens": 50, "system": "Be terse.",
         "messages": [{"role": "user", "content": "hello [[mock:fail-first:1]]"}]});
@@ -564,7 +513,7 @@ async fn anthropic_route_has_anthropic_shapes() {
 
 #[tokio::test]
 async fn streams_end_with_usage_and_done() {
-    let server = start(MockConfig::default()).await;
+    let server = start(&[]).await;
     let mut body = chat_body("stream me");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});

@@ -3,25 +3,25 @@
 
 mod common;
 
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Runs the usual job quietly over a rows.csv holding `csv`, against a fresh mock.
+fn run_over(csv: &str) -> (Mock, Workspace, Output) {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.write("rows.csv", csv);
+    let job = ws.job(&mock.base_url, "");
+    let out = ws.run(&["run", &job, "--quiet"]);
+    (mock, ws, out)
+}
+
 #[test]
 fn example_product_copy_runs_offline_with_mock() {
     let ws = Workspace::new();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out_path = ws.path("copy.csv");
-    let out = promptmill()
-        .args([
-            "run",
-            &format!("{root}/examples/product-copy/job.toml"),
-            "--mock",
-        ])
-        .arg("--output")
-        .arg(&out_path)
-        .output()
-        .unwrap();
+    let out = ws.run_shipped("examples/product-copy/job.toml", &[], "copy.csv");
     assert_exit(&out, 0);
     let (h, rows) = ws.csv("copy.csv");
     assert_eq!(rows.len(), 12, "one output row per input row");
@@ -34,28 +34,24 @@ fn example_product_copy_runs_offline_with_mock() {
         assert!(!r[col(&h, "output")].is_empty());
         assert!(r[col(&h, "prompt_tokens")].parse::<u64>().unwrap() > 20);
     }
-    let summary: serde_json::Value = serde_json::from_str(&ws.read("copy.summary.json")).unwrap();
+    let summary = ws.json("copy.summary.json");
     assert_eq!(summary["succeeded"], 12);
     assert!(summary["cost_usd"].as_f64().unwrap() > 0.0, "{summary}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("12 succeeded"), "{stderr}");
-    assert!(stderr.contains("cost"), "{stderr}");
+    let err = stderr(&out);
+    assert!(err.contains("12 succeeded"), "{err}");
+    assert!(err.contains("cost"), "{err}");
 }
 
 #[test]
 fn a_thousand_rows_survive_500s_and_a_tight_rate_limit() {
     let mock = Mock::start(&["--rpm", "6000", "--fail-rate", "0.2", "--latency-ms", "5"]);
-    let ws = Workspace::new();
-    ws.csv_rows(1000);
-    let job = ws.job(
-        &mock.base_url,
-        "requests_per_minute = 6000\nmax_retries = 10",
-    );
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let limits = "requests_per_minute = 6000\nmax_retries = 10";
+    let (ws, job) = Workspace::with_job(1000, &mock.base_url, limits);
+    let out = ws.run(&["run", &job, "--quiet"]);
     assert_exit(&out, 0);
-    let (h, rows) = ws.csv("out/result.csv");
-    assert_eq!(rows.len(), 1000);
-    assert!(rows.iter().all(|r| r[col(&h, "status")] == "ok"));
+    let status = ws.column("out/result.csv", "status");
+    assert_eq!(status.len(), 1000);
+    assert!(status.iter().all(|s| s == "ok"));
     let s = ws.summary();
     assert_eq!(s["succeeded"], 1000);
     assert!(s["server_errors"].as_u64().unwrap() > 100, "{s}");
@@ -70,10 +66,8 @@ fn a_429_storm_is_ridden_out_without_losing_rows() {
     // The job is not told the limit and the server sends no headers: it learns the hard
     // way, from 429s.
     let mock = Mock::start(&["--rpm", "1200", "--no-rate-headers"]);
-    let ws = Workspace::new();
-    ws.csv_rows(150);
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let (ws, job) = Workspace::with_job(150, &mock.base_url, "");
+    let out = ws.run(&["run", &job, "--quiet"]);
     assert_exit(&out, 0);
     let s = ws.summary();
     assert_eq!(s["succeeded"], 150);
@@ -84,11 +78,9 @@ fn a_429_storm_is_ridden_out_without_losing_rows() {
 #[test]
 fn a_bad_key_stops_the_job_at_once_without_leaking_it() {
     let mock = Mock::start(&["--api-key", "sk-the-right-key-000", "--latency-ms", "50"]);
-    let ws = Workspace::new();
-    ws.csv_rows(500);
-    let job = ws.job(&mock.base_url, "");
+    let (ws, job) = Workspace::with_job(500, &mock.base_url, "");
     let started = Instant::now();
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let out = ws.run(&["run", &job, "--quiet"]);
     let took = started.elapsed();
     assert_exit(&out, 3);
     assert!(took < Duration::from_secs(3), "took {took:?}");
@@ -99,28 +91,14 @@ fn a_bad_key_stops_the_job_at_once_without_leaking_it() {
     assert!(lines[0].to_lowercase().contains("key"), "{all}");
     // Far fewer requests than rows: the job stopped instead of trying every row.
     assert!(mock.stat("unauthorized") < 100, "{}", mock.stats());
-    let key = "sk-test-key-0123456789";
-    assert!(!all.contains(key), "key leaked to the terminal");
-    for f in all_files(ws.dir.path()) {
-        let content = std::fs::read(&f).unwrap();
-        assert!(
-            !String::from_utf8_lossy(&content).contains(key),
-            "key leaked into {}",
-            f.display()
-        );
-    }
+    assert!(!all.contains(TEST_KEY), "key leaked to the terminal");
+    assert_absent(ws.dir.path(), TEST_KEY, &[]);
 }
 
 #[test]
 fn a_400_fails_only_its_row() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.write(
-        "rows.csv",
-        "id,name,color\na,apple,red\nb,[[mock:400]] bad,blue\nc,cherry,red\n",
-    );
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let (_mock, ws, out) =
+        run_over("id,name,color\na,apple,red\nb,[[mock:400]] bad,blue\nc,cherry,red\n");
     assert_exit(&out, 1);
     let (h, rows) = ws.csv("out/result.csv");
     assert_eq!(rows.len(), 3);
@@ -132,14 +110,7 @@ fn a_400_fails_only_its_row() {
 
 #[test]
 fn server_errors_are_retried_until_they_pass() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.write(
-        "rows.csv",
-        "id,name,color\na,[[mock:fail-first:2]] flaky,red\n",
-    );
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let (_mock, ws, out) = run_over("id,name,color\na,[[mock:fail-first:2]] flaky,red\n");
     assert_exit(&out, 0);
     let (h, rows) = ws.csv("out/result.csv");
     assert_eq!(rows[0][col(&h, "attempts")], "3");
@@ -148,14 +119,7 @@ fn server_errors_are_retried_until_they_pass() {
 
 #[test]
 fn malformed_csv_fails_before_any_request() {
-    let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.write(
-        "rows.csv",
-        "id,name,color\na,apple,red\nb,banana\nc,cherry,red\n",
-    );
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let (mock, ws, out) = run_over("id,name,color\na,apple,red\nb,banana\nc,cherry,red\n");
     assert_exit(&out, 2);
     let all = text(&out);
     assert!(all.contains("rows.csv:3"), "names file and line: {all}");
@@ -185,13 +149,7 @@ fn a_missing_template_variable_in_row_17_fails_before_any_request() {
             .collect::<String>(),
     );
     let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&[
-        "run",
-        job.to_str().unwrap(),
-        "--quiet",
-        "--input",
-        "rows.jsonl",
-    ]);
+    let out = ws.run(&["run", &job, "--quiet", "--input", "rows.jsonl"]);
     assert_exit(&out, 2);
     let all = text(&out);
     assert!(all.contains("row 17"), "names the row: {all}");
@@ -201,14 +159,12 @@ fn a_missing_template_variable_in_row_17_fails_before_any_request() {
 
 #[test]
 fn unknown_job_keys_are_refused_with_the_line() {
-    let ws = Workspace::new();
-    ws.csv_rows(1);
-    let job = ws.job("http://127.0.0.1:9/v1", "");
-    let text_job = std::fs::read_to_string(&job)
-        .unwrap()
+    let (ws, job) = Workspace::with_job(1, "http://127.0.0.1:9/v1", "");
+    let text_job = ws
+        .read("job.toml")
         .replace("max_tokens = 50", "max_tokens = 50\nmax_token = 3");
-    std::fs::write(&job, text_job).unwrap();
-    let out = ws.run(&["run", job.to_str().unwrap()]);
+    ws.write("job.toml", &text_job);
+    let out = ws.run(&["run", &job]);
     assert_exit(&out, 2);
     let all = text(&out);
     assert!(all.contains("job.toml"), "{all}");
@@ -217,14 +173,8 @@ fn unknown_job_keys_are_refused_with_the_line() {
 
 #[test]
 fn a_missing_key_is_a_clear_start_error() {
-    let ws = Workspace::new();
-    ws.csv_rows(1);
-    let job = ws.job("http://127.0.0.1:9/v1", "");
-    let out = promptmill()
-        .current_dir(ws.dir.path())
-        .args(["run", job.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let (ws, job) = Workspace::with_job(1, "http://127.0.0.1:9/v1", "");
+    let out = ws.run_env(&[], &["run", &job]);
     assert_exit(&out, 2);
     assert!(text(&out).contains("OPENAI_API_KEY"), "{}", text(&out));
 }
@@ -232,22 +182,10 @@ fn a_missing_key_is_a_clear_start_error() {
 #[test]
 fn jsonl_output_keeps_types_and_order() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(20);
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&[
-        "run",
-        job.to_str().unwrap(),
-        "--quiet",
-        "--output",
-        "out/r.jsonl",
-    ]);
+    let (ws, job) = Workspace::with_job(20, &mock.base_url, "");
+    let out = ws.run(&["run", &job, "--quiet", "--output", "out/r.jsonl"]);
     assert_exit(&out, 0);
-    let lines: Vec<serde_json::Value> = ws
-        .read("out/r.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = ws.jsonl("out/r.jsonl");
     assert_eq!(lines.len(), 20);
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["id"], format!("r{}", i + 1));
@@ -259,18 +197,7 @@ fn jsonl_output_keeps_types_and_order() {
 #[test]
 fn the_nightly_job_runs_with_mock() {
     let ws = Workspace::new();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = promptmill()
-        .args([
-            "run",
-            &format!("{root}/jobs/nightly-summaries.toml"),
-            "--mock",
-            "--quiet",
-        ])
-        .arg("--output")
-        .arg(ws.path("s.jsonl"))
-        .output()
-        .unwrap();
+    let out = ws.run_shipped("jobs/nightly-summaries.toml", &["--quiet"], "s.jsonl");
     assert_exit(&out, 0);
     assert_eq!(ws.read("s.jsonl").lines().count(), 10);
 }

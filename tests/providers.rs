@@ -8,67 +8,55 @@ use std::process::Output;
 
 use common::*;
 
-/// Runs promptmill in the workspace with only the given key variable set.
-fn run_with(ws: &Workspace, key_var: &str, key: &str, args: &[&str]) -> Output {
-    promptmill()
-        .current_dir(ws.path("."))
-        .env(key_var, key)
-        .args(args)
-        .output()
-        .expect("run promptmill")
+/// The key variable and key each provider's test runs get.
+const OPENAI: (&str, &str) = ("OPENAI_API_KEY", "sk-test");
+const ANTHROPIC: (&str, &str) = ("ANTHROPIC_API_KEY", "k-test");
+
+/// Runs `promptmill run JOB --quiet EXTRA` in the workspace with only `key` set.
+fn run(ws: &Workspace, key: (&str, &str), job: &str, extra: &[&str]) -> Output {
+    ws.run_env(&[key], &[&["run", job, "--quiet"], extra].concat())
 }
 
-/// A job over rows.csv with `model` and `api` sections given whole.
+/// A job over rows.csv with `model` and `api` sections given whole, written to `{out}.toml`
+/// and writing `out/{out}.csv`.
 fn job(ws: &Workspace, model: &str, api: &str, out: &str) -> String {
-    let path = ws.write(
+    ws.write_job(
         &format!("{out}.toml"),
-        &format!(
-            r#"
-[input]
-path = "rows.csv"
-id = "id"
-
-[prompt]
-system = "You are terse."
-user = "Describe {{{{ name }}}} in {{{{ color }}}}."
-
-[model]
-{model}
-
-[api]
-{api}
-
-[limits]
-max_in_flight = 8
-max_retries = 3
-
-[output]
-path = "out/{out}.csv"
-"#
-        ),
-    );
-    path.to_string_lossy().into_owned()
+        &JobFile {
+            model,
+            api,
+            limits: "max_in_flight = 8\nmax_retries = 3",
+            output: &format!("path = \"out/{out}.csv\""),
+            ..JobFile::default()
+        },
+    )
 }
 
-fn rows(ws: &Workspace, names: &[&str]) {
-    let mut s = String::from("id,name,color\n");
-    for (i, n) in names.iter().enumerate() {
-        s.push_str(&format!("r{},{n},red\n", i + 1));
-    }
-    ws.write("rows.csv", &s);
+/// The same job twice: `plain.toml`, and `streamed.toml` with `stream = true` added to
+/// `model`.
+fn plain_and_streamed(ws: &Workspace, model: &str, api: &str) -> (String, String) {
+    let plain = job(ws, model, api, "plain");
+    let streamed = job(ws, &format!("{model}\nstream = true"), api, "streamed");
+    (plain, streamed)
 }
 
+/// One column of `out/{out}.csv`.
 fn column(ws: &Workspace, out: &str, name: &str) -> Vec<String> {
-    let (h, rows) = ws.csv(&format!("out/{out}.csv"));
-    let c = col(&h, name);
-    rows.iter().map(|r| r[c].clone()).collect()
+    ws.column(&format!("out/{out}.csv"), name)
+}
+
+/// Each of `columns` is the same in `out/{left}.csv` and `out/{right}.csv`.
+fn assert_same_columns(ws: &Workspace, left: &str, right: &str, columns: &[&str]) {
+    for c in columns {
+        assert_eq!(column(ws, left, c), column(ws, right, c), "column {c}");
+    }
 }
 
 #[test]
 fn azure_deployment_url_api_key_header_and_api_version() {
     let mock = Mock::start(&["--api-key", "az-secret-key-123"]);
     let ws = Workspace::new();
-    rows(&ws, &["kettle", "lamp", "chair"]);
+    ws.named_rows(&["kettle", "lamp", "chair"], "red");
     let endpoint = mock.base_url.trim_end_matches("/v1").to_string();
     let j = job(
         &ws,
@@ -76,12 +64,7 @@ fn azure_deployment_url_api_key_header_and_api_version() {
         &format!("provider = \"azure\"\nbase_url = \"{endpoint}\"\ndeployment = \"copy-writer\""),
         "azure",
     );
-    let out = run_with(
-        &ws,
-        "AZURE_OPENAI_API_KEY",
-        "az-secret-key-123",
-        &["run", &j, "--quiet"],
-    );
+    let out = run(&ws, ("AZURE_OPENAI_API_KEY", "az-secret-key-123"), &j, &[]);
     assert_exit(&out, 0);
     assert!(column(&ws, "azure", "status").iter().all(|s| s == "ok"));
     assert!(column(&ws, "azure", "output")[0].starts_with("Mock answer for: Describe kettle"));
@@ -96,30 +79,14 @@ fn azure_deployment_url_api_key_header_and_api_version() {
         &format!("provider = \"azure\"\nbase_url = \"{endpoint}\""),
         "azure_bad",
     );
-    let out = run_with(
-        &ws,
-        "AZURE_OPENAI_API_KEY",
-        "az-wrong-key-999",
-        &["run", &j2, "--quiet"],
-    );
+    let out = run(&ws, ("AZURE_OPENAI_API_KEY", "az-wrong-key-999"), &j2, &[]);
     assert_exit(&out, 3);
     assert!(mock.stat("unauthorized") >= 1);
-    for f in all_files(&ws.path(".")) {
-        let text = std::fs::read_to_string(&f).unwrap_or_default();
-        assert!(
-            !text.contains("az-wrong-key-999"),
-            "key leaked into {}",
-            f.display()
-        );
-    }
+    assert_absent(&ws.path("."), "az-wrong-key-999", &[]);
     assert!(!text(&out).contains("az-wrong-key-999"));
 
     // `run --mock` works for an Azure job as it is (no key, no endpoint needed).
-    let out = promptmill()
-        .current_dir(ws.path("."))
-        .args(["run", &j2, "--quiet", "--mock"])
-        .output()
-        .unwrap();
+    let out = ws.run_env(&[], &["run", &j2, "--quiet", "--mock"]);
     assert_exit(&out, 0);
 }
 
@@ -127,19 +94,14 @@ fn azure_deployment_url_api_key_header_and_api_version() {
 fn anthropic_messages_with_529_retried_and_usage_recorded() {
     let mock = Mock::start(&["--api-key", "ant-secret-key-123"]);
     let ws = Workspace::new();
-    rows(&ws, &["kettle", "lamp [[mock:fail-first:2]]"]);
+    ws.named_rows(&["kettle", "lamp [[mock:fail-first:2]]"], "red");
     let j = job(
         &ws,
         "name = \"claude-haiku-4-5\"\nmax_tokens = 40\nstop = [\"zzz\"]",
         &format!("provider = \"anthropic\"\nbase_url = \"{}\"", mock.base_url),
         "anthropic",
     );
-    let out = run_with(
-        &ws,
-        "ANTHROPIC_API_KEY",
-        "ant-secret-key-123",
-        &["run", &j, "--quiet"],
-    );
+    let out = run(&ws, ("ANTHROPIC_API_KEY", "ant-secret-key-123"), &j, &[]);
     assert_exit(&out, 0);
     assert_eq!(column(&ws, "anthropic", "status"), ["ok", "ok"]);
     assert_eq!(
@@ -156,13 +118,8 @@ fn anthropic_messages_with_529_retried_and_usage_recorded() {
     assert!(cost > 0.0, "claude-haiku-4-5 is priced");
 
     // max_tokens reached is reported as finish_reason "length", not hidden.
-    rows(&ws, &["kettle [[mock:length]]"]);
-    let out = run_with(
-        &ws,
-        "ANTHROPIC_API_KEY",
-        "ant-secret-key-123",
-        &["run", &j, "--quiet"],
-    );
+    ws.named_rows(&["kettle [[mock:length]]"], "red");
+    let out = run(&ws, ("ANTHROPIC_API_KEY", "ant-secret-key-123"), &j, &[]);
     assert_exit(&out, 0);
     assert_eq!(column(&ws, "anthropic", "finish_reason"), ["length"]);
 }
@@ -171,56 +128,25 @@ fn anthropic_messages_with_529_retried_and_usage_recorded() {
 fn openai_stream_is_assembled_like_the_plain_answer_and_cut_streams_are_retried() {
     let mock = Mock::start(&[]);
     let ws = Workspace::new();
-    rows(&ws, &["kettle", "lamp [[mock:cut-stream]]", "chair"]);
+    ws.named_rows(&["kettle", "lamp [[mock:cut-stream]]", "chair"], "red");
     let api = format!("base_url = \"{}\"", mock.base_url);
-    let plain = job(
-        &ws,
-        "name = \"gpt-4o-mini\"\nmax_tokens = 60\nn = 2",
-        &api,
-        "plain",
-    );
-    let streamed = job(
-        &ws,
-        "name = \"gpt-4o-mini\"\nmax_tokens = 60\nn = 2\nstream = true",
-        &api,
-        "streamed",
-    );
-    assert_exit(
-        &run_with(
-            &ws,
-            "OPENAI_API_KEY",
-            "sk-test",
-            &["run", &streamed, "--quiet"],
-        ),
-        0,
-    );
+    let model = "name = \"gpt-4o-mini\"\nmax_tokens = 60\nn = 2";
+    let (plain, streamed) = plain_and_streamed(&ws, model, &api);
+    assert_exit(&run(&ws, OPENAI, &streamed, &[]), 0);
     assert_eq!(
         column(&ws, "streamed", "attempts"),
         ["1", "2", "1"],
         "the cut stream was retried"
     );
-    assert_exit(
-        &run_with(
-            &ws,
-            "OPENAI_API_KEY",
-            "sk-test",
-            &["run", &plain, "--quiet"],
-        ),
-        0,
-    );
-    for c in [
+    assert_exit(&run(&ws, OPENAI, &plain, &[]), 0);
+    let columns = [
         "output",
         "output_2",
         "finish_reason",
         "prompt_tokens",
         "completion_tokens",
-    ] {
-        assert_eq!(
-            column(&ws, "streamed", c),
-            column(&ws, "plain", c),
-            "column {c}"
-        );
-    }
+    ];
+    assert_same_columns(&ws, "streamed", "plain", &columns);
     assert!(
         column(&ws, "streamed", "completion_tokens")
             .iter()
@@ -233,51 +159,20 @@ fn openai_stream_is_assembled_like_the_plain_answer_and_cut_streams_are_retried(
 fn anthropic_stream_is_assembled_with_usage() {
     let mock = Mock::start(&[]);
     let ws = Workspace::new();
-    rows(&ws, &["kettle", "lamp"]);
+    ws.named_rows(&["kettle", "lamp"], "red");
     let api = format!("provider = \"anthropic\"\nbase_url = \"{}\"", mock.base_url);
-    let plain = job(
-        &ws,
-        "name = \"claude-haiku-4-5\"\nmax_tokens = 60",
-        &api,
-        "plain",
-    );
-    let streamed = job(
-        &ws,
-        "name = \"claude-haiku-4-5\"\nmax_tokens = 60\nstream = true",
-        &api,
-        "streamed",
-    );
-    assert_exit(
-        &run_with(
-            &ws,
-            "ANTHROPIC_API_KEY",
-            "k-test",
-            &["run", &streamed, "--quiet"],
-        ),
-        0,
-    );
-    assert_exit(
-        &run_with(
-            &ws,
-            "ANTHROPIC_API_KEY",
-            "k-test",
-            &["run", &plain, "--quiet"],
-        ),
-        0,
-    );
-    for c in [
+    let model = "name = \"claude-haiku-4-5\"\nmax_tokens = 60";
+    let (plain, streamed) = plain_and_streamed(&ws, model, &api);
+    assert_exit(&run(&ws, ANTHROPIC, &streamed, &[]), 0);
+    assert_exit(&run(&ws, ANTHROPIC, &plain, &[]), 0);
+    let columns = [
         "output",
         "finish_reason",
         "prompt_tokens",
         "completion_tokens",
         "cost_usd",
-    ] {
-        assert_eq!(
-            column(&ws, "streamed", c),
-            column(&ws, "plain", c),
-            "column {c}"
-        );
-    }
+    ];
+    assert_same_columns(&ws, "streamed", "plain", &columns);
 }
 
 fn product_rows(ws: &Workspace, extra: &str) {
@@ -292,38 +187,27 @@ fn product_rows(ws: &Workspace, extra: &str) {
     );
 }
 
+/// The structured product-copy job over products.csv (the repo's template and schema),
+/// with `model` and `api` lines added to those sections.
 fn product_job(ws: &Workspace, base_url: &str, model: &str, api: &str) -> String {
     let root = env!("CARGO_MANIFEST_DIR");
-    let path = ws.write(
+    ws.write_job(
         "copy.toml",
-        &format!(
-            r#"
-[input]
-path = "products.csv"
-id = "sku"
-
-[prompt]
-system = "You write concise, upbeat product copy."
-template = "{root}/templates/product_copy.j2"
-
-[model]
-{model}
-max_tokens = 300
-schema_file = "{root}/templates/product_copy.schema.json"
-
-[api]
-base_url = "{base_url}"
-{api}
-
-[limits]
-max_retries = 2
-
-[output]
-path = "out/copy.csv"
-"#
-        ),
-    );
-    path.to_string_lossy().into_owned()
+        &JobFile {
+            input: "path = \"products.csv\"\nid = \"sku\"",
+            prompt: &format!(
+                "system = \"You write concise, upbeat product copy.\"\n\
+                 template = \"{root}/templates/product_copy.j2\""
+            ),
+            model: &format!(
+                "{model}\nmax_tokens = 300\n\
+                 schema_file = \"{root}/templates/product_copy.schema.json\""
+            ),
+            api: &format!("base_url = \"{base_url}\"\n{api}"),
+            limits: "max_retries = 2",
+            output: "path = \"out/copy.csv\"",
+        },
+    )
 }
 
 #[test]
@@ -332,7 +216,7 @@ fn structured_product_copy_becomes_csv_columns_and_bad_json_is_retried() {
     let ws = Workspace::new();
     product_rows(&ws, " [[mock:bad-schema]]");
     let j = product_job(&ws, &mock.base_url, "name = \"gpt-4o-mini\"", "");
-    let out = run_with(&ws, "OPENAI_API_KEY", "sk-test", &["run", &j, "--quiet"]);
+    let out = run(&ws, OPENAI, &j, &[]);
     assert_exit(&out, 0);
     let (h, rows) = ws.csv("out/copy.csv");
     for c in ["headline", "body", "call_to_action"] {
@@ -360,12 +244,7 @@ fn structured_product_copy_becomes_csv_columns_and_bad_json_is_retried() {
 
     // With no retries left the row fails, and its error says why.
     product_rows(&ws, " [[mock:bad-schema]] again");
-    let out = run_with(
-        &ws,
-        "OPENAI_API_KEY",
-        "sk-test",
-        &["run", &j, "--quiet", "--set", "limits.max_retries=0"],
-    );
+    let out = run(&ws, OPENAI, &j, &["--set", "limits.max_retries=0"]);
     assert_exit(&out, 1);
     let (h, rows) = ws.csv("out/copy.csv");
     assert_eq!(rows[1][col(&h, "status")], "failed");
@@ -381,7 +260,7 @@ fn structured_product_copy_becomes_csv_columns_and_bad_json_is_retried() {
 
     // A structured answer cut off at max_tokens fails the row at once, saying so.
     product_rows(&ws, " [[mock:length]]");
-    let out = run_with(&ws, "OPENAI_API_KEY", "sk-test", &["run", &j, "--quiet"]);
+    let out = run(&ws, OPENAI, &j, &[]);
     assert_exit(&out, 1);
     let (h, rows) = ws.csv("out/copy.csv");
     assert_eq!(rows[1][col(&h, "status")], "failed");
@@ -400,7 +279,7 @@ fn structured_output_over_anthropic_streaming() {
         "name = \"claude-haiku-4-5\"\nstream = true",
         "provider = \"anthropic\"",
     );
-    let out = run_with(&ws, "ANTHROPIC_API_KEY", "k-test", &["run", &j, "--quiet"]);
+    let out = run(&ws, ANTHROPIC, &j, &[]);
     assert_exit(&out, 0);
     let (h, rows) = ws.csv("out/copy.csv");
     for r in &rows {
@@ -416,7 +295,7 @@ fn structured_output_over_anthropic_streaming() {
 fn legacy_completions_endpoint_and_n_variants_as_columns() {
     let mock = Mock::start(&[]);
     let ws = Workspace::new();
-    rows(&ws, &["kettle", "lamp"]);
+    ws.named_rows(&["kettle", "lamp"], "red");
     let api = format!(
         "base_url = \"{}\"\nendpoint = \"completions\"",
         mock.base_url
@@ -427,7 +306,7 @@ fn legacy_completions_endpoint_and_n_variants_as_columns() {
         &api,
         "legacy",
     );
-    let out = run_with(&ws, "OPENAI_API_KEY", "sk-test", &["run", &j, "--quiet"]);
+    let out = run(&ws, OPENAI, &j, &[]);
     assert_exit(&out, 0);
     let (h, rows) = ws.csv("out/legacy.csv");
     assert!(h.contains(&"output_3".to_string()) && !h.contains(&"output_4".to_string()));
@@ -458,19 +337,14 @@ fn legacy_completions_endpoint_and_n_variants_as_columns() {
 fn a_silent_stream_times_out_between_chunks_and_is_retried() {
     let mock = Mock::start(&[]);
     let ws = Workspace::new();
-    rows(&ws, &["kettle [[mock:slow-body]]"]);
+    ws.named_rows(&["kettle [[mock:slow-body]]"], "red");
     let j = job(
         &ws,
         "name = \"gpt-4o-mini\"\nmax_tokens = 40\nstream = true",
         &format!("base_url = \"{}\"\ntimeout_secs = 0.5", mock.base_url),
         "silent",
     );
-    let out = run_with(
-        &ws,
-        "OPENAI_API_KEY",
-        "sk-test",
-        &["run", &j, "--quiet", "--set", "limits.max_retries=1"],
-    );
+    let out = run(&ws, OPENAI, &j, &["--set", "limits.max_retries=1"]);
     assert_exit(&out, 1);
     assert_eq!(column(&ws, "silent", "attempts"), ["2"]);
     let err = &column(&ws, "silent", "error")[0];
@@ -480,19 +354,8 @@ fn a_silent_stream_times_out_between_chunks_and_is_retried() {
 #[test]
 fn example_structured_copy_runs_offline_with_mock() {
     let ws = Workspace::new();
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out_path = ws.path("copy.csv");
-    let out = promptmill()
-        .args([
-            "run",
-            &format!("{root}/examples/structured-copy/job.toml"),
-            "--mock",
-            "--quiet",
-        ])
-        .arg("--output")
-        .arg(&out_path)
-        .output()
-        .unwrap();
+    let job = "examples/structured-copy/job.toml";
+    let out = ws.run_shipped(job, &["--quiet"], "copy.csv");
     assert_exit(&out, 0);
     let (h, rows) = ws.csv("copy.csv");
     assert_eq!(rows.len(), 12);

@@ -12,11 +12,9 @@ fn headers_slow_a_job_told_ten_times_the_real_limit() {
     // The mock allows 1,200 RPM (20/s); the job claims 12,000. The first answer's headers
     // bring the job down to the server's pace before the first burst.
     let mock = Mock::start(&["--rpm", "1200"]);
-    let ws = Workspace::new();
-    ws.csv_rows(80);
-    let job = ws.job(&mock.base_url, "requests_per_minute = 12000");
+    let (ws, job) = Workspace::with_job(80, &mock.base_url, "requests_per_minute = 12000");
     let start = Instant::now();
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let out = ws.run(&["run", &job, "--quiet"]);
     let took = start.elapsed().as_secs_f64();
     assert_exit(&out, 0);
     let s = ws.summary();
@@ -34,10 +32,8 @@ fn headers_slow_a_job_told_ten_times_the_real_limit() {
 #[test]
 fn unknown_limits_are_learned_without_429s() {
     let mock = Mock::start(&["--rpm", "1200"]);
-    let ws = Workspace::new();
-    ws.csv_rows(60);
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let (ws, job) = Workspace::with_job(60, &mock.base_url, "");
+    let out = ws.run(&["run", &job, "--quiet"]);
     assert_exit(&out, 0);
     assert_eq!(ws.summary()["succeeded"], 60);
     assert!(mock.stat("rate_limited") <= 2, "{}", mock.stats());
@@ -47,16 +43,8 @@ fn unknown_limits_are_learned_without_429s() {
 fn a_shared_cooldown_means_few_429s_per_row_not_a_storm() {
     // No limits in the job and no headers from the server: only 429s say how fast to go.
     let mock = Mock::start(&["--rpm", "1200", "--no-rate-headers"]);
-    let ws = Workspace::new();
-    ws.csv_rows(120);
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&[
-        "run",
-        job.to_str().unwrap(),
-        "--quiet",
-        "--max-in-flight",
-        "64",
-    ]);
+    let (ws, job) = Workspace::with_job(120, &mock.base_url, "");
+    let out = ws.run(&["run", &job, "--quiet", "--max-in-flight", "64"]);
     assert_exit(&out, 0);
     let s = ws.summary();
     assert_eq!(s["succeeded"], 120, "{s}");
@@ -73,48 +61,32 @@ fn a_shared_cooldown_means_few_429s_per_row_not_a_storm() {
 #[test]
 fn insufficient_quota_stops_the_job_once_and_it_resumes() {
     let mock = Mock::start(&["--quota-requests", "10"]);
-    let ws = Workspace::new();
-    ws.csv_rows(20);
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&[
-        "run",
-        job.to_str().unwrap(),
-        "--quiet",
-        "--max-in-flight",
-        "2",
-    ]);
+    let (ws, job) = Workspace::with_job(20, &mock.base_url, "");
+    let run = || ws.run(&["run", &job, "--quiet", "--max-in-flight", "2"]);
+    let out = run();
     assert_exit(&out, 3);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     // One error line (the summary's status repeats it), not one per row or attempt.
-    let quota_lines: Vec<&str> = stderr
+    let quota_lines: Vec<&str> = err
         .lines()
         .filter(|l| l.contains("quota") && !l.trim_start().starts_with("status"))
         .collect();
-    assert_eq!(quota_lines.len(), 1, "one clear line:\n{stderr}");
-    assert!(quota_lines[0].starts_with("error:"), "{stderr}");
-    assert!(quota_lines[0].contains("retrying cannot help"), "{stderr}");
+    assert_eq!(quota_lines.len(), 1, "one clear line:\n{err}");
+    assert!(quota_lines[0].starts_with("error:"), "{err}");
+    assert!(quota_lines[0].contains("retrying cannot help"), "{err}");
     // Retrying cannot help, so nobody retried: the mock saw at most the in-flight extra.
     assert!(mock.stat("requests") <= 10 + 2, "{}", mock.stats());
     let s = ws.summary();
     assert_eq!(s["succeeded"], 10, "{s}");
     assert_eq!(s["failed"], 0, "quota refusals are not failed rows: {s}");
-    let (h, rows) = ws.csv("out/result.csv");
-    let pending = rows
-        .iter()
-        .filter(|r| r[col(&h, "status")] == "pending")
-        .count();
+    let status = ws.column("out/result.csv", "status");
+    let pending = status.iter().filter(|s| *s == "pending").count();
     assert_eq!(pending, 10, "the rows after the stop are pending");
 
     // With quota again (the mock's reset refills it, exactly for the 10 rows left; same URL, so the same requests), the
     // same command finishes only what is left.
     http(&mock.addr, "POST", "/_mock/reset");
-    let out = ws.run(&[
-        "run",
-        job.to_str().unwrap(),
-        "--quiet",
-        "--max-in-flight",
-        "2",
-    ]);
+    let out = run();
     assert_exit(&out, 0);
     assert_eq!(mock.stat("requests"), 10, "done rows are not sent again");
     assert_eq!(ws.summary()["succeeded"], 20);
@@ -129,7 +101,7 @@ fn timeout_flags_reach_the_client() {
     let start = Instant::now();
     let out = ws.run(&[
         "run",
-        job.to_str().unwrap(),
+        &job,
         "--quiet",
         "--timeout",
         "0.5",

@@ -4,28 +4,18 @@
 mod common;
 
 use std::fs::File;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::*;
 use rand::{Rng, SeedableRng};
 
 const JOURNAL: &str = "out/result.journal.jsonl";
-const KEY: &str = "sk-test-key-0123456789";
 
 /// Starts `promptmill run JOB --quiet` in the background; stderr goes to `log`.
-fn spawn_run(ws: &Workspace, job: &Path, log: &str) -> Child {
-    promptmill()
-        .current_dir(ws.dir.path())
-        .env("OPENAI_API_KEY", KEY)
-        .arg("run")
-        .arg(job)
-        .arg("--quiet")
-        .stdout(Stdio::null())
-        .stderr(File::create(ws.path(log)).unwrap())
-        .spawn()
-        .expect("start promptmill run")
+fn spawn_run(ws: &Workspace, job: &str, log: &str) -> Child {
+    let log = File::create(ws.path(log)).unwrap();
+    ws.spawn(&["run", job, "--quiet"], log)
 }
 
 /// Complete lines in the journal so far.
@@ -73,31 +63,12 @@ fn sigint(child: &Child) {
     assert!(st.success());
 }
 
-/// Checks the final output: every input row exactly once, in input order, all `ok`.
-fn assert_complete_output(ws: &Workspace, n: usize) {
-    let (h, rows) = ws.csv("out/result.csv");
-    assert_eq!(rows.len(), n, "one output row per input row");
-    let id = col(&h, "id");
-    let ids: Vec<&str> = rows.iter().map(|r| r[id].as_str()).collect();
-    let expected: Vec<String> = (1..=n).map(|i| format!("r{i}")).collect();
-    assert_eq!(ids, expected, "each id once, in input order");
-    let status = col(&h, "status");
-    let not_ok: Vec<_> = rows.iter().filter(|r| r[status] != "ok").collect();
-    assert!(
-        not_ok.is_empty(),
-        "rows not ok: {:?}",
-        &not_ok[..not_ok.len().min(3)]
-    );
-}
-
 #[test]
 fn sigkill_at_random_points_then_resume_loses_nothing_and_repays_at_most_the_in_flight() {
     const ROWS: usize = 2000;
     const IN_FLIGHT: u64 = 32;
     let mock = Mock::start(&["--latency-ms", "30"]);
-    let ws = Workspace::new();
-    ws.csv_rows(ROWS);
-    let job = ws.job(&mock.base_url, "");
+    let (ws, job) = Workspace::with_job(ROWS, &mock.base_url, "");
     let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_125);
     let mut points: Vec<usize> = (0..4).map(|_| rng.random_range(50..1900)).collect();
     points.sort_unstable();
@@ -112,10 +83,10 @@ fn sigkill_at_random_points_then_resume_loses_nothing_and_repays_at_most_the_in_
         assert_eq!(st.code(), None, "killed by a signal, not exited");
     }
     let before_last = journal_lines(&ws);
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let out = ws.run(&["run", &job, "--quiet"]);
     assert_exit(&out, 0);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("rows done already"), "{stderr}");
+    let err = stderr(&out);
+    assert!(err.contains("rows done already"), "{err}");
     assert_complete_output(&ws, ROWS);
 
     let s = ws.summary();
@@ -146,9 +117,7 @@ fn sigkill_at_random_points_then_resume_loses_nothing_and_repays_at_most_the_in_
 fn sigint_finishes_what_is_in_flight_exits_3_and_resume_sends_nothing_twice() {
     const ROWS: usize = 600;
     let mock = Mock::start(&["--latency-ms", "30"]);
-    let ws = Workspace::new();
-    ws.csv_rows(ROWS);
-    let job = ws.job(&mock.base_url, "");
+    let (ws, job) = Workspace::with_job(ROWS, &mock.base_url, "");
     for (i, at) in [60usize, 300].into_iter().enumerate() {
         let log = format!("int-{i}.log");
         let mut child = spawn_run(&ws, &job, &log);
@@ -170,7 +139,7 @@ fn sigint_finishes_what_is_in_flight_exits_3_and_resume_sends_nothing_twice() {
         let (_, rows) = ws.csv("out/result.csv");
         assert_eq!(rows.len(), ROWS, "the partial output still lists every row");
     }
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let out = ws.run(&["run", &job, "--quiet"]);
     assert_exit(&out, 0);
     assert_complete_output(&ws, ROWS);
     assert_eq!(mock.stat("duplicate_prompts"), 0, "nothing sent twice");
@@ -181,9 +150,7 @@ fn sigint_finishes_what_is_in_flight_exits_3_and_resume_sends_nothing_twice() {
 fn a_second_sigint_quits_at_once_and_the_journal_stays_readable() {
     // Answers take 20 s: after the first Ctrl-C the run would wait out its grace period.
     let mock = Mock::start(&["--latency-ms", "20000"]);
-    let ws = Workspace::new();
-    ws.csv_rows(8);
-    let job = ws.job(&mock.base_url, "");
+    let (ws, job) = Workspace::with_job(8, &mock.base_url, "");
     let mut child = spawn_run(&ws, &job, "int2.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     while mock.stat("requests") < 8 {
@@ -202,17 +169,15 @@ fn a_second_sigint_quits_at_once_and_the_journal_stays_readable() {
     assert!(err.contains("quitting now"), "{err}");
     // Nothing finished, so nothing was recorded, and nothing half-written was left.
     assert_eq!(std::fs::read(ws.path(JOURNAL)).unwrap(), b"");
-    let out = ws.run(&["run", job.to_str().unwrap(), "--dry-run"]);
+    let out = ws.run(&["run", &job, "--dry-run"]);
     assert_exit(&out, 0);
 }
 
 #[test]
 fn a_truncated_journal_tail_resumes_cleanly_and_redoes_only_that_row() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(20);
-    let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let (ws, job) = Workspace::with_job(20, &mock.base_url, "");
+    let out = ws.run(&["run", &job, "--quiet"]);
     assert_exit(&out, 0);
     assert_eq!(mock.stat("requests"), 20);
 
@@ -227,9 +192,9 @@ fn a_truncated_journal_tail_resumes_cleanly_and_redoes_only_that_row() {
     let cut = last_start + (full.len() - last_start) / 2;
     std::fs::write(ws.path(JOURNAL), &full[..cut]).unwrap();
 
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet"]);
+    let out = ws.run(&["run", &job, "--quiet"]);
     assert_exit(&out, 0);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("cut off"), "the repair is reported: {err}");
     assert!(err.contains("19 rows done already"), "{err}");
     assert_eq!(mock.stat("requests"), 21, "only the cut row is sent again");
@@ -251,15 +216,6 @@ fn a_truncated_journal_tail_resumes_cleanly_and_redoes_only_that_row() {
     assert!(rows.contains(&last["row"].as_u64().unwrap()));
 }
 
-/// Writes rows.csv with the given names (ids r1, r2, …).
-fn named_rows(ws: &Workspace, names: &[&str]) {
-    let mut s = String::from("id,name,color\n");
-    for (i, n) in names.iter().enumerate() {
-        s.push_str(&format!("r{},{n},blue\n", i + 1));
-    }
-    ws.write("rows.csv", &s);
-}
-
 #[test]
 fn the_cache_answers_identical_requests_of_another_job_for_free_but_never_errors() {
     let mock = Mock::start(&[]);
@@ -274,16 +230,19 @@ fn the_cache_answers_identical_requests_of_another_job_for_free_but_never_errors
         "eta",
         "theta",
     ];
-    named_rows(&ws, &names);
+    ws.named_rows(&names, "blue");
     let job = ws.job(&mock.base_url, "");
-    let out = ws.run(&["run", job.to_str().unwrap(), "--quiet", "--cache", "cache"]);
+    let out = ws.run(&["run", &job, "--quiet", "--cache", "cache"]);
     assert_exit(&out, 1); // the 400 row failed
     assert_eq!(mock.stat("requests"), 8);
     let entries: Vec<_> = all_files(&ws.path("cache"));
     assert_eq!(entries.len(), 7, "successes only: {entries:?}");
     for e in &entries {
         let text = std::fs::read_to_string(e).unwrap();
-        assert!(!text.contains(KEY) && !text.contains("mock:400"), "{text}");
+        assert!(
+            !text.contains(TEST_KEY) && !text.contains("mock:400"),
+            "{text}"
+        );
     }
 
     // Another job (its own output and journal), the same requests, the cache set in the file.
@@ -292,14 +251,15 @@ fn the_cache_answers_identical_requests_of_another_job_for_free_but_never_errors
         .replace("out/result.csv", "out/other.csv")
         + "\n[cache]\ndir = \"cache\"\n";
     let other_job = ws.write("other.toml", &other);
-    let out = ws.run(&["run", other_job.to_str().unwrap(), "--quiet"]);
+    let other_job = other_job.to_str().unwrap();
+    let out = ws.run(&["run", other_job, "--quiet"]);
     assert_exit(&out, 1);
     assert_eq!(
         mock.stat("requests"),
         9,
         "only the failed row is sent again"
     );
-    let s: serde_json::Value = serde_json::from_str(&ws.read("out/other.summary.json")).unwrap();
+    let s = ws.json("out/other.summary.json");
     assert_eq!(s["cached"], 7, "{s}");
     assert_eq!(s["requests"], 1, "{s}");
     assert_eq!(s["cost_this_run_usd"], 0.0, "{s}");
@@ -315,7 +275,7 @@ fn the_cache_answers_identical_requests_of_another_job_for_free_but_never_errors
     // A corrupt entry is ignored: that row is sent (and stored again).
     std::fs::write(&entries[0], b"{\"hash\": \"trunc").unwrap();
     std::fs::remove_file(ws.path("out/other.journal.jsonl")).unwrap();
-    let out = ws.run(&["run", other_job.to_str().unwrap(), "--quiet"]);
+    let out = ws.run(&["run", other_job, "--quiet"]);
     assert_exit(&out, 1);
     assert_eq!(
         mock.stat("requests"),
@@ -333,7 +293,7 @@ fn the_cache_answers_identical_requests_of_another_job_for_free_but_never_errors
     // other way round.
     let out = ws.run(&[
         "run",
-        job.to_str().unwrap(),
+        &job,
         "--quiet",
         "--mock",
         "--cache",
@@ -342,7 +302,7 @@ fn the_cache_answers_identical_requests_of_another_job_for_free_but_never_errors
         "out/mock.csv",
     ]);
     assert_exit(&out, 1);
-    let s: serde_json::Value = serde_json::from_str(&ws.read("out/mock.summary.json")).unwrap();
+    let s = ws.json("out/mock.summary.json");
     assert_eq!(s["cached"], 0, "{s}");
     assert_eq!(all_files(&ws.path("cache")).len(), 14);
 }
@@ -359,10 +319,10 @@ fn retry_failed_resends_only_the_failed_rows_and_changed_rows_are_redone() {
         "[[mock:fail-first:1]] eps",
         "zeta",
     ];
-    named_rows(&ws, &names);
+    ws.named_rows(&names, "blue");
     let job = ws.job(&mock.base_url, "max_retries = 0");
     let run = |extra: &[&str]| {
-        let mut a = vec!["run", job.to_str().unwrap(), "--quiet"];
+        let mut a = vec!["run", &job, "--quiet"];
         a.extend_from_slice(extra);
         ws.run(&a)
     };
@@ -374,14 +334,14 @@ fn retry_failed_resends_only_the_failed_rows_and_changed_rows_are_redone() {
     // Without the flag, failed rows are kept and nothing is sent.
     let out = run(&[]);
     assert_exit(&out, 1);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("4 rows done already"), "{err}");
     assert!(err.contains("2 failed rows kept"), "{err}");
     assert_eq!(mock.stat("requests"), 6);
 
     let out = run(&["--retry-failed"]);
     assert_exit(&out, 0);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("2 failed rows retried"), "{err}");
     assert_eq!(mock.stat("requests"), 8, "only the two failed rows");
     assert_eq!(mock.stat("duplicate_prompts"), 0);
@@ -390,10 +350,10 @@ fn retry_failed_resends_only_the_failed_rows_and_changed_rows_are_redone() {
     // A changed input value changes what would be sent: that row alone is redone.
     let mut changed = names;
     changed[2] = "GAMMA";
-    named_rows(&ws, &changed);
+    ws.named_rows(&changed, "blue");
     let out = run(&[]);
     assert_exit(&out, 0);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(err.contains("5 rows done already"), "{err}");
     assert!(err.contains("1 changed since"), "{err}");
     assert_eq!(mock.stat("requests"), 9);

@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use serde_json::Value;
+
+/// The API key a test run gets in `OPENAI_API_KEY` (the mock takes any key unless told one).
+pub const TEST_KEY: &str = "sk-test-key-0123456789";
+
 /// The binary under test.
 pub fn promptmill() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_promptmill"));
@@ -108,6 +113,49 @@ pub fn http(addr: &str, method: &str, path: &str) -> String {
     body.to_string()
 }
 
+/// A job file, section by section: each field is the TOML under that section's header, and
+/// an empty one leaves the section out. `JobFile::default()` is the usual job over rows.csv
+/// (id, name, color) without `[api]`; a test states the sections it is about.
+pub struct JobFile<'a> {
+    pub input: &'a str,
+    pub prompt: &'a str,
+    pub model: &'a str,
+    pub api: &'a str,
+    pub limits: &'a str,
+    pub output: &'a str,
+}
+
+impl Default for JobFile<'_> {
+    fn default() -> Self {
+        JobFile {
+            input: "path = \"rows.csv\"\nid = \"id\"",
+            prompt: "system = \"You are terse.\"\nuser = \"Describe {{ name }} in {{ color }}.\"",
+            model: "name = \"gpt-4o-mini\"\nmax_tokens = 50",
+            api: "",
+            limits: "",
+            output: "path = \"out/result.csv\"",
+        }
+    }
+}
+
+impl JobFile<'_> {
+    /// The file's text.
+    pub fn toml(&self) -> String {
+        [
+            ("input", self.input),
+            ("prompt", self.prompt),
+            ("model", self.model),
+            ("api", self.api),
+            ("limits", self.limits),
+            ("output", self.output),
+        ]
+        .iter()
+        .filter(|(_, body)| !body.is_empty())
+        .map(|(name, body)| format!("[{name}]\n{body}\n\n"))
+        .collect()
+    }
+}
+
 /// A temp folder holding a job, its input and its output.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
@@ -118,6 +166,15 @@ impl Workspace {
         Workspace {
             dir: tempfile::tempdir().unwrap(),
         }
+    }
+
+    /// A workspace with `n` rows in rows.csv and the usual `job.toml` over them (see
+    /// [`Workspace::job`]); returns it with the job's path.
+    pub fn with_job(n: usize, base_url: &str, extra_limits: &str) -> (Workspace, String) {
+        let ws = Workspace::new();
+        ws.csv_rows(n);
+        let job = ws.job(base_url, extra_limits);
+        (ws, job)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -146,45 +203,79 @@ impl Workspace {
         self.write("rows.csv", &s)
     }
 
-    /// Writes `job.toml` reading rows.csv, pointed at `base_url`, with extra TOML appended
-    /// to the given sections.
-    pub fn job(&self, base_url: &str, extra_limits: &str) -> PathBuf {
-        self.write(
+    /// Writes `rows.csv` with one row per name, all in `color`: ids r1, r2, ….
+    pub fn named_rows<S: AsRef<str>>(&self, names: &[S], color: &str) -> PathBuf {
+        let mut s = String::from("id,name,color\n");
+        for (i, n) in names.iter().enumerate() {
+            s.push_str(&format!("r{},{},{color}\n", i + 1, n.as_ref()));
+        }
+        self.write("rows.csv", &s)
+    }
+
+    /// Writes a job file at `rel`; returns its path as the command line takes it.
+    pub fn write_job(&self, rel: &str, job: &JobFile) -> String {
+        self.write(rel, &job.toml()).to_string_lossy().into_owned()
+    }
+
+    /// Writes the usual `job.toml` (rows.csv, `Describe {{ name }} in {{ color }}.`,
+    /// gpt-4o-mini, out/result.csv) pointed at `base_url`, with `extra_limits` added to
+    /// `[limits]`; returns its path.
+    pub fn job(&self, base_url: &str, extra_limits: &str) -> String {
+        self.write_job(
             "job.toml",
-            &format!(
-                r#"
-[input]
-path = "rows.csv"
-id = "id"
-
-[prompt]
-system = "You are terse."
-user = "Describe {{{{ name }}}} in {{{{ color }}}}."
-
-[model]
-name = "gpt-4o-mini"
-max_tokens = 50
-
-[api]
-base_url = "{base_url}"
-
-[limits]
-max_in_flight = 32
-{extra_limits}
-
-[output]
-path = "out/result.csv"
-"#
-            ),
+            &JobFile {
+                api: &format!("base_url = \"{base_url}\""),
+                limits: &format!("max_in_flight = 32\n{extra_limits}"),
+                ..JobFile::default()
+            },
         )
     }
 
-    /// Runs `promptmill` with a test key and returns its output.
-    pub fn run(&self, args: &[&str]) -> Output {
-        promptmill()
-            .current_dir(self.dir.path())
-            .env("OPENAI_API_KEY", "sk-test-key-0123456789")
+    /// `promptmill` in this folder, with no API key set.
+    pub fn command(&self) -> Command {
+        let mut c = promptmill();
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    /// Runs `promptmill ARGS` here with the variables in `env` set, and no API key unless
+    /// `env` holds one.
+    pub fn run_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        self.command()
+            .envs(env.iter().copied())
             .args(args)
+            .output()
+            .expect("run promptmill")
+    }
+
+    /// Runs `promptmill ARGS` here with the test key and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_env(&[("OPENAI_API_KEY", TEST_KEY)], args)
+    }
+
+    /// Starts `promptmill ARGS` here with the test key in the background (for killing it);
+    /// stdout is dropped, stderr goes to `stderr`.
+    pub fn spawn(&self, args: &[&str], stderr: impl Into<Stdio>) -> Child {
+        self.command()
+            .env("OPENAI_API_KEY", TEST_KEY)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start promptmill")
+    }
+
+    /// Runs a job file shipped with the repo (`job` relative to the crate root) with
+    /// `--mock`, from the crate root as a user in a checkout would, and writes its output to
+    /// `output` in this workspace.
+    pub fn run_shipped(&self, job: &str, extra: &[&str], output: &str) -> Output {
+        promptmill()
+            .arg("run")
+            .arg(format!("{}/{job}", env!("CARGO_MANIFEST_DIR")))
+            .arg("--mock")
+            .args(extra)
+            .arg("--output")
+            .arg(self.path(output))
             .output()
             .expect("run promptmill")
     }
@@ -200,9 +291,30 @@ path = "out/result.csv"
         (h, rows)
     }
 
+    /// One column of a CSV output, top to bottom.
+    pub fn column(&self, rel: &str, name: &str) -> Vec<String> {
+        let (h, rows) = self.csv(rel);
+        let c = col(&h, name);
+        rows.iter().map(|r| r[c].clone()).collect()
+    }
+
+    /// A JSON file written here (a summary, the batch state).
+    pub fn json(&self, rel: &str) -> Value {
+        let text = self.read(rel);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{rel} is not JSON ({e}): {text}"))
+    }
+
+    /// A JSON Lines file written here, one value per line.
+    pub fn jsonl(&self, rel: &str) -> Vec<Value> {
+        self.read(rel)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{rel}: {e}: {l}")))
+            .collect()
+    }
+
     /// The summary JSON beside `out/result.csv`.
-    pub fn summary(&self) -> serde_json::Value {
-        serde_json::from_str(&self.read("out/result.summary.json")).unwrap()
+    pub fn summary(&self) -> Value {
+        self.json("out/result.summary.json")
     }
 }
 
@@ -227,12 +339,40 @@ pub fn text(out: &Output) -> String {
     )
 }
 
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stdout parsed as JSON (`--json` reports).
+pub fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", text(out)))
+}
+
 /// Column index by name.
 pub fn col(header: &[String], name: &str) -> usize {
     header
         .iter()
         .position(|h| h == name)
         .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+}
+
+/// Checks `out/result.csv`: every input row r1..rN exactly once, in input order, all `ok`.
+pub fn assert_complete_output(ws: &Workspace, n: usize) {
+    let (h, rows) = ws.csv("out/result.csv");
+    assert_eq!(rows.len(), n, "one output row per input row");
+    let id = col(&h, "id");
+    let ids: Vec<&str> = rows.iter().map(|r| r[id].as_str()).collect();
+    let expected: Vec<String> = (1..=n).map(|i| format!("r{i}")).collect();
+    assert_eq!(ids, expected, "each id once, in input order");
+    let status = col(&h, "status");
+    let not_ok: Vec<_> = rows.iter().filter(|r| r[status] != "ok").collect();
+    assert!(
+        not_ok.is_empty(),
+        "rows not ok: {:?}",
+        &not_ok[..not_ok.len().min(3)]
+    );
 }
 
 /// Every file under `dir`, recursively (for leak checks).
@@ -250,4 +390,17 @@ pub fn all_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// No file under `dir` but those in `skip`, read as bytes, holds `needle` (a key that must
+/// not leak; the message does not repeat it).
+pub fn assert_absent(dir: &Path, needle: &str, skip: &[&Path]) {
+    for f in all_files(dir) {
+        if skip.iter().any(|s| *s == f) {
+            continue;
+        }
+        let bytes = std::fs::read(&f).unwrap();
+        let hay = String::from_utf8_lossy(&bytes);
+        assert!(!hay.contains(needle), "{} holds the key", f.display());
+    }
 }
