@@ -227,23 +227,14 @@ impl Scheduler {
             return;
         };
         let cost = Money(record.cost_pico.unwrap_or(0));
-        self.budget.settle(res, cost);
-        if let Some(u) = &record.usage {
-            self.stats.tokens.fetch_add(u.total(), Relaxed);
-        }
-        self.stats.cost_pico.fetch_add(cost.0, Relaxed);
+        self.pay(res, record.usage.as_ref(), cost);
         let ok = record.status == Status::Ok;
         if ok {
             self.stats.succeeded.fetch_add(1, Relaxed);
         } else {
             self.stats.failed.fetch_add(1, Relaxed);
         }
-        let written = self
-            .journal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .append(&record);
-        if let Err(e) = written {
+        if let Err(e) = self.journal().append(&record) {
             self.journal_failed(e);
             return;
         }
@@ -271,11 +262,7 @@ impl Scheduler {
             return;
         };
         let cost = self.price.as_ref().map(|p| p.cost(&usage, self.tier));
-        self.budget.settle(res, cost.unwrap_or(Money::ZERO));
-        self.stats.tokens.fetch_add(usage.total(), Relaxed);
-        self.stats
-            .cost_pico
-            .fetch_add(cost.map_or(0, |c| c.0), Relaxed);
+        self.pay(res, Some(&usage), cost.unwrap_or(Money::ZERO));
         let spend = Unfinished {
             row: item.row,
             id: item.id.clone(),
@@ -283,14 +270,22 @@ impl Scheduler {
             usage,
             cost_pico: cost.map(|c| c.0),
         };
-        let written = self
-            .journal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .append_unfinished(&spend);
-        if let Err(e) = written {
+        if let Err(e) = self.journal().append_unfinished(&spend) {
             self.journal_failed(e);
         }
+    }
+
+    /// Settles a reservation with what was paid, and counts it.
+    fn pay(&self, res: Reservation, usage: Option<&Usage>, cost: Money) {
+        self.budget.settle(res, cost);
+        if let Some(u) = usage {
+            self.stats.tokens.fetch_add(u.total(), Relaxed);
+        }
+        self.stats.cost_pico.fetch_add(cost.0, Relaxed);
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, JournalWriter> {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stops the run: what is not journaled is not safe.
