@@ -13,9 +13,9 @@
 //! `--batch-create-delay-ms` holds the answer to `POST /v1/batches` after the batch exists:
 //! tests kill a client in that window to check it does not create a second batch.
 
+use super::batch_core::{self, ask, jsonl, ok, scramble, Api, Poll, Store};
 use super::reply;
 use super::state::Shared;
-use super::text::mix;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::header::AUTHORIZATION;
@@ -26,40 +26,32 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The status steps a batch goes through, one per `--batch-step-polls` polls.
-const STEPS: [&str; 4] = ["validating", "in_progress", "finalizing", "completed"];
+/// The status a batch has at each step (one per `--batch-step-polls` polls); the last one is
+/// set when its lines have been answered.
+const STATUSES: [&str; batch_core::STEPS as usize + 1] =
+    ["validating", "in_progress", "finalizing", "completed"];
 
 /// Files and batches of one mock server.
-pub(crate) struct Batches {
-    shared: Arc<Shared>,
-    inner: Mutex<Inner>,
-}
+type Batches = Api<Inner>;
+
+/// A batch: OpenAI keeps nothing beside its object.
+type Batch = batch_core::Batch<()>;
 
 #[derive(Default)]
 struct Inner {
-    next: u64,
     files: HashMap<String, Vec<u8>>,
     file_meta: HashMap<String, Value>,
-    /// Oldest first.
-    batches: Vec<Batch>,
-}
-
-struct Batch {
-    obj: Map<String, Value>,
-    step: usize,
-    polls: u32,
-    /// Lines already answered (so a concurrent poll does not answer them twice).
-    answering: bool,
+    /// Their ids are drawn from the same counter as the files'.
+    batches: Store<()>,
 }
 
 /// The routes, with their own state.
 pub(crate) fn routes(shared: Arc<Shared>) -> Router {
-    let state = Arc::new(Batches {
-        shared,
-        inner: Mutex::new(Inner::default()),
+    let state = Api::new(shared, Inner::default(), |s, headers| {
+        s.refuse_unauthorized(headers)
     });
     Router::new()
         // Batch input files may be up to 200 MB (axum's default limit is 2 MB).
@@ -80,10 +72,6 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn ok(v: Value) -> Response {
-    reply::json_bytes(StatusCode::OK, v.to_string())
-}
-
 fn not_found(what: &str) -> Response {
     reply::error(
         StatusCode::NOT_FOUND,
@@ -93,36 +81,21 @@ fn not_found(what: &str) -> Response {
     )
 }
 
-impl Batches {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
-        self.shared.begin();
-        self.shared.refuse_unauthorized(headers)
-    }
-}
-
 impl Inner {
     fn id(&mut self, prefix: &str) -> String {
-        self.next += 1;
-        format!("{prefix}-mock{:012x}", mix(self.next) & 0xffff_ffff_ffff)
-    }
-
-    /// The batch with this id.
-    fn batch(&mut self, id: &str) -> Option<&mut Batch> {
-        self.batches.iter_mut().find(|x| x.obj["id"] == id)
+        let n = self.batches.next_id();
+        format!("{prefix}-mock{:012x}", n & 0xffff_ffff_ffff)
     }
 }
 
-impl Batch {
-    /// Marks the batch as being answered (so no other poll answers it) and gives the id of
-    /// its input file.
-    fn start_answering(&mut self) -> String {
-        self.answering = true;
-        self.obj["input_file_id"].as_str().unwrap_or("").to_string()
-    }
+/// Marks the batch as being answered (so no other poll answers it) and gives the id of its
+/// input file.
+fn start_answering(batch: &mut Batch) -> String {
+    batch.answering = true;
+    batch.obj["input_file_id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 /// `POST /v1/files` (multipart: `purpose`, `file`).
@@ -237,19 +210,10 @@ async fn create(State(b): State<Arc<Batches>>, headers: HeaderMap, body: Bytes) 
             obj.insert("failed_at".into(), t.into());
             obj.insert("errors".into(), json!({"object": "list", "data": errors}));
         }
-        inner.batches.push(Batch {
-            obj: obj.clone(),
-            step: 0,
-            polls: 0,
-            answering: false,
-        });
+        inner.batches.push(obj.clone(), ());
         obj
     };
-    let delay = b.shared.cfg.batch_create_delay_ms;
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    ok(Value::Object(obj))
+    b.created(obj).await
 }
 
 /// The validation errors of an input file (None when it is valid): every line JSON with a
@@ -298,21 +262,12 @@ async fn list(
         return r;
     }
     let inner = b.lock();
-    let limit = q.limit.unwrap_or(20).clamp(1, 100);
-    let newest_first = inner.batches.iter().rev().map(|b| &b.obj);
-    let mut all: Vec<&Map<String, Value>> = match &q.after {
-        Some(after) => newest_first
-            .skip_while(|o| o.get("id").and_then(Value::as_str) != Some(after))
-            .skip(1)
-            .collect(),
-        None => newest_first.collect(),
-    };
-    let has_more = all.len() > limit;
-    all.truncate(limit);
-    let id_of = |o: Option<&&Map<String, Value>>| o.and_then(|o| o.get("id")).cloned();
+    let page = inner
+        .batches
+        .page(q.after.as_deref(), q.limit.unwrap_or(20).clamp(1, 100));
     ok(json!({
-        "object": "list", "first_id": id_of(all.first()), "last_id": id_of(all.last()),
-        "has_more": has_more, "data": all,
+        "object": "list", "first_id": page.first_id, "last_id": page.last_id,
+        "has_more": page.has_more, "data": page.data,
     }))
 }
 
@@ -325,10 +280,10 @@ async fn retrieve(
     if let Some(r) = b.refuse(&headers) {
         return r;
     }
-    let per_step = b.shared.cfg.batch_step_polls.max(1);
+    let per_step = b.per_step();
     let input = {
         let mut inner = b.lock();
-        let Some(batch) = inner.batch(&id) else {
+        let Some(batch) = inner.batches.get_mut(&id) else {
             return not_found("batch");
         };
         let done = matches!(
@@ -336,21 +291,19 @@ async fn retrieve(
             Some("completed" | "cancelled" | "failed" | "expired")
         );
         if done || batch.answering {
-            return ok(Value::Object(batch.obj.clone()));
+            return batch.reply();
         }
-        batch.polls += 1;
-        if batch.polls < per_step {
-            return ok(Value::Object(batch.obj.clone()));
+        match batch.poll(per_step) {
+            Poll::Wait => return batch.reply(),
+            Poll::Step(n) => {
+                let status = STATUSES[n];
+                batch.obj.insert("status".into(), status.into());
+                batch.obj.insert(format!("{status}_at"), now().into());
+                return batch.reply();
+            }
+            Poll::Last => {}
         }
-        batch.polls = 0;
-        if batch.step + 1 < STEPS.len() - 1 {
-            batch.step += 1;
-            let status = STEPS[batch.step];
-            batch.obj.insert("status".into(), status.into());
-            batch.obj.insert(format!("{status}_at"), now().into());
-            return ok(Value::Object(batch.obj.clone()));
-        }
-        let file = batch.start_answering();
+        let file = start_answering(batch);
         inner.files.get(&file).cloned().unwrap_or_default()
     };
     let (output, errors, counts) = answer_lines(&b.shared, &headers, &input, usize::MAX).await;
@@ -369,13 +322,13 @@ async fn cancel(
     }
     let input = {
         let mut inner = b.lock();
-        let Some(batch) = inner.batch(&id) else {
+        let Some(batch) = inner.batches.get_mut(&id) else {
             return not_found("batch");
         };
         if batch.answering || batch.obj["status"] == "completed" {
             return reply::bad_request("This batch cannot be cancelled any more.");
         }
-        let file = batch.start_answering();
+        let file = start_answering(batch);
         inner.files.get(&file).cloned().unwrap_or_default()
     };
     let lines = input.split(|c| *c == b'\n').filter(|l| !l.is_empty());
@@ -385,17 +338,13 @@ async fn cancel(
 }
 
 /// Answers up to `max` input lines through the live chat handler: (output, errors,
-/// (completed, failed)), each file's lines scrambled.
+/// (completed, failed)), each with its [`scramble`] key.
 async fn answer_lines(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
     input: &[u8],
     max: usize,
 ) -> (Vec<(u64, String)>, Vec<(u64, String)>, (u64, u64)) {
-    let mut auth = HeaderMap::new();
-    if let Some(v) = headers.get(AUTHORIZATION) {
-        auth.insert(AUTHORIZATION, v.clone());
-    }
     let (mut output, mut errors) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
     for (n, line) in input
@@ -406,7 +355,7 @@ async fn answer_lines(
     {
         let parsed: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
         let custom_id = parsed["custom_id"].as_str().unwrap_or("").to_string();
-        let order = mix(n as u64 ^ 0x5eed);
+        let order = scramble(n);
         let req_id = format!("batch_req_mock{order:016x}");
         if custom_id.is_empty() || !seen.insert(custom_id.clone()) {
             let e = json!({"id": req_id, "custom_id": custom_id, "response": null,
@@ -415,13 +364,9 @@ async fn answer_lines(
             continue;
         }
         let body = serde_json::to_vec(&parsed["body"]).unwrap_or_default();
-        let resp =
-            super::openai::chat_completions(State(shared.clone()), auth.clone(), Bytes::from(body))
-                .await;
-        let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
-            .await
-            .unwrap_or_default();
+        let chat = super::openai::chat_completions;
+        let (status, bytes) = ask(chat, shared, headers, &[AUTHORIZATION], body).await;
+        let status = status.as_u16();
         let body: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         let out = json!({"id": req_id, "custom_id": custom_id, "response": {
@@ -434,8 +379,6 @@ async fn answer_lines(
         }
     }
     let counts = (output.len() as u64, errors.len() as u64);
-    output.sort();
-    errors.sort();
     (output, errors, counts)
 }
 
@@ -453,17 +396,12 @@ fn finish(
             return Value::Null;
         }
         let fid = inner.id("file");
-        let mut bytes = Vec::new();
-        for (_, l) in lines {
-            bytes.extend_from_slice(l.as_bytes());
-            bytes.push(b'\n');
-        }
-        inner.files.insert(fid.clone(), bytes);
+        inner.files.insert(fid.clone(), jsonl(lines));
         Value::String(fid)
     };
     let out_id = file(output, &mut inner);
     let err_id = file(errors, &mut inner);
-    let Some(batch) = inner.batch(id) else {
+    let Some(batch) = inner.batches.get_mut(id) else {
         return not_found("batch");
     };
     let o = &mut batch.obj;
@@ -475,5 +413,5 @@ fn finish(
         c.insert("completed".into(), completed.into());
         c.insert("failed".into(), failed.into());
     }
-    ok(Value::Object(o.clone()))
+    batch.reply()
 }

@@ -11,9 +11,9 @@
 //! the next poll and cancels the rest. `--batch-create-delay-ms` holds the answer to the
 //! create after the batch exists, as for OpenAI batches.
 
+use super::batch_core::{ask, jsonl, ok, scramble, Api, Poll, Store};
 use super::reply::rfc3339;
 use super::state::Shared;
-use super::text::mix;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, StatusCode};
@@ -23,45 +23,28 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// Steps (of `--batch-step-polls` polls each) before a batch ends.
-const STEPS: u32 = 3;
 /// The API's limit on requests per batch.
 const MAX_REQUESTS: usize = 100_000;
 /// Marks a request that the batch never gets to.
 const EXPIRE_MARKER: &str = "[[mock:expire]]";
 
 /// Message batches of one mock server.
-pub(crate) struct MessageBatches {
-    shared: Arc<Shared>,
-    inner: Mutex<Inner>,
-}
+type MessageBatches = Api<Store<Extra>>;
 
-#[derive(Default)]
-struct Inner {
-    next: u64,
-    /// Oldest first.
-    batches: Vec<Batch>,
-}
-
-struct Batch {
-    obj: Map<String, Value>,
+/// What a message batch keeps beside its object.
+struct Extra {
     requests: Vec<Value>,
-    polls: u32,
-    /// Being answered (so a concurrent poll does not answer it twice).
-    answering: bool,
     cancel: bool,
+    /// The JSONL results, once the batch has ended.
     results: Vec<u8>,
 }
 
 /// The routes, with their own state.
 pub(crate) fn routes(shared: Arc<Shared>) -> Router {
-    let state = Arc::new(MessageBatches {
-        shared,
-        inner: Mutex::new(Inner::default()),
-    });
+    let state = Api::new(shared, Store::default(), refuse);
     Router::new()
         // A batch body may be up to 256 MB (axum's default limit is 2 MB).
         .route(
@@ -86,10 +69,6 @@ fn invalid(message: &str) -> Response {
     error(StatusCode::BAD_REQUEST, "invalid_request_error", message)
 }
 
-fn ok(v: Value) -> Response {
-    super::reply::json_bytes(StatusCode::OK, v.to_string())
-}
-
 fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -102,23 +81,16 @@ fn now() -> String {
     rfc3339(SystemTime::now())
 }
 
-impl MessageBatches {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+/// Refuses a request without a valid `x-api-key` (with `--api-key`) or without
+/// `anthropic-version`.
+fn refuse(s: &Shared, headers: &HeaderMap) -> Option<Response> {
+    if let Some(r) = s.refuse_unauthorized_by(headers, "x-api-key", "") {
+        return Some(r);
     }
-
-    /// Counts the request, then refuses it without a valid `x-api-key` (with `--api-key`)
-    /// or without `anthropic-version`.
-    fn refuse(&self, headers: &HeaderMap) -> Option<Response> {
-        self.shared.begin();
-        if let Some(r) = self.shared.refuse_unauthorized_by(headers, "x-api-key", "") {
-            return Some(r);
-        }
-        headers
-            .get("anthropic-version")
-            .is_none()
-            .then(|| invalid("anthropic-version: header is required"))
-    }
+    headers
+        .get("anthropic-version")
+        .is_none()
+        .then(|| invalid("anthropic-version: header is required"))
 }
 
 /// A custom id the API accepts: `^[a-zA-Z0-9_-]{1,64}$`.
@@ -166,8 +138,7 @@ async fn create(State(b): State<Arc<MessageBatches>>, headers: HeaderMap, body: 
     }
     let obj = {
         let mut inner = b.lock();
-        inner.next += 1;
-        let id = format!("msgbatch_mock{:016x}", mix(inner.next));
+        let id = format!("msgbatch_mock{:016x}", inner.next_id());
         let created = SystemTime::now();
         let Value::Object(obj) = json!({
             "id": id, "type": "message_batch", "processing_status": "in_progress",
@@ -179,21 +150,15 @@ async fn create(State(b): State<Arc<MessageBatches>>, headers: HeaderMap, body: 
         }) else {
             return super::reply::server_error();
         };
-        inner.batches.push(Batch {
-            obj: obj.clone(),
+        let extra = Extra {
             requests: req.requests,
-            polls: 0,
-            answering: false,
             cancel: false,
             results: Vec::new(),
-        });
+        };
+        inner.push(obj.clone(), extra);
         obj
     };
-    let delay = b.shared.cfg.batch_create_delay_ms;
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    ok(Value::Object(obj))
+    b.created(obj).await
 }
 
 #[derive(Deserialize)]
@@ -213,21 +178,10 @@ async fn list(
         return r;
     }
     let inner = b.lock();
-    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
-    let newest_first = inner.batches.iter().rev().map(|b| &b.obj);
-    let mut all: Vec<&Map<String, Value>> = match &q.after_id {
-        Some(after) => newest_first
-            .skip_while(|o| o.get("id").and_then(Value::as_str) != Some(after))
-            .skip(1)
-            .collect(),
-        None => newest_first.collect(),
-    };
-    let has_more = all.len() > limit;
-    all.truncate(limit);
-    let id_of = |o: Option<&&Map<String, Value>>| o.and_then(|o| o.get("id")).cloned();
+    let page = inner.page(q.after_id.as_deref(), q.limit.unwrap_or(20).clamp(1, 1000));
     ok(json!({
-        "data": all, "has_more": has_more,
-        "first_id": id_of(all.first()), "last_id": id_of(all.last()),
+        "data": page.data, "has_more": page.has_more,
+        "first_id": page.first_id, "last_id": page.last_id,
     }))
 }
 
@@ -240,21 +194,21 @@ async fn retrieve(
     if let Some(r) = b.refuse(&headers) {
         return r;
     }
-    let per_step = b.shared.cfg.batch_step_polls.max(1);
+    let per_step = b.per_step();
     let (requests, cancel) = {
         let mut inner = b.lock();
-        let Some(batch) = inner.batches.iter_mut().find(|x| x.obj["id"] == id) else {
+        let Some(batch) = inner.get_mut(&id) else {
             return not_found();
         };
         if batch.answering || batch.obj["processing_status"] == "ended" {
-            return ok(Value::Object(batch.obj.clone()));
+            return batch.reply();
         }
-        batch.polls += 1;
-        if !batch.cancel && batch.polls < per_step * STEPS {
-            return ok(Value::Object(batch.obj.clone()));
+        let last = batch.poll(per_step) == Poll::Last;
+        if !batch.extra.cancel && !last {
+            return batch.reply();
         }
         batch.answering = true;
-        (batch.requests.clone(), batch.cancel)
+        (batch.extra.requests.clone(), batch.extra.cancel)
     };
     let answer = if cancel {
         requests.len() / 2
@@ -267,13 +221,7 @@ async fn retrieve(
         let (line, kind) = answer_one(&b.shared, &headers, r, n < answer).await;
         let c = counts.entry(kind).or_insert(json!(0));
         *c = json!(c.as_u64().unwrap_or(0) + 1);
-        lines.push((mix(n as u64 ^ 0x5eed), line));
-    }
-    lines.sort();
-    let mut results = Vec::new();
-    for (_, l) in lines {
-        results.extend_from_slice(l.as_bytes());
-        results.push(b'\n');
+        lines.push((scramble(n), line));
     }
     let host = headers
         .get(axum::http::header::HOST)
@@ -281,10 +229,10 @@ async fn retrieve(
         .unwrap_or("127.0.0.1")
         .to_string();
     let mut inner = b.lock();
-    let Some(batch) = inner.batches.iter_mut().find(|x| x.obj["id"] == id) else {
+    let Some(batch) = inner.get_mut(&id) else {
         return not_found();
     };
-    batch.results = results;
+    batch.extra.results = jsonl(lines);
     let o = &mut batch.obj;
     o.insert("processing_status".into(), "ended".into());
     o.insert("ended_at".into(), now().into());
@@ -297,7 +245,7 @@ async fn retrieve(
         rc.insert(k.into(), counts.get(k).cloned().unwrap_or(json!(0)));
     }
     o.insert("request_counts".into(), Value::Object(rc));
-    ok(Value::Object(o.clone()))
+    batch.reply()
 }
 
 /// One request's result line and its kind (`succeeded`, `errored`, `expired`, `canceled`).
@@ -314,17 +262,12 @@ async fn answer_one(
     } else if params.contains(EXPIRE_MARKER) {
         ("expired", json!({"type": "expired"}))
     } else {
-        let mut h = HeaderMap::new();
-        for name in ["x-api-key", "anthropic-version"] {
-            if let Some(v) = headers.get(name) {
-                h.insert(HeaderName::from_static(name), v.clone());
-            }
-        }
-        let resp = super::anthropic::messages(State(shared.clone()), h, Bytes::from(params)).await;
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
-            .await
-            .unwrap_or_default();
+        let forward = [
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("anthropic-version"),
+        ];
+        let messages = super::anthropic::messages;
+        let (status, bytes) = ask(messages, shared, headers, &forward, params.into_bytes()).await;
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status == StatusCode::OK {
             ("succeeded", json!({"type": "succeeded", "message": body}))
@@ -346,13 +289,13 @@ async fn results(
         return r;
     }
     let inner = b.lock();
-    let Some(batch) = inner.batches.iter().find(|x| x.obj["id"] == id) else {
+    let Some(batch) = inner.get(&id) else {
         return not_found();
     };
     if batch.obj["processing_status"] != "ended" {
         return invalid("results are available once processing_status is 'ended'");
     }
-    super::reply::json_bytes(StatusCode::OK, batch.results.clone())
+    super::reply::json_bytes(StatusCode::OK, batch.extra.results.clone())
 }
 
 /// `POST /v1/messages/batches/{id}/cancel`: `canceling`; the next poll ends the batch.
@@ -365,16 +308,16 @@ async fn cancel(
         return r;
     }
     let mut inner = b.lock();
-    let Some(batch) = inner.batches.iter_mut().find(|x| x.obj["id"] == id) else {
+    let Some(batch) = inner.get_mut(&id) else {
         return not_found();
     };
     if batch.answering || batch.obj["processing_status"] == "ended" {
         return invalid("This batch has ended and cannot be canceled.");
     }
-    batch.cancel = true;
+    batch.extra.cancel = true;
     batch
         .obj
         .insert("processing_status".into(), "canceling".into());
     batch.obj.insert("cancel_initiated_at".into(), now().into());
-    ok(Value::Object(batch.obj.clone()))
+    batch.reply()
 }

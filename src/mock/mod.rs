@@ -19,6 +19,8 @@
 //! - `POST|GET /v1/messages/batches`, `GET /v1/messages/batches/{id}`,
 //!   `GET /v1/messages/batches/{id}/results`, `POST /v1/messages/batches/{id}/cancel`:
 //!   Anthropic's Message Batches (see `message_batches.rs`; `[[mock:expire]]` there).
+//!   What the two batch APIs do alike (polls, paging, answering through the live handlers,
+//!   scrambled results) is in `batch_core.rs`.
 //! - `GET /_mock/stats`: [`MockStatsSnapshot`] as JSON.
 //! - `POST /_mock/reset`: zero the stats, the quota used and the fail-first attempts; refill
 //!   the rate limits. Answers the zeroed stats.
@@ -62,6 +64,7 @@
 
 mod anthropic;
 mod azure;
+mod batch_core;
 mod batches;
 mod control;
 mod limits;
