@@ -54,25 +54,24 @@ fn job(ws: &Workspace, base_url: &str) -> String {
     )
 }
 
+/// A workspace with `n` rows in rows.csv and the Anthropic job over them; returns it with the
+/// job's path.
+fn with_job(n: usize, base_url: &str) -> (Workspace, String) {
+    let ws = Workspace::new();
+    ws.csv_rows(n);
+    let job = job(&ws, base_url);
+    (ws, job)
+}
+
 /// Runs promptmill with the Anthropic key.
 fn run(ws: &Workspace, args: &[&str]) -> Output {
     ws.run_env(&[ANTHROPIC_KEY], args)
 }
 
-/// Submits `job` as a batch, which is still running when the command returns.
-fn submit(ws: &Workspace, job: &str) {
-    assert_exit(&run(ws, &["run", job, "--mode", "batch"]), 4);
-}
-
-/// Runs `job` as a batch, crashing on purpose at `point`.
-fn crash_at(ws: &Workspace, job: &str, point: &str) {
-    assert_exit(&ws.run_batch_crashing_at(ANTHROPIC_KEY, job, point), 101);
-}
-
 /// Another job, in `other` over its rows.csv, submitted as a batch to `mock`.
 fn submit_other_job(other: &Workspace, mock: &Mock) {
     let other_job = job(other, &mock.base_url);
-    submit(other, &other_job);
+    other.submit_batch(ANTHROPIC_KEY, &other_job);
 }
 
 #[test]
@@ -146,8 +145,7 @@ fn errored_and_expired_requests_fail_their_rows_and_canceled_ones_are_resubmitte
         "id,name,color\nr1,item 1,red\nr2,bad [[mock:400]],red\nr3,late [[mock:expire]],red\nr4,item 4,red\n",
     );
     let job = job(&ws, &mock.base_url);
-    let out = run(&ws, &["run", &job, "--mode", "batch"]);
-    assert_exit(&out, 4);
+    ws.submit_batch(ANTHROPIC_KEY, &job);
     assert_eq!(batches(&mock)[0]["processing_status"], "in_progress");
     let out = run(&ws, &["status", &job]);
     assert!(
@@ -174,88 +172,72 @@ fn errored_and_expired_requests_fail_their_rows_and_canceled_ones_are_resubmitte
     // A canceled batch: the first half is answered, the rest has no result and goes into
     // the next round.
     let mock = Mock::start(&["--batch-step-polls", "100"]);
-    let ws = Workspace::new();
-    ws.csv_rows(10);
-    let job = self::job(&ws, &mock.base_url);
-    submit(&ws, &job);
-    let id = batches(&mock)[0]["id"].as_str().unwrap().to_string();
-    let c: Value = serde_json::from_str(&anthropic_http(
-        &mock,
-        "POST",
-        &format!("/v1/messages/batches/{id}/cancel"),
-    ))
-    .unwrap();
-    assert_eq!(c["processing_status"], "canceling");
-    let out = run(&ws, &["collect", &job]);
-    assert_exit(&out, 1);
-    assert!(text(&out).contains("cancelled"), "{}", text(&out));
-    let s = ws.summary();
-    assert_eq!(
-        (s["succeeded"].as_u64(), s["pending"].as_u64()),
-        (Some(5), Some(5))
-    );
-    submit(&ws, &job);
-    let all = batches(&mock);
-    assert_eq!(all.len(), 2);
-    assert_eq!(
-        all[0]["request_counts"]["processing"], 5,
-        "only the canceled rows"
+    let (ws, job) = with_job(10, &mock.base_url);
+    assert_cancel_resubmits_the_rest(
+        &ws,
+        ANTHROPIC_KEY,
+        &job,
+        || batches(&mock),
+        |id| {
+            let path = format!("/v1/messages/batches/{id}/cancel");
+            let c: Value = serde_json::from_str(&anthropic_http(&mock, "POST", &path)).unwrap();
+            assert_eq!(c["processing_status"], "canceling");
+        },
+        "processing",
     );
 }
 
 #[test]
 fn a_crash_before_the_create_submits_once_on_restart() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(10);
-    let job = job(&ws, &mock.base_url);
-    crash_at(&ws, &job, "before-create");
+    let (ws, job) = with_job(10, &mock.base_url);
+    ws.crash_batch_at(ANTHROPIC_KEY, &job, "before-create");
     assert!(batches(&mock).is_empty());
     let st = ws.batch_state();
     assert_eq!(st["chunks"][0]["create_started"], true);
     assert!(st["chunks"][0]["create_started_at"].as_u64().unwrap() > 0);
     assert!(st["chunks"][0]["batch_id"].is_null());
 
-    submit(&ws, &job);
-    let all = batches(&mock);
-    assert_eq!(all.len(), 1, "nothing had been created: created now, once");
-    assert_eq!(ws.batch_state()["chunks"][0]["batch_id"], all[0]["id"]);
-    assert_exit(&ws.collect_until_done(ANTHROPIC_KEY, &job), 0);
-    assert_eq!(ws.summary()["succeeded"], 10);
-    assert_eq!(batches(&mock).len(), 1);
+    assert_restart_submits_once(
+        &ws,
+        ANTHROPIC_KEY,
+        &job,
+        || batches(&mock),
+        1,
+        10,
+        "nothing had been created: created now, once",
+    );
 }
 
 #[test]
 fn a_crash_after_the_create_finds_the_batch_instead_of_creating_another() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(12);
-    let job = job(&ws, &mock.base_url);
+    let (ws, job) = with_job(12, &mock.base_url);
     // A batch of another size, created before: not taken for ours.
     let other = Workspace::new();
     other.csv_rows(11);
     submit_other_job(&other, &mock);
 
-    crash_at(&ws, &job, "after-create");
+    ws.crash_batch_at(ANTHROPIC_KEY, &job, "after-create");
     assert_eq!(batches(&mock).len(), 2);
     assert!(ws.batch_state()["chunks"][0]["batch_id"].is_null());
 
-    submit(&ws, &job);
-    let all = batches(&mock);
-    assert_eq!(all.len(), 2, "the batch was found, not created again");
-    assert_eq!(ws.batch_state()["chunks"][0]["batch_id"], all[0]["id"]);
-    assert_exit(&ws.collect_until_done(ANTHROPIC_KEY, &job), 0);
-    assert_eq!(ws.summary()["succeeded"], 12);
-    assert_eq!(batches(&mock).len(), 2);
+    assert_restart_submits_once(
+        &ws,
+        ANTHROPIC_KEY,
+        &job,
+        || batches(&mock),
+        2,
+        12,
+        "the batch was found, not created again",
+    );
 }
 
 #[test]
 fn when_the_lost_batch_cannot_be_told_apart_nothing_is_submitted() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(8);
-    let job = job(&ws, &mock.base_url);
-    crash_at(&ws, &job, "after-create");
+    let (ws, job) = with_job(8, &mock.base_url);
+    ws.crash_batch_at(ANTHROPIC_KEY, &job, "after-create");
     // Meanwhile another job submits a batch of the same size.
     let other = Workspace::new();
     other.csv_rows(8);
@@ -278,10 +260,8 @@ fn when_the_lost_batch_cannot_be_told_apart_nothing_is_submitted() {
 #[test]
 fn a_wrong_batch_taken_after_a_restart_is_refused_when_collected() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(6);
-    let job = job(&ws, &mock.base_url);
-    crash_at(&ws, &job, "before-create");
+    let (ws, job) = with_job(6, &mock.base_url);
+    ws.crash_batch_at(ANTHROPIC_KEY, &job, "before-create");
     // Another job's batch of the same size, with other requests, appears in the window.
     let other = Workspace::new();
     other.write(
@@ -291,7 +271,7 @@ fn a_wrong_batch_taken_after_a_restart_is_refused_when_collected() {
     submit_other_job(&other, &mock);
 
     // Taken for ours (same size, created since), but its results are not our requests.
-    submit(&ws, &job);
+    ws.submit_batch(ANTHROPIC_KEY, &job);
     assert_eq!(batches(&mock).len(), 1);
     let out = ws.collect_until_done(ANTHROPIC_KEY, &job);
     assert_exit(&out, 3);
@@ -310,7 +290,7 @@ fn a_wrong_batch_taken_after_a_restart_is_refused_when_collected() {
     st["chunks"][0]["batch_id"] = Value::Null;
     st["chunks"][0]["create_started"] = false.into();
     ws.write("out/result.batches.json", &st.to_string());
-    submit(&ws, &job);
+    ws.submit_batch(ANTHROPIC_KEY, &job);
     assert_eq!(batches(&mock).len(), 2);
     assert_exit(&ws.collect_until_done(ANTHROPIC_KEY, &job), 0);
     let rows = ws.rows_by_id("out/result.csv", "error");
@@ -323,9 +303,7 @@ fn a_wrong_batch_taken_after_a_restart_is_refused_when_collected() {
 
 #[test]
 fn run_mock_batch_export_and_import_work_for_anthropic_jobs() {
-    let ws = Workspace::new();
-    ws.csv_rows(9);
-    let job = job(&ws, "http://127.0.0.1:9/v1");
+    let (ws, job) = with_job(9, "http://127.0.0.1:9/v1");
     let out = run(&ws, &["run", &job, "--mock", "--mode", "batch"]);
     assert_exit(&out, 0);
     let s = ws.summary();
@@ -335,9 +313,7 @@ fn run_mock_batch_export_and_import_work_for_anthropic_jobs() {
     );
 
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(9);
-    let job = self::job(&ws, &mock.base_url);
+    let (ws, job) = with_job(9, &mock.base_url);
     // What live mode refuses for Anthropic, batch mode refuses too, before sending.
     let out = run(&ws, &["run", &job, "--mode", "batch", "--set", "model.n=2"]);
     assert_exit(&out, 2);

@@ -152,19 +152,15 @@ fn a_kill_between_create_and_record_does_not_create_a_second_batch() {
     assert_eq!(state["chunks"][0]["create_started"], true);
     assert!(state["chunks"][0]["batch_id"].is_null(), "{state}");
 
-    let out = ws.run(&["run", job, "--mode", "batch"]);
-    assert_exit(&out, 4);
-    assert_eq!(
-        batches(&mock).len(),
+    assert_restart_submits_once(
+        &ws,
+        OPENAI_KEY,
+        job,
+        || batches(&mock),
         1,
-        "the batch was found, not created again"
+        30,
+        "the batch was found, not created again",
     );
-    let state = ws.batch_state();
-    assert_eq!(state["chunks"][0]["batch_id"], batches(&mock)[0]["id"]);
-    let out = ws.collect_until_done(OPENAI_KEY, job);
-    assert_exit(&out, 0);
-    assert_eq!(ws.summary()["succeeded"], 30);
-    assert_eq!(batches(&mock).len(), 1);
 }
 
 #[test]
@@ -172,14 +168,12 @@ fn a_crash_after_upload_creates_exactly_one_batch_from_that_file() {
     let mock = Mock::start(&[]);
     let (ws, job) = Workspace::with_job(10, &mock.base_url, "");
     let job = job.as_str();
-    let out = ws.run_batch_crashing_at(OPENAI_KEY, job, "after-upload");
-    assert_exit(&out, 101);
+    ws.crash_batch_at(OPENAI_KEY, job, "after-upload");
     assert!(batches(&mock).is_empty());
     let state = ws.batch_state();
     let file_id = state["chunks"][0]["file_id"].as_str().unwrap().to_string();
 
-    let out = ws.run(&["run", job, "--mode", "batch"]);
-    assert_exit(&out, 4);
+    ws.submit_batch(OPENAI_KEY, job);
     let all = batches(&mock);
     assert_eq!(all.len(), 1);
     assert_eq!(
@@ -196,25 +190,15 @@ fn a_cancelled_batch_keeps_what_finished_and_the_rest_is_resubmitted() {
     let mock = Mock::start(&["--batch-step-polls", "100"]);
     let (ws, job) = Workspace::with_job(10, &mock.base_url, "");
     let job = job.as_str();
-    assert_exit(&ws.run(&["run", job, "--mode", "batch"]), 4);
-    let id = batches(&mock)[0]["id"].as_str().unwrap().to_string();
-    http(&mock.addr, "POST", &format!("/v1/batches/{id}/cancel"));
-    let out = ws.run(&["collect", job]);
-    assert_exit(&out, 1);
-    assert!(text(&out).contains("cancelled"), "{}", text(&out));
-    let s = ws.summary();
-    assert_eq!(
-        (s["succeeded"].as_u64(), s["pending"].as_u64()),
-        (Some(5), Some(5))
-    );
-
-    let out = ws.run(&["run", job, "--mode", "batch"]);
-    assert_exit(&out, 4);
-    let all = batches(&mock);
-    assert_eq!(all.len(), 2);
-    assert_eq!(
-        all[0]["request_counts"]["total"], 5,
-        "only the unfinished rows"
+    assert_cancel_resubmits_the_rest(
+        &ws,
+        OPENAI_KEY,
+        job,
+        || batches(&mock),
+        |id| {
+            http(&mock.addr, "POST", &format!("/v1/batches/{id}/cancel"));
+        },
+        "total",
     );
 }
 
@@ -303,8 +287,7 @@ fn a_batch_that_fails_validation_records_its_rows_as_failed() {
     let (ws, job) = Workspace::with_job(6, &mock.base_url, "");
     let job = job.as_str();
     // Stop after the input file is written, and break it (a duplicated line) before upload.
-    let out = ws.run_batch_crashing_at(OPENAI_KEY, job, "after-write");
-    assert_exit(&out, 101);
+    ws.crash_batch_at(OPENAI_KEY, job, "after-write");
     let input = ws.read("out/result.batches/r1-1.jsonl");
     let first = input.lines().next().unwrap().to_string();
     ws.write(
@@ -312,7 +295,7 @@ fn a_batch_that_fails_validation_records_its_rows_as_failed() {
         &format!("{input}{first}\n"),
     );
 
-    assert_exit(&ws.run(&["run", job, "--mode", "batch"]), 4);
+    ws.submit_batch(OPENAI_KEY, job);
     assert_eq!(batches(&mock)[0]["status"], "failed");
     let out = ws.run(&["collect", job]);
     assert_exit(&out, 1);
@@ -335,6 +318,12 @@ fn schema_job(ws: &Workspace, base_url: &str) -> String {
             ..JobFile::default()
         },
     )
+}
+
+/// The `cost_usd` column of `out/result.csv`, every row priced.
+fn row_costs(ws: &Workspace) -> Vec<f64> {
+    let costs = ws.column("out/result.csv", "cost_usd");
+    costs.iter().map(|c| c.parse::<f64>().unwrap()).collect()
 }
 
 #[test]
@@ -413,10 +402,7 @@ fn a_batch_answer_that_fails_the_schema_fails_its_row_and_is_paid_for() {
         (Some(2), Some(1))
     );
     let spent = s["spent_total_usd"].as_f64().unwrap();
-    let row_costs: f64 = rows
-        .iter()
-        .map(|r| r[col(&h, "cost_usd")].parse::<f64>().unwrap())
-        .sum();
+    let row_costs: f64 = row_costs(&ws).iter().sum();
     assert!(
         (spent - row_costs).abs() < 1e-12,
         "spent {spent} counts the failed answer"
@@ -455,11 +441,7 @@ fn a_crash_before_a_batch_is_marked_collected_counts_a_schema_failure_once() {
     let out = ws.run(&["collect", &job]);
     assert_exit(&out, 1);
     assert_eq!(ws.read("out/result.journal.jsonl"), journal);
-    let (h, rows) = ws.csv("out/result.csv");
-    let costs: Vec<f64> = rows
-        .iter()
-        .map(|r| r[col(&h, "cost_usd")].parse::<f64>().unwrap())
-        .collect();
+    let costs = row_costs(&ws);
     assert!(costs.iter().all(|c| *c > 0.0), "{costs:?}");
     let spent = ws.summary()["spent_total_usd"].as_f64().unwrap();
     assert!(

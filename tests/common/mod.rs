@@ -264,13 +264,22 @@ impl Workspace {
         self.run_env(&[OPENAI_KEY], args)
     }
 
-    /// Runs `run JOB --mode batch` with `key` set, crashing on purpose at `point`
-    /// (`PROMPTMILL_TEST_CRASH_AT`).
-    pub fn run_batch_crashing_at(&self, key: (&str, &str), job: &str, point: &str) -> Output {
-        self.run_env(
+    /// Runs `run JOB --mode batch` with `key` set, which submits and returns while the
+    /// batches run (exit 4); returns its output.
+    pub fn submit_batch(&self, key: (&str, &str), job: &str) -> Output {
+        let out = self.run_env(&[key], &["run", job, "--mode", "batch"]);
+        assert_exit(&out, 4);
+        out
+    }
+
+    /// Runs `run JOB --mode batch` with `key` set, which crashes on purpose at `point`
+    /// (`PROMPTMILL_TEST_CRASH_AT`, exit 101).
+    pub fn crash_batch_at(&self, key: (&str, &str), job: &str, point: &str) {
+        let out = self.run_env(
             &[key, ("PROMPTMILL_TEST_CRASH_AT", point)],
             &["run", job, "--mode", "batch"],
-        )
+        );
+        assert_exit(&out, 101);
     }
 
     /// Runs `collect JOB` with `key` set until it stops answering 4 (still running); returns
@@ -393,6 +402,58 @@ pub fn assert_batch_half_of_live(live: &Value, batch: &Value) {
     );
     assert!(l > 0.0);
     assert!((h * 2.0 - l).abs() < 1e-9, "batch {h} is half of live {l}");
+}
+
+/// After a crash around a batch's create, running `job` again submits, and `batches` (the
+/// mock's, newest first) then holds `count` of them (`why`); the state records the newest,
+/// and collecting finishes with all `rows` rows succeeded and creates no batch.
+pub fn assert_restart_submits_once(
+    ws: &Workspace,
+    key: (&str, &str),
+    job: &str,
+    batches: impl Fn() -> Vec<Value>,
+    count: usize,
+    rows: u64,
+    why: &str,
+) {
+    ws.submit_batch(key, job);
+    let all = batches();
+    assert_eq!(all.len(), count, "{why}");
+    assert_eq!(ws.batch_state()["chunks"][0]["batch_id"], all[0]["id"]);
+    assert_exit(&ws.collect_until_done(key, job), 0);
+    assert_eq!(ws.summary()["succeeded"], rows);
+    assert_eq!(batches().len(), count);
+}
+
+/// Submits `job` over 10 rows as one batch, which `cancel` (given its id) stops half-way
+/// (the mock answers half of a cancelled batch): collecting keeps the 5 answered rows (exit 1,
+/// says "cancelled"), and the next run submits the other 5 alone, which `counted` of the new
+/// batch's `request_counts` holds.
+pub fn assert_cancel_resubmits_the_rest(
+    ws: &Workspace,
+    key: (&str, &str),
+    job: &str,
+    batches: impl Fn() -> Vec<Value>,
+    cancel: impl FnOnce(&str),
+    counted: &str,
+) {
+    ws.submit_batch(key, job);
+    cancel(batches()[0]["id"].as_str().unwrap());
+    let out = ws.run_env(&[key], &["collect", job]);
+    assert_exit(&out, 1);
+    assert!(text(&out).contains("cancelled"), "{}", text(&out));
+    let s = ws.summary();
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["pending"].as_u64()),
+        (Some(5), Some(5))
+    );
+    ws.submit_batch(key, job);
+    let all = batches();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        all[0]["request_counts"][counted], 5,
+        "only the rows the cancel left unanswered"
+    );
 }
 
 /// Panics with the whole stdout/stderr unless the exit code matches.
