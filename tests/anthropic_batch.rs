@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Output;
@@ -14,6 +13,7 @@ use common::*;
 use serde_json::Value;
 
 const KEY: &str = "sk-ant-test-0123456789";
+const ANTHROPIC_KEY: (&str, &str) = ("ANTHROPIC_API_KEY", KEY);
 
 /// An HTTP request to the mock's Message Batches routes (they need `x-api-key` and
 /// `anthropic-version`); the body of the answer.
@@ -43,83 +43,35 @@ fn batches(mock: &Mock) -> Vec<Value> {
 
 /// An Anthropic job over `rows.csv`, pointed at `base_url`.
 fn job(ws: &Workspace, base_url: &str) -> String {
-    ws.write(
+    ws.write_job(
         "job.toml",
-        &format!(
-            r#"
-[input]
-path = "rows.csv"
-id = "id"
-
-[prompt]
-system = "You are terse."
-user = "Describe {{{{ name }}}} in {{{{ color }}}}."
-
-[model]
-name = "claude-haiku-4-5"
-max_tokens = 50
-
-[api]
-provider = "anthropic"
-base_url = "{base_url}"
-
-[limits]
-max_in_flight = 32
-
-[output]
-path = "out/result.csv"
-"#
-        ),
+        &JobFile {
+            model: "name = \"claude-haiku-4-5\"\nmax_tokens = 50",
+            api: &format!("provider = \"anthropic\"\nbase_url = \"{base_url}\""),
+            limits: "max_in_flight = 32",
+            ..JobFile::default()
+        },
     )
-    .to_str()
-    .unwrap()
-    .to_string()
 }
 
-/// Runs promptmill with the Anthropic key (and `env`).
-fn run(ws: &Workspace, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = promptmill();
-    c.current_dir(ws.dir.path())
-        .env("ANTHROPIC_API_KEY", KEY)
-        .args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().expect("run promptmill")
+/// A workspace with `n` rows in rows.csv and the Anthropic job over them; returns it with the
+/// job's path.
+fn with_job(n: usize, base_url: &str) -> (Workspace, String) {
+    let ws = Workspace::new();
+    ws.csv_rows(n);
+    let job = job(&ws, base_url);
+    (ws, job)
 }
 
-/// Runs `collect` until it stops answering 4 (still running); returns the last output.
-fn collect_until_done(ws: &Workspace, job: &str) -> Output {
-    for _ in 0..20 {
-        let out = run(ws, &["collect", job], &[]);
-        if out.status.code() != Some(4) {
-            return out;
-        }
-    }
-    panic!("batches never finished");
+/// Runs promptmill with the Anthropic key.
+fn run(ws: &Workspace, args: &[&str]) -> Output {
+    ws.run_env(&[ANTHROPIC_KEY], args)
 }
 
-/// Output rows by id: (status, output text, error).
-fn rows_by_id(ws: &Workspace, rel: &str) -> HashMap<String, (String, String, String)> {
-    let (h, rows) = ws.csv(rel);
-    let (id, st, out, err) = (
-        col(&h, "id"),
-        col(&h, "status"),
-        col(&h, "output"),
-        col(&h, "error"),
-    );
-    rows.iter()
-        .map(|r| {
-            (
-                r[id].clone(),
-                (r[st].clone(), r[out].clone(), r[err].clone()),
-            )
-        })
-        .collect()
-}
-
-fn state(ws: &Workspace) -> Value {
-    serde_json::from_str(&ws.read("out/result.batches.json")).unwrap()
+/// Another job, in `other` over its rows.csv, submitted as a batch to `mock`.
+fn submit_other_job(other: &Workspace, mock: &Mock) {
+    let other_job = job(other, &mock.base_url);
+    other.submit_batch(ANTHROPIC_KEY, &other_job);
 }
 
 #[test]
@@ -138,28 +90,13 @@ fn live_and_batch_give_the_same_rows_at_half_price() {
     ws.write("rows.csv", &csv);
     let job = job(&ws, &mock.base_url);
 
-    let out = run(&ws, &["run", &job, "--quiet"], &[]);
+    let out = run(&ws, &["run", &job, "--quiet"]);
     assert_exit(&out, 1);
     let live = ws.summary();
     assert_eq!(live["provider"], "anthropic");
 
-    let out = run(
-        &ws,
-        &[
-            "run",
-            &job,
-            "--mode",
-            "batch",
-            "--output",
-            "out/batch.csv",
-            "--batch-max-requests",
-            "120",
-            "--wait",
-            "--poll-secs",
-            "0",
-        ],
-        &[],
-    );
+    let extra = ["--output", "out/batch.csv", "--batch-max-requests", "120"];
+    let out = run(&ws, &batch_wait_args(&job, &extra));
     assert_exit(&out, 1);
     let all = batches(&mock);
     assert_eq!(all.len(), 3, "300 requests in batches of at most 120");
@@ -174,7 +111,7 @@ fn live_and_batch_give_the_same_rows_at_half_price() {
         assert!(v.get("method").is_none() && v.get("body").is_none(), "{v}");
     }
 
-    let batch: Value = serde_json::from_str(&ws.read("out/batch.summary.json")).unwrap();
+    let batch = ws.json("out/batch.summary.json");
     assert_eq!(
         (batch["mode"].as_str(), batch["provider"].as_str()),
         (Some("batch"), Some("anthropic"))
@@ -183,8 +120,8 @@ fn live_and_batch_give_the_same_rows_at_half_price() {
         (batch["succeeded"].as_u64(), batch["failed"].as_u64()),
         (Some(299), Some(1))
     );
-    let a = rows_by_id(&ws, "out/result.csv");
-    let b = rows_by_id(&ws, "out/batch.csv");
+    let a = ws.rows_by_id("out/result.csv", "error");
+    let b = ws.rows_by_id("out/batch.csv", "error");
     assert_eq!(a.len(), 300);
     for (id, (st, text, _)) in &a {
         assert_eq!(
@@ -194,16 +131,8 @@ fn live_and_batch_give_the_same_rows_at_half_price() {
         );
     }
     assert!(b["r7"].2.contains("invalid_request_error") || b["r7"].2.contains("HTTP 400"));
-    assert_eq!(live["prompt_tokens"], batch["prompt_tokens"]);
-    assert_eq!(live["completion_tokens"], batch["completion_tokens"]);
-    let (l, h) = (
-        live["cost_usd"].as_f64().unwrap(),
-        batch["cost_usd"].as_f64().unwrap(),
-    );
-    assert!(l > 0.0);
-    assert!((h * 2.0 - l).abs() < 1e-9, "batch {h} is half of live {l}");
-    let (h, raw) = ws.csv("out/batch.csv");
-    let ids: Vec<&str> = raw.iter().map(|r| r[col(&h, "id")].as_str()).collect();
+    assert_batch_half_of_live(&live, &batch);
+    let ids = ws.column("out/batch.csv", "id");
     assert_eq!(ids[..3], ["r1", "r2", "r3"], "input order kept");
 }
 
@@ -216,27 +145,26 @@ fn errored_and_expired_requests_fail_their_rows_and_canceled_ones_are_resubmitte
         "id,name,color\nr1,item 1,red\nr2,bad [[mock:400]],red\nr3,late [[mock:expire]],red\nr4,item 4,red\n",
     );
     let job = job(&ws, &mock.base_url);
-    let out = run(&ws, &["run", &job, "--mode", "batch"], &[]);
-    assert_exit(&out, 4);
+    ws.submit_batch(ANTHROPIC_KEY, &job);
     assert_eq!(batches(&mock)[0]["processing_status"], "in_progress");
-    let out = run(&ws, &["status", &job], &[]);
+    let out = run(&ws, &["status", &job]);
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("in_progress"),
         "{}",
         text(&out)
     );
 
-    let out = collect_until_done(&ws, &job);
+    let out = ws.collect_until_done(ANTHROPIC_KEY, &job);
     assert_exit(&out, 1);
     assert!(text(&out).contains("ended expired"), "{}", text(&out));
-    let rows = rows_by_id(&ws, "out/result.csv");
+    let rows = ws.rows_by_id("out/result.csv", "error");
     assert_eq!(rows["r1"].0, "ok");
     assert_eq!(rows["r4"].0, "ok");
     assert_eq!(rows["r2"].0, "failed");
     assert!(rows["r2"].2.contains("HTTP 400"), "{:?}", rows["r2"]);
     assert_eq!(rows["r3"].0, "failed");
     assert!(rows["r3"].2.contains("expired"), "{:?}", rows["r3"]);
-    let st = state(&ws);
+    let st = ws.batch_state();
     assert_eq!(st["chunks"][0]["status"], "expired");
     assert_eq!(st["chunks"][0]["counts"]["completed"], 2);
     assert_eq!(st["chunks"][0]["counts"]["failed"], 2);
@@ -244,106 +172,79 @@ fn errored_and_expired_requests_fail_their_rows_and_canceled_ones_are_resubmitte
     // A canceled batch: the first half is answered, the rest has no result and goes into
     // the next round.
     let mock = Mock::start(&["--batch-step-polls", "100"]);
-    let ws = Workspace::new();
-    ws.csv_rows(10);
-    let job = self::job(&ws, &mock.base_url);
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &[]), 4);
-    let id = batches(&mock)[0]["id"].as_str().unwrap().to_string();
-    let c: Value = serde_json::from_str(&anthropic_http(
-        &mock,
-        "POST",
-        &format!("/v1/messages/batches/{id}/cancel"),
-    ))
-    .unwrap();
-    assert_eq!(c["processing_status"], "canceling");
-    let out = run(&ws, &["collect", &job], &[]);
-    assert_exit(&out, 1);
-    assert!(text(&out).contains("cancelled"), "{}", text(&out));
-    let s = ws.summary();
-    assert_eq!(
-        (s["succeeded"].as_u64(), s["pending"].as_u64()),
-        (Some(5), Some(5))
-    );
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &[]), 4);
-    let all = batches(&mock);
-    assert_eq!(all.len(), 2);
-    assert_eq!(
-        all[0]["request_counts"]["processing"], 5,
-        "only the canceled rows"
+    let (ws, job) = with_job(10, &mock.base_url);
+    assert_cancel_resubmits_the_rest(
+        &ws,
+        ANTHROPIC_KEY,
+        &job,
+        || batches(&mock),
+        |id| {
+            let path = format!("/v1/messages/batches/{id}/cancel");
+            let c: Value = serde_json::from_str(&anthropic_http(&mock, "POST", &path)).unwrap();
+            assert_eq!(c["processing_status"], "canceling");
+        },
+        "processing",
     );
 }
 
 #[test]
 fn a_crash_before_the_create_submits_once_on_restart() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(10);
-    let job = job(&ws, &mock.base_url);
-    let crash = [("PROMPTMILL_TEST_CRASH_AT", "before-create")];
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &crash), 101);
+    let (ws, job) = with_job(10, &mock.base_url);
+    ws.crash_batch_at(ANTHROPIC_KEY, &job, "before-create");
     assert!(batches(&mock).is_empty());
-    let st = state(&ws);
+    let st = ws.batch_state();
     assert_eq!(st["chunks"][0]["create_started"], true);
     assert!(st["chunks"][0]["create_started_at"].as_u64().unwrap() > 0);
     assert!(st["chunks"][0]["batch_id"].is_null());
 
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &[]), 4);
-    let all = batches(&mock);
-    assert_eq!(all.len(), 1, "nothing had been created: created now, once");
-    assert_eq!(state(&ws)["chunks"][0]["batch_id"], all[0]["id"]);
-    assert_exit(&collect_until_done(&ws, &job), 0);
-    assert_eq!(ws.summary()["succeeded"], 10);
-    assert_eq!(batches(&mock).len(), 1);
+    assert_restart_submits_once(
+        &ws,
+        ANTHROPIC_KEY,
+        &job,
+        || batches(&mock),
+        1,
+        10,
+        "nothing had been created: created now, once",
+    );
 }
 
 #[test]
 fn a_crash_after_the_create_finds_the_batch_instead_of_creating_another() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(12);
-    let job = job(&ws, &mock.base_url);
+    let (ws, job) = with_job(12, &mock.base_url);
     // A batch of another size, created before: not taken for ours.
     let other = Workspace::new();
     other.csv_rows(11);
-    let other_job = self::job(&other, &mock.base_url);
-    assert_exit(
-        &run(&other, &["run", &other_job, "--mode", "batch"], &[]),
-        4,
+    submit_other_job(&other, &mock);
+
+    ws.crash_batch_at(ANTHROPIC_KEY, &job, "after-create");
+    assert_eq!(batches(&mock).len(), 2);
+    assert!(ws.batch_state()["chunks"][0]["batch_id"].is_null());
+
+    assert_restart_submits_once(
+        &ws,
+        ANTHROPIC_KEY,
+        &job,
+        || batches(&mock),
+        2,
+        12,
+        "the batch was found, not created again",
     );
-
-    let crash = [("PROMPTMILL_TEST_CRASH_AT", "after-create")];
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &crash), 101);
-    assert_eq!(batches(&mock).len(), 2);
-    assert!(state(&ws)["chunks"][0]["batch_id"].is_null());
-
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &[]), 4);
-    let all = batches(&mock);
-    assert_eq!(all.len(), 2, "the batch was found, not created again");
-    assert_eq!(state(&ws)["chunks"][0]["batch_id"], all[0]["id"]);
-    assert_exit(&collect_until_done(&ws, &job), 0);
-    assert_eq!(ws.summary()["succeeded"], 12);
-    assert_eq!(batches(&mock).len(), 2);
 }
 
 #[test]
 fn when_the_lost_batch_cannot_be_told_apart_nothing_is_submitted() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(8);
-    let job = job(&ws, &mock.base_url);
-    let crash = [("PROMPTMILL_TEST_CRASH_AT", "after-create")];
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &crash), 101);
+    let (ws, job) = with_job(8, &mock.base_url);
+    ws.crash_batch_at(ANTHROPIC_KEY, &job, "after-create");
     // Meanwhile another job submits a batch of the same size.
     let other = Workspace::new();
     other.csv_rows(8);
-    let other_job = self::job(&other, &mock.base_url);
-    assert_exit(
-        &run(&other, &["run", &other_job, "--mode", "batch"], &[]),
-        4,
-    );
+    submit_other_job(&other, &mock);
     assert_eq!(batches(&mock).len(), 2);
 
-    let out = run(&ws, &["run", &job, "--mode", "batch"], &[]);
+    let out = run(&ws, &["run", &job, "--mode", "batch"]);
     assert_exit(&out, 3);
     let t = text(&out);
     for b in batches(&mock) {
@@ -359,33 +260,20 @@ fn when_the_lost_batch_cannot_be_told_apart_nothing_is_submitted() {
 #[test]
 fn a_wrong_batch_taken_after_a_restart_is_refused_when_collected() {
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(6);
-    let job = job(&ws, &mock.base_url);
-    let crash = [("PROMPTMILL_TEST_CRASH_AT", "before-create")];
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &crash), 101);
+    let (ws, job) = with_job(6, &mock.base_url);
+    ws.crash_batch_at(ANTHROPIC_KEY, &job, "before-create");
     // Another job's batch of the same size, with other requests, appears in the window.
     let other = Workspace::new();
     other.write(
         "rows.csv",
         "id,name,color\na,x,1\nb,x,2\nc,x,3\nd,x,4\ne,x,5\nf,x,6\n",
     );
-    let other_job = self::job(&other, &mock.base_url);
-    assert_exit(
-        &run(&other, &["run", &other_job, "--mode", "batch"], &[]),
-        4,
-    );
+    submit_other_job(&other, &mock);
 
     // Taken for ours (same size, created since), but its results are not our requests.
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &[]), 4);
+    ws.submit_batch(ANTHROPIC_KEY, &job);
     assert_eq!(batches(&mock).len(), 1);
-    let mut out = run(&ws, &["collect", &job], &[]);
-    for _ in 0..5 {
-        if out.status.code() != Some(4) {
-            break;
-        }
-        out = run(&ws, &["collect", &job], &[]);
-    }
+    let out = ws.collect_until_done(ANTHROPIC_KEY, &job);
     assert_exit(&out, 3);
     assert!(
         text(&out).contains("are not for the 6 requests"),
@@ -398,14 +286,14 @@ fn a_wrong_batch_taken_after_a_restart_is_refused_when_collected() {
     );
 
     // Doing what the message says submits the chunk again.
-    let mut st = state(&ws);
+    let mut st = ws.batch_state();
     st["chunks"][0]["batch_id"] = Value::Null;
     st["chunks"][0]["create_started"] = false.into();
     ws.write("out/result.batches.json", &st.to_string());
-    assert_exit(&run(&ws, &["run", &job, "--mode", "batch"], &[]), 4);
+    ws.submit_batch(ANTHROPIC_KEY, &job);
     assert_eq!(batches(&mock).len(), 2);
-    assert_exit(&collect_until_done(&ws, &job), 0);
-    let rows = rows_by_id(&ws, "out/result.csv");
+    assert_exit(&ws.collect_until_done(ANTHROPIC_KEY, &job), 0);
+    let rows = ws.rows_by_id("out/result.csv", "error");
     assert!(
         rows["r1"].1.starts_with("Mock answer for: Describe item 1"),
         "{:?}",
@@ -415,10 +303,8 @@ fn a_wrong_batch_taken_after_a_restart_is_refused_when_collected() {
 
 #[test]
 fn run_mock_batch_export_and_import_work_for_anthropic_jobs() {
-    let ws = Workspace::new();
-    ws.csv_rows(9);
-    let job = job(&ws, "http://127.0.0.1:9/v1");
-    let out = run(&ws, &["run", &job, "--mock", "--mode", "batch"], &[]);
+    let (ws, job) = with_job(9, "http://127.0.0.1:9/v1");
+    let out = run(&ws, &["run", &job, "--mock", "--mode", "batch"]);
     assert_exit(&out, 0);
     let s = ws.summary();
     assert_eq!(
@@ -427,15 +313,9 @@ fn run_mock_batch_export_and_import_work_for_anthropic_jobs() {
     );
 
     let mock = Mock::start(&[]);
-    let ws = Workspace::new();
-    ws.csv_rows(9);
-    let job = self::job(&ws, &mock.base_url);
+    let (ws, job) = with_job(9, &mock.base_url);
     // What live mode refuses for Anthropic, batch mode refuses too, before sending.
-    let out = run(
-        &ws,
-        &["run", &job, "--mode", "batch", "--set", "model.n=2"],
-        &[],
-    );
+    let out = run(&ws, &["run", &job, "--mode", "batch", "--set", "model.n=2"]);
     assert_exit(&out, 2);
     assert!(text(&out).contains("model.n"), "{}", text(&out));
     assert!(batches(&mock).is_empty());
@@ -449,7 +329,6 @@ fn run_mock_batch_export_and_import_work_for_anthropic_jobs() {
             "--out",
             "x.jsonl",
         ],
-        &[],
     );
     assert_exit(&out, 2);
     assert!(
@@ -467,25 +346,10 @@ fn run_mock_batch_export_and_import_work_for_anthropic_jobs() {
             "--out",
             "in.jsonl",
         ],
-        &[],
     );
     assert_exit(&out, 0);
     assert!(batches(&mock).is_empty(), "export submits nothing");
-    let out = run(
-        &ws,
-        &[
-            "run",
-            &job,
-            "--mode",
-            "batch",
-            "--output",
-            "out/a.csv",
-            "--wait",
-            "--poll-secs",
-            "0",
-        ],
-        &[],
-    );
+    let out = run(&ws, &batch_wait_args(&job, &["--output", "out/a.csv"]));
     assert_exit(&out, 0);
     assert_eq!(ws.read("out/a.batches/r1-1.jsonl"), ws.read("in.jsonl"));
 
@@ -497,7 +361,6 @@ fn run_mock_batch_export_and_import_work_for_anthropic_jobs() {
     let out = run(
         &ws,
         &["import", &job, "results.jsonl", "--output", "out/b.csv"],
-        &[],
     );
     assert_exit(&out, 0);
     assert_eq!(ws.read("out/a.csv"), ws.read("out/b.csv"));

@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,67 +14,6 @@ fn batches(mock: &Mock) -> Vec<Value> {
     let body = http(&mock.addr, "GET", "/v1/batches?limit=100");
     let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{body}: {e}"));
     v["data"].as_array().unwrap().clone()
-}
-
-/// Runs `collect` until it stops answering 4 (still running); returns the last output.
-fn collect_until_done(ws: &Workspace, job: &str) -> Output {
-    for _ in 0..20 {
-        let out = ws.run(&["collect", job]);
-        if out.status.code() != Some(4) {
-            return out;
-        }
-    }
-    panic!("batches never finished");
-}
-
-/// `run --mode batch --wait` with no pause between polls, writing to `output`.
-fn run_batch_and_wait(ws: &Workspace, job: &str, output: &str) -> Output {
-    ws.run(&[
-        "run",
-        job,
-        "--mode",
-        "batch",
-        "--output",
-        output,
-        "--wait",
-        "--poll-secs",
-        "0",
-    ])
-}
-
-/// `run --mode batch` that crashes on purpose at `point` (`PROMPTMILL_TEST_CRASH_AT`).
-fn run_batch_crashing_at(ws: &Workspace, job: &str, point: &str) -> Output {
-    ws.run_env(
-        &[
-            ("OPENAI_API_KEY", TEST_KEY),
-            ("PROMPTMILL_TEST_CRASH_AT", point),
-        ],
-        &["run", job, "--mode", "batch"],
-    )
-}
-
-/// The batch state file beside `out/result.csv`.
-fn batch_state(ws: &Workspace) -> Value {
-    ws.json("out/result.batches.json")
-}
-
-/// Output rows by id: (status, output text, cost).
-fn rows_by_id(ws: &Workspace, rel: &str) -> HashMap<String, (String, String, String)> {
-    let (h, rows) = ws.csv(rel);
-    let (id, st, out, cost) = (
-        col(&h, "id"),
-        col(&h, "status"),
-        col(&h, "output"),
-        col(&h, "cost_usd"),
-    );
-    rows.iter()
-        .map(|r| {
-            (
-                r[id].clone(),
-                (r[st].clone(), r[out].clone(), r[cost].clone()),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -124,9 +62,9 @@ fn submit_poll_collect_retry_and_status() {
     assert_eq!(totals, vec![7, 7, 6]);
 
     // Collect: results come back out of order and are joined by custom_id.
-    let out = collect_until_done(&ws, job);
+    let out = ws.collect_until_done(OPENAI_KEY, job);
     assert_exit(&out, 1);
-    let rows = rows_by_id(&ws, "out/result.csv");
+    let rows = ws.rows_by_id("out/result.csv", "cost_usd");
     assert_eq!(rows.len(), 20);
     assert_eq!(rows["r5"].0, "failed");
     for i in (1..=20).filter(|i| *i != 5) {
@@ -137,8 +75,7 @@ fn submit_poll_collect_retry_and_status() {
             "r{i}: {text}"
         );
     }
-    let (h, raw) = ws.csv("out/result.csv");
-    let ids: Vec<&str> = raw.iter().map(|r| r[col(&h, "id")].as_str()).collect();
+    let ids = ws.column("out/result.csv", "id");
     assert_eq!(ids[..3], ["r1", "r2", "r3"], "input order kept");
     let s = ws.summary();
     assert_eq!(s["mode"], "batch");
@@ -160,7 +97,7 @@ fn submit_poll_collect_retry_and_status() {
     let all = batches(&mock);
     assert_eq!(all.len(), 4);
     assert_eq!(all[0]["request_counts"]["total"], 1);
-    let out = collect_until_done(&ws, job);
+    let out = ws.collect_until_done(OPENAI_KEY, job);
     assert_exit(&out, 1);
     assert_eq!(batches(&mock).len(), 4, "collect never submits");
 }
@@ -176,15 +113,15 @@ fn ten_thousand_rows_in_batch_equal_a_live_run_at_half_price() {
     let live_secs = t.elapsed().as_secs_f64();
     let live = ws.summary();
 
-    let out = run_batch_and_wait(&ws, job, "out/batch.csv");
+    let out = ws.run(&batch_wait_args(job, &["--output", "out/batch.csv"]));
     assert_exit(&out, 0);
     let batch = ws.json("out/batch.summary.json");
     assert_eq!(batch["mode"], "batch");
     assert_eq!(batch["succeeded"], 10_000);
     assert_eq!(batches(&mock).len(), 1, "10,000 requests fit one batch");
 
-    let a = rows_by_id(&ws, "out/result.csv");
-    let b = rows_by_id(&ws, "out/batch.csv");
+    let a = ws.rows_by_id("out/result.csv", "cost_usd");
+    let b = ws.rows_by_id("out/batch.csv", "cost_usd");
     assert_eq!(a.len(), 10_000);
     for (id, (st, text, _)) in &a {
         assert_eq!(st, "ok");
@@ -193,14 +130,7 @@ fn ten_thousand_rows_in_batch_equal_a_live_run_at_half_price() {
             "row {id}: same generated text in live and batch"
         );
     }
-    assert_eq!(live["prompt_tokens"], batch["prompt_tokens"]);
-    assert_eq!(live["completion_tokens"], batch["completion_tokens"]);
-    let (l, h) = (
-        live["cost_usd"].as_f64().unwrap(),
-        batch["cost_usd"].as_f64().unwrap(),
-    );
-    assert!(l > 0.0);
-    assert!((h * 2.0 - l).abs() < 1e-9, "batch {h} is half of live {l}");
+    assert_batch_half_of_live(&live, &batch);
     eprintln!("live run took {live_secs:.1}s");
 }
 
@@ -218,23 +148,19 @@ fn a_kill_between_create_and_record_does_not_create_a_second_batch() {
     }
     child.kill().unwrap(); // SIGKILL: no chance to record the batch id
     child.wait().unwrap();
-    let state = batch_state(&ws);
+    let state = ws.batch_state();
     assert_eq!(state["chunks"][0]["create_started"], true);
     assert!(state["chunks"][0]["batch_id"].is_null(), "{state}");
 
-    let out = ws.run(&["run", job, "--mode", "batch"]);
-    assert_exit(&out, 4);
-    assert_eq!(
-        batches(&mock).len(),
+    assert_restart_submits_once(
+        &ws,
+        OPENAI_KEY,
+        job,
+        || batches(&mock),
         1,
-        "the batch was found, not created again"
+        30,
+        "the batch was found, not created again",
     );
-    let state = batch_state(&ws);
-    assert_eq!(state["chunks"][0]["batch_id"], batches(&mock)[0]["id"]);
-    let out = collect_until_done(&ws, job);
-    assert_exit(&out, 0);
-    assert_eq!(ws.summary()["succeeded"], 30);
-    assert_eq!(batches(&mock).len(), 1);
 }
 
 #[test]
@@ -242,14 +168,12 @@ fn a_crash_after_upload_creates_exactly_one_batch_from_that_file() {
     let mock = Mock::start(&[]);
     let (ws, job) = Workspace::with_job(10, &mock.base_url, "");
     let job = job.as_str();
-    let out = run_batch_crashing_at(&ws, job, "after-upload");
-    assert_exit(&out, 101);
+    ws.crash_batch_at(OPENAI_KEY, job, "after-upload");
     assert!(batches(&mock).is_empty());
-    let state = batch_state(&ws);
+    let state = ws.batch_state();
     let file_id = state["chunks"][0]["file_id"].as_str().unwrap().to_string();
 
-    let out = ws.run(&["run", job, "--mode", "batch"]);
-    assert_exit(&out, 4);
+    ws.submit_batch(OPENAI_KEY, job);
     let all = batches(&mock);
     assert_eq!(all.len(), 1);
     assert_eq!(
@@ -258,7 +182,7 @@ fn a_crash_after_upload_creates_exactly_one_batch_from_that_file() {
         "the uploaded file is reused"
     );
     assert_eq!(all[0]["metadata"]["promptmill_job"], "job");
-    assert_exit(&collect_until_done(&ws, job), 0);
+    assert_exit(&ws.collect_until_done(OPENAI_KEY, job), 0);
 }
 
 #[test]
@@ -266,25 +190,15 @@ fn a_cancelled_batch_keeps_what_finished_and_the_rest_is_resubmitted() {
     let mock = Mock::start(&["--batch-step-polls", "100"]);
     let (ws, job) = Workspace::with_job(10, &mock.base_url, "");
     let job = job.as_str();
-    assert_exit(&ws.run(&["run", job, "--mode", "batch"]), 4);
-    let id = batches(&mock)[0]["id"].as_str().unwrap().to_string();
-    http(&mock.addr, "POST", &format!("/v1/batches/{id}/cancel"));
-    let out = ws.run(&["collect", job]);
-    assert_exit(&out, 1);
-    assert!(text(&out).contains("cancelled"), "{}", text(&out));
-    let s = ws.summary();
-    assert_eq!(
-        (s["succeeded"].as_u64(), s["pending"].as_u64()),
-        (Some(5), Some(5))
-    );
-
-    let out = ws.run(&["run", job, "--mode", "batch"]);
-    assert_exit(&out, 4);
-    let all = batches(&mock);
-    assert_eq!(all.len(), 2);
-    assert_eq!(
-        all[0]["request_counts"]["total"], 5,
-        "only the unfinished rows"
+    assert_cancel_resubmits_the_rest(
+        &ws,
+        OPENAI_KEY,
+        job,
+        || batches(&mock),
+        |id| {
+            http(&mock.addr, "POST", &format!("/v1/batches/{id}/cancel"));
+        },
+        "total",
     );
 }
 
@@ -307,7 +221,7 @@ fn export_then_import_gives_the_batch_output() {
     assert!(batches(&mock).is_empty(), "export submits nothing");
     let exported = ws.read("in.jsonl");
     assert_eq!(exported.lines().count(), 25);
-    let out = run_batch_and_wait(&ws, job, "out/a.csv");
+    let out = ws.run(&batch_wait_args(job, &["--output", "out/a.csv"]));
     assert_exit(&out, 0);
     assert_eq!(ws.read("out/a.batches/r1-1.jsonl"), exported);
 
@@ -373,8 +287,7 @@ fn a_batch_that_fails_validation_records_its_rows_as_failed() {
     let (ws, job) = Workspace::with_job(6, &mock.base_url, "");
     let job = job.as_str();
     // Stop after the input file is written, and break it (a duplicated line) before upload.
-    let out = run_batch_crashing_at(&ws, job, "after-write");
-    assert_exit(&out, 101);
+    ws.crash_batch_at(OPENAI_KEY, job, "after-write");
     let input = ws.read("out/result.batches/r1-1.jsonl");
     let first = input.lines().next().unwrap().to_string();
     ws.write(
@@ -382,47 +295,35 @@ fn a_batch_that_fails_validation_records_its_rows_as_failed() {
         &format!("{input}{first}\n"),
     );
 
-    assert_exit(&ws.run(&["run", job, "--mode", "batch"]), 4);
+    ws.submit_batch(OPENAI_KEY, job);
     assert_eq!(batches(&mock)[0]["status"], "failed");
     let out = ws.run(&["collect", job]);
     assert_exit(&out, 1);
-    let rows = rows_by_id(&ws, "out/result.csv");
+    let rows = ws.rows_by_id("out/result.csv", "cost_usd");
     assert!(rows.values().all(|r| r.0 == "failed"), "{rows:?}");
     let journal = ws.read("out/result.journal.jsonl");
     assert!(journal.contains("failed validation") && journal.contains("duplicate_custom_id"));
 }
 
-/// `job.toml` as [`Workspace::job`] writes it, with a structured-output schema.
+/// `job.toml` as [`Workspace::job`] writes it, with a structured-output schema (title,
+/// stars), 200 completion tokens and no retries.
 fn schema_job(ws: &Workspace, base_url: &str) -> String {
-    let path = ws.write(
+    ws.write_job(
         "job.toml",
-        &format!(
-            r#"
-[input]
-path = "rows.csv"
-id = "id"
+        &JobFile {
+            model: "name = \"gpt-4o-mini\"\nmax_tokens = 200",
+            schema: r#"{ type = "object", additionalProperties = false, required = ["title", "stars"], properties = { title = { type = "string" }, stars = { type = "integer", minimum = 1, maximum = 5 } } }"#,
+            api: &format!("base_url = \"{base_url}\""),
+            limits: "max_retries = 0",
+            ..JobFile::default()
+        },
+    )
+}
 
-[prompt]
-system = "You are terse."
-user = "Describe {{{{ name }}}} in {{{{ color }}}}."
-
-[model]
-name = "gpt-4o-mini"
-max_tokens = 200
-schema = {{ type = "object", additionalProperties = false, required = ["title", "stars"], properties = {{ title = {{ type = "string" }}, stars = {{ type = "integer", minimum = 1, maximum = 5 }} }} }}
-
-[api]
-base_url = "{base_url}"
-
-[limits]
-max_retries = 0
-
-[output]
-path = "out/result.csv"
-"#
-        ),
-    );
-    path.to_string_lossy().into_owned()
+/// The `cost_usd` column of `out/result.csv`, every row priced.
+fn row_costs(ws: &Workspace) -> Vec<f64> {
+    let costs = ws.column("out/result.csv", "cost_usd");
+    costs.iter().map(|c| c.parse::<f64>().unwrap()).collect()
 }
 
 #[test]
@@ -432,17 +333,7 @@ fn a_schema_job_collected_from_a_batch_gives_the_rows_of_a_live_run() {
     ws.csv_rows(40);
     let job = schema_job(&ws, &mock.base_url);
     assert_exit(&ws.run(&["run", &job, "--quiet"]), 0);
-    let out = ws.run(&[
-        "run",
-        &job,
-        "--mode",
-        "batch",
-        "--output",
-        "out/batch.csv",
-        "--wait",
-        "--poll-secs",
-        "0",
-    ]);
+    let out = ws.run(&batch_wait_args(&job, &["--output", "out/batch.csv"]));
     assert_exit(&out, 0);
 
     let (lh, live) = ws.csv("out/result.csv");
@@ -479,8 +370,7 @@ fn a_batch_answer_that_fails_the_schema_fails_its_row_and_is_paid_for() {
         "id,name,color\nr1,kettle,red\nr2,lamp [[mock:bad-schema]],blue\nr3,mug,green\n",
     );
     let job = schema_job(&ws, &mock.base_url);
-    let batch = ["run", &job, "--mode", "batch", "--wait", "--poll-secs", "0"];
-    let out = ws.run(&batch);
+    let out = ws.run(&batch_wait_args(&job, &[]));
     assert_exit(&out, 1);
     let (h, rows) = ws.csv("out/result.csv");
     let at = |r: usize, c: &str| rows[r][col(&h, c)].clone();
@@ -512,19 +402,14 @@ fn a_batch_answer_that_fails_the_schema_fails_its_row_and_is_paid_for() {
         (Some(2), Some(1))
     );
     let spent = s["spent_total_usd"].as_f64().unwrap();
-    let row_costs: f64 = rows
-        .iter()
-        .map(|r| r[col(&h, "cost_usd")].parse::<f64>().unwrap())
-        .sum();
+    let row_costs: f64 = row_costs(&ws).iter().sum();
     assert!(
         (spent - row_costs).abs() < 1e-12,
         "spent {spent} counts the failed answer"
     );
 
     // --retry-failed sends that row again (the mock answers properly the second time).
-    let mut again = batch.to_vec();
-    again.push("--retry-failed");
-    assert_exit(&ws.run(&again), 0);
+    assert_exit(&ws.run(&batch_wait_args(&job, &["--retry-failed"])), 0);
     assert_eq!(batches(&mock)[0]["request_counts"]["total"], 1);
     let (h, rows) = ws.csv("out/result.csv");
     assert_eq!(rows[1][col(&h, "status")], "ok");
@@ -546,13 +431,8 @@ fn a_crash_before_a_batch_is_marked_collected_counts_a_schema_failure_once() {
     );
     let job = schema_job(&ws, &mock.base_url);
     // Killed after the results are journaled, before the batch is recorded as collected.
-    let out = promptmill()
-        .current_dir(ws.dir.path())
-        .env("OPENAI_API_KEY", "sk-test-key-0123456789")
-        .env("PROMPTMILL_TEST_CRASH_AT", "after-ingest")
-        .args(["run", &job, "--mode", "batch", "--wait", "--poll-secs", "0"])
-        .output()
-        .unwrap();
+    let crash = [OPENAI_KEY, ("PROMPTMILL_TEST_CRASH_AT", "after-ingest")];
+    let out = ws.run_env(&crash, &batch_wait_args(&job, &[]));
     assert_exit(&out, 101);
     let journal = ws.read("out/result.journal.jsonl");
     assert_eq!(journal.lines().count(), 2, "{journal}");
@@ -561,11 +441,7 @@ fn a_crash_before_a_batch_is_marked_collected_counts_a_schema_failure_once() {
     let out = ws.run(&["collect", &job]);
     assert_exit(&out, 1);
     assert_eq!(ws.read("out/result.journal.jsonl"), journal);
-    let (h, rows) = ws.csv("out/result.csv");
-    let costs: Vec<f64> = rows
-        .iter()
-        .map(|r| r[col(&h, "cost_usd")].parse::<f64>().unwrap())
-        .collect();
+    let costs = row_costs(&ws);
     assert!(costs.iter().all(|c| *c > 0.0), "{costs:?}");
     let spent = ws.summary()["spent_total_usd"].as_f64().unwrap();
     assert!(

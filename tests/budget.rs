@@ -109,32 +109,17 @@ fn answers_thrown_away_by_a_stopped_row_are_still_counted_as_spent() {
     let mock = Mock::start(&["--quota-requests", "1"]);
     let ws = Workspace::new();
     ws.write("rows.csv", "id,name\nr1,lamp [[mock:bad-schema]]\n");
-    let job = ws.write(
+    let job = ws.write_job(
         "job.toml",
-        &format!(
-            r#"
-[input]
-path = "rows.csv"
-id = "id"
-
-[prompt]
-user = "Describe {{{{ name }}}}."
-
-[model]
-name = "gpt-4o-mini"
-max_tokens = 60
-schema = {{ type = "object", properties = {{ headline = {{ type = "string" }} }}, required = ["headline"], additionalProperties = false }}
-
-[api]
-base_url = "{}"
-
-[output]
-path = "out/result.csv"
-"#,
-            mock.base_url
-        ),
+        &JobFile {
+            prompt: "user = \"Describe {{ name }}.\"",
+            model: "name = \"gpt-4o-mini\"\nmax_tokens = 60",
+            schema: r#"{ type = "object", properties = { headline = { type = "string" } }, required = ["headline"], additionalProperties = false }"#,
+            api: &format!("base_url = \"{}\"", mock.base_url),
+            ..JobFile::default()
+        },
     );
-    let job = job.to_str().unwrap();
+    let job = job.as_str();
     let out = ws.run(&["run", job, "--quiet"]);
     assert_exit(&out, 3);
     assert_eq!(mock.stat("requests"), 2, "{}", mock.stats());
@@ -146,10 +131,7 @@ path = "out/result.csv"
 
     // The journal keeps that spend as a line that is not the row's record.
     let journal = ws.read("out/result.journal.jsonl");
-    let lines: Vec<serde_json::Value> = journal
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = ws.jsonl("out/result.journal.jsonl");
     assert_eq!(lines.len(), 1, "{journal}");
     assert_eq!(lines[0]["row"], 0);
     assert!(lines[0].get("status").is_none(), "{journal}");

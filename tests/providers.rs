@@ -206,6 +206,7 @@ fn product_job(ws: &Workspace, base_url: &str, model: &str, api: &str) -> String
             api: &format!("base_url = \"{base_url}\"\n{api}"),
             limits: "max_retries = 2",
             output: "path = \"out/copy.csv\"",
+            ..JobFile::default()
         },
     )
 }

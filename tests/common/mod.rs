@@ -2,6 +2,7 @@
 //! built-in mock API on 127.0.0.1, and read what it wrote. Tests read like a user session.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,9 @@ use serde_json::Value;
 
 /// The API key a test run gets in `OPENAI_API_KEY` (the mock takes any key unless told one).
 pub const TEST_KEY: &str = "sk-test-key-0123456789";
+
+/// The test key as the variable [`Workspace::run`] sets: `(variable, value)`.
+pub const OPENAI_KEY: (&str, &str) = ("OPENAI_API_KEY", TEST_KEY);
 
 /// The binary under test.
 pub fn promptmill() -> Command {
@@ -120,6 +124,8 @@ pub struct JobFile<'a> {
     pub input: &'a str,
     pub prompt: &'a str,
     pub model: &'a str,
+    /// `model.schema`, a TOML inline table added to `[model]`; empty for none.
+    pub schema: &'a str,
     pub api: &'a str,
     pub limits: &'a str,
     pub output: &'a str,
@@ -131,6 +137,7 @@ impl Default for JobFile<'_> {
             input: "path = \"rows.csv\"\nid = \"id\"",
             prompt: "system = \"You are terse.\"\nuser = \"Describe {{ name }} in {{ color }}.\"",
             model: "name = \"gpt-4o-mini\"\nmax_tokens = 50",
+            schema: "",
             api: "",
             limits: "",
             output: "path = \"out/result.csv\"",
@@ -141,10 +148,14 @@ impl Default for JobFile<'_> {
 impl JobFile<'_> {
     /// The file's text.
     pub fn toml(&self) -> String {
+        let model = match self.schema {
+            "" => self.model.to_string(),
+            schema => format!("{}\nschema = {schema}", self.model),
+        };
         [
             ("input", self.input),
             ("prompt", self.prompt),
-            ("model", self.model),
+            ("model", model.as_str()),
             ("api", self.api),
             ("limits", self.limits),
             ("output", self.output),
@@ -250,7 +261,37 @@ impl Workspace {
 
     /// Runs `promptmill ARGS` here with the test key and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.run_env(&[("OPENAI_API_KEY", TEST_KEY)], args)
+        self.run_env(&[OPENAI_KEY], args)
+    }
+
+    /// Runs `run JOB --mode batch` with `key` set, which submits and returns while the
+    /// batches run (exit 4); returns its output.
+    pub fn submit_batch(&self, key: (&str, &str), job: &str) -> Output {
+        let out = self.run_env(&[key], &["run", job, "--mode", "batch"]);
+        assert_exit(&out, 4);
+        out
+    }
+
+    /// Runs `run JOB --mode batch` with `key` set, which crashes on purpose at `point`
+    /// (`PROMPTMILL_TEST_CRASH_AT`, exit 101).
+    pub fn crash_batch_at(&self, key: (&str, &str), job: &str, point: &str) {
+        let out = self.run_env(
+            &[key, ("PROMPTMILL_TEST_CRASH_AT", point)],
+            &["run", job, "--mode", "batch"],
+        );
+        assert_exit(&out, 101);
+    }
+
+    /// Runs `collect JOB` with `key` set until it stops answering 4 (still running); returns
+    /// the last output.
+    pub fn collect_until_done(&self, key: (&str, &str), job: &str) -> Output {
+        for _ in 0..20 {
+            let out = self.run_env(&[key], &["collect", job]);
+            if out.status.code() != Some(4) {
+                return out;
+            }
+        }
+        panic!("batches never finished");
     }
 
     /// Starts `promptmill ARGS` here with the test key in the background (for killing it);
@@ -312,10 +353,107 @@ impl Workspace {
             .collect()
     }
 
+    /// Output rows of the CSV at `rel` by id: (status, output text, the column `third`).
+    pub fn rows_by_id(&self, rel: &str, third: &str) -> HashMap<String, (String, String, String)> {
+        let (h, rows) = self.csv(rel);
+        let (id, st, out, other) = (
+            col(&h, "id"),
+            col(&h, "status"),
+            col(&h, "output"),
+            col(&h, third),
+        );
+        rows.iter()
+            .map(|r| {
+                (
+                    r[id].clone(),
+                    (r[st].clone(), r[out].clone(), r[other].clone()),
+                )
+            })
+            .collect()
+    }
+
+    /// The batch state beside `out/result.csv`.
+    pub fn batch_state(&self) -> Value {
+        self.json("out/result.batches.json")
+    }
+
     /// The summary JSON beside `out/result.csv`.
     pub fn summary(&self) -> Value {
         self.json("out/result.summary.json")
     }
+}
+
+/// `run JOB --mode batch --wait --poll-secs 0` then `extra`: a batch job run to its end,
+/// with no pause between polls.
+pub fn batch_wait_args<'a>(job: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", job, "--mode", "batch", "--wait", "--poll-secs", "0"];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A batch run's summary against a live run's of the same rows: the same tokens, at half
+/// the (non-zero) cost.
+pub fn assert_batch_half_of_live(live: &Value, batch: &Value) {
+    assert_eq!(live["prompt_tokens"], batch["prompt_tokens"]);
+    assert_eq!(live["completion_tokens"], batch["completion_tokens"]);
+    let (l, h) = (
+        live["cost_usd"].as_f64().unwrap(),
+        batch["cost_usd"].as_f64().unwrap(),
+    );
+    assert!(l > 0.0);
+    assert!((h * 2.0 - l).abs() < 1e-9, "batch {h} is half of live {l}");
+}
+
+/// After a crash around a batch's create, running `job` again submits, and `batches` (the
+/// mock's, newest first) then holds `count` of them (`why`); the state records the newest,
+/// and collecting finishes with all `rows` rows succeeded and creates no batch.
+pub fn assert_restart_submits_once(
+    ws: &Workspace,
+    key: (&str, &str),
+    job: &str,
+    batches: impl Fn() -> Vec<Value>,
+    count: usize,
+    rows: u64,
+    why: &str,
+) {
+    ws.submit_batch(key, job);
+    let all = batches();
+    assert_eq!(all.len(), count, "{why}");
+    assert_eq!(ws.batch_state()["chunks"][0]["batch_id"], all[0]["id"]);
+    assert_exit(&ws.collect_until_done(key, job), 0);
+    assert_eq!(ws.summary()["succeeded"], rows);
+    assert_eq!(batches().len(), count);
+}
+
+/// Submits `job` over 10 rows as one batch, which `cancel` (given its id) stops half-way
+/// (the mock answers half of a cancelled batch): collecting keeps the 5 answered rows (exit 1,
+/// says "cancelled"), and the next run submits the other 5 alone, which `counted` of the new
+/// batch's `request_counts` holds.
+pub fn assert_cancel_resubmits_the_rest(
+    ws: &Workspace,
+    key: (&str, &str),
+    job: &str,
+    batches: impl Fn() -> Vec<Value>,
+    cancel: impl FnOnce(&str),
+    counted: &str,
+) {
+    ws.submit_batch(key, job);
+    cancel(batches()[0]["id"].as_str().unwrap());
+    let out = ws.run_env(&[key], &["collect", job]);
+    assert_exit(&out, 1);
+    assert!(text(&out).contains("cancelled"), "{}", text(&out));
+    let s = ws.summary();
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["pending"].as_u64()),
+        (Some(5), Some(5))
+    );
+    ws.submit_batch(key, job);
+    let all = batches();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        all[0]["request_counts"][counted], 5,
+        "only the rows the cancel left unanswered"
+    );
 }
 
 /// Panics with the whole stdout/stderr unless the exit code matches.
