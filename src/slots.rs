@@ -225,7 +225,7 @@ impl TextSlots {
 }
 
 /// An unnamed temporary file in the folder of `beside`, else in the system temp dir.
-fn temp_file_beside(beside: &Path) -> io::Result<File> {
+pub(crate) fn temp_file_beside(beside: &Path) -> io::Result<File> {
     let dir = beside
         .parent()
         .filter(|d| !d.as_os_str().is_empty())

@@ -21,8 +21,9 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashSet;
+use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::BufRead;
+use std::io::{BufRead, BufReader, BufWriter, Seek as _, Write};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,7 @@ use super::input;
 use super::state::{BatchState, RequestCounts};
 use crate::client::{self, parse_rfc3339, Secret};
 use crate::config::Job;
+use crate::slots::temp_file_beside;
 
 /// How far before the recorded start of a lost create a batch may have been stamped by the
 /// API (our clock may run ahead of the API's): wide, since a batch left out is a batch
@@ -182,18 +184,28 @@ fn input_fingerprint(path: &Path) -> anyhow::Result<Fingerprint> {
 }
 
 /// Result lines as OpenAI batch output lines, one for one (a canceled request becomes an
-/// empty line, so the line numbers in errors stay those of the results file), with the
-/// fingerprint of their custom ids.
-fn to_output_lines(results: &[u8]) -> anyhow::Result<(Vec<u8>, Fingerprint)> {
-    let mut out = Vec::with_capacity(results.len());
+/// empty line, so the line numbers in errors stay those of the results file), written to
+/// `out` as they are read; returns the fingerprint of their custom ids.
+fn to_output_lines(mut results: impl BufRead, out: &mut impl Write) -> anyhow::Result<Fingerprint> {
     let mut fp = Fingerprint::default();
-    for (n, raw) in results.split(|c| *c == b'\n').enumerate() {
+    let mut raw = Vec::new();
+    let mut n = 0;
+    loop {
+        raw.clear();
+        if results
+            .read_until(b'\n', &mut raw)
+            .context("reading results")?
+            == 0
+        {
+            return Ok(fp);
+        }
+        n += 1;
         if raw.iter().all(u8::is_ascii_whitespace) {
-            out.push(b'\n');
+            out.write_all(b"\n")?;
             continue;
         }
-        let v: Value = serde_json::from_slice(raw)
-            .with_context(|| format!("results line {}: not JSON", n + 1))?;
+        let v: Value =
+            serde_json::from_slice(&raw).with_context(|| format!("results line {n}: not JSON"))?;
         let cid = v["custom_id"].as_str().unwrap_or("");
         fp.add(cid);
         let result = &v["result"];
@@ -209,20 +221,29 @@ fn to_output_lines(results: &[u8]) -> anyhow::Result<(Vec<u8>, Fingerprint)> {
             "expired" => json!({"custom_id": cid, "response": null, "error": {"code": "expired",
                 "message": "the batch expired (24 hours) before this request was processed"}}),
             "canceled" => {
-                out.push(b'\n');
+                out.write_all(b"\n")?;
                 continue;
             }
-            other => bail!("results line {}: unknown result type '{other}'", n + 1),
+            other => bail!("results line {n}: unknown result type '{other}'"),
         };
-        out.extend_from_slice(line.to_string().as_bytes());
-        out.push(b'\n');
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
     }
-    Ok((out, fp))
 }
 
-/// A results file as OpenAI output lines (see [`to_output_lines`]).
-pub fn output_lines(results: &[u8]) -> anyhow::Result<Vec<u8>> {
-    Ok(to_output_lines(results)?.0)
+/// A results file as OpenAI output lines (see [`to_output_lines`]), in an unnamed temporary
+/// file beside `beside`, rewound.
+pub fn output_lines(results: File, beside: &Path) -> anyhow::Result<File> {
+    Ok(convert(results, beside)?.0)
+}
+
+fn convert(results: File, beside: &Path) -> anyhow::Result<(File, Fingerprint)> {
+    let out = temp_file_beside(beside).context("cannot create a temporary file")?;
+    let mut w = BufWriter::new(out);
+    let fp = to_output_lines(BufReader::new(results), &mut w)?;
+    let mut out = w.into_inner().map_err(|e| e.into_error())?;
+    out.rewind()?;
+    Ok((out, fp))
 }
 
 fn now() -> u64 {
@@ -392,7 +413,7 @@ impl MessageBatches {
     /// The results of the batch whose `results_url` is `results_url`, as OpenAI output lines,
     /// after checking they answer exactly the requests in `input`. They are fetched from the
     /// job's base URL, never from the host the answer names: the key goes nowhere else.
-    pub async fn results(&self, results_url: &str, input: &Path) -> anyhow::Result<Vec<u8>> {
+    pub async fn results(&self, results_url: &str, input: &Path) -> anyhow::Result<File> {
         let id = results_url
             .trim_end_matches('/')
             .strip_suffix("/results")
@@ -405,11 +426,15 @@ impl MessageBatches {
             })
             .ok_or_else(|| anyhow!("results_url '{results_url}' does not name a batch"))?;
         let req = self.api.http.get(self.url(&format!("/{id}/results")));
-        let bytes = self
+        let raw = self
             .api
-            .send(req, &format!("downloading the results of batch {id}"))
+            .send_to_file(
+                req,
+                &format!("downloading the results of batch {id}"),
+                input,
+            )
             .await?;
-        let (lines, got) = to_output_lines(&bytes).with_context(|| format!("batch {id}"))?;
+        let (lines, got) = convert(raw, input).with_context(|| format!("batch {id}"))?;
         let want = input_fingerprint(input)?;
         if got != want {
             bail!(
@@ -484,7 +509,8 @@ mod tests {
         let exp = r#"{"custom_id":"row-2-h2","result":{"type":"expired"}}"#;
         let can = r#"{"custom_id":"row-3-h3","result":{"type":"canceled"}}"#;
         let text = format!("{ok}\n{bad}\n{exp}\n{can}\n");
-        let (out, fp) = to_output_lines(text.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let fp = to_output_lines(text.as_bytes(), &mut out).unwrap();
         let lines: Vec<&str> = std::str::from_utf8(&out).unwrap().split('\n').collect();
         let v: Vec<Value> = lines[..3]
             .iter()
@@ -509,8 +535,8 @@ mod tests {
         std::fs::write(&input, text.replace("row-3-h3", "row-3-h9")).unwrap();
         assert_ne!(input_fingerprint(&input).unwrap(), fp);
 
-        let err = to_output_lines(b"{\"custom_id\":\"row-1-h\",\"result\":{\"type\":\"odd\"}}")
-            .unwrap_err();
+        let odd = b"{\"custom_id\":\"row-1-h\",\"result\":{\"type\":\"odd\"}}";
+        let err = to_output_lines(&odd[..], &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("odd"), "{err}");
     }
 }

@@ -1,15 +1,18 @@
 //! The OpenAI Files and Batches endpoints: upload, create, retrieve, list, download.
 
+use std::fs::File;
+use std::io::{Seek as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::state::RequestCounts;
 use crate::client::{self, Provider, Secret};
 use crate::config::Job;
+use crate::slots::temp_file_beside;
 
 /// The parts of a batch object promptmill uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -91,14 +94,56 @@ impl BatchApi {
             .await
             .with_context(|| format!("{what}: the answer was cut off"))?;
         if !status.is_success() {
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let msg = v["error"]["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
-            bail!("{what}: HTTP {}: {}", status.as_u16(), self.key.scrub(&msg));
+            return Err(self.refusal(what, status, &bytes));
         }
         Ok(bytes.to_vec())
+    }
+
+    /// Like [`send`](Self::send), streaming a 2xx answer's body into an unnamed temporary
+    /// file beside `beside` instead of memory (an output file can be hundreds of
+    /// megabytes); the file is returned rewound.
+    pub(super) async fn send_to_file(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        beside: &Path,
+    ) -> anyhow::Result<File> {
+        let mut resp = self
+            .provider
+            .authorize(req, &self.key)
+            .send()
+            .await
+            .with_context(|| format!("{what}: no answer from {}", self.base))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp
+                .bytes()
+                .await
+                .with_context(|| format!("{what}: the answer was cut off"))?;
+            return Err(self.refusal(what, status, &bytes));
+        }
+        let mut file = temp_file_beside(beside).context("cannot create a temporary file")?;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .with_context(|| format!("{what}: the answer was cut off"))?
+        {
+            file.write_all(&chunk)
+                .context("cannot write a temporary file")?;
+        }
+        file.rewind().context("cannot read a temporary file")?;
+        Ok(file)
+    }
+
+    /// The error for a non-2xx answer: `what`, the status and the provider's message, with
+    /// the key scrubbed.
+    fn refusal(&self, what: &str, status: reqwest::StatusCode, body: &[u8]) -> anyhow::Error {
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let msg = v["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(300).collect());
+        anyhow!("{what}: HTTP {}: {}", status.as_u16(), self.key.scrub(&msg))
     }
 
     /// [`BatchApi::send`], the answer read as JSON.
@@ -197,10 +242,11 @@ impl BatchApi {
     }
 
     /// `GET /files/{id}/content`.
-    pub async fn download(&self, file_id: &str) -> anyhow::Result<Vec<u8>> {
+    pub async fn download(&self, file_id: &str, beside: &Path) -> anyhow::Result<File> {
         let req = self
             .http
             .get(format!("{}/files/{file_id}/content", self.base));
-        self.send(req, &format!("downloading file {file_id}")).await
+        self.send_to_file(req, &format!("downloading file {file_id}"), beside)
+            .await
     }
 }

@@ -2,6 +2,7 @@
 //! Batches, or Anthropic's Message Batches. Both speak in [`BatchObject`]s and in OpenAI
 //! output lines, so collecting, joining and pricing are the same for either.
 
+use std::fs::File;
 use std::path::Path;
 
 use anyhow::bail;
@@ -41,10 +42,10 @@ pub fn request_line(
 }
 
 /// A results file of the job's provider as OpenAI output lines (what `import` reads).
-pub fn result_lines(provider: ProviderKind, bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
+pub fn result_lines(provider: ProviderKind, file: File, beside: &Path) -> anyhow::Result<File> {
     match provider {
-        ProviderKind::Anthropic => anthropic::output_lines(&bytes),
-        _ => Ok(bytes),
+        ProviderKind::Anthropic => anthropic::output_lines(file, beside),
+        _ => Ok(file),
     }
 }
 
@@ -70,9 +71,9 @@ impl Backend {
     /// A finished batch's output or error file (`file`, as its [`BatchObject`] names it) as
     /// OpenAI output lines; `input` is the chunk's input file, which Anthropic's results are
     /// checked against.
-    pub async fn download(&self, file: &str, input: &Path) -> anyhow::Result<Vec<u8>> {
+    pub async fn download(&self, file: &str, input: &Path) -> anyhow::Result<File> {
         match self {
-            Backend::OpenAi(a) => a.download(file).await,
+            Backend::OpenAi(a) => a.download(file, input).await,
             Backend::Anthropic(a) => a.results(file, input).await,
         }
     }

@@ -1,5 +1,7 @@
 //! Batch output and error files back into journal records, joined to rows by `custom_id`.
 
+use std::io::BufRead;
+
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
@@ -38,16 +40,26 @@ pub struct Joiner<'a> {
 }
 
 impl Joiner<'_> {
-    /// Every record in one output or error file (`bytes`), in file order.
-    pub fn records(&self, bytes: &[u8]) -> Result<Vec<Record>, LineError> {
-        let mut out = Vec::new();
-        for (n, raw) in bytes.split(|c| *c == b'\n').enumerate() {
+    /// Hands `f` every record of one output or error file, in file order, reading one line
+    /// at a time (a batch's output can be hundreds of megabytes).
+    pub fn for_each(
+        &self,
+        mut reader: impl BufRead,
+        mut f: impl FnMut(Record) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut raw = Vec::new();
+        let mut line = 0;
+        loop {
+            raw.clear();
+            if reader.read_until(b'\n', &mut raw)? == 0 {
+                return Ok(());
+            }
+            line += 1;
             if raw.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            out.push(self.record(n + 1, raw)?);
+            f(self.record(line, &raw)?)?;
         }
-        Ok(out)
     }
 
     fn record(&self, line: usize, raw: &[u8]) -> Result<Record, LineError> {
@@ -142,7 +154,15 @@ mod tests {
         let bad = r#"{"id":"y","custom_id":"row-0-h0","response":{"status_code":400,"body":{"error":{"message":"nope","type":"invalid_request_error"}}},"error":null}"#;
         let expired = r#"{"id":"z","custom_id":"row-0-h0","response":null,"error":{"code":"batch_expired","message":"not done in time"}}"#;
         let text = format!("{ok}\n{bad}\n\n{expired}\n");
-        let recs = j.records(text.as_bytes()).unwrap();
+        let records = |bytes: &[u8]| {
+            let mut out = Vec::new();
+            j.for_each(bytes, |r| {
+                out.push(r);
+                Ok(())
+            })
+            .map(|()| out)
+        };
+        let recs = records(text.as_bytes()).unwrap();
         assert_eq!(recs.len(), 3);
         assert_eq!(
             (recs[0].row, recs[0].id.as_str(), recs[0].status),
@@ -153,7 +173,7 @@ mod tests {
         assert_eq!(recs[1].status, Status::Failed);
         assert!(recs[1].error.as_deref().unwrap().contains("nope"));
         assert!(recs[2].error.as_deref().unwrap().contains("batch_expired"));
-        let err = j.records(b"{\"custom_id\":\"row-9-h\"}").unwrap_err();
+        let err = records(b"{\"custom_id\":\"row-9-h\"}").unwrap_err();
         assert!(err.to_string().contains("row 9"), "{err}");
     }
 

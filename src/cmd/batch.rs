@@ -5,6 +5,8 @@
 //! after it happens (see `batch::state`), so running any of these again after a crash
 //! carries on where it stopped and never submits the same rows twice.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -483,8 +485,8 @@ async fn poll_chunk(
     }
     let ids = ids.as_ref().ok_or_else(|| anyhow!("row ids not loaded"))?;
     for file in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
-        let bytes = api.download(file, &state.chunks[i].input).await?;
-        ingest(ctx, ids, &bytes, writer, got)
+        let lines = api.download(file, &state.chunks[i].input).await?;
+        ingest(ctx, ids, BufReader::new(lines), writer, got)
             .with_context(|| format!("batch {id}, file {file}"))?;
     }
     if b.status == "failed" {
@@ -494,10 +496,15 @@ async fn poll_chunk(
             .as_ref()
             .map(|e| e.to_string())
             .unwrap_or_else(|| "no reason given".into());
-        let text = std::fs::read(&state.chunks[i].input)
-            .with_context(|| format!("{}: cannot read", state.chunks[i].input.display()))?;
-        for line in text.split(|c| *c == b'\n').filter(|l| !l.is_empty()) {
-            let v: Value = serde_json::from_slice(line)?;
+        let input = &state.chunks[i].input;
+        let cannot_read = || format!("{}: cannot read", input.display());
+        let text = BufReader::new(File::open(input).with_context(cannot_read)?);
+        for line in text.split(b'\n') {
+            let line = line.with_context(cannot_read)?;
+            if line.is_empty() {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&line)?;
             let Some((row, hash)) = v["custom_id"].as_str().and_then(input::parse_custom_id) else {
                 continue;
             };
@@ -532,12 +539,13 @@ async fn poll_chunk(
     Ok(())
 }
 
-/// Appends the records of one output or error file, skipping answers already in the journal
-/// (a crash between writing them and recording the batch as collected).
+/// Appends the records of one output or error file as it is read, skipping answers already
+/// in the journal (a crash between writing them and recording the batch as collected, or a
+/// bad line that stopped an earlier read half-way).
 fn ingest(
     ctx: &Ctx,
     ids: &TextSlots,
-    bytes: &[u8],
+    lines: impl BufRead,
     writer: &mut JournalWriter,
     got: &mut Collected,
 ) -> anyhow::Result<()> {
@@ -547,13 +555,12 @@ fn ingest(
         provider: provider.as_ref(),
         price: ctx.price.as_ref(),
     };
-    let records = joiner.records(bytes)?;
     let mut reader = if writer.index().records > 0 {
         Some(JournalReader::open(writer.path())?)
     } else {
         None
     };
-    for mut rec in records {
+    joiner.for_each(lines, |mut rec| {
         if let Some(schema) = &ctx.job.model.schema_json {
             results::apply_schema(&mut rec, schema);
         }
@@ -564,7 +571,7 @@ fn ingest(
                 if (prev.status == Status::Ok && prev.hash == rec.hash && prev.id == rec.id)
                     || prev == rec
                 {
-                    continue;
+                    return Ok(());
                 }
             }
         }
@@ -574,8 +581,8 @@ fn ingest(
         }
         got.cost = got.cost.saturating_add(Money(rec.cost_pico.unwrap_or(0)));
         writer.append(&rec)?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Writes input files for every row that needs a request and adds them to the state as a
@@ -873,10 +880,10 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     let mut writer = journal::open(&ctx.job.journal_path())?;
     let mut got = Collected::default();
     for f in &args.files {
-        let bytes = std::fs::read(f).with_context(|| format!("{}: cannot read", f.display()))?;
-        let bytes = backend::result_lines(ctx.job.api.provider, bytes)
+        let file = File::open(f).with_context(|| format!("{}: cannot read", f.display()))?;
+        let lines = backend::result_lines(ctx.job.api.provider, file, &ctx.job.journal_path())
             .with_context(|| format!("{}", f.display()))?;
-        ingest(&ctx, &ids, &bytes, &mut writer, &mut got)
+        ingest(&ctx, &ids, BufReader::new(lines), &mut writer, &mut got)
             .with_context(|| format!("{}", f.display()))?;
     }
     let index = writer.finish()?;
