@@ -23,6 +23,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::{stream, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -347,6 +348,7 @@ async fn answer_lines(
 ) -> (Vec<(u64, String)>, Vec<(u64, String)>, (u64, u64)) {
     let (mut output, mut errors) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
+    let mut asks = Vec::new();
     for (n, line) in input
         .split(|c| *c == b'\n')
         .filter(|l| !l.is_empty())
@@ -364,8 +366,18 @@ async fn answer_lines(
             continue;
         }
         let body = serde_json::to_vec(&parsed["body"]).unwrap_or_default();
-        let chat = super::openai::chat_completions;
-        let (status, bytes) = ask(chat, shared, headers, &[AUTHORIZATION], body).await;
+        asks.push((order, req_id, custom_id, body));
+    }
+    let answers: Vec<_> = stream::iter(asks)
+        .map(|(order, req_id, custom_id, body)| async move {
+            let chat = super::openai::chat_completions;
+            let (status, bytes) = ask(chat, shared, headers, &[AUTHORIZATION], body).await;
+            (order, req_id, custom_id, status, bytes)
+        })
+        .buffered(batch_core::ANSWERING)
+        .collect()
+        .await;
+    for (order, req_id, custom_id, status, bytes) in answers {
         let status = status.as_u16();
         let body: Value = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));

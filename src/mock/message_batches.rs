@@ -11,7 +11,7 @@
 //! the next poll and cancels the rest. `--batch-create-delay-ms` holds the answer to the
 //! create after the batch exists, as for OpenAI batches.
 
-use super::batch_core::{ask, jsonl, ok, scramble, Api, Poll, Store};
+use super::batch_core::{ask, jsonl, ok, scramble, Api, Poll, Store, ANSWERING};
 use super::reply::rfc3339;
 use super::state::Shared;
 use axum::body::Bytes;
@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use futures_util::{stream, StreamExt as _};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
@@ -215,10 +216,16 @@ async fn retrieve(
     } else {
         requests.len()
     };
-    let mut lines = Vec::with_capacity(requests.len());
+    let (shared, h) = (&b.shared, &headers);
+    let total = requests.len();
+    let answers: Vec<_> = stream::iter(requests.into_iter().enumerate())
+        .map(|(n, r)| async move { answer_one(shared, h, &r, n < answer).await })
+        .buffered(ANSWERING)
+        .collect()
+        .await;
+    let mut lines = Vec::with_capacity(total);
     let mut counts = Map::new();
-    for (n, r) in requests.iter().enumerate() {
-        let (line, kind) = answer_one(&b.shared, &headers, r, n < answer).await;
+    for (n, (line, kind)) in answers.into_iter().enumerate() {
         let c = counts.entry(kind).or_insert(json!(0));
         *c = json!(c.as_u64().unwrap_or(0) + 1);
         lines.push((scramble(n), line));
