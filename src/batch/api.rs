@@ -82,20 +82,11 @@ impl BatchApi {
         req: reqwest::RequestBuilder,
         what: &str,
     ) -> anyhow::Result<Vec<u8>> {
-        let resp = self
-            .provider
-            .authorize(req, &self.key)
-            .send()
-            .await
-            .with_context(|| format!("{what}: no answer from {}", self.base))?;
-        let status = resp.status();
+        let resp = self.answer(req, what).await?;
         let bytes = resp
             .bytes()
             .await
             .with_context(|| format!("{what}: the answer was cut off"))?;
-        if !status.is_success() {
-            return Err(self.refusal(what, status, &bytes));
-        }
         Ok(bytes.to_vec())
     }
 
@@ -108,20 +99,7 @@ impl BatchApi {
         what: &str,
         beside: &Path,
     ) -> anyhow::Result<File> {
-        let mut resp = self
-            .provider
-            .authorize(req, &self.key)
-            .send()
-            .await
-            .with_context(|| format!("{what}: no answer from {}", self.base))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = resp
-                .bytes()
-                .await
-                .with_context(|| format!("{what}: the answer was cut off"))?;
-            return Err(self.refusal(what, status, &bytes));
-        }
+        let mut resp = self.answer(req, what).await?;
         let mut file = temp_file_beside(beside).context("cannot create a temporary file")?;
         while let Some(chunk) = resp
             .chunk()
@@ -133,6 +111,30 @@ impl BatchApi {
         }
         file.rewind().context("cannot read a temporary file")?;
         Ok(file)
+    }
+
+    /// Sends `req` with the job's authentication; a non-2xx answer is an error naming
+    /// `what`, the status and the provider's message (the key scrubbed).
+    async fn answer(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<reqwest::Response> {
+        let resp = self
+            .provider
+            .authorize(req, &self.key)
+            .send()
+            .await
+            .with_context(|| format!("{what}: no answer from {}", self.base))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .with_context(|| format!("{what}: the answer was cut off"))?;
+        Err(self.refusal(what, status, &bytes))
     }
 
     /// The error for a non-2xx answer: `what`, the status and the provider's message, with
