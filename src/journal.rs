@@ -154,15 +154,10 @@ impl JournalIndex {
     /// Offsets of rows asked for in increasing order, read a page at a time; for building
     /// the output once nothing is written any more (it does not see later records).
     pub fn cursor(&self) -> JournalCursor<'_> {
-        match &self.slots {
-            Some(s) => JournalCursor {
-                slots: s.table.cursor(),
-                journal: &s.journal,
-            },
-            None => JournalCursor {
-                slots: SlotCursor::empty(),
-                journal: Path::new(""),
-            },
+        let s = self.slots.as_deref();
+        JournalCursor {
+            slots: SlotCursor::over(s.map(|s| &s.table)),
+            journal: s.map_or(Path::new(""), |s| &s.journal),
         }
     }
 }

@@ -58,11 +58,7 @@ impl SlotFile {
     /// Reads rows asked for in increasing order, a page at a time. It does not see values
     /// set after its page was read.
     pub fn cursor(&self) -> SlotCursor<'_> {
-        SlotCursor {
-            slots: Some(self),
-            page: None,
-            buf: Vec::new(),
-        }
+        SlotCursor::over(Some(self))
     }
 
     /// Sets rows a page at a time (read, changed, written back when another page is needed):
@@ -104,10 +100,10 @@ pub struct SlotCursor<'a> {
 }
 
 impl SlotCursor<'_> {
-    /// A cursor over no table: every row is none.
-    pub fn empty() -> SlotCursor<'static> {
+    /// A cursor over `slots`; over no table, every row is none.
+    pub fn over(slots: Option<&SlotFile>) -> SlotCursor<'_> {
         SlotCursor {
-            slots: None,
+            slots,
             page: None,
             buf: Vec::new(),
         }
@@ -319,7 +315,7 @@ mod tests {
             assert_eq!(s.get(row).unwrap(), want(row), "{row}");
             assert_eq!(c.get(row).unwrap(), want(row), "{row}");
         }
-        assert_eq!(SlotCursor::empty().get(1).unwrap(), None);
+        assert_eq!(SlotCursor::over(None).get(1).unwrap(), None);
         assert!(s.set(u64::MAX, 1).is_err());
     }
 

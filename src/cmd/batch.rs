@@ -651,10 +651,7 @@ fn pending_lines(
 ) -> anyhow::Result<(u64, Money)> {
     let job = &ctx.job;
     let planner = ctx.planner()?;
-    let mut counted = match &ctx.token_counts {
-        Some(t) => t.cursor(),
-        None => SlotCursor::empty(),
-    };
+    let mut counted = SlotCursor::over(ctx.token_counts.as_ref());
     let mut resume = Resume::new(writer.path(), writer.index().clone(), retry_failed)?;
     let url = ctx.endpoint();
     let (mut n, mut worst) = (0, Money::ZERO);

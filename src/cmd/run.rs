@@ -398,10 +398,7 @@ fn produce(
     token_counts: Option<&SlotFile>,
     tx: mpsc::Sender<WorkItem>,
 ) -> anyhow::Result<Produced> {
-    let mut counted = match token_counts {
-        Some(t) => t.cursor(),
-        None => SlotCursor::empty(),
-    };
+    let mut counted = SlotCursor::over(token_counts);
     let mut out = Produced {
         expected_cost: price.map(|_| Money::ZERO),
         ..Produced::default()
