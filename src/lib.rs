@@ -25,5 +25,6 @@ pub mod sink;
 pub mod slots;
 pub mod source;
 pub mod summary;
+pub mod time;
 pub mod tokens;
 pub mod types;

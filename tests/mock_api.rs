@@ -493,10 +493,7 @@ async fn anthropic_route_has_anthropic_shapes() {
     let reset = header(&ok, "anthropic-ratelimit-requests-reset")
         .unwrap()
         .to_string();
-    assert!(
-        promptmill::client::parse_rfc3339(&reset).is_some(),
-        "{reset}"
-    );
+    assert!(promptmill::time::parse_rfc3339(&reset).is_some(), "{reset}");
     assert_eq!(
         header(&ok, "anthropic-ratelimit-requests-limit"),
         Some("600")

@@ -34,9 +34,10 @@ use serde_json::{json, Value};
 use super::api::{BatchApi, BatchObject};
 use super::input;
 use super::state::{BatchState, RequestCounts};
-use crate::client::{self, parse_rfc3339, Secret};
+use crate::client::{self, Secret};
 use crate::config::Job;
 use crate::slots::temp_file_beside;
+use crate::time::parse_rfc3339;
 
 /// How far before the recorded start of a lost create a batch may have been stamped by the
 /// API (our clock may run ahead of the API's): wide, since a batch left out is a batch

@@ -313,7 +313,7 @@ pub fn rate_info(h: &HeaderMap, now: SystemTime) -> RateLimitInfo {
     let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
     let reset = |name: &str| {
-        let at = parse_rfc3339(get(name)?)?;
+        let at = crate::time::parse_rfc3339(get(name)?)?;
         Some(at.duration_since(now).unwrap_or(Duration::ZERO))
     };
     RateLimitInfo {
@@ -324,57 +324,6 @@ pub fn rate_info(h: &HeaderMap, now: SystemTime) -> RateLimitInfo {
         remaining_tokens: num("anthropic-ratelimit-tokens-remaining"),
         reset_tokens: reset("anthropic-ratelimit-tokens-reset"),
     }
-}
-
-/// Parses an RFC 3339 time such as `2026-11-25T19:30:05Z` or `…05.123+01:00`
-/// (hand-written: ten lines do not justify a date crate).
-pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    let mut rest = &s[19..];
-    let mut frac = 0f64;
-    if let Some(r) = rest.strip_prefix('.') {
-        let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
-        frac = format!("0.{}", &r[..end]).parse().ok()?;
-        rest = &r[end..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) => {
-            let sign = if o.starts_with('-') { -1 } else { 1 };
-            sign * (o[1..3].parse::<i64>().ok()? * 3600 + o[4..6].parse::<i64>().ok()? * 60)
-        }
-        _ => return None,
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss - offset;
-    let secs = u64::try_from(secs).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_secs_f64(frac))
-}
-
-/// Year, month, day of `days` since 1970-01-01 (Howard Hinnant's civil-from-days, the
-/// inverse of the days-from-civil step in [`parse_rfc3339`]).
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]
@@ -476,26 +425,13 @@ mod tests {
             "anthropic-ratelimit-tokens-reset",
             "2026-11-25T20:30:02.5+01:00".parse().unwrap(),
         );
-        let now = parse_rfc3339("2026-11-25T19:30:00Z").unwrap();
+        let now = crate::time::parse_rfc3339("2026-11-25T19:30:00Z").unwrap();
         let r = rate_info(&h, now);
         assert_eq!(r.limit_requests, Some(50));
         assert_eq!(r.remaining_requests, Some(49));
         assert_eq!(r.reset_requests, Some(Duration::from_secs(5)));
         assert_eq!(r.limit_tokens, Some(40000));
         assert_eq!(r.reset_tokens, Some(Duration::from_millis(2500)));
-        assert_eq!(
-            parse_rfc3339("1970-01-01T00:00:00Z"),
-            Some(SystemTime::UNIX_EPOCH)
-        );
-        assert_eq!(
-            parse_rfc3339("2000-03-01T00:00:00Z")
-                .unwrap()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-            951_868_800
-        );
-        assert!(parse_rfc3339("yesterday").is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod ratelimit;
 mod secret;
 mod sse;
 
-pub use anthropic::{civil_from_days, parse_rfc3339, status_for_error_type, Anthropic};
+pub use anthropic::{status_for_error_type, Anthropic};
 pub use azure::Azure;
 pub use openai::OpenAi;
 pub use ratelimit::{parse_go_duration, RateLimitInfo};

@@ -807,19 +807,16 @@ fn status_table(state: &BatchState) -> String {
             c.counts.total.max(c.requests),
             c.counts.completed,
             c.counts.failed,
-            c.created_at.map(utc).unwrap_or_else(|| "-".into()),
-            c.expires_at.map(utc).unwrap_or_else(|| "-".into()),
+            c.created_at
+                .map(crate::time::utc_minutes)
+                .unwrap_or_else(|| "-".into()),
+            c.expires_at
+                .map(crate::time::utc_minutes)
+                .unwrap_or_else(|| "-".into()),
             if c.collected { "yes" } else { "no" },
         ));
     }
     out
-}
-
-/// Unix seconds as `YYYY-MM-DD HH:MM` UTC.
-fn utc(secs: u64) -> String {
-    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    let (y, mo, d) = client::civil_from_days((secs / 86_400) as i64);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}")
 }
 
 /// Runs `promptmill export`.
@@ -895,7 +892,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::{status_table, utc};
+    use super::status_table;
     use crate::batch::state::{BatchState, Chunk};
 
     #[test]
@@ -920,12 +917,5 @@ mod tests {
         assert_eq!(lines[1].find("in_progress"), Some(at), "{table}");
         assert_eq!(lines[2].find("in_progress"), Some(at), "{table}");
         assert!(lines[3].starts_with("(not created)"), "{table}");
-    }
-
-    #[test]
-    fn utc_formats_unix_seconds() {
-        assert_eq!(utc(0), "1970-01-01 00:00");
-        assert_eq!(utc(1_764_100_000), "2025-11-25 19:46");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00");
     }
 }

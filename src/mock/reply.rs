@@ -129,19 +129,7 @@ pub(crate) fn add_anthropic_rate_headers(h: &mut HeaderMap, st: &RateStatus) {
     }
 }
 
-/// A UTC time as RFC 3339 with whole seconds (rounded up).
-pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let (year, month, day) = crate::client::civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
+pub(crate) use crate::time::rfc3339_ceil as rfc3339;
 
 const REQUESTS: [&str; 3] = [
     "x-ratelimit-limit-requests",
@@ -166,13 +154,6 @@ fn trio(h: &mut HeaderMap, st: &LimitStatus, names: [&'static str; 3]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_round_trips_through_the_client_parser() {
-        let t = std::time::UNIX_EPOCH + Duration::from_secs(951_868_800 + 3661);
-        assert_eq!(rfc3339(t), "2000-03-01T01:01:01Z");
-        assert_eq!(crate::client::parse_rfc3339(&rfc3339(t)), Some(t));
-    }
 
     #[test]
     fn keys_are_never_echoed_whole() {
