@@ -487,6 +487,7 @@ fn describe_abort(e: &ApiError) -> String {
             "the account is out of quota or credit; retrying cannot help"
         }
         ErrorKind::NotFound => "check the model name and api.base_url",
+        ErrorKind::Redirect => "nothing was sent to the redirect's address",
         _ => "",
     };
     if hint.is_empty() {

@@ -5,7 +5,7 @@ use std::io::{Seek as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -62,11 +62,11 @@ impl BatchApi {
     pub fn for_job(job: &Job, key: Secret) -> anyhow::Result<BatchApi> {
         let base = client::base_url(job);
         client::check_base_url(&base, job.api.allow_insecure_http)?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(600))
-            .user_agent(concat!("promptmill/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = client::http_client(
+            reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(600)),
+        )?;
         Ok(BatchApi {
             http,
             base,
@@ -129,6 +129,10 @@ impl BatchApi {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
+        }
+        if status.is_redirection() {
+            let msg = client::redirect_message(resp.headers());
+            bail!("{what}: HTTP {}: {}", status.as_u16(), self.key.scrub(&msg));
         }
         let bytes = resp
             .bytes()

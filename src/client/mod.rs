@@ -78,6 +78,8 @@ pub enum ErrorKind {
     Timeout,
     Connection,
     BadResponse,
+    /// A 3xx answer: the base URL points somewhere that sends us on (never followed).
+    Redirect,
 }
 
 /// A failed attempt, classified.
@@ -120,8 +122,9 @@ impl ApiError {
 ///
 /// `error_type`/`error_code` are the provider's `error.type` / `error.code` strings.
 /// Retry: 408, 409, 429 rate limits, 5xx (and Anthropic's 529). Fail the row: other 4xx.
-/// Abort: 401/403 (the key is wrong for every row), 404 (unknown model or URL), and 429
-/// `insufficient_quota` (retrying cannot help, as OpenAI documents).
+/// Abort: 401/403 (the key is wrong for every row), 404 (unknown model or URL), 429
+/// `insufficient_quota` (retrying cannot help, as OpenAI documents), and any 3xx: redirects
+/// are never followed (see [`redirect_message`]), so every row would get the same answer.
 pub fn classify(
     status: u16,
     error_type: Option<&str>,
@@ -140,6 +143,16 @@ pub fn classify(
                 | "project_spend_limit_exceeded"
         )
     });
+    if (300..400).contains(&status) {
+        return ApiError {
+            action: Action::AbortJob,
+            kind: ErrorKind::Redirect,
+            status: Some(status),
+            message: redirect_message(headers),
+            retry_after: None,
+            rate: Box::new(rate),
+        };
+    }
     let (action, kind) = match status {
         429 if quota => (Action::AbortJob, ErrorKind::InsufficientQuota),
         429 => (Action::Retry, ErrorKind::RateLimited),
@@ -158,6 +171,41 @@ pub fn classify(
         retry_after: ratelimit::retry_after(headers),
         rate: Box::new(rate),
     }
+}
+
+/// The longest `Location` quoted in an error (a hostile server may send anything).
+const MAX_LOCATION_CHARS: usize = 300;
+
+/// What a redirect answer says, naming its `Location`. No HTTP client promptmill builds
+/// follows a redirect: a key header (`x-api-key`, `api-key`) and the prompts would travel to
+/// whatever origin the server names, so the user has to point the base URL there instead.
+pub fn redirect_message(headers: &HeaderMap) -> String {
+    let location = headers
+        .get(reqwest::header::LOCATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let to = match location {
+        Some(l) => {
+            let mut quoted: String = l.chars().take(MAX_LOCATION_CHARS).collect();
+            if quoted.len() < l.len() {
+                quoted.push('…');
+            }
+            format!("a redirect to '{}'", quoted.escape_debug())
+        }
+        None => "a redirect (no Location)".to_string(),
+    };
+    format!(
+        "the server answered with {to}; promptmill follows no redirect (the API key and \
+         prompts go only to the configured base URL): fix api.base_url (or the provider's \
+         base-URL environment variable) to the address the API answers at"
+    )
+}
+
+/// An HTTP client for one job: never follows a redirect (see [`redirect_message`]).
+pub fn http_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, reqwest::Error> {
+    builder
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("promptmill/", env!("CARGO_PKG_VERSION")))
+        .build()
 }
 
 /// A provider's API shape.
@@ -350,12 +398,12 @@ impl Client {
         let connect =
             Duration::from_secs_f64(job.api.connect_timeout_secs.unwrap_or(10.0).max(0.001));
         // The total timeout is set per request: streamed requests have none (see send).
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect)
-            .pool_max_idle_per_host(usize::MAX)
-            .user_agent(concat!("promptmill/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let http = http_client(
+            reqwest::Client::builder()
+                .connect_timeout(connect)
+                .pool_max_idle_per_host(usize::MAX),
+        )
+        .map_err(|e| ClientError::Http(e.to_string()))?;
         let url = provider.url(&base, &job.model);
         Ok(Client {
             http,
@@ -560,6 +608,33 @@ mod tests {
             RateLimitInfo::default(),
         );
         assert_eq!(q.kind, ErrorKind::InsufficientQuota);
+    }
+
+    #[test]
+    fn every_redirect_aborts_the_job_naming_its_location() {
+        for status in [300, 301, 302, 303, 304, 307, 308] {
+            let mut h = HeaderMap::new();
+            h.insert("location", "http://127.0.0.1:9/v1/x".parse().unwrap());
+            let e = classify(status, None, None, "m".into(), &h, RateLimitInfo::default());
+            assert_eq!((e.action, e.kind), (Action::AbortJob, ErrorKind::Redirect));
+            let text = e.to_string();
+            assert!(text.contains("'http://127.0.0.1:9/v1/x'"), "{text}");
+            assert!(text.contains("api.base_url"), "{text}");
+        }
+        let e = classify(
+            302,
+            None,
+            None,
+            "m".into(),
+            &HeaderMap::new(),
+            RateLimitInfo::default(),
+        );
+        assert!(e.message.contains("no Location"), "{}", e.message);
+        let mut h = HeaderMap::new();
+        let long = format!("https://x/{}", "a".repeat(5000));
+        h.insert("location", long.parse().unwrap());
+        let m = redirect_message(&h);
+        assert!(m.len() < 1000 && m.contains('…'), "{m}");
     }
 
     #[test]

@@ -1,0 +1,125 @@
+//! Servers that misbehave towards the client: redirects that would carry the key and the
+//! prompts elsewhere, refusals and content filters, fewer answers than asked for, servers
+//! that support less than OpenAI does. Every test runs the real binary against a server on
+//! 127.0.0.1 (the built-in mock, or the small recording server in `common/loopback.rs`).
+
+mod common;
+#[path = "common/loopback.rs"]
+mod loopback;
+
+use common::{assert_exit, stderr, JobFile, Workspace, TEST_KEY};
+use loopback::{Reply, Server};
+
+/// Every redirect status a server may answer with.
+const REDIRECTS: [u16; 5] = [301, 302, 303, 307, 308];
+
+/// The providers, as (`[api]` lines for a base URL `{base}`, the key's variable).
+fn providers(base: &str) -> [(&'static str, String, &'static str); 3] {
+    [
+        (
+            "openai",
+            format!("provider = \"openai\"\nbase_url = \"{base}/v1\""),
+            "OPENAI_API_KEY",
+        ),
+        (
+            "azure",
+            format!("provider = \"azure\"\nbase_url = \"{base}\""),
+            "AZURE_OPENAI_API_KEY",
+        ),
+        (
+            "anthropic",
+            format!("provider = \"anthropic\"\nbase_url = \"{base}/v1\""),
+            "ANTHROPIC_API_KEY",
+        ),
+    ]
+}
+
+/// A server answering every request with a `status` redirect to the same path on `to`.
+fn redirecting(status: u16, to: &Server) -> Server {
+    let target = to.url("");
+    Server::start(move |req| Reply::redirect(status, &format!("{target}{}", req.path)))
+}
+
+/// The run stopped on the first redirect (exit 3) with a message naming where the server
+/// pointed and `api.base_url`; the redirect's target got no connection at all (so neither
+/// the key nor a prompt), while the redirecting server did get the request with its key.
+fn assert_stopped_at_redirect(
+    out: &std::process::Output,
+    from: &Server,
+    to: &Server,
+    what: &str,
+    code: i32,
+) {
+    assert_exit(out, code);
+    let err = stderr(out);
+    assert!(
+        err.contains(&format!("'{}/", to.url(""))),
+        "{what}: the error names the Location:\n{err}"
+    );
+    assert!(err.contains("api.base_url"), "{what}: {err}");
+    assert!(!err.contains(TEST_KEY), "{what}: the key was printed");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    assert_eq!(to.connections(), 0, "{what}: the redirect was followed");
+    let seen = from.seen();
+    assert!(!seen.is_empty(), "{what}: nothing reached the base URL");
+    assert!(
+        seen[0].headers.iter().any(|(_, v)| v.contains(TEST_KEY)),
+        "{what}: the request to the base URL carried no key: {:?}",
+        seen[0].headers
+    );
+}
+
+/// Finding 1: a base URL that redirects (to another port on the same host, so another
+/// origin) never makes a live run send the key or the prompts there, for every provider
+/// and every redirect status; the run stops (exit 3) naming the Location and api.base_url.
+#[test]
+fn live_runs_never_follow_a_redirect() {
+    let elsewhere = Server::never_reached();
+    for status in REDIRECTS {
+        let from = redirecting(status, &elsewhere);
+        for (name, api, key) in providers(&from.url("")) {
+            let ws = Workspace::new();
+            ws.csv_rows(3);
+            ws.write_job(
+                "job.toml",
+                &JobFile {
+                    api: &api,
+                    limits: "max_retries = 1",
+                    ..JobFile::default()
+                },
+            );
+            let out = ws.run_env(&[(key, TEST_KEY)], &["run", "job.toml", "--quiet"]);
+            let what = format!("{name} live, HTTP {status}");
+            assert_stopped_at_redirect(&out, &from, &elsewhere, &what, 3);
+            let summary = ws.summary();
+            assert_eq!(summary["pending"], 3, "{what}: rows stay pending");
+        }
+    }
+}
+
+/// Finding 1, batch mode: the Files/Batches client (OpenAI) and the Message Batches client
+/// (Anthropic) follow no redirect either.
+#[test]
+fn batch_runs_never_follow_a_redirect() {
+    let elsewhere = Server::never_reached();
+    for status in REDIRECTS {
+        let from = redirecting(status, &elsewhere);
+        for (name, api, key) in providers(&from.url("")) {
+            if name == "azure" {
+                continue; // batch mode refuses Azure before any request
+            }
+            let ws = Workspace::new();
+            ws.csv_rows(3);
+            ws.write_job(
+                "job.toml",
+                &JobFile {
+                    api: &api,
+                    ..JobFile::default()
+                },
+            );
+            let out = ws.run_env(&[(key, TEST_KEY)], &["run", "job.toml", "--mode", "batch"]);
+            let what = format!("{name} batch, HTTP {status}");
+            assert_stopped_at_redirect(&out, &from, &elsewhere, &what, 3);
+        }
+    }
+}
