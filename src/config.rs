@@ -448,6 +448,30 @@ impl Job {
         }
     }
 
+    /// Every numeric field against its range in [`crate::bounds`] (the flags that set them
+    /// are checked against the same ranges when parsed).
+    fn check_numbers(&self) -> Result<(), ConfigError> {
+        use crate::bounds::*;
+        let m = &self.model;
+        let fields = [
+            (&TEMPERATURE, m.temperature),
+            (&TOP_P, m.top_p),
+            (&PRESENCE_PENALTY, m.presence_penalty),
+            (&FREQUENCY_PENALTY, m.frequency_penalty),
+            (&TIMEOUT_SECS, self.api.timeout_secs),
+            (&CONNECT_TIMEOUT_SECS, self.api.connect_timeout_secs),
+            (&MAX_USD, self.budget.max_usd),
+            (&MAX_IN_FLIGHT, Some(f64::from(self.limits.max_in_flight))),
+            (&MAX_RETRIES, Some(f64::from(self.limits.max_retries))),
+        ];
+        for (bound, value) in fields {
+            if let Some(v) = value {
+                bound.check_field(v).map_err(|m| self.invalid(m))?;
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.api.api_key.is_some() {
             return Err(self.invalid(format!(
@@ -463,16 +487,7 @@ impl Job {
         if self.model.max_tokens == 0 {
             return Err(self.invalid("model.max_tokens: must be at least 1"));
         }
-        if let Some(t) = self.model.temperature {
-            if !(0.0..=2.0).contains(&t) {
-                return Err(self.invalid(format!("model.temperature: {t} is outside 0.0..=2.0")));
-            }
-        }
-        if let Some(p) = self.model.top_p {
-            if !(0.0..=1.0).contains(&p) {
-                return Err(self.invalid(format!("model.top_p: {p} is outside 0.0..=1.0")));
-            }
-        }
+        self.check_numbers()?;
         if self.model.n == Some(0) {
             return Err(self.invalid("model.n: must be at least 1"));
         }
@@ -485,14 +500,7 @@ impl Job {
         if self.limits.tokens_per_minute == Some(0) {
             return Err(self.invalid("limits.tokens_per_minute: must be at least 1"));
         }
-        if self.limits.max_in_flight == 0 {
-            return Err(self.invalid("limits.max_in_flight: must be at least 1"));
-        }
-        if let Some(b) = self.budget.max_usd {
-            if !b.is_finite() || b < 0.0 {
-                return Err(self.invalid(format!("budget.max_usd: {b} is not a dollar amount")));
-            }
-        }
+
         match self.output_format() {
             Some(_) => {}
             None => {
@@ -735,7 +743,17 @@ path = "out/result.csv"
         let mut ov = Overrides::default();
         ov.set.push("model.temperature=7".into());
         let err = load(MINIMAL, &ov).unwrap_err().to_string();
-        assert!(err.contains("model.temperature: 7 is outside"), "{err}");
+        assert!(
+            err.contains("model.temperature (--temperature): 7 is outside the allowed range"),
+            "{err}"
+        );
+        let mut ov = Overrides::default();
+        ov.set.push("api.timeout_secs=inf".into());
+        let err = load(MINIMAL, &ov).unwrap_err().to_string();
+        assert!(
+            err.contains("api.timeout_secs (--timeout): inf is outside"),
+            "{err}"
+        );
         let mut ov = Overrides::default();
         ov.set.push("output.path=\"x.xlsx\"".into());
         let err = load(MINIMAL, &ov).unwrap_err().to_string();

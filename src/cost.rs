@@ -402,7 +402,7 @@ mod tests {
             completion_tokens: completion,
             cached_tokens: cached,
             cache_write_tokens: cache_write,
-            reasoning_tokens: 0,
+            ..Usage::default()
         }
     }
 

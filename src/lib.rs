@@ -5,6 +5,7 @@
 //! that knows all the stages).
 
 pub mod batch;
+pub mod bounds;
 pub mod budget;
 pub mod cache;
 pub mod client;

@@ -37,6 +37,62 @@ pub struct WorkItem {
     pub limiter_tokens: u64,
     /// Worst-case cost reserved against the budget.
     pub worst_cost: Money,
+    /// What an answer without usage is counted as (see [`UsageGuess`]).
+    pub guess: UsageGuess,
+}
+
+/// What a row's answer is counted as when the server sends no `usage`: never zero.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UsageGuess {
+    /// The prompt's tokens as the estimate counted them.
+    pub prompt_tokens: u64,
+    /// The worst case reserved (prompt with its margin, plus every completion token
+    /// allowed): what a model with no tokenizer of its own is charged.
+    pub worst: Usage,
+}
+
+/// Counts the tokens of answers that came without usage, with the model's own tokenizer
+/// (loaded on the first such answer only: most servers always send usage).
+pub struct UsageCounter {
+    model: String,
+    exact: bool,
+    counter: std::sync::OnceLock<crate::tokens::TokenCounter>,
+}
+
+impl UsageCounter {
+    /// A counter for `model`; `exact` says whether its prompt counts are the provider's.
+    pub fn new(model: &str, exact: bool) -> UsageCounter {
+        UsageCounter {
+            model: model.to_string(),
+            exact,
+            counter: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The usage of an answer the server did not count: the prompt as the estimate counted
+    /// it and the completion counted from the returned text, or, for a model without a
+    /// tokenizer, the worst case reserved. Marked estimated either way.
+    pub fn guess(&self, guess: &UsageGuess, choices: &[crate::client::Choice]) -> Usage {
+        if !self.exact {
+            return Usage {
+                estimated: true,
+                ..guess.worst
+            };
+        }
+        let counter = self
+            .counter
+            .get_or_init(|| crate::tokens::TokenCounter::for_model(&self.model));
+        let completion = choices
+            .iter()
+            .map(|c| counter.count_text(&c.text))
+            .fold(0u64, u64::saturating_add);
+        Usage {
+            prompt_tokens: guess.prompt_tokens,
+            completion_tokens: completion,
+            estimated: true,
+            ..Usage::default()
+        }
+    }
 }
 
 /// Counters of one run, shared by all requests.
@@ -94,6 +150,8 @@ pub struct Scheduler {
     /// The job's structured-output schema: answers that do not follow it are retried, and
     /// its top-level fields are stored in the record (see [`crate::schema`]).
     pub schema: Option<Value>,
+    /// Counts answers that come without usage; without it they are charged the worst case.
+    pub usage_counter: Option<UsageCounter>,
     abort_reason: Mutex<Option<String>>,
     interrupted: std::sync::atomic::AtomicBool,
 }
@@ -131,6 +189,7 @@ impl Scheduler {
             cancel: CancellationToken::new(),
             cache: None,
             schema: None,
+            usage_counter: None,
             abort_reason: Mutex::new(None),
             interrupted: std::sync::atomic::AtomicBool::new(false),
         }
@@ -331,10 +390,13 @@ impl Scheduler {
                 self.stats.retries.fetch_add(1, Relaxed);
             }
             let err = match self.client.send(&item.body).await {
-                Ok(c) => {
+                Ok(mut c) => {
                     self.limiter.learn(&c.rate);
-                    if let Some(u) = &c.usage {
-                        self.limiter.settle(charge, u.total());
+                    match &c.usage {
+                        Some(u) => self.limiter.settle(charge, u.total()),
+                        // No usage: the answer was paid for all the same. Count it
+                        // ourselves and label it, so it is never settled at $0.
+                        None => c.usage = Some(self.guess_usage(item, &c.choices)),
                     }
                     match self.post_process(c, *wasted) {
                         Ok((c, fields)) => return Some(self.success(item, c, attempts, fields)),
@@ -389,6 +451,17 @@ impl Scheduler {
                 _ = self.stop.cancelled() => return None,
                 _ = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// The usage of an answer that came without one (see [`UsageCounter::guess`]).
+    fn guess_usage(&self, item: &WorkItem, choices: &[crate::client::Choice]) -> Usage {
+        match &self.usage_counter {
+            Some(c) => c.guess(&item.guess, choices),
+            None => Usage {
+                estimated: true,
+                ..item.guess.worst
+            },
         }
     }
 

@@ -40,6 +40,9 @@ pub struct Summary {
     pub reasoning_tokens: u64,
     /// Cost of every row in the output (this run and earlier ones); None = unknown price.
     pub cost_usd: Option<f64>,
+    /// Rows whose answer came without usage from the server: their tokens and cost (in
+    /// `cost_usd`) are our estimate, never zero.
+    pub cost_estimated_rows: u64,
     /// Cost of this run's requests.
     pub cost_this_run_usd: Option<f64>,
     /// What the estimate said this run's requests would cost (expected case).
@@ -92,6 +95,7 @@ impl Summary {
             cached_tokens: totals.usage.cached_tokens,
             reasoning_tokens: totals.usage.reasoning_tokens,
             cost_usd: totals.cost.filter(|_| priced).map(Money::as_usd),
+            cost_estimated_rows: totals.estimated,
             budget_usd: job.budget.max_usd,
             ..Summary::default()
         }
@@ -108,7 +112,7 @@ impl Summary {
         }
         eprint!("{}", self.render());
         if json {
-            println!("{}", String::from_utf8_lossy(&bytes));
+            crate::cmd::print_stdout(&format!("{}\n", String::from_utf8_lossy(&bytes)))?;
         }
         Ok(())
     }
@@ -151,7 +155,14 @@ impl Summary {
                 self.prompt_tokens, self.completion_tokens
             ),
         );
-        line("cost", usd(self.cost_usd));
+        let mut cost = usd(self.cost_usd);
+        if self.cost_estimated_rows > 0 {
+            cost.push_str(&format!(
+                " (estimated: {} rows came without usage from the server; counted by us)",
+                self.cost_estimated_rows
+            ));
+        }
+        line("cost", cost);
         if self.cost_this_run_usd.is_some() || self.estimated_cost_usd.is_some() {
             // A batch collection does not re-run the estimate: no "(estimated ...)" then.
             let estimated = self

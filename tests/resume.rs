@@ -152,7 +152,8 @@ fn a_second_sigint_quits_at_once_and_the_journal_stays_readable() {
     let mock = Mock::start(&["--latency-ms", "20000"]);
     let (ws, job) = Workspace::with_job(8, &mock.base_url, "");
     let mut child = spawn_run(&ws, &job, "int2.log");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // A guard against a hang, not a timing claim: a loaded machine may take a while to start.
+    let deadline = Instant::now() + Duration::from_secs(120);
     while mock.stat("requests") < 8 {
         assert!(Instant::now() < deadline, "requests never went out");
         std::thread::sleep(Duration::from_millis(20));
@@ -165,7 +166,8 @@ fn a_second_sigint_quits_at_once_and_the_journal_stays_readable() {
     let st = wait_within(&mut child, Duration::from_secs(5));
     let err = ws.read("int2.log");
     assert_eq!(st.code(), Some(3), "{err}");
-    assert!(t.elapsed() < Duration::from_secs(2), "{err}");
+    // Well under the 10 s grace and the 20 s answers: it did not wait for either.
+    assert!(t.elapsed() < Duration::from_secs(8), "{err}");
     assert!(err.contains("quitting now"), "{err}");
     // Nothing finished, so nothing was recorded, and nothing half-written was left.
     assert_eq!(std::fs::read(ws.path(JOURNAL)).unwrap(), b"");

@@ -121,7 +121,7 @@ impl Provider for Anthropic {
                 text,
                 finish_reason: ok.stop_reason.as_deref().map(finish_reason),
             }],
-            usage: ok.usage.map(WireUsage::into_usage),
+            usage: ok.usage.and_then(WireUsage::into_usage),
             request_id: request_id(headers).or(ok.id),
             rate,
         })
@@ -187,7 +187,7 @@ impl Provider for Anthropic {
                 text,
                 finish_reason: stop_reason,
             }],
-            usage: Some(usage.into_usage()),
+            usage: usage.into_usage(),
             request_id: request_id(headers).or(id),
             rate,
         })
@@ -293,17 +293,25 @@ struct WireUsage {
 
 impl WireUsage {
     /// Our usage: `prompt_tokens` = input + cache writes + cache reads, with the cache parts
-    /// as subsets (what `ModelPrice::cost` expects).
-    fn into_usage(self) -> Usage {
+    /// as subsets (what `ModelPrice::cost` expects). None when the server counted neither
+    /// input nor output: that is a missing usage, not a free answer.
+    fn into_usage(self) -> Option<Usage> {
+        if self.input_tokens.is_none() && self.output_tokens.is_none() {
+            return None;
+        }
         let write = self.cache_creation_input_tokens.unwrap_or(0);
         let read = self.cache_read_input_tokens.unwrap_or(0);
-        Usage {
-            prompt_tokens: self.input_tokens.unwrap_or(0) + write + read,
+        Some(Usage {
+            prompt_tokens: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(write)
+                .saturating_add(read),
             completion_tokens: self.output_tokens.unwrap_or(0),
             cached_tokens: read,
             cache_write_tokens: write,
-            reasoning_tokens: 0,
-        }
+            ..Usage::default()
+        })
     }
 }
 
@@ -311,10 +319,11 @@ impl WireUsage {
 /// RFC 3339 times, turned into a wait from `now`.
 pub fn rate_info(h: &HeaderMap, now: SystemTime) -> RateLimitInfo {
     let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+    let num = |name: &str| get(name).and_then(super::ratelimit::parse_count);
     let reset = |name: &str| {
         let at = crate::time::parse_rfc3339(get(name)?)?;
-        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        let wait = at.duration_since(now).unwrap_or(Duration::ZERO);
+        Some(wait.min(super::ratelimit::MAX_RESET))
     };
     RateLimitInfo {
         limit_requests: num("anthropic-ratelimit-requests-limit"),

@@ -391,12 +391,16 @@ impl Client {
         check_base_url(&base, job.api.allow_insecure_http)?;
         check_provider_settings(job)?;
         let provider = provider_for(job);
-        let timeout = Duration::from_secs_f64(job.api.timeout_secs.unwrap_or(600.0).max(0.001));
-        let stream_idle = job.api.timeout_secs.map_or(DEFAULT_STREAM_IDLE, |t| {
-            Duration::from_secs_f64(t.max(0.001))
-        });
-        let connect =
-            Duration::from_secs_f64(job.api.connect_timeout_secs.unwrap_or(10.0).max(0.001));
+        // The job's validation keeps these in range (crate::bounds); a value that slipped
+        // past it still cannot panic here.
+        let secs = |v: Option<f64>, default: Duration| {
+            v.and_then(|t| Duration::try_from_secs_f64(t).ok())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(default)
+        };
+        let timeout = secs(job.api.timeout_secs, Duration::from_secs(600));
+        let stream_idle = secs(job.api.timeout_secs, DEFAULT_STREAM_IDLE);
+        let connect = secs(job.api.connect_timeout_secs, Duration::from_secs(10));
         // The total timeout is set per request: streamed requests have none (see send).
         let http = http_client(
             reqwest::Client::builder()

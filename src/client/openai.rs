@@ -211,7 +211,9 @@ pub(crate) fn parse_openai_stream(
         }
         id = id.or(chunk.id);
         if let Some(u) = chunk.usage {
-            usage = Some(u.into_usage());
+            if let Some(u) = u.into_usage() {
+                usage = Some(u);
+            }
         }
         for c in chunk.choices {
             if c.index > 1024 {
@@ -323,8 +325,13 @@ struct CompletionDetails {
 }
 
 impl WireUsage {
-    pub(crate) fn into_usage(self) -> Usage {
-        Usage {
+    /// Our usage; None when the server counted neither prompt nor completion (an empty
+    /// `usage` object is a missing usage, not a free answer).
+    pub(crate) fn into_usage(self) -> Option<Usage> {
+        if self.prompt_tokens.is_none() && self.completion_tokens.is_none() {
+            return None;
+        }
+        Some(Usage {
             prompt_tokens: self.prompt_tokens.unwrap_or(0),
             completion_tokens: self.completion_tokens.unwrap_or(0),
             cached_tokens: self
@@ -336,7 +343,8 @@ impl WireUsage {
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
-        }
+            ..Usage::default()
+        })
     }
 }
 
@@ -403,7 +411,7 @@ pub(crate) fn parse_openai(
         .or(ok.id);
     Ok(Completion {
         choices,
-        usage: ok.usage.map(WireUsage::into_usage),
+        usage: ok.usage.and_then(WireUsage::into_usage),
         request_id,
         rate,
     })

@@ -24,8 +24,8 @@ pub struct JobArgs {
     /// Max tokens per response (overrides model.max_tokens).
     #[arg(long)]
     pub max_tokens: Option<u32>,
-    /// Sampling temperature (overrides model.temperature).
-    #[arg(long)]
+    /// Sampling temperature, 0 to 2 (overrides model.temperature).
+    #[arg(long, value_parser = crate::bounds::temperature)]
     pub temperature: Option<f64>,
     /// Requests per minute (overrides limits.requests_per_minute).
     #[arg(long)]
@@ -40,7 +40,7 @@ pub struct JobArgs {
     #[arg(long)]
     pub max_retries: Option<u32>,
     /// Hard budget cap in USD (overrides budget.max_usd).
-    #[arg(long, value_name = "USD")]
+    #[arg(long, value_name = "USD", value_parser = crate::bounds::max_usd)]
     pub max_usd: Option<f64>,
     /// API base URL (overrides api.base_url).
     #[arg(long, value_name = "URL")]
@@ -53,11 +53,12 @@ pub struct JobArgs {
     #[arg(long, value_name = "N")]
     pub assume_output_tokens: Option<u32>,
     /// Seconds one request may take in total, including a long generation (overrides
-    /// api.timeout_secs; default 600).
-    #[arg(long, value_name = "SECS")]
+    /// api.timeout_secs; default 600; 0.001 to 86400).
+    #[arg(long, value_name = "SECS", value_parser = crate::bounds::timeout_secs)]
     pub timeout: Option<f64>,
-    /// Seconds to wait for a connection (overrides api.connect_timeout_secs; default 10).
-    #[arg(long, value_name = "SECS")]
+    /// Seconds to wait for a connection (overrides api.connect_timeout_secs; default 10;
+    /// 0.001 to 3600).
+    #[arg(long, value_name = "SECS", value_parser = crate::bounds::connect_timeout_secs)]
     pub connect_timeout: Option<f64>,
     /// Record unreadable or unrenderable rows as failed rows instead of refusing to start
     /// (sets input.skip_bad_rows).

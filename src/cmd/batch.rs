@@ -46,8 +46,8 @@ pub struct BatchFlags {
     /// Batch mode: keep polling until every batch has finished, then write the output.
     #[arg(long)]
     pub wait: bool,
-    /// Batch mode: seconds between polls with --wait.
-    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    /// Batch mode: seconds between polls with --wait (0 to 86400).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = crate::bounds::poll_secs)]
     pub poll_secs: f64,
 }
 
@@ -378,7 +378,8 @@ async fn drive(
         if state.in_flight().next().is_none() || !flags.wait {
             break;
         }
-        tokio::time::sleep(Duration::from_secs_f64(flags.poll_secs.max(0.0))).await;
+        let poll = Duration::try_from_secs_f64(flags.poll_secs).unwrap_or(Duration::ZERO);
+        tokio::time::sleep(poll).await;
     }
     let index = writer.finish()?;
     if state.in_flight().next().is_some() {
@@ -389,7 +390,7 @@ async fn drive(
             exit::IN_PROGRESS
         );
         if how.json {
-            println!("{}", serde_json::to_string_pretty(&state)?);
+            super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&state)?))?;
         }
         return Ok(exit::IN_PROGRESS);
     }
@@ -771,9 +772,9 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
         state.save(&path)?;
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&state)?);
+        super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&state)?))?;
     } else {
-        print!("{}", status_table(&state));
+        super::print_stdout(&status_table(&state))?;
     }
     Ok(exit::OK)
 }

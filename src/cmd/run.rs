@@ -24,7 +24,7 @@ use crate::plan::Planner;
 use crate::progress::Progress;
 use crate::render::Renderer;
 use crate::resume::{Decision, Resume, ResumeCounts};
-use crate::scheduler::{Scheduler, StopReason, WorkItem};
+use crate::scheduler::{Scheduler, StopReason, UsageCounter, UsageGuess, WorkItem};
 use crate::sink::{self, OutputSpec};
 use crate::slots::{SlotCursor, SlotFile};
 use crate::source::{Source, SourceOptions};
@@ -42,8 +42,8 @@ pub struct RunArgs {
     /// Mock API: latency per answer in milliseconds.
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub mock_latency_ms: u64,
-    /// Mock API: fraction of requests answered with a 500.
-    #[arg(long, default_value_t = 0.0, value_name = "RATE")]
+    /// Mock API: fraction of requests answered with a 500 (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_name = "RATE", value_parser = crate::bounds::fail_rate)]
     pub mock_fail_rate: f64,
     /// Mock API: requests per minute it enforces.
     #[arg(long, value_name = "N")]
@@ -230,7 +230,7 @@ async fn run_job(
             );
         }
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&validated)?);
+            super::print_stdout(&format!("{}\n", serde_json::to_string_pretty(&validated)?))?;
         }
         return Ok(exit::OK);
     }
@@ -272,6 +272,7 @@ async fn run_job(
     )
     .with_cache(cache.clone());
     sched.schema = job.model.schema_json.clone();
+    sched.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));
     let sched = Arc::new(sched);
     // Before anything is sent: what an earlier run already did.
     if let Some(line) = validated.resume.line() {
@@ -471,17 +472,13 @@ fn produce(
         }
         let reserve_prompt = planner.prompt_tokens_to_reserve(planned.prompt_tokens);
         let max_out = planner.max_completion_tokens();
+        let worst = Usage {
+            prompt_tokens: reserve_prompt,
+            completion_tokens: max_out,
+            ..Usage::default()
+        };
         let worst_cost = price
-            .map(|p| {
-                p.cost(
-                    &Usage {
-                        prompt_tokens: reserve_prompt,
-                        completion_tokens: max_out,
-                        ..Usage::default()
-                    },
-                    Tier::Live,
-                )
-            })
+            .map(|p| p.cost(&worst, Tier::Live))
             .unwrap_or(Money::ZERO);
         if let (Some(total), Some(p)) = (out.expected_cost, price) {
             let u = Usage {
@@ -498,6 +495,10 @@ fn produce(
             body: planned.body,
             limiter_tokens: reserve_prompt + max_out,
             worst_cost,
+            guess: UsageGuess {
+                prompt_tokens: planned.prompt_tokens,
+                worst,
+            },
         };
         out.sent += 1;
         if tx.blocking_send(item).is_err() {

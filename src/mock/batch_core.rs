@@ -101,7 +101,7 @@ impl<T> Batch<T> {
     /// Counts one poll of a batch that is still running: each `per_step` polls make a step.
     pub(super) fn poll(&mut self, per_step: u32) -> Poll {
         self.polls += 1;
-        if self.polls % per_step != 0 {
+        if !self.polls.is_multiple_of(per_step) {
             return Poll::Wait;
         }
         match self.polls / per_step {

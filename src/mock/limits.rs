@@ -218,7 +218,7 @@ fn limited(kind: LimitKind, wait: Duration) -> Rejection {
 /// Whole milliseconds, rounded up, so a client that waits this long finds room.
 pub(crate) fn ceil_millis(d: Duration) -> u64 {
     let ms = d.as_millis();
-    let ms = if d.subsec_nanos() % 1_000_000 != 0 {
+    let ms = if !d.subsec_nanos().is_multiple_of(1_000_000) {
         ms + 1
     } else {
         ms

@@ -109,7 +109,7 @@ pub struct MockConfig {
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Fraction of admitted requests answered 500, from 0 to 1.
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::bounds::fail_rate)]
     pub fail_rate: f64,
     /// Seed for the answer text and the `--fail-rate` draws.
     #[arg(long, default_value_t = 42)]
@@ -147,15 +147,6 @@ impl Default for MockConfig {
             batch_step_polls: 1,
             batch_create_delay_ms: 0,
         }
-    }
-}
-
-fn parse_fraction(s: &str) -> Result<f64, String> {
-    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{v} is not a fraction between 0 and 1"))
     }
 }
 

@@ -83,7 +83,7 @@ fn sample_at(schema: &Value, source: &str, hash: u64, name: &str) -> Value {
                     .map_or(Value::from(0), Value::Number)
             }
         }
-        "boolean" => Value::Bool(mix(hash) % 2 == 0),
+        "boolean" => Value::Bool(mix(hash).is_multiple_of(2)),
         "null" => Value::Null,
         _ => {
             let words: Vec<&str> = source

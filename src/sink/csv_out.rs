@@ -67,10 +67,13 @@ impl<W: Write> RowWriter for CsvOut<'_, W> {
         }
         for (name, v) in result_values(self.spec, row.record) {
             let text = cell(&v);
+            // Text a server chose. Numbers (a structured field's `-5`) are data a spreadsheet
+            // reads as numbers, not formulas: only text is guarded.
             let generated = name.starts_with("output")
                 || name == "error"
+                || name == "finish_reason"
                 || self.spec.field_columns.contains(&name);
-            if self.spec.formula_guard && generated {
+            if self.spec.formula_guard && generated && v.is_string() {
                 self.record.push_field(guard_formula(&text).as_bytes());
             } else {
                 self.record.push_field(text.as_bytes());

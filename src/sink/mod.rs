@@ -37,6 +37,7 @@ pub const RESULT_COLUMNS: &[&str] = &[
     "prompt_tokens",
     "completion_tokens",
     "cost_usd",
+    "cost_estimated",
     "attempts",
     "error",
 ];
@@ -51,6 +52,8 @@ pub struct OutputTotals {
     pub pending: u64,
     /// Rows answered from the response cache.
     pub cached: u64,
+    /// Rows whose answer came without usage: their tokens and cost are our estimate.
+    pub estimated: u64,
     pub usage: Usage,
     /// Cost of all recorded responses; None when any priced row had an unknown price.
     #[serde(skip)]
@@ -126,11 +129,7 @@ where
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".promptmill-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(io)?;
+    let mut tmp = temp_beside(dir).map_err(io)?;
     let mut reader = match JournalReader::open(journal) {
         Ok(r) => Some(r),
         Err(_) if index.records == 0 => None,
@@ -168,6 +167,9 @@ where
                     }
                     if let Some(u) = &r.usage {
                         if !r.cached {
+                            if u.estimated {
+                                totals.estimated += 1;
+                            }
                             totals.usage.add(u);
                             totals.cost = match (totals.cost, r.cost_pico) {
                                 (Some(t), Some(c)) => Some(t.saturating_add(Money(c))),
@@ -204,6 +206,20 @@ pub(crate) trait RowWriter {
     fn finish(&mut self) -> Result<(), SinkError>;
 }
 
+/// A temporary file in `dir`, renamed over the real one when complete. It is created with
+/// the mode any new file gets (0666 less the umask), like a file the user writes, not the
+/// owner-only 0600 of a temporary file: outputs are for sharing.
+fn temp_beside(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut b = tempfile::Builder::new();
+    b.prefix(".promptmill-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        b.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    b.tempfile_in(dir)
+}
+
 /// Writes a file atomically (temp file in the same folder, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
@@ -211,10 +227,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".promptmill-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let mut tmp = temp_beside(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -279,6 +292,16 @@ pub(crate) fn result_values(spec: &OutputSpec, record: Option<&Record>) -> Vec<(
         _ => Value::Null,
     };
     out.push(("cost_usd".into(), cost));
+    // Whether the row's tokens and cost are ours because the server sent no usage.
+    let estimated = match record {
+        Some(r) if r.cached => Value::Bool(false),
+        Some(r) => r
+            .usage
+            .map(|u| Value::Bool(u.estimated))
+            .unwrap_or(Value::Null),
+        None => Value::Null,
+    };
+    out.push(("cost_estimated".into(), estimated));
     out.push((
         "attempts".into(),
         record

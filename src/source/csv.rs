@@ -32,6 +32,7 @@ pub(super) struct CsvReader {
     /// 0-based index of the next record. Bad records take an index too, so ids made of row
     /// numbers do not shift when a bad row is later fixed.
     index: u64,
+    delimiter: u8,
 }
 
 impl CsvReader {
@@ -61,6 +62,7 @@ impl CsvReader {
             id_column: None,
             next_line: 1,
             index: 0,
+            delimiter,
         };
         let line = match this.read_record(path)? {
             Some(line) => line,
@@ -71,6 +73,9 @@ impl CsvReader {
                 })
             }
         };
+        if this.reader.get_ref().eof {
+            return Err(this.unclosed_quote(path, line));
+        }
         let columns = this.header_names(path, line)?;
         this.id_column = find_id_column(path, line, &columns, id_column)?;
         this.template = columns.iter().map(|c| (c.clone(), Value::Null)).collect();
@@ -90,7 +95,22 @@ impl CsvReader {
         };
         let index = self.index;
         self.index += 1;
+        if self.reader.get_ref().eof {
+            return Some(Err(self.unclosed_quote(path, line)));
+        }
         Some(self.build_row(path, columns, index, line))
+    }
+
+    /// The record just read ran into the end of the file: a quote opened in it was never
+    /// closed, and the csv parser (which accepts that silently) read every line after it
+    /// into one cell. Names where that quote is.
+    fn unclosed_quote(&self, path: &Path, record_line: u64) -> SourceError {
+        let (line, column) = find_unclosed_quote(path, self.delimiter).unwrap_or((record_line, 1));
+        SourceError::UnclosedQuote {
+            path: path.to_path_buf(),
+            line,
+            column,
+        }
     }
 
     /// Reads the next non-blank record into `self.record`; returns the line it starts on.
@@ -226,6 +246,59 @@ impl CsvReader {
     }
 }
 
+/// Where the quote that is never closed opens in a CSV/TSV file, as (line, column), both
+/// 1-based, the column in characters. It follows the csv parser's rules: a quote opens a
+/// quoted cell only at the start of a cell, `""` inside one is a quote, and a quoted cell
+/// ends at the next lone quote. Only read on the error path, so a second pass is cheap.
+fn find_unclosed_quote(path: &Path, delimiter: u8) -> Option<(u64, u64)> {
+    #[derive(PartialEq)]
+    enum State {
+        CellStart,
+        InCell,
+        Quoted,
+        QuoteInQuoted,
+    }
+    let mut bytes = io::BufReader::new(File::open(path).ok()?)
+        .bytes()
+        .peekable();
+    // A BOM is invisible to whoever reads the line.
+    let mut head = Vec::new();
+    while head.len() < BOM.len()
+        && bytes
+            .peek()
+            .is_some_and(|b| b.as_ref().ok() == Some(&BOM[head.len()]))
+    {
+        head.push(BOM[head.len()]);
+        bytes.next();
+    }
+    let mut state = State::CellStart;
+    let (mut line, mut column) = (1u64, 0u64);
+    let mut opened = (1u64, 1u64);
+    for b in bytes {
+        let b = b.ok()?;
+        if b == b'\n' {
+            line += 1;
+            column = 0;
+        } else if b & 0xC0 != 0x80 {
+            column += 1; // not a UTF-8 continuation byte: a new character
+        }
+        state = match state {
+            State::CellStart | State::InCell if b == b'\n' || b == delimiter => State::CellStart,
+            State::CellStart if b == b'"' => {
+                opened = (line, column);
+                State::Quoted
+            }
+            State::CellStart | State::InCell => State::InCell,
+            State::Quoted if b == b'"' => State::QuoteInQuoted,
+            State::Quoted => State::Quoted,
+            State::QuoteInQuoted if b == b'"' => State::Quoted,
+            State::QuoteInQuoted if b == b'\n' || b == delimiter => State::CellStart,
+            State::QuoteInQuoted => State::InCell,
+        };
+    }
+    (state == State::Quoted).then_some(opened)
+}
+
 /// The file's bytes without a leading UTF-8 BOM, always ending with `\n` (see module docs).
 struct Input {
     file: File,
@@ -234,6 +307,9 @@ struct Input {
     head_pos: usize,
     last: Option<u8>,
     done: bool,
+    /// A read returned end of file. Every record we append a `\n` to ends before that, so
+    /// a record still open when it happens is a quote that was never closed.
+    eof: bool,
 }
 
 impl Input {
@@ -250,13 +326,18 @@ impl Input {
             head_pos: 0,
             last: None,
             done: false,
+            eof: false,
         })
     }
 }
 
 impl Read for Input {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.done || buf.is_empty() {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.done {
+            self.eof = true;
             return Ok(0);
         }
         let n = if self.head_pos < self.head.len() {
@@ -274,7 +355,10 @@ impl Read for Input {
         }
         self.done = true;
         match self.last {
-            Some(b'\n') | None => Ok(0),
+            Some(b'\n') | None => {
+                self.eof = true;
+                Ok(0)
+            }
             Some(_) => {
                 buf[0] = b'\n';
                 Ok(1)
@@ -535,13 +619,31 @@ mod tests {
     }
 
     #[test]
-    fn an_unclosed_quote_swallows_the_rest_without_panicking() {
-        let rows: Vec<Row> = rows(b"a,b\n1,\"open\n2,3\n")
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].line, 2);
-        assert_eq!(rows[0].fields["b"], "open\n2,3\n");
+    fn an_unclosed_quote_is_a_row_error_at_the_quote_never_a_merged_row() {
+        let (_dir, path) = file("data.csv", b"a,b\n1,\"open\n2,3\n");
+        let items: Vec<_> = open(&path, None).unwrap().collect();
+        assert_eq!(items.len(), 1, "{items:?}");
+        let e = items[0].as_ref().unwrap_err();
+        assert!(e.is_row_error());
+        assert_eq!(e.line(), Some(2));
+        assert!(
+            msg(e, &path).starts_with("data.csv:2:3: this quote is never closed"),
+            "{e}"
+        );
+        // After a BOM, on a later line, after a closed multi-line cell and a "" escape.
+        let (_dir, path) = file(
+            "data.csv",
+            "\u{feff}a,b\n\"x\ny\",\"say \"\"hi\"\"\"\n\u{e9}\u{e9},z\n3,\"4\n5,6\n".as_bytes(),
+        );
+        let items: Vec<_> = open(&path, None).unwrap().collect();
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert!(items[0].is_ok() && items[1].is_ok(), "{items:?}");
+        let e = items[2].as_ref().unwrap_err();
+        assert!(msg(e, &path).starts_with("data.csv:5:3:"), "{e}");
+        // A quote closed on the very last byte, no newline after it, is fine.
+        assert!(rows(b"a,b\n1,\"x\ny\"").into_iter().all(|r| r.is_ok()));
+        // An unclosed quote in the header.
+        let (_, m) = open_err("data.csv", b"a,\"b\n1,2\n", None);
+        assert!(m.starts_with("data.csv:1:3:"), "{m}");
     }
 }

@@ -196,6 +196,21 @@ pub enum SourceError {
         /// Fields in the header.
         expected: u64,
     },
+    /// A quote opens a cell and is never closed: the csv parser would read every line after
+    /// it into that cell. Row error (the rest of the file is that one record).
+    #[error(
+        "{}:{line}:{column}: this quote is never closed, so every line after it would be read \
+         into one cell; close it (a quote inside a quoted cell is written twice: \"\")",
+        .path.display()
+    )]
+    UnclosedQuote {
+        /// The input file.
+        path: PathBuf,
+        /// The line of the opening quote.
+        line: u64,
+        /// Its column, in characters (1-based).
+        column: u64,
+    },
     /// A cell is not valid UTF-8. Row error.
     #[error("{}:{line}:{column}: invalid UTF-8 in column \"{name}\"", .path.display())]
     InvalidUtf8 {
@@ -266,6 +281,7 @@ impl SourceError {
         matches!(
             self,
             SourceError::Ragged { .. }
+                | SourceError::UnclosedQuote { .. }
                 | SourceError::InvalidUtf8 { .. }
                 | SourceError::InvalidJson { .. }
                 | SourceError::NotAnObject { .. }
@@ -285,6 +301,7 @@ impl SourceError {
             | SourceError::HeaderNotUtf8 { line, .. }
             | SourceError::UnknownIdColumn { line, .. }
             | SourceError::Ragged { line, .. }
+            | SourceError::UnclosedQuote { line, .. }
             | SourceError::InvalidUtf8 { line, .. }
             | SourceError::InvalidJson { line, .. }
             | SourceError::NotAnObject { line, .. }

@@ -1,0 +1,214 @@
+//! The allowed range of every numeric setting, in one place: the flags' value parsers
+//! (clap) and the job file's validation both check against these, so `--timeout inf`,
+//! `--set api.timeout_secs=1e30` and `timeout_secs = -1` in a job file get the same answer,
+//! naming the setting and its range, before anything runs (exit 2).
+//!
+//! The ranges are wide (nobody needs a two-day timeout, a million retries, or a million
+//! dollars on one job); what they exclude is what cannot work: NaN, infinities, negative
+//! and zero waits, and values that would overflow a `Duration` or a money amount.
+
+/// One numeric setting: its job-file key, its flag, and the range it must lie in.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The job-file key (`api.timeout_secs`), or a description when there is none.
+    pub field: &'static str,
+    /// The flag that sets it (`--timeout`), if any.
+    pub flag: Option<&'static str>,
+    pub min: f64,
+    pub max: f64,
+    /// What the number counts, for messages (`seconds`, `USD`, ``).
+    pub unit: &'static str,
+}
+
+/// `api.timeout_secs` / `--timeout`: a whole request (or, streaming, the longest silence).
+pub const TIMEOUT_SECS: Bound = Bound {
+    field: "api.timeout_secs",
+    flag: Some("--timeout"),
+    min: 0.001,
+    max: 86_400.0,
+    unit: "seconds",
+};
+
+/// `api.connect_timeout_secs` / `--connect-timeout`.
+pub const CONNECT_TIMEOUT_SECS: Bound = Bound {
+    field: "api.connect_timeout_secs",
+    flag: Some("--connect-timeout"),
+    min: 0.001,
+    max: 3_600.0,
+    unit: "seconds",
+};
+
+/// `--poll-secs` (batch mode): 0 polls again at once.
+pub const POLL_SECS: Bound = Bound {
+    field: "the batch poll interval",
+    flag: Some("--poll-secs"),
+    min: 0.0,
+    max: 86_400.0,
+    unit: "seconds",
+};
+
+/// `budget.max_usd` / `--max-usd` (money is held in picodollars: about $18M at most).
+pub const MAX_USD: Bound = Bound {
+    field: "budget.max_usd",
+    flag: Some("--max-usd"),
+    min: 0.0,
+    max: 1_000_000.0,
+    unit: "USD",
+};
+
+/// `model.temperature` / `--temperature`.
+pub const TEMPERATURE: Bound = Bound {
+    field: "model.temperature",
+    flag: Some("--temperature"),
+    min: 0.0,
+    max: 2.0,
+    unit: "",
+};
+
+/// `model.top_p`.
+pub const TOP_P: Bound = Bound {
+    field: "model.top_p",
+    flag: None,
+    min: 0.0,
+    max: 1.0,
+    unit: "",
+};
+
+/// `model.presence_penalty`.
+pub const PRESENCE_PENALTY: Bound = Bound {
+    field: "model.presence_penalty",
+    flag: None,
+    min: -2.0,
+    max: 2.0,
+    unit: "",
+};
+
+/// `model.frequency_penalty`.
+pub const FREQUENCY_PENALTY: Bound = Bound {
+    field: "model.frequency_penalty",
+    flag: None,
+    min: -2.0,
+    max: 2.0,
+    unit: "",
+};
+
+/// `limits.max_in_flight` / `--max-in-flight`.
+pub const MAX_IN_FLIGHT: Bound = Bound {
+    field: "limits.max_in_flight",
+    flag: Some("--max-in-flight"),
+    min: 1.0,
+    max: 100_000.0,
+    unit: "",
+};
+
+/// `limits.max_retries` / `--max-retries`.
+pub const MAX_RETRIES: Bound = Bound {
+    field: "limits.max_retries",
+    flag: Some("--max-retries"),
+    min: 0.0,
+    max: 1_000.0,
+    unit: "",
+};
+
+/// `--mock-fail-rate` / `mock-server --fail-rate`: a fraction of requests.
+pub const FAIL_RATE: Bound = Bound {
+    field: "the mock's failure rate",
+    flag: Some("--fail-rate"),
+    min: 0.0,
+    max: 1.0,
+    unit: "",
+};
+
+impl Bound {
+    /// True when `v` is a finite number inside the range.
+    pub fn contains(&self, v: f64) -> bool {
+        v.is_finite() && v >= self.min && v <= self.max
+    }
+
+    /// `v`, or the reason it is refused (without the setting's name).
+    pub fn check(&self, v: f64) -> Result<f64, String> {
+        if self.contains(v) {
+            return Ok(v);
+        }
+        let unit = if self.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", self.unit)
+        };
+        Err(format!(
+            "{v} is outside the allowed range {}..={}{unit}",
+            self.min, self.max
+        ))
+    }
+
+    /// `v` as a job-file value: the message names the key (and the flag that sets it).
+    pub fn check_field(&self, v: f64) -> Result<f64, String> {
+        self.check(v).map_err(|why| match self.flag {
+            Some(flag) => format!("{} ({flag}): {why}", self.field),
+            None => format!("{}: {why}", self.field),
+        })
+    }
+
+    /// Parses a flag's text (clap's `value_parser`; clap names the flag in its message).
+    pub fn parse(&self, s: &str) -> Result<f64, String> {
+        let v: f64 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{s}' is not a number"))?;
+        self.check(v)
+    }
+}
+
+/// `--timeout` (value parser).
+pub fn timeout_secs(s: &str) -> Result<f64, String> {
+    TIMEOUT_SECS.parse(s)
+}
+
+/// `--connect-timeout` (value parser).
+pub fn connect_timeout_secs(s: &str) -> Result<f64, String> {
+    CONNECT_TIMEOUT_SECS.parse(s)
+}
+
+/// `--poll-secs` (value parser).
+pub fn poll_secs(s: &str) -> Result<f64, String> {
+    POLL_SECS.parse(s)
+}
+
+/// `--max-usd` (value parser).
+pub fn max_usd(s: &str) -> Result<f64, String> {
+    MAX_USD.parse(s)
+}
+
+/// `--temperature` (value parser).
+pub fn temperature(s: &str) -> Result<f64, String> {
+    TEMPERATURE.parse(s)
+}
+
+/// `--mock-fail-rate`, `--fail-rate` (value parser).
+pub fn fail_rate(s: &str) -> Result<f64, String> {
+    FAIL_RATE.parse(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_that_cannot_work_gets_through() {
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 1e30, -1.0, 0.0] {
+            assert!(TIMEOUT_SECS.check(bad).is_err(), "{bad}");
+            assert!(CONNECT_TIMEOUT_SECS.check(bad).is_err(), "{bad}");
+        }
+        assert_eq!(TIMEOUT_SECS.check(600.0), Ok(600.0));
+        assert_eq!(POLL_SECS.check(0.0), Ok(0.0));
+        assert!(POLL_SECS.parse("1e30").is_err());
+        assert!(POLL_SECS.parse("inf").is_err());
+        assert!(MAX_USD.parse("NaN").is_err());
+        assert!(timeout_secs("soon").unwrap_err().contains("not a number"));
+        let e = TIMEOUT_SECS.check_field(1e30).unwrap_err();
+        assert!(
+            e.contains("api.timeout_secs (--timeout)") && e.contains("0.001..=86400 seconds"),
+            "{e}"
+        );
+    }
+}
