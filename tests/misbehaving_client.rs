@@ -123,3 +123,75 @@ fn batch_runs_never_follow_a_redirect() {
         }
     }
 }
+
+/// Finding 11: when every row failed the summary says `failed` (and where the reasons are),
+/// not "completed".
+#[test]
+fn the_summary_says_failed_when_every_row_failed() {
+    let mock = common::Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.named_rows(&["kettle [[mock:400]]", "lamp [[mock:400]]"], "red");
+    let job = ws.job(&mock.base_url, "");
+    let out = ws.run(&["run", &job, "--quiet"]);
+    assert_exit(&out, 1);
+    let s = ws.summary();
+    assert_eq!(s["status"], "failed");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("every row failed"),
+        "{s}"
+    );
+    let err = stderr(&out);
+    assert!(!err.contains("completed"), "{err}");
+    // One row fine, one failed: completed (exit 1), as before.
+    let ws = Workspace::new();
+    ws.named_rows(&["kettle", "lamp [[mock:400]]"], "red");
+    let job = ws.job(&mock.base_url, "");
+    assert_exit(&ws.run(&["run", &job, "--quiet"]), 1);
+    assert_eq!(ws.summary()["status"], "completed");
+}
+
+/// Finding 11: `export` writes the Batch API input file and leaves no journal (nor the
+/// folder made for it) behind.
+#[test]
+fn export_leaves_no_empty_journal_behind() {
+    let ws = Workspace::new();
+    ws.csv_rows(3);
+    let job = ws.job("https://api.openai.com/v1", "");
+    let out = ws.run(&[
+        "export",
+        &job,
+        "--format",
+        "openai-batch",
+        "--out",
+        "requests.jsonl",
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(ws.read("requests.jsonl").lines().count(), 3);
+    assert!(
+        !ws.path("out/result.journal.jsonl").exists(),
+        "export left a journal behind"
+    );
+    assert!(
+        !ws.path("out").exists(),
+        "export left an empty folder behind"
+    );
+}
+
+/// Finding 11: log lines (WARN) carry no colour codes when stderr is not a terminal.
+#[test]
+fn warnings_carry_no_colour_codes_off_a_terminal() {
+    let mock = common::Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(2);
+    let job = ws.job(&mock.base_url, "");
+    // A journal whose last record was cut off: the run repairs it and warns.
+    ws.write("out/result.journal.jsonl", "{\"row\":0,\"id\":\"r1\"");
+    let out = ws.run(&["run", &job, "--quiet"]);
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("WARN"), "a warning was logged: {err}");
+    assert!(!err.contains('\u{1b}'), "colour codes on a pipe: {err:?}");
+}
