@@ -124,6 +124,163 @@ fn batch_runs_never_follow_a_redirect() {
     }
 }
 
+/// `[model]` of a job for `provider` ("openai" or "anthropic"), streamed or not.
+fn model_for(provider: &str, stream: bool) -> String {
+    let name = if provider == "anthropic" {
+        "claude-haiku-4-5"
+    } else {
+        "gpt-4o-mini"
+    };
+    format!("name = \"{name}\"\nmax_tokens = 50\nstream = {stream}")
+}
+
+/// Output rows by id: (status, error, cost_usd).
+fn outcomes(ws: &Workspace) -> std::collections::HashMap<String, (String, String, String)> {
+    let (h, rows) = ws.csv("out/result.csv");
+    let c = |n| common::col(&h, n);
+    rows.iter()
+        .map(|r| {
+            (
+                r[c("id")].clone(),
+                (
+                    r[c("status")].clone(),
+                    r[c("error")].clone(),
+                    r[c("cost_usd")].clone(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// A cost cell that holds a positive amount.
+fn paid(cost: &str) -> bool {
+    cost.parse::<f64>().is_ok_and(|c| c > 0.0)
+}
+
+/// Finding 10: a refusal (OpenAI's `message.refusal`, Anthropic's `stop_reason: "refusal"`)
+/// and a content filter (`finish_reason: "content_filter"`) fail their row with the reason in
+/// `error` and the answer's cost kept, plain or streamed; `--retry-failed` sends them again.
+#[test]
+fn refusals_and_content_filters_fail_their_rows_with_cost_kept() {
+    let mock = common::Mock::start(&[]);
+    for provider in ["openai", "anthropic"] {
+        for stream in [false, true] {
+            let what = format!("{provider}, stream = {stream}");
+            let ws = Workspace::new();
+            ws.named_rows(
+                &[
+                    "kettle",
+                    "lamp [[mock:refusal]]",
+                    "mug [[mock:content-filter]]",
+                ],
+                "red",
+            );
+            let api = format!(
+                "provider = \"{provider}\"\nbase_url = \"{}\"",
+                mock.base_url
+            );
+            ws.write_job(
+                "job.toml",
+                &JobFile {
+                    model: &model_for(provider, stream),
+                    api: &api,
+                    ..JobFile::default()
+                },
+            );
+            let key = if provider == "anthropic" {
+                "ANTHROPIC_API_KEY"
+            } else {
+                "OPENAI_API_KEY"
+            };
+            let out = ws.run_env(&[(key, TEST_KEY)], &["run", "job.toml", "--quiet"]);
+            assert_exit(&out, 1);
+            let rows = outcomes(&ws);
+            assert_eq!(rows["r1"].0, "ok", "{what}: {:?}", rows["r1"]);
+            let (status, error, cost) = &rows["r2"];
+            assert_eq!(status, "failed", "{what}: a refusal is not ok");
+            let expected = if provider == "anthropic" {
+                "stop_reason = refusal"
+            } else {
+                "the model refused: I'm sorry"
+            };
+            assert!(error.contains(expected), "{what}: {error}");
+            assert!(paid(cost), "{what}: the refusal's cost is kept: {cost:?}");
+            let (status, error, cost) = &rows["r3"];
+            assert_eq!(status, "failed", "{what}: a content filter is not ok");
+            let expected = if provider == "anthropic" {
+                "stop_reason = refusal"
+            } else {
+                "finish_reason = content_filter"
+            };
+            assert!(error.contains(expected), "{what}: {error}");
+            assert!(
+                paid(cost),
+                "{what}: the filtered answer's cost is kept: {cost:?}"
+            );
+            assert_eq!(ws.summary()["failed"], 2, "{what}");
+
+            let before = mock.stat("requests");
+            let out = ws.run_env(
+                &[(key, TEST_KEY)],
+                &["run", "job.toml", "--quiet", "--retry-failed"],
+            );
+            assert_exit(&out, 1);
+            assert_eq!(
+                mock.stat("requests") - before,
+                2,
+                "{what}: --retry-failed sends the two failed rows again"
+            );
+        }
+    }
+}
+
+/// Finding 10 in batch mode: a refusal in a Batch API output line fails its row too.
+#[test]
+fn a_refusal_in_a_batch_fails_its_row_with_cost_kept() {
+    let mock = common::Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.named_rows(&["kettle", "lamp [[mock:refusal]]"], "red");
+    let job = ws.job(&mock.base_url, "");
+    let out = ws.run(&common::batch_wait_args(&job, &["--quiet"]));
+    assert_exit(&out, 1);
+    let rows = outcomes(&ws);
+    assert_eq!(rows["r1"].0, "ok");
+    let (status, error, cost) = &rows["r2"];
+    assert_eq!(status, "failed");
+    assert!(error.contains("the model refused"), "{error}");
+    assert!(paid(cost), "{cost:?}");
+}
+
+/// Finding 11: a server that answers fewer choices than `model.n` asked for fails the row
+/// (naming model.n), its cost kept, instead of an `ok` row with an empty `output_2`.
+#[test]
+fn fewer_choices_than_n_fail_the_row() {
+    let mock = common::Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.named_rows(&["kettle", "lamp [[mock:one-choice]]"], "red");
+    ws.write_job(
+        "job.toml",
+        &JobFile {
+            model: "name = \"gpt-4o-mini\"\nmax_tokens = 50\nn = 2",
+            api: &format!("base_url = \"{}\"", mock.base_url),
+            ..JobFile::default()
+        },
+    );
+    let out = ws.run(&["run", "job.toml", "--quiet"]);
+    assert_exit(&out, 1);
+    let rows = outcomes(&ws);
+    assert_eq!(rows["r1"].0, "ok");
+    let second = ws.column("out/result.csv", "output_2");
+    assert!(!second[0].is_empty(), "r1 has its second variant");
+    let (status, error, cost) = &rows["r2"];
+    assert_eq!(status, "failed");
+    assert!(
+        error.contains("model.n = 2") && error.contains("returned 1"),
+        "{error}"
+    );
+    assert!(paid(cost), "{cost:?}");
+}
+
 /// Finding 11: when every row failed the summary says `failed` (and where the reasons are),
 /// not "completed".
 #[test]

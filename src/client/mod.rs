@@ -51,6 +51,9 @@ pub struct Completion {
     pub usage: Option<Usage>,
     pub request_id: Option<String>,
     pub rate: RateLimitInfo,
+    /// Why this whole, paid answer still cannot be used (a refusal, a content filter, fewer
+    /// variants than `model.n` asked for): the row fails with this reason, its cost kept.
+    pub unusable: Option<String>,
 }
 
 /// What the scheduler does about a failed attempt.
@@ -445,6 +448,10 @@ impl Client {
     }
 
     async fn attempt(&self, body: &Value) -> Result<Completion, ApiError> {
+        self.exchange(body).await.map(|c| check_variants(body, c))
+    }
+
+    async fn exchange(&self, body: &Value) -> Result<Completion, ApiError> {
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
         let req = self.http.post(&self.url).json(body);
         let req = if stream {
@@ -482,6 +489,20 @@ impl Client {
         let bytes = read_capped(resp).await?;
         self.provider.parse(status, &headers, &bytes)
     }
+}
+
+/// Marks an answer with fewer variants than the body's `n` asked for as unusable: a server
+/// that ignores `n` would otherwise leave `output_2`… empty on an `ok` row.
+fn check_variants(body: &Value, mut c: Completion) -> Completion {
+    let asked = body.get("n").and_then(Value::as_u64).unwrap_or(1);
+    let got = c.choices.len() as u64;
+    if c.unusable.is_none() && got < asked {
+        c.unusable = Some(format!(
+            "model.n = {asked} asked for {asked} answers but the server returned {got} (it may \
+             not support n: remove model.n, or repeat the input rows instead)"
+        ));
+    }
+    c
 }
 
 /// Refuses settings a provider cannot honour, before anything is sent (live or batch).

@@ -190,6 +190,7 @@ pub(crate) fn parse_openai_stream(
 ) -> Result<Completion, ApiError> {
     let rate = RateLimitInfo::from_openai_headers(headers);
     let mut choices: Vec<Choice> = Vec::new();
+    let mut refusals: Vec<Option<String>> = Vec::new();
     let mut usage = None;
     let mut id = None;
     let mut done = false;
@@ -222,9 +223,19 @@ pub(crate) fn parse_openai_stream(
                     text: String::new(),
                     finish_reason: None,
                 });
+                refusals.push(None);
             }
             let slot = &mut choices[c.index];
-            if let Some(t) = c.delta.and_then(|d| d.content.or(d.refusal)).or(c.text) {
+            let (content, refusal) = match c.delta {
+                Some(d) => (d.content, d.refusal),
+                None => (None, None),
+            };
+            if let Some(r) = &refusal {
+                refusals[c.index]
+                    .get_or_insert_with(String::new)
+                    .push_str(r);
+            }
+            if let Some(t) = content.or(refusal).or(c.text) {
                 slot.text.push_str(&t);
             }
             if c.finish_reason.is_some() {
@@ -247,11 +258,40 @@ pub(crate) fn parse_openai_stream(
         .map(str::to_string)
         .or(id);
     Ok(Completion {
+        unusable: unusable(&choices, &refusals),
         choices,
         usage,
         request_id,
         rate,
     })
+}
+
+/// Why an OpenAI answer fails its row although it came back whole: a `refusal` in a
+/// message, or `finish_reason = "content_filter"` (each variant named when there are
+/// several). `refusals[i]` is variant i's refusal text, if any.
+fn unusable(choices: &[Choice], refusals: &[Option<String>]) -> Option<String> {
+    let several = choices.len() > 1;
+    let reasons: Vec<String> = choices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let why = match refusals.get(i).and_then(Option::as_deref) {
+                Some(r) if !r.trim().is_empty() => format!("the model refused: {}", r.trim()),
+                _ if c.finish_reason.as_deref() == Some("content_filter") => {
+                    "the provider's content filter stopped the answer (finish_reason = \
+                     content_filter)"
+                        .to_string()
+                }
+                _ => return None,
+            };
+            Some(if several {
+                format!("variant {}: {why}", i + 1)
+            } else {
+                why
+            })
+        })
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 #[derive(Deserialize)]
@@ -381,14 +421,24 @@ pub(crate) fn parse_openai(
     if ok.choices.is_empty() {
         return Err(bad_response("response has no choices", rate));
     }
-    let choices = ok
+    let mut refusals = Vec::with_capacity(ok.choices.len());
+    let choices: Vec<Choice> = ok
         .choices
         .into_iter()
         .map(|c| {
             let text = match (c.message, c.text) {
-                (Some(m), _) => m.content.or(m.refusal).unwrap_or_default(),
-                (None, Some(t)) => t,
-                (None, None) => String::new(),
+                (Some(m), _) => {
+                    refusals.push(m.refusal.clone());
+                    m.content.or(m.refusal).unwrap_or_default()
+                }
+                (None, Some(t)) => {
+                    refusals.push(None);
+                    t
+                }
+                (None, None) => {
+                    refusals.push(None);
+                    String::new()
+                }
             };
             Choice {
                 text,
@@ -402,6 +452,7 @@ pub(crate) fn parse_openai(
         .map(str::to_string)
         .or(ok.id);
     Ok(Completion {
+        unusable: unusable(&choices, &refusals),
         choices,
         usage: ok.usage.map(WireUsage::into_usage),
         request_id,

@@ -49,6 +49,10 @@
 //!   not JSON; later attempts are.
 //! - `[[mock:cut-stream]]`: the first answer to this prompt stops half-way with a broken
 //!   connection (an interrupted stream); later attempts are whole.
+//! - `[[mock:refusal]]`: the model refuses (OpenAI: `content: null` and a `refusal` text;
+//!   Anthropic: `stop_reason: "refusal"`), billed like any answer.
+//! - `[[mock:content-filter]]`: `finish_reason: "content_filter"` (Anthropic: `refusal`).
+//! - `[[mock:one-choice]]`: one choice whatever `n` asked for (a server that ignores `n`).
 //!
 //! # Streaming and structured output
 //! `"stream": true` answers with server-sent events in the endpoint's shape (OpenAI chunks
