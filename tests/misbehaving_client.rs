@@ -337,6 +337,35 @@ fn export_leaves_no_empty_journal_behind() {
     );
 }
 
+/// Finding 11: `ANTHROPIC_BASE_URL` follows the Anthropic SDKs (no `/v1`, which they add);
+/// a value with `/v1` works too.
+#[test]
+fn anthropic_base_url_works_with_and_without_v1() {
+    let mock = common::Mock::start(&[]);
+    let host = mock.base_url.trim_end_matches("/v1").to_string();
+    for base in [host.clone(), format!("{host}/"), mock.base_url.clone()] {
+        let ws = Workspace::new();
+        ws.csv_rows(2);
+        ws.write_job(
+            "job.toml",
+            &JobFile {
+                model: &model_for("anthropic", false),
+                api: "provider = \"anthropic\"",
+                ..JobFile::default()
+            },
+        );
+        let out = ws.run_env(
+            &[
+                ("ANTHROPIC_API_KEY", TEST_KEY),
+                ("ANTHROPIC_BASE_URL", &base),
+            ],
+            &["run", "job.toml", "--quiet"],
+        );
+        assert_exit(&out, 0);
+        common::assert_complete_output(&ws, 2);
+    }
+}
+
 /// Finding 11: log lines (WARN) carry no colour codes when stderr is not a terminal.
 #[test]
 fn warnings_carry_no_colour_codes_off_a_terminal() {
@@ -351,4 +380,80 @@ fn warnings_carry_no_colour_codes_off_a_terminal() {
     let err = stderr(&out);
     assert!(err.contains("WARN"), "a warning was logged: {err}");
     assert!(!err.contains('\u{1b}'), "colour codes on a pipe: {err:?}");
+}
+
+/// The `[model]` schema of the structured-output tests.
+const SCHEMA: &str = r#"{ type = "object", additionalProperties = false, required = ["title", "stars"], properties = { title = { type = "string" }, stars = { type = "integer", minimum = 1, maximum = 5 } } }"#;
+
+/// Finding 12: against a server that answers `json_schema` with a 500 (as llama-cpp-python
+/// does), `model.schema_mode = "json_object"` (its `{"type": "json_object", "schema": …}`)
+/// and `"prompt"` (the schema as a system instruction) both get structured answers into
+/// columns; the default form fails there.
+#[test]
+fn schema_mode_reaches_a_server_that_rejects_json_schema() {
+    let mock = common::Mock::start(&["--reject-json-schema"]);
+    for (mode, code) in [("", 1), ("json_object", 0), ("prompt", 0)] {
+        let ws = Workspace::new();
+        ws.csv_rows(3);
+        let model = match mode {
+            "" => "name = \"local\"\nmax_tokens = 200".to_string(),
+            m => format!("name = \"local\"\nmax_tokens = 200\nschema_mode = \"{m}\""),
+        };
+        ws.write_job(
+            "job.toml",
+            &JobFile {
+                model: &model,
+                schema: SCHEMA,
+                api: &format!("base_url = \"{}\"", mock.base_url),
+                limits: "max_retries = 0",
+                ..JobFile::default()
+            },
+        );
+        let out = ws.run(&["run", "job.toml", "--quiet"]);
+        assert_exit(&out, code);
+        let titles = ws.column("out/result.csv", "title");
+        let stars = ws.column("out/result.csv", "stars");
+        if code == 0 {
+            assert!(
+                titles.iter().all(|t| t.starts_with("Mock title")),
+                "{mode}: {titles:?}"
+            );
+            assert!(
+                stars
+                    .iter()
+                    .all(|s| s.parse::<u8>().is_ok_and(|n| (1..=5).contains(&n))),
+                "{mode}: {stars:?}"
+            );
+        } else {
+            let errors = ws.column("out/result.csv", "error");
+            assert!(
+                errors.iter().all(|e| e.contains("json_schema")),
+                "{errors:?}"
+            );
+        }
+    }
+}
+
+/// Finding 12: Anthropic has no `response_format`, so a schema_mode that needs one is
+/// refused before anything is sent.
+#[test]
+fn anthropic_refuses_a_response_format_schema_mode() {
+    let ws = Workspace::new();
+    ws.csv_rows(1);
+    ws.write_job(
+        "job.toml",
+        &JobFile {
+            model: "name = \"claude-haiku-4-5\"\nschema_mode = \"json_schema\"",
+            schema: SCHEMA,
+            api: "provider = \"anthropic\"\nbase_url = \"http://127.0.0.1:9/v1\"",
+            ..JobFile::default()
+        },
+    );
+    let out = ws.run_env(&[("ANTHROPIC_API_KEY", TEST_KEY)], &["run", "job.toml"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("model.schema_mode = \"json_schema\""),
+        "{}",
+        stderr(&out)
+    );
 }

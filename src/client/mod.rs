@@ -24,7 +24,7 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use crate::config::{Endpoint, Job, ModelConfig, ProviderKind};
+use crate::config::{Endpoint, Job, ModelConfig, ProviderKind, SchemaMode};
 use crate::types::{Message, Usage};
 
 /// The largest response body read; a larger one is a failed attempt, not an allocation.
@@ -294,12 +294,24 @@ pub fn base_url(job: &Job) -> String {
         ProviderKind::Azure => ("AZURE_OPENAI_ENDPOINT", ""),
         ProviderKind::Anthropic => ("ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1"),
     };
-    std::env::var(env)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
-        .trim_end_matches('/')
-        .to_string()
+    let Some(from_env) = std::env::var(env).ok().filter(|v| !v.trim().is_empty()) else {
+        return default.to_string();
+    };
+    let url = from_env.trim().trim_end_matches('/');
+    match job.api.provider {
+        ProviderKind::Anthropic => anthropic_sdk_base(url),
+        _ => url.to_string(),
+    }
+}
+
+/// `ANTHROPIC_BASE_URL` as the Anthropic SDKs read it: the host without `/v1` (they add
+/// it); a value that already ends in `/v1` is taken as is.
+fn anthropic_sdk_base(url: &str) -> String {
+    if url.ends_with("/v1") {
+        url.to_string()
+    } else {
+        format!("{url}/v1")
+    }
 }
 
 /// Reads the API key from `api.api_key_file` or the job's environment variable.
@@ -515,6 +527,17 @@ pub fn check_provider_settings(job: &Job) -> Result<(), ClientError> {
                 .into(),
         ));
     }
+    if let (
+        ProviderKind::Anthropic,
+        Some(mode @ (SchemaMode::JsonSchema | SchemaMode::JsonObject)),
+    ) = (p, job.model.schema_mode)
+    {
+        return Err(ClientError::Settings(format!(
+            "model.schema_mode = \"{}\": the Anthropic Messages API has no response_format; \
+             use \"prompt\" (the default for Anthropic)",
+            mode.name()
+        )));
+    }
     if p == ProviderKind::Anthropic && job.model.n.is_some_and(|n| n > 1) {
         return Err(ClientError::Settings(
             "model.n > 1: the Anthropic Messages API returns one answer per request; remove \
@@ -671,8 +694,36 @@ mod tests {
         let e = check_provider_settings(&job("provider = \"azure\"\nendpoint = \"completions\""))
             .unwrap_err();
         assert!(e.to_string().contains("api.endpoint"), "{e}");
+        let mut j = job("provider = \"anthropic\"");
+        j.model.n = None;
+        assert!(check_provider_settings(&j).is_ok());
+        j.model.schema_mode = Some(SchemaMode::JsonObject);
+        let e = check_provider_settings(&j).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("model.schema_mode = \"json_object\""),
+            "{e}"
+        );
+        j.model.schema_mode = Some(SchemaMode::Prompt);
+        assert!(check_provider_settings(&j).is_ok());
         assert!(check_provider_settings(&job("provider = \"azure\"")).is_ok());
         assert!(check_provider_settings(&job("endpoint = \"completions\"")).is_ok());
+    }
+
+    #[test]
+    fn anthropic_base_url_follows_the_sdk_convention() {
+        assert_eq!(
+            anthropic_sdk_base("https://api.anthropic.com"),
+            "https://api.anthropic.com/v1"
+        );
+        assert_eq!(
+            anthropic_sdk_base("http://127.0.0.1:8/proxy/v1"),
+            "http://127.0.0.1:8/proxy/v1"
+        );
+        assert_eq!(
+            anthropic_sdk_base("http://127.0.0.1:8/proxy"),
+            "http://127.0.0.1:8/proxy/v1"
+        );
     }
 
     #[test]

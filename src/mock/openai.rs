@@ -215,9 +215,27 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
         m.role.hash(&mut hasher);
         m.text().hash(&mut hasher);
     }
+    if s.cfg.reject_json_schema && super::structured::is_json_schema(req.response_format.as_ref()) {
+        super::stats::bump(&s.stats.server_errors);
+        return super::reply::error(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "response_format: 'json_schema' is not supported (mock: --reject-json-schema, as \
+             llama-cpp-python answers; send {\"type\": \"json_object\", \"schema\": ...})",
+            "internal_server_error",
+            None,
+        );
+    }
     let prompt_tokens = count_prompt_tokens(params.model, messages);
+    // promptmill's schema instruction in a system message (`model.schema_mode = "prompt"`).
+    let system: Vec<Cow<'_, str>> = messages
+        .iter()
+        .filter(|m| m.role == "system")
+        .map(ChatMessage::text)
+        .collect();
+    let instructed = super::structured::instruction_schema(&system.join("\n"));
     let mut params = params;
-    params.schema = super::structured::openai_schema(req.response_format.as_ref());
+    params.schema =
+        super::structured::openai_schema(req.response_format.as_ref()).or(instructed.as_ref());
     let ticket = params.ticket(seq, &last_user, hasher.finish(), prompt_tokens);
     if let Some(r) = s.refuse(&ticket).await {
         return r;
