@@ -158,6 +158,9 @@ pub struct ModelConfig {
     /// A JSON schema file, instead of `schema`.
     #[serde(default)]
     pub schema_file: Option<PathBuf>,
+    /// How the schema is asked for (default: `json_schema`; `prompt` for Anthropic).
+    #[serde(default)]
+    pub schema_mode: Option<SchemaMode>,
     /// `max_tokens` or `max_completion_tokens`; by default chosen from the model name
     /// (o-series and gpt-5 take `max_completion_tokens`).
     #[serde(default)]
@@ -172,6 +175,31 @@ pub struct ModelConfig {
 
 fn default_max_tokens() -> u32 {
     1024
+}
+
+/// How a structured-output schema is put in the request (`model.schema_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaMode {
+    /// `response_format: {"type": "json_schema", "json_schema": {…, "strict": true}}`
+    /// (OpenAI, Azure, vLLM, llama.cpp's server…).
+    JsonSchema,
+    /// `response_format: {"type": "json_object", "schema": …}`, as llama-cpp-python takes it.
+    JsonObject,
+    /// The schema as an instruction in the system prompt; nothing else in the body (what
+    /// the Anthropic provider always does).
+    Prompt,
+}
+
+impl SchemaMode {
+    /// The name used in job files.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchemaMode::JsonSchema => "json_schema",
+            SchemaMode::JsonObject => "json_object",
+            SchemaMode::Prompt => "prompt",
+        }
+    }
 }
 
 /// Which API shape to speak.

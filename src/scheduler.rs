@@ -398,6 +398,20 @@ impl Scheduler {
                         // ourselves and label it, so it is never settled at $0.
                         None => c.usage = Some(self.guess_usage(item, &c.choices)),
                     }
+                    if let Some(why) = &c.unusable {
+                        // A refusal, a content filter, fewer variants than asked: whole and
+                        // billed, but nothing to keep. The row fails with the reason and its
+                        // cost; `--retry-failed` sends it again.
+                        let why = self.client.scrub(why);
+                        let failed = Record::failed(
+                            item.row,
+                            item.id.clone(),
+                            item.hash.clone(),
+                            attempts,
+                            why,
+                        );
+                        return Some(self.paid(failed, add_usage(c.usage, *wasted)));
+                    }
                     match self.post_process(c, *wasted) {
                         Ok((c, fields)) => return Some(self.success(item, c, attempts, fields)),
                         Err((e, paid)) => {

@@ -17,7 +17,8 @@ pub struct Summary {
     pub mode: String,
     pub output: String,
     pub journal: String,
-    /// `completed`, `aborted`, `budget`, `interrupted`.
+    /// `completed`, `failed` (went through every row and not one succeeded), `aborted`,
+    /// `budget`, `interrupted`.
     pub status: String,
     /// Why the run stopped early, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,6 +60,22 @@ pub struct Summary {
     pub requests_per_minute: f64,
     pub tokens_per_minute: f64,
     pub prices: String,
+}
+
+/// The status and message of a run that went through all its rows: `completed`, or
+/// `failed` when not one row of the output succeeded (saying where the reasons are).
+pub fn finished(job: &Job, totals: &OutputTotals) -> (&'static str, Option<String>) {
+    if totals.succeeded == 0 && totals.failed > 0 && totals.pending == 0 {
+        let message = format!(
+            "every row failed ({}); each row's reason is in the error column of {} (run again \
+             with --retry-failed to send them again)",
+            totals.failed,
+            job.output.path.display()
+        );
+        ("failed", Some(message))
+    } else {
+        ("completed", None)
+    }
 }
 
 fn usd(v: Option<f64>) -> String {

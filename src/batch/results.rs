@@ -90,14 +90,21 @@ impl Joiner<'_> {
             let body = serde_json::to_vec(&resp["body"]).unwrap_or_default();
             match self.provider.parse(status, &HeaderMap::new(), &body) {
                 Ok(c) => {
-                    rec.status = Status::Ok;
-                    rec.error = None;
-                    rec.choices = c.choices;
                     rec.cost_pico = match (&c.usage, self.price) {
                         (Some(u), Some(p)) => Some(p.cost(u, Tier::Batch).0),
                         _ => None,
                     };
                     rec.usage = c.usage;
+                    match c.unusable {
+                        // A refusal or content filter: billed, failed, retried by
+                        // `--retry-failed`.
+                        Some(why) => rec.error = Some(format!("batch: {why}")),
+                        None => {
+                            rec.status = Status::Ok;
+                            rec.error = None;
+                            rec.choices = c.choices;
+                        }
+                    }
                 }
                 Err(e) => rec.error = Some(format!("batch: {e}")),
             }

@@ -117,6 +117,7 @@ impl Provider for Anthropic {
             .filter_map(|b| b.text.as_deref())
             .collect();
         Ok(Completion {
+            unusable: refused(ok.stop_reason.as_deref()),
             choices: vec![Choice {
                 text,
                 finish_reason: ok.stop_reason.as_deref().map(finish_reason),
@@ -136,6 +137,7 @@ impl Provider for Anthropic {
         let mut text = String::new();
         let mut usage = WireUsage::default();
         let mut stop_reason = None;
+        let mut raw_stop = None;
         let mut id = None;
         let mut finished = false;
         for ev in events {
@@ -154,7 +156,8 @@ impl Provider for Anthropic {
                     }
                 }
                 "message_delta" => {
-                    stop_reason = v["delta"]["stop_reason"].as_str().map(finish_reason);
+                    raw_stop = v["delta"]["stop_reason"].as_str().map(str::to_string);
+                    stop_reason = raw_stop.as_deref().map(finish_reason);
                     if let Some(o) = v["usage"]["output_tokens"].as_u64() {
                         usage.output_tokens = Some(o);
                     }
@@ -183,6 +186,7 @@ impl Provider for Anthropic {
             ));
         }
         Ok(Completion {
+            unusable: refused(raw_stop.as_deref()),
             choices: vec![Choice {
                 text,
                 finish_reason: stop_reason,
@@ -199,6 +203,13 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
         .get("request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
+}
+
+/// The reason an answer with this `stop_reason` fails its row: a refusal is billed but
+/// holds no answer.
+fn refused(stop_reason: Option<&str>) -> Option<String> {
+    (stop_reason == Some("refusal"))
+        .then(|| "the model refused to answer (stop_reason = refusal)".to_string())
 }
 
 /// Anthropic's `stop_reason` in OpenAI's `finish_reason` words.

@@ -24,7 +24,7 @@ use std::time::Duration;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use crate::config::{Endpoint, Job, ModelConfig, ProviderKind};
+use crate::config::{Endpoint, Job, ModelConfig, ProviderKind, SchemaMode};
 use crate::types::{Message, Usage};
 
 /// The largest response body read; a larger one is a failed attempt, not an allocation.
@@ -51,6 +51,9 @@ pub struct Completion {
     pub usage: Option<Usage>,
     pub request_id: Option<String>,
     pub rate: RateLimitInfo,
+    /// Why this whole, paid answer still cannot be used (a refusal, a content filter, fewer
+    /// variants than `model.n` asked for): the row fails with this reason, its cost kept.
+    pub unusable: Option<String>,
 }
 
 /// What the scheduler does about a failed attempt.
@@ -291,12 +294,24 @@ pub fn base_url(job: &Job) -> String {
         ProviderKind::Azure => ("AZURE_OPENAI_ENDPOINT", ""),
         ProviderKind::Anthropic => ("ANTHROPIC_BASE_URL", "https://api.anthropic.com/v1"),
     };
-    std::env::var(env)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string())
-        .trim_end_matches('/')
-        .to_string()
+    let Some(from_env) = std::env::var(env).ok().filter(|v| !v.trim().is_empty()) else {
+        return default.to_string();
+    };
+    let url = from_env.trim().trim_end_matches('/');
+    match job.api.provider {
+        ProviderKind::Anthropic => anthropic_sdk_base(url),
+        _ => url.to_string(),
+    }
+}
+
+/// `ANTHROPIC_BASE_URL` as the Anthropic SDKs read it: the host without `/v1` (they add
+/// it); a value that already ends in `/v1` is taken as is.
+fn anthropic_sdk_base(url: &str) -> String {
+    if url.ends_with("/v1") {
+        url.to_string()
+    } else {
+        format!("{url}/v1")
+    }
 }
 
 /// Reads the API key from `api.api_key_file` or the job's environment variable.
@@ -449,6 +464,10 @@ impl Client {
     }
 
     async fn attempt(&self, body: &Value) -> Result<Completion, ApiError> {
+        self.exchange(body).await.map(|c| check_variants(body, c))
+    }
+
+    async fn exchange(&self, body: &Value) -> Result<Completion, ApiError> {
         let stream = body.get("stream").and_then(Value::as_bool) == Some(true);
         let req = self.http.post(&self.url).json(body);
         let req = if stream {
@@ -488,6 +507,20 @@ impl Client {
     }
 }
 
+/// Marks an answer with fewer variants than the body's `n` asked for as unusable: a server
+/// that ignores `n` would otherwise leave `output_2`… empty on an `ok` row.
+fn check_variants(body: &Value, mut c: Completion) -> Completion {
+    let asked = body.get("n").and_then(Value::as_u64).unwrap_or(1);
+    let got = c.choices.len() as u64;
+    if c.unusable.is_none() && got < asked {
+        c.unusable = Some(format!(
+            "model.n = {asked} asked for {asked} answers but the server returned {got} (it may \
+             not support n: remove model.n, or repeat the input rows instead)"
+        ));
+    }
+    c
+}
+
 /// Refuses settings a provider cannot honour, before anything is sent (live or batch).
 pub fn check_provider_settings(job: &Job) -> Result<(), ClientError> {
     let p = job.api.provider;
@@ -497,6 +530,17 @@ pub fn check_provider_settings(job: &Job) -> Result<(), ClientError> {
              OpenAI-compatible servers)"
                 .into(),
         ));
+    }
+    if let (
+        ProviderKind::Anthropic,
+        Some(mode @ (SchemaMode::JsonSchema | SchemaMode::JsonObject)),
+    ) = (p, job.model.schema_mode)
+    {
+        return Err(ClientError::Settings(format!(
+            "model.schema_mode = \"{}\": the Anthropic Messages API has no response_format; \
+             use \"prompt\" (the default for Anthropic)",
+            mode.name()
+        )));
     }
     if p == ProviderKind::Anthropic && job.model.n.is_some_and(|n| n > 1) {
         return Err(ClientError::Settings(
@@ -654,8 +698,36 @@ mod tests {
         let e = check_provider_settings(&job("provider = \"azure\"\nendpoint = \"completions\""))
             .unwrap_err();
         assert!(e.to_string().contains("api.endpoint"), "{e}");
+        let mut j = job("provider = \"anthropic\"");
+        j.model.n = None;
+        assert!(check_provider_settings(&j).is_ok());
+        j.model.schema_mode = Some(SchemaMode::JsonObject);
+        let e = check_provider_settings(&j).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("model.schema_mode = \"json_object\""),
+            "{e}"
+        );
+        j.model.schema_mode = Some(SchemaMode::Prompt);
+        assert!(check_provider_settings(&j).is_ok());
         assert!(check_provider_settings(&job("provider = \"azure\"")).is_ok());
         assert!(check_provider_settings(&job("endpoint = \"completions\"")).is_ok());
+    }
+
+    #[test]
+    fn anthropic_base_url_follows_the_sdk_convention() {
+        assert_eq!(
+            anthropic_sdk_base("https://api.anthropic.com"),
+            "https://api.anthropic.com/v1"
+        );
+        assert_eq!(
+            anthropic_sdk_base("http://127.0.0.1:8/proxy/v1"),
+            "http://127.0.0.1:8/proxy/v1"
+        );
+        assert_eq!(
+            anthropic_sdk_base("http://127.0.0.1:8/proxy"),
+            "http://127.0.0.1:8/proxy/v1"
+        );
     }
 
     #[test]

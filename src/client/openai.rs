@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 
 use super::{bad_response, classify, ApiError, Choice, Completion, Provider, RateLimitInfo};
 use super::{Secret, SseEvent};
-use crate::config::{Endpoint, ModelConfig};
-use crate::types::{Message, Usage};
+use crate::config::{Endpoint, ModelConfig, SchemaMode};
+use crate::types::{Message, Role, Usage};
 
 /// The OpenAI API shape.
 #[derive(Debug, Clone)]
@@ -77,19 +77,46 @@ pub(crate) fn common_params(model: &ModelConfig, body: &mut Map<String, Value>, 
         body.insert("stream_options".into(), json!({"include_usage": true}));
     }
     if let (true, Some(schema)) = (chat, &model.schema_json) {
-        body.insert(
-            "response_format".into(),
-            json!({
-                "type": "json_schema",
-                "json_schema": {"name": "response", "schema": schema, "strict": true}
-            }),
-        );
+        match model.schema_mode.unwrap_or(SchemaMode::JsonSchema) {
+            SchemaMode::JsonSchema => {
+                body.insert(
+                    "response_format".into(),
+                    json!({
+                        "type": "json_schema",
+                        "json_schema": {"name": "response", "schema": schema, "strict": true}
+                    }),
+                );
+            }
+            SchemaMode::JsonObject => {
+                body.insert(
+                    "response_format".into(),
+                    json!({"type": "json_object", "schema": schema}),
+                );
+            }
+            // The instruction is in the messages (see `OpenAi::body`).
+            SchemaMode::Prompt => {}
+        }
     }
     if let Some(extra) = &model.extra {
         if let Ok(Value::Object(m)) = serde_json::to_value(extra) {
             body.extend(m);
         }
     }
+}
+
+/// The messages with the schema instruction added to the (first) system message, or put
+/// first as one (`model.schema_mode = "prompt"`).
+fn with_schema_instruction(messages: &[Message], schema: &Value) -> Vec<Message> {
+    let instruction = super::anthropic::schema_instruction(schema);
+    let mut out = messages.to_vec();
+    match out.iter_mut().find(|m| m.role == Role::System) {
+        Some(m) => {
+            m.content.push_str("\n\n");
+            m.content.push_str(&instruction);
+        }
+        None => out.insert(0, Message::new(Role::System, instruction)),
+    }
+    out
 }
 
 /// Joins messages into one prompt for the legacy completions endpoint.
@@ -110,6 +137,14 @@ impl Provider for OpenAi {
     }
 
     fn body(&self, model: &ModelConfig, messages: &[Message]) -> Value {
+        let instructed;
+        let messages = match (&model.schema_json, model.schema_mode) {
+            (Some(schema), Some(SchemaMode::Prompt)) => {
+                instructed = with_schema_instruction(messages, schema);
+                &instructed[..]
+            }
+            _ => messages,
+        };
         let mut body = Map::new();
         body.insert("model".into(), json!(model.name));
         match self.endpoint {
@@ -190,6 +225,7 @@ pub(crate) fn parse_openai_stream(
 ) -> Result<Completion, ApiError> {
     let rate = RateLimitInfo::from_openai_headers(headers);
     let mut choices: Vec<Choice> = Vec::new();
+    let mut refusals: Vec<Option<String>> = Vec::new();
     let mut usage = None;
     let mut id = None;
     let mut done = false;
@@ -224,9 +260,19 @@ pub(crate) fn parse_openai_stream(
                     text: String::new(),
                     finish_reason: None,
                 });
+                refusals.push(None);
             }
             let slot = &mut choices[c.index];
-            if let Some(t) = c.delta.and_then(|d| d.content.or(d.refusal)).or(c.text) {
+            let (content, refusal) = match c.delta {
+                Some(d) => (d.content, d.refusal),
+                None => (None, None),
+            };
+            if let Some(r) = &refusal {
+                refusals[c.index]
+                    .get_or_insert_with(String::new)
+                    .push_str(r);
+            }
+            if let Some(t) = content.or(refusal).or(c.text) {
                 slot.text.push_str(&t);
             }
             if c.finish_reason.is_some() {
@@ -249,11 +295,40 @@ pub(crate) fn parse_openai_stream(
         .map(str::to_string)
         .or(id);
     Ok(Completion {
+        unusable: unusable(&choices, &refusals),
         choices,
         usage,
         request_id,
         rate,
     })
+}
+
+/// Why an OpenAI answer fails its row although it came back whole: a `refusal` in a
+/// message, or `finish_reason = "content_filter"` (each variant named when there are
+/// several). `refusals[i]` is variant i's refusal text, if any.
+fn unusable(choices: &[Choice], refusals: &[Option<String>]) -> Option<String> {
+    let several = choices.len() > 1;
+    let reasons: Vec<String> = choices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let why = match refusals.get(i).and_then(Option::as_deref) {
+                Some(r) if !r.trim().is_empty() => format!("the model refused: {}", r.trim()),
+                _ if c.finish_reason.as_deref() == Some("content_filter") => {
+                    "the provider's content filter stopped the answer (finish_reason = \
+                     content_filter)"
+                        .to_string()
+                }
+                _ => return None,
+            };
+            Some(if several {
+                format!("variant {}: {why}", i + 1)
+            } else {
+                why
+            })
+        })
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 #[derive(Deserialize)]
@@ -389,14 +464,24 @@ pub(crate) fn parse_openai(
     if ok.choices.is_empty() {
         return Err(bad_response("response has no choices", rate));
     }
-    let choices = ok
+    let mut refusals = Vec::with_capacity(ok.choices.len());
+    let choices: Vec<Choice> = ok
         .choices
         .into_iter()
         .map(|c| {
             let text = match (c.message, c.text) {
-                (Some(m), _) => m.content.or(m.refusal).unwrap_or_default(),
-                (None, Some(t)) => t,
-                (None, None) => String::new(),
+                (Some(m), _) => {
+                    refusals.push(m.refusal.clone());
+                    m.content.or(m.refusal).unwrap_or_default()
+                }
+                (None, Some(t)) => {
+                    refusals.push(None);
+                    t
+                }
+                (None, None) => {
+                    refusals.push(None);
+                    String::new()
+                }
             };
             Choice {
                 text,
@@ -410,6 +495,7 @@ pub(crate) fn parse_openai(
         .map(str::to_string)
         .or(ok.id);
     Ok(Completion {
+        unusable: unusable(&choices, &refusals),
         choices,
         usage: ok.usage.and_then(WireUsage::into_usage),
         request_id,
@@ -553,5 +639,35 @@ mod stream_tests {
         assert_eq!(b["response_format"]["json_schema"]["strict"], true);
         let b = OpenAi::new(Endpoint::Completions).body(&m, &msgs);
         assert!(b.get("response_format").is_none());
+    }
+
+    #[test]
+    fn schema_mode_picks_how_the_schema_is_asked_for() {
+        let mut m: ModelConfig = toml::from_str("name = \"local\"").unwrap();
+        m.schema_json = Some(json!({"type": "object"}));
+        let msgs = [
+            Message::new(Role::System, "Be terse."),
+            Message::new(Role::User, "hi"),
+        ];
+        let p = OpenAi::new(Endpoint::Chat);
+        m.schema_mode = Some(SchemaMode::JsonObject);
+        let b = p.body(&m, &msgs);
+        assert_eq!(
+            b["response_format"],
+            json!({"type": "json_object", "schema": {"type": "object"}})
+        );
+        assert_eq!(b["messages"][0]["content"], "Be terse.");
+        m.schema_mode = Some(SchemaMode::Prompt);
+        let b = p.body(&m, &msgs);
+        assert!(b.get("response_format").is_none());
+        let system = b["messages"][0]["content"].as_str().unwrap();
+        assert!(
+            system.starts_with("Be terse.\n\nAnswer with a single JSON object"),
+            "{system}"
+        );
+        assert!(system.ends_with(r#"{"type":"object"}"#), "{system}");
+        let b = p.body(&m, &msgs[1..]);
+        assert_eq!(b["messages"][0]["role"], "system");
+        assert_eq!(b["messages"][1]["content"], "hi");
     }
 }

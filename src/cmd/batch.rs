@@ -718,20 +718,23 @@ fn finish_output(
         exit::ROWS_FAILED
     };
     let priced = ctx.price.is_some();
-    let message = (totals.pending > 0).then(|| {
-        format!(
-            "{} rows have no result; run `promptmill run {} --mode batch` to submit them",
-            totals.pending,
-            job.file.display()
-        )
-    });
+    let (status, failed) = crate::summary::finished(job, &totals);
+    let message = (totals.pending > 0)
+        .then(|| {
+            format!(
+                "{} rows have no result; run `promptmill run {} --mode batch` to submit them",
+                totals.pending,
+                job.file.display()
+            )
+        })
+        .or(failed);
     let provider = if ctx.mock {
         "mock"
     } else {
         client::provider_for(job).name()
     };
     let summary = Summary {
-        status: "completed".into(),
+        status: status.into(),
         message,
         exit_code: code as i32,
         cost_this_run_usd: priced.then(|| got.cost.as_usd()),
@@ -846,13 +849,28 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
     let file =
         std::fs::File::create(&out).with_context(|| format!("{}: cannot create", out.display()))?;
     let mut w = std::io::BufWriter::new(file);
-    let mut writer = journal::open(&ctx.job.journal_path())?;
+    // The journal is opened for the bad rows it may record; one that export created and
+    // left empty (with the folder made for it) is removed again.
+    let journal_path = ctx.job.journal_path();
+    let new_journal = !journal_path.exists();
+    let new_dir = journal_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf);
+    let mut writer = journal::open(&journal_path)?;
     let mut bytes = 0u64;
     let (n, _) = pending_lines(&ctx, &mut writer, args.retry_failed, |line| {
         bytes += line.len() as u64;
         std::io::Write::write_all(&mut w, line)
     })?;
     writer.finish()?;
+    if new_journal && std::fs::metadata(&journal_path).is_ok_and(|m| m.len() == 0) {
+        std::fs::remove_file(&journal_path)
+            .with_context(|| format!("{}: cannot remove", journal_path.display()))?;
+        if let Some(dir) = new_dir {
+            let _ = std::fs::remove_dir(dir); // only when empty: nothing else is lost
+        }
+    }
     std::io::Write::flush(&mut w).with_context(|| format!("{}: cannot write", out.display()))?;
     eprintln!("wrote {n} requests ({bytes} bytes) to {}", out.display());
     if n > input::MAX_REQUESTS || bytes > input::MAX_BYTES {

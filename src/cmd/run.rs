@@ -335,7 +335,10 @@ async fn run_job(
         StopReason::Completed if totals.failed == 0 && totals.pending == 0 => {
             ("completed", None, exit::OK)
         }
-        StopReason::Completed => ("completed", None, exit::ROWS_FAILED),
+        StopReason::Completed => {
+            let (status, message) = crate::summary::finished(job, &totals);
+            (status, message, exit::ROWS_FAILED)
+        }
         StopReason::Aborted(m) => ("aborted", Some(m.clone()), exit::STOPPED),
         StopReason::Budget => (
             "budget",

@@ -125,10 +125,11 @@ async fn message(s: &Shared, seq: u64, body: &[u8]) -> Response {
         return r;
     }
     let (text, output_tokens, finish) = params.generate(s, &ticket, &last_user, 0);
-    let stop_reason = if finish == "length" {
-        "max_tokens"
-    } else {
-        "end_turn"
+    let refused = ticket.markers.refusal || ticket.markers.content_filter;
+    let stop_reason = match finish {
+        _ if refused => "refusal",
+        "length" => "max_tokens",
+        _ => "end_turn",
     };
     let out = json!({
         "id": format!("msg_mock{:016x}", mix(seq)),

@@ -16,6 +16,12 @@ pub(crate) struct Markers {
     pub(crate) bad_schema: bool,
     /// The first streamed answer to this prompt is cut off half-way.
     pub(crate) cut_stream: bool,
+    /// The model refuses: OpenAI's `message.refusal`, Anthropic's `stop_reason: "refusal"`.
+    pub(crate) refusal: bool,
+    /// `finish_reason: "content_filter"` (Anthropic: `stop_reason: "refusal"`).
+    pub(crate) content_filter: bool,
+    /// One choice only, whatever `n` asked for (a server that ignores `n`).
+    pub(crate) one_choice: bool,
     /// A `[[mock:...]]` we do not know: answered 400 so a typo in a test cannot pass silently.
     pub(crate) unknown: bool,
 }
@@ -45,6 +51,9 @@ impl Markers {
                 "echo" => m.echo = true,
                 "bad-schema" => m.bad_schema = true,
                 "cut-stream" => m.cut_stream = true,
+                "refusal" => m.refusal = true,
+                "content-filter" => m.content_filter = true,
+                "one-choice" => m.one_choice = true,
                 other => match other.strip_prefix("fail-first:").map(str::parse) {
                     Some(Ok(n)) => m.fail_first = Some(n),
                     _ => m.unknown = true,
@@ -68,6 +77,8 @@ mod tests {
         assert_eq!(m.fail_first, Some(3));
         let m = Markers::parse("[[mock:bad-schema]] [[mock:cut-stream]]");
         assert!(m.bad_schema && m.cut_stream && !m.unknown);
+        let m = Markers::parse("[[mock:refusal]][[mock:content-filter]] [[mock:one-choice]]");
+        assert!(m.refusal && m.content_filter && m.one_choice && !m.unknown);
         for (t, f) in [
             ("[[mock:400]]", Markers::parse("[[mock:400]]").bad_request),
             ("[[mock:500]]", Markers::parse("[[mock:500]]").always_500),

@@ -49,13 +49,19 @@
 //!   not JSON; later attempts are.
 //! - `[[mock:cut-stream]]`: the first answer to this prompt stops half-way with a broken
 //!   connection (an interrupted stream); later attempts are whole.
+//! - `[[mock:refusal]]`: the model refuses (OpenAI: `content: null` and a `refusal` text;
+//!   Anthropic: `stop_reason: "refusal"`), billed like any answer.
+//! - `[[mock:content-filter]]`: `finish_reason: "content_filter"` (Anthropic: `refusal`).
+//! - `[[mock:one-choice]]`: one choice whatever `n` asked for (a server that ignores `n`).
 //!
 //! # Streaming and structured output
 //! `"stream": true` answers with server-sent events in the endpoint's shape (OpenAI chunks
 //! plus a usage chunk when `stream_options.include_usage`; Anthropic's event sequence).
-//! A `response_format` of type `json_schema` (or, on `/v1/messages`, a system prompt with
-//! promptmill's "JSON schema:" instruction) gets a JSON answer that follows the schema,
-//! chosen deterministically (see `structured.rs`).
+//! A `response_format` of type `json_schema`, or of type `json_object` with a `schema`
+//! (llama-cpp-python's form), or a system prompt with promptmill's "JSON schema:"
+//! instruction (`model.schema_mode = "prompt"`, and always on `/v1/messages`) gets a JSON
+//! answer that follows the schema, chosen deterministically (see `structured.rs`). With
+//! `--reject-json-schema`, `json_schema` is answered 500 like llama-cpp-python does.
 //!
 //! Anthropic-style `anthropic-ratelimit-*` headers (RFC 3339 resets) are sent beside the
 //! `x-ratelimit-*` ones.
@@ -123,6 +129,10 @@ pub struct MockConfig {
     /// Omit the `x-ratelimit-*` headers.
     #[arg(long)]
     pub no_rate_headers: bool,
+    /// Answer a `response_format` of type `json_schema` with a 500, as llama-cpp-python's
+    /// server does (it takes `{"type": "json_object", "schema": …}` instead).
+    #[arg(long)]
+    pub reject_json_schema: bool,
     /// Batch API: polls of `GET /v1/batches/{id}` per status step (validating, in_progress,
     /// finalizing, completed); Message Batches end after three such steps.
     #[arg(long, default_value_t = 1)]
@@ -144,6 +154,7 @@ impl Default for MockConfig {
             api_key: None,
             quota_requests: None,
             no_rate_headers: false,
+            reject_json_schema: false,
             batch_step_polls: 1,
             batch_create_delay_ms: 0,
         }

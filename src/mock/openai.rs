@@ -117,9 +117,12 @@ struct ChatChoice {
 #[derive(Serialize)]
 struct AssistantMessage {
     role: &'static str,
-    content: String,
-    refusal: Option<()>,
+    content: Option<String>,
+    refusal: Option<String>,
 }
+
+/// What a refusing model says (`[[mock:refusal]]`).
+pub(crate) const REFUSAL: &str = "I'm sorry, but I can't help with that.";
 
 #[derive(Serialize)]
 struct TextCompletion<'a> {
@@ -212,21 +215,45 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
         m.role.hash(&mut hasher);
         m.text().hash(&mut hasher);
     }
+    if s.cfg.reject_json_schema && super::structured::is_json_schema(req.response_format.as_ref()) {
+        super::stats::bump(&s.stats.server_errors);
+        return super::reply::error(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "response_format: 'json_schema' is not supported (mock: --reject-json-schema, as \
+             llama-cpp-python answers; send {\"type\": \"json_object\", \"schema\": ...})",
+            "internal_server_error",
+            None,
+        );
+    }
     let prompt_tokens = count_prompt_tokens(params.model, messages);
+    // promptmill's schema instruction in a system message (`model.schema_mode = "prompt"`).
+    let system: Vec<Cow<'_, str>> = messages
+        .iter()
+        .filter(|m| m.role == "system")
+        .map(ChatMessage::text)
+        .collect();
+    let instructed = super::structured::instruction_schema(&system.join("\n"));
     let mut params = params;
-    params.schema = super::structured::openai_schema(req.response_format.as_ref());
+    params.schema =
+        super::structured::openai_schema(req.response_format.as_ref()).or(instructed.as_ref());
     let ticket = params.ticket(seq, &last_user, hasher.finish(), prompt_tokens);
     if let Some(r) = s.refuse(&ticket).await {
         return r;
     }
+    let refusal = ticket.markers.refusal;
     let (choices, completion_tokens) =
         params.choices(s, &ticket, &last_user, |index, content, finish_reason| {
+            let (content, refusal) = if refusal {
+                (None, Some(REFUSAL.to_owned()))
+            } else {
+                (Some(content), None)
+            };
             ChatChoice {
                 index,
                 message: AssistantMessage {
                     role: "assistant",
                     content,
-                    refusal: None,
+                    refusal,
                 },
                 logprobs: None,
                 finish_reason,
@@ -381,7 +408,8 @@ impl<'a> Params<'a> {
         mut choice: impl FnMut(u32, String, &'static str) -> C,
     ) -> (Vec<C>, u64) {
         let mut completion_tokens = 0;
-        let choices = (0..self.n)
+        let n = if t.markers.one_choice { 1 } else { self.n };
+        let choices = (0..n)
             .map(|index| {
                 let (text, tokens, finish_reason) = self.generate(s, t, source, index);
                 completion_tokens += tokens;
@@ -400,6 +428,21 @@ impl<'a> Params<'a> {
         index: u32,
     ) -> (String, u64, &'static str) {
         let hash = mix(t.prompt_hash ^ s.cfg.seed ^ u64::from(index).rotate_left(32));
+        if t.markers.refusal {
+            let text = REFUSAL.to_owned();
+            let tokens = text::count_text_tokens(&text);
+            return (text, tokens, "stop");
+        }
+        if t.markers.content_filter {
+            let a = answer(source, false, hash, self.max_tokens);
+            let mut cut = a.text.len() / 2;
+            while !a.text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let text = a.text[..cut].to_owned();
+            let tokens = text::count_text_tokens(&text);
+            return (text, tokens, "content_filter");
+        }
         if let Some(schema) = self.schema {
             return self.structured(s, t, schema, source, hash, index);
         }

@@ -49,9 +49,17 @@ pub(crate) fn openai(answer: &Value, include_usage: bool) -> Vec<u8> {
         } else {
             c["text"].as_str().unwrap_or_default()
         };
+        // A refusal streams as `delta.refusal` pieces instead of content.
+        let refusal = c["message"]["refusal"].as_str();
+        let text = refusal.unwrap_or(text);
+        let field = if refusal.is_some() {
+            "refusal"
+        } else {
+            "content"
+        };
         let choice = |piece: &str, finish: Value| {
             if chat {
-                json!([{"index": i, "delta": {"content": piece}, "finish_reason": finish}])
+                json!([{"index": i, "delta": {field: piece}, "finish_reason": finish}])
             } else {
                 json!([{"index": i, "text": piece, "finish_reason": finish}])
             }

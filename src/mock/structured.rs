@@ -11,13 +11,23 @@ use serde_json::{Map, Value};
 
 use super::text::mix;
 
-/// The schema of an OpenAI `response_format`, when it is a `json_schema` one.
+/// The schema of an OpenAI `response_format`: a `json_schema` one, or a `json_object` one
+/// carrying a `schema` (as llama-cpp-python takes it).
 pub(crate) fn openai_schema(response_format: Option<&Value>) -> Option<&Value> {
     let rf = response_format?;
-    if rf.get("type")?.as_str()? != "json_schema" {
-        return None;
+    match rf.get("type")?.as_str()? {
+        "json_schema" => rf.get("json_schema")?.get("schema"),
+        "json_object" => rf.get("schema"),
+        _ => None,
     }
-    rf.get("json_schema")?.get("schema")
+}
+
+/// True for a `response_format` of type `json_schema`.
+pub(crate) fn is_json_schema(response_format: Option<&Value>) -> bool {
+    response_format
+        .and_then(|rf| rf.get("type"))
+        .and_then(Value::as_str)
+        == Some("json_schema")
 }
 
 /// The schema promptmill's Anthropic provider puts after "JSON schema:" in the system prompt.
@@ -121,6 +131,13 @@ mod tests {
             crate::schema::validate(&schema, &v, "$").unwrap();
         }
         let sys = format!("Be nice.\n\nIt must validate against this JSON schema:\n{schema}");
-        assert_eq!(instruction_schema(&sys), Some(schema));
+        assert_eq!(instruction_schema(&sys), Some(schema.clone()));
+        let rf = serde_json::json!({"type": "json_object", "schema": schema});
+        assert_eq!(openai_schema(Some(&rf)), Some(&schema));
+        assert!(!is_json_schema(Some(&rf)));
+        assert_eq!(
+            openai_schema(Some(&serde_json::json!({"type": "json_object"}))),
+            None
+        );
     }
 }
