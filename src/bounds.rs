@@ -119,6 +119,15 @@ pub const FAIL_RATE: Bound = Bound {
     unit: "",
 };
 
+/// `--batch-max-requests`: requests per batch input file (the API allows 50,000).
+pub const BATCH_MAX_REQUESTS: Bound = Bound {
+    field: "requests per batch file",
+    flag: Some("--batch-max-requests"),
+    min: 1.0,
+    max: crate::batch::input::MAX_REQUESTS as f64,
+    unit: "",
+};
+
 impl Bound {
     /// True when `v` is a finite number inside the range.
     pub fn contains(&self, v: f64) -> bool {
@@ -189,6 +198,15 @@ pub fn fail_rate(s: &str) -> Result<f64, String> {
     FAIL_RATE.parse(s)
 }
 
+/// `--batch-max-requests` (value parser): a whole number in range.
+pub fn batch_max_requests(s: &str) -> Result<u64, String> {
+    let v: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    BATCH_MAX_REQUESTS.check(v as f64).map(|_| v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +223,9 @@ mod tests {
         assert!(POLL_SECS.parse("inf").is_err());
         assert!(MAX_USD.parse("NaN").is_err());
         assert!(timeout_secs("soon").unwrap_err().contains("not a number"));
+        assert_eq!(batch_max_requests("100"), Ok(100));
+        assert!(batch_max_requests("0").is_err());
+        assert!(batch_max_requests("50001").is_err());
         let e = TIMEOUT_SECS.check_field(1e30).unwrap_err();
         assert!(
             e.contains("api.timeout_secs (--timeout)") && e.contains("0.001..=86400 seconds"),

@@ -246,14 +246,18 @@ impl Scheduler {
                 }
                 tokio::select! {
                     _ = self.stop.cancelled() => break 'feed,
-                    _ = tasks.join_next() => {}
+                    done = tasks.join_next() => self.joined(done),
                 }
             };
-            while tasks.try_join_next().is_some() {}
+            while let Some(done) = tasks.try_join_next() {
+                self.joined(Some(done));
+            }
             let me = self.clone();
             tasks.spawn(async move { me.process(item, permit, reservation).await });
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(done) = tasks.join_next().await {
+            self.joined(Some(done));
+        }
         if let Some(reason) = self
             .abort_reason
             .lock()
@@ -331,6 +335,25 @@ impl Scheduler {
         };
         if let Err(e) = self.journal().append_unfinished(&spend) {
             self.journal_failed(e);
+        }
+    }
+
+    /// A row's task ended. One that panicked (a bug: no input should cause it) stops the
+    /// run as aborted instead of letting it report "completed" with the row silently
+    /// pending; the row is sent again on resume.
+    fn joined(&self, done: Option<Result<(), tokio::task::JoinError>>) {
+        if let Some(Err(e)) = done {
+            if e.is_panic() {
+                let mut g = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
+                if g.is_none() {
+                    *g = Some(
+                        "internal error: a request task panicked (please report it); its row \
+                         stays pending, run the same command again to resume"
+                            .into(),
+                    );
+                }
+                self.stop.cancel();
+            }
         }
     }
 

@@ -455,6 +455,34 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_usage_is_none_never_zero() {
+        let ev = |d: &str| SseEvent {
+            event: None,
+            data: d.to_string(),
+        };
+        let events = [
+            ev(r#"{"type":"message_start","message":{"id":"msg_1"}}"#),
+            ev(
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}"#,
+            ),
+            ev(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#),
+            ev(r#"{"type":"message_stop"}"#),
+        ];
+        let c = Anthropic.parse_stream(&HeaderMap::new(), &events).unwrap();
+        assert_eq!(c.choices[0].text, "Hi");
+        assert_eq!(c.usage, None);
+        for usage in ["", r#","usage":{}"#, r#","usage":null"#] {
+            let body = format!(
+                r#"{{"id":"m","content":[{{"type":"text","text":"hi"}}],"stop_reason":"end_turn"{usage}}}"#
+            );
+            let c = Anthropic
+                .parse(200, &HeaderMap::new(), body.as_bytes())
+                .unwrap();
+            assert_eq!(c.usage, None, "{body}");
+        }
+    }
+
+    #[test]
     fn a_stream_is_assembled_and_an_interrupted_one_refused() {
         let ev = |d: &str| SseEvent {
             event: None,

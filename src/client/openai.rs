@@ -544,6 +544,19 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_or_empty_usage_is_none_never_zero() {
+        for usage in ["", r#","usage":{}"#, r#","usage":null"#] {
+            let body = format!(
+                r#"{{"choices":[{{"message":{{"content":"hi"}},"finish_reason":"stop"}}]{usage}}}"#
+            );
+            let c = OpenAi::new(Endpoint::Chat)
+                .parse(200, &HeaderMap::new(), body.as_bytes())
+                .unwrap();
+            assert_eq!(c.usage, None, "{body}");
+        }
+    }
+
+    #[test]
     fn parses_a_chat_completion_with_usage_details() {
         let body = br#"{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],
             "usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,

@@ -40,8 +40,8 @@ use crate::types::{Money, Usage};
 /// Batch-mode flags of `run` and `collect`.
 #[derive(Debug, Clone, Args)]
 pub struct BatchFlags {
-    /// Batch mode: requests per batch input file (the API allows at most 50,000).
-    #[arg(long, default_value_t = input::MAX_REQUESTS, value_name = "N")]
+    /// Batch mode: requests per batch input file (1 to 50,000, the API's limit).
+    #[arg(long, default_value_t = input::MAX_REQUESTS, value_name = "N", value_parser = crate::bounds::batch_max_requests)]
     pub batch_max_requests: u64,
     /// Batch mode: keep polling until every batch has finished, then write the output.
     #[arg(long)]
