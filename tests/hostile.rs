@@ -401,7 +401,8 @@ fn hostile_responses_are_retried_then_fail_the_row() {
         "text\nfine\n[[mock:bad-json]]\n[[mock:no-choices]]\n[[mock:slow-body]]\n[[mock:hang]]\n",
         "Say {{ text }}",
     );
-    let t = Instant::now();
+    // The timeout leaves a loaded machine room to answer the fine row; the hanging rows
+    // cost two attempts of it each. How many attempts were made is checked below, not time.
     let out = ws.run(&[
         "run",
         "job.toml",
@@ -409,10 +410,9 @@ fn hostile_responses_are_retried_then_fail_the_row() {
         "--max-retries",
         "1",
         "--set",
-        "api.timeout_secs=1",
+        "api.timeout_secs=4",
     ]);
     assert_exit(&out, 1);
-    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     assert!(!text(&out).contains("panicked"));
     let (h, rows) = ws.csv("out/result.csv");
     let (status, attempts, error) = (col(&h, "status"), col(&h, "attempts"), col(&h, "error"));
