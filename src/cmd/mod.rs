@@ -2,7 +2,10 @@
 
 pub mod args;
 pub mod batch;
+pub mod completions;
 pub mod estimate;
+pub mod init;
+pub mod report;
 pub mod run;
 
 /// Exit codes (see README): 0 all rows succeeded, 1 finished with failed rows, 2 could not
