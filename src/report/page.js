@@ -124,7 +124,8 @@
       sums.push({ sum, unknown, first: b * group + 1, last: Math.min(rows.length, (b + 1) * group) });
     }
     const max = Math.max(...sums.map((s) => s.sum), 0);
-    const W = 720;
+    // A few rows get narrow bars, not a wall of colour.
+    const W = Math.min(720, Math.max(240, sums.length * 24));
     const H = 120;
     const w = W / sums.length;
     const chart = svg('svg', { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': 'cost per row' });
