@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -83,7 +84,10 @@ impl Browser {
             eprintln!("SKIPPED (not in CI): {why}");
             return None;
         }
+        // Its own process group: the Chromium it starts is in it too, so a failed test that
+        // never closes the session still ends both (see Drop).
         let mut child = Command::new(&driver)
+            .process_group(0)
             .arg("--port=0")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -176,17 +180,18 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{script}: {e}"))
     }
 
-    /// Ends the session and chromedriver.
-    pub async fn close(mut self) {
+    /// Ends the session, then chromedriver and anything left of its Chromium (Drop).
+    pub async fn close(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // The group is chromedriver's own (process_group(0) above): it and its Chromium.
+        if let Ok(pid) = libc::pid_t::try_from(self.driver.id()) {
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         let _ = self.driver.wait();
     }
 }
