@@ -635,6 +635,11 @@ impl Job {
         sibling(&self.output.path, "summary.json")
     }
 
+    /// Where `promptmill report` writes the review page by default: beside the output.
+    pub fn report_path(&self) -> PathBuf {
+        sibling(&self.output.path, "report.html")
+    }
+
     /// Where Batch API state (uploaded files, batch ids) lives: beside the output.
     pub fn batch_state_path(&self) -> PathBuf {
         sibling(&self.output.path, "batches.json")

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use promptmill::cmd::{batch, estimate, exit, run};
+use clap::{CommandFactory, Parser, Subcommand};
+use promptmill::cmd::{batch, completions, estimate, exit, init, report, run};
 
 /// Turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 #[derive(Debug, Parser)]
@@ -27,6 +27,12 @@ enum Command {
     Export(Box<batch::ExportArgs>),
     /// Read Batch API output/error files into the job's journal and output.
     Import(Box<batch::ImportArgs>),
+    /// Write a page to review the job's output in a browser (one self-contained HTML file).
+    Report(Box<report::ReportArgs>),
+    /// Write a commented starter job, template and sample input into DIR.
+    Init(init::InitArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions(completions::CompletionsArgs),
     /// Serve the built-in OpenAI-compatible mock API (for trying jobs and for tests).
     MockServer(promptmill::mock::MockServerArgs),
 }
@@ -51,6 +57,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .init();
     let cli = Cli::parse();
+    if let Command::Completions(args) = cli.command {
+        return ExitCode::from(completions::run(args, &mut Cli::command()));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,6 +78,10 @@ fn main() -> ExitCode {
             Command::Status(args) => batch::status(*args).await,
             Command::Export(args) => batch::export(*args).await,
             Command::Import(args) => batch::import(*args).await,
+            Command::Report(args) => report::run(*args).await,
+            Command::Init(args) => init::run(args).await,
+            // Answered above, before the runtime starts.
+            Command::Completions(_) => Ok(exit::OK),
             Command::MockServer(args) => promptmill::mock::serve_forever(args)
                 .await
                 .map(|_| exit::OK),

@@ -2,7 +2,10 @@
 
 pub mod args;
 pub mod batch;
+pub mod completions;
 pub mod estimate;
+pub mod init;
+pub mod report;
 pub mod run;
 
 /// Writes machine output (`--json`) to stdout. A reader that went away (`| head`) is not
