@@ -27,3 +27,4 @@ pub mod source;
 pub mod summary;
 pub mod tokens;
 pub mod types;
+pub mod watchdog;
