@@ -1,5 +1,5 @@
 //! Rate-limit and overhead benchmarks: the release binary against `promptmill mock-server`
-//! on 127.0.0.1, one table row per case (issue 5).
+//! on 127.0.0.1, one table row per case (issue 5; cases 6 and 7 from issue 13).
 //!
 //! ```text
 //! cargo bench --bench ratelimit                  # every case, full size
