@@ -282,7 +282,7 @@ impl CostRatio {
             return None;
         }
         self.server_used += (r0 as f64 + refill - remaining as f64).max(0.0);
-        self.ours += sent;
+        self.ours = self.ours.saturating_add(sent);
         // A second's worth of the limit per sample keeps rounding noise small. The first
         // sample comes sooner (a quarter of that) and is taken as is: every second at the
         // wrong ratio digs the server's bucket deeper. Later ones are smoothed.
@@ -577,7 +577,7 @@ impl Limiter {
                             at = target;
                             continue;
                         }
-                        s.cost.sent += tokens;
+                        s.cost.sent = s.cost.sent.saturating_add(tokens);
                         return Ok(Charge {
                             tokens: charged,
                             counted: tokens,
@@ -1097,5 +1097,63 @@ mod tests {
         l.acquire(1).await.unwrap();
         let took = run(&l, 3, 1).await;
         assert!(took >= PROBE_WAIT && took < PROBE_WAIT * 2, "{took:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever numbers a server sends (absurd limits, remaining above the limit, zero),
+        /// and whatever a 429 says, the limiter neither panics nor stops letting requests
+        /// through (unless the server's own token limit is below one request).
+        #[test]
+        fn any_header_values_and_429s_never_panic(
+            answers in proptest::collection::vec(
+                (
+                    proptest::option::of(proptest::num::u64::ANY),
+                    proptest::option::of(proptest::num::u64::ANY),
+                    proptest::option::of(proptest::num::u64::ANY),
+                    proptest::option::of(proptest::num::u64::ANY),
+                    proptest::option::of(0u64..100_000_000),
+                    ".{0,60}",
+                ),
+                1..12,
+            ),
+            tokens in 1u64..1_000_000,
+            job in proptest::option::of(1u32..u32::MAX),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build();
+            let Ok(rt) = rt else { return Ok(()) };
+            rt.block_on(async {
+                let l = Limiter::new(job, job);
+                for (lr, rr, lt, rt_, wait_ms, msg) in answers {
+                    let charge = match tokio::time::timeout(
+                        Duration::from_secs(7 * 24 * 3600),
+                        l.acquire(tokens),
+                    )
+                    .await
+                    {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(_)) | Err(_) => return,
+                    };
+                    l.learn(&RateLimitInfo {
+                        limit_requests: lr,
+                        remaining_requests: rr,
+                        limit_tokens: lt,
+                        remaining_tokens: rt_,
+                        ..RateLimitInfo::default()
+                    });
+                    l.settle(charge, tokens / 2);
+                    if let Some(ms) = wait_ms {
+                        l.rate_limited(charge, &msg);
+                        l.cool_down(Duration::from_millis(ms));
+                    }
+                    let r = l.cost_ratio();
+                    assert!((RATIO_MIN..=RATIO_MAX).contains(&r), "{r}");
+                }
+            });
+        }
     }
 }
