@@ -1,5 +1,5 @@
 //! Rate-limit and overhead benchmarks: the release binary against `promptmill mock-server`
-//! on 127.0.0.1, one table row per case (issue 5).
+//! on 127.0.0.1, one table row per case (issue 5; cases 6 and 7 from issue 13).
 //!
 //! ```text
 //! cargo bench --bench ratelimit                  # every case, full size
@@ -27,7 +27,36 @@ struct Case {
     latency_ms: u64,
     rows: usize,
     quick_rows: usize,
+    /// What the mock enforces (tokens/min), if anything.
+    mock_tpm: Option<u32>,
+    /// More mock flags (faults, token factor).
+    mock_extra: &'static [&'static str],
+    /// The TPM limit's charge per token the mock counts (`--token-factor`).
+    token_factor: f64,
+    /// The job's `model.max_tokens`.
+    max_tokens: u32,
+    /// The job's `limits.max_in_flight`.
+    in_flight: u32,
+    /// The floor ("min s") is the same job run first without `--first-429`.
+    baseline: bool,
 }
+
+/// The usual case: the fields a case does not state.
+const BASE: Case = Case {
+    name: "",
+    what: "",
+    mock_rpm: None,
+    job_rpm: None,
+    latency_ms: 0,
+    rows: 0,
+    quick_rows: 0,
+    mock_tpm: None,
+    mock_extra: &[],
+    token_factor: 1.0,
+    max_tokens: 20,
+    in_flight: 64,
+    baseline: false,
+};
 
 const CASES: &[Case] = &[
     Case {
@@ -38,6 +67,7 @@ const CASES: &[Case] = &[
         latency_ms: 200,
         rows: 3000,
         quick_rows: 600,
+        ..BASE
     },
     Case {
         name: "case2",
@@ -47,6 +77,7 @@ const CASES: &[Case] = &[
         latency_ms: 200,
         rows: 3000,
         quick_rows: 600,
+        ..BASE
     },
     Case {
         name: "case3",
@@ -56,6 +87,7 @@ const CASES: &[Case] = &[
         latency_ms: 200,
         rows: 3000,
         quick_rows: 600,
+        ..BASE
     },
     Case {
         name: "case4",
@@ -65,6 +97,7 @@ const CASES: &[Case] = &[
         latency_ms: 0,
         rows: 50_000,
         quick_rows: 10_000,
+        ..BASE
     },
     Case {
         name: "case5a",
@@ -74,6 +107,7 @@ const CASES: &[Case] = &[
         latency_ms: 0,
         rows: 100_000,
         quick_rows: 10_000,
+        ..BASE
     },
     Case {
         name: "case5b",
@@ -83,6 +117,34 @@ const CASES: &[Case] = &[
         latency_ms: 0,
         rows: 1_000_000,
         quick_rows: 100_000,
+        ..BASE
+    },
+    // Issue 13, finding 6: the server's token limit charges 10% more per request than
+    // tiktoken counts (~400-token requests against 60,000 TPM).
+    Case {
+        name: "case6",
+        what: "server counts 10% more tokens",
+        mock_tpm: Some(60_000),
+        mock_extra: &["--token-factor", "1.1"],
+        token_factor: 1.1,
+        max_tokens: 385,
+        latency_ms: 200,
+        rows: 315,
+        quick_rows: 80,
+        ..BASE
+    },
+    // Issue 13, finding 7: one 429 on the first request from a server that sends no
+    // rate-limit headers (and has no limit): the floor is the same run without that 429.
+    Case {
+        name: "case7",
+        what: "one header-less 429 first",
+        mock_extra: &["--no-rate-headers", "--first-429", "1"],
+        latency_ms: 200,
+        in_flight: 8,
+        rows: 400,
+        quick_rows: 80,
+        baseline: true,
+        ..BASE
     },
 ];
 
@@ -193,6 +255,25 @@ impl Outcome {
 }
 
 fn run_case(bin: &Path, c: &Case, rows: usize) -> Result<Outcome, String> {
+    if !c.baseline {
+        return run_with(bin, c, rows, c.mock_extra);
+    }
+    // The floor is the same job against the same server without the fault.
+    let plain: Vec<&str> = c
+        .mock_extra
+        .chunks(2)
+        .filter(|pair| pair.first() != Some(&"--first-429"))
+        .flatten()
+        .copied()
+        .collect();
+    let base = run_with(bin, c, rows, &plain)?;
+    let mut o = run_with(bin, c, rows, c.mock_extra)?;
+    o.min = Some(base.wall);
+    o.limit_per_sec = Some(rows as f64 / base.wall);
+    Ok(o)
+}
+
+fn run_with(bin: &Path, c: &Case, rows: usize, mock_extra: &[&str]) -> Result<Outcome, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     write_rows(&dir.path().join("rows.csv"), rows)?;
     let mut mock_args = vec![
@@ -205,6 +286,10 @@ fn run_case(bin: &Path, c: &Case, rows: usize) -> Result<Outcome, String> {
     if let Some(r) = c.mock_rpm {
         mock_args.extend(["--rpm".into(), r.to_string()]);
     }
+    if let Some(t) = c.mock_tpm {
+        mock_args.extend(["--tpm".into(), t.to_string()]);
+    }
+    mock_args.extend(mock_extra.iter().map(|a| a.to_string()));
     let (mut mock, base_url) = start_mock(bin, &mock_args)?;
     let limits = c
         .job_rpm
@@ -212,9 +297,10 @@ fn run_case(bin: &Path, c: &Case, rows: usize) -> Result<Outcome, String> {
         .unwrap_or_default();
     let job = format!(
         "[input]\npath = \"rows.csv\"\nid = \"id\"\n\n[prompt]\nuser = \"Describe {{{{ name }}}} \
-         in {{{{ color }}}}.\"\n\n[model]\nname = \"gpt-4o-mini\"\nmax_tokens = 20\n\n[api]\n\
-         base_url = \"{base_url}\"\n\n[limits]\nmax_in_flight = 64\n{limits}\n\n[output]\n\
-         path = \"out.jsonl\"\n"
+         in {{{{ color }}}}.\"\n\n[model]\nname = \"gpt-4o-mini\"\nmax_tokens = {}\n\n[api]\n\
+         base_url = \"{base_url}\"\n\n[limits]\nmax_in_flight = {}\n{limits}\n\n[output]\n\
+         path = \"out.jsonl\"\n",
+        c.max_tokens, c.in_flight
     );
     std::fs::write(dir.path().join("job.toml"), job).map_err(|e| e.to_string())?;
     let start = Instant::now();
@@ -236,12 +322,23 @@ fn run_case(bin: &Path, c: &Case, rows: usize) -> Result<Outcome, String> {
         format!("promptmill exited {status:?}, no summary on stdout ({e}): {stderr}")
     })?;
     let n = |k: &str| summary[k].as_u64().unwrap_or(0);
-    let limit_per_sec = c.mock_rpm.map(|r| f64::from(r) / 60.0);
-    let min = limit_per_sec.map(|l| {
-        // The server's one-second slice goes at once, the rest at the limit, plus one answer.
-        let burst = l.floor();
-        (rows as f64 - burst).max(0.0) / l + c.latency_ms as f64 / 1000.0
-    });
+    let latency = c.latency_ms as f64 / 1000.0;
+    // Requests per second the server allows, and its one-second slice in requests.
+    let limit = if let Some(r) = c.mock_rpm {
+        Some((f64::from(r) / 60.0, (f64::from(r) / 60.0).floor()))
+    } else if let Some(t) = c.mock_tpm {
+        // What one request costs the server: prompt (from the summary) + max_tokens, times
+        // its factor.
+        let prompt = n("prompt_tokens") as f64 / rows.max(1) as f64;
+        let cost = ((prompt + f64::from(c.max_tokens)) * c.token_factor).ceil();
+        let slice = (f64::from(t) / 60.0).floor();
+        Some((f64::from(t) / 60.0 / cost, (slice / cost).floor()))
+    } else {
+        None
+    };
+    let limit_per_sec = limit.map(|(l, _)| l);
+    // The server's one-second slice goes at once, the rest at the limit, plus one answer.
+    let min = limit.map(|(l, burst)| (rows as f64 - burst).max(0.0) / l + latency);
     Ok(Outcome {
         rows,
         requests: n("requests").max(n("succeeded") + n("failed")),

@@ -119,6 +119,15 @@ pub const FAIL_RATE: Bound = Bound {
     unit: "",
 };
 
+/// `mock-server --token-factor`: how many times the tokens it counts the mock charges.
+pub const TOKEN_FACTOR: Bound = Bound {
+    field: "the mock's token factor",
+    flag: Some("--token-factor"),
+    min: 0.1,
+    max: 10.0,
+    unit: "",
+};
+
 /// `--batch-max-requests`: requests per batch input file (the API allows 50,000).
 pub const BATCH_MAX_REQUESTS: Bound = Bound {
     field: "requests per batch file",
@@ -196,6 +205,11 @@ pub fn temperature(s: &str) -> Result<f64, String> {
 /// `--mock-fail-rate`, `--fail-rate` (value parser).
 pub fn fail_rate(s: &str) -> Result<f64, String> {
     FAIL_RATE.parse(s)
+}
+
+/// `--token-factor` (value parser).
+pub fn token_factor(s: &str) -> Result<f64, String> {
+    TOKEN_FACTOR.parse(s)
 }
 
 /// `--batch-max-requests` (value parser): a whole number in range.

@@ -280,6 +280,14 @@ pub struct LimitsConfig {
     /// Retries per row after transient errors (429 rate limits, 5xx, timeouts).
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Stop the job (exit 3, rows stay pending) when this many attempts in a row failed with
+    /// a connection error, a timeout or a 5xx before any request succeeded; 0 = never.
+    #[serde(default = "default_stop_after_errors")]
+    pub stop_after_errors: u32,
+    /// Stop the job (exit 3, rows stay pending) when the server has answered 429 to every
+    /// request for this many seconds, with no success in between; 0 = never.
+    #[serde(default = "default_stop_after_refused_secs")]
+    pub stop_after_refused_secs: u32,
 }
 
 fn default_max_in_flight() -> u32 {
@@ -290,6 +298,14 @@ fn default_max_retries() -> u32 {
     8
 }
 
+fn default_stop_after_errors() -> u32 {
+    8
+}
+
+fn default_stop_after_refused_secs() -> u32 {
+    120
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
@@ -297,6 +313,8 @@ impl Default for LimitsConfig {
             tokens_per_minute: None,
             max_in_flight: default_max_in_flight(),
             max_retries: default_max_retries(),
+            stop_after_errors: default_stop_after_errors(),
+            stop_after_refused_secs: default_stop_after_refused_secs(),
         }
     }
 }

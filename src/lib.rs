@@ -31,3 +31,4 @@ pub mod summary;
 pub mod time;
 pub mod tokens;
 pub mod types;
+pub mod watchdog;

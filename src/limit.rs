@@ -37,6 +37,12 @@ const RAMP_START: f64 = 0.5;
 const RAMP: Duration = Duration::from_secs(2);
 /// How long the other requests wait for the first answer (the probe) before going anyway.
 const PROBE_WAIT: Duration = Duration::from_secs(5);
+/// A header-less 429 sets a guessed request limit only when at least this many requests
+/// went in the second before it: one refused request (a probe) says nothing about a rate.
+const MIN_SENDS_TO_GUESS: usize = 4;
+/// The server's cost per token we count is learned within these bounds.
+const RATIO_MIN: f64 = 0.5;
+const RATIO_MAX: f64 = 2.0;
 
 /// One per-minute limit as a GCRA bucket holding (a little less than) one second's worth.
 #[derive(Debug, Clone)]
@@ -116,6 +122,12 @@ impl Gcra {
         }
     }
 
+    /// Takes `n` cells that were spent without a reservation (the server counted more
+    /// than we charged).
+    fn charge(&mut self, now: Instant, n: u64) {
+        self.tat = self.tat.max(now) + self.span(n, 1.0);
+    }
+
     /// Empties the bucket at `until`: nothing goes before it, and no burst right after it.
     fn hold_until(&mut self, until: Instant) {
         self.tat = self.tat.max(until + self.tau());
@@ -131,8 +143,9 @@ enum Source {
     Job(u64),
     /// Learned from `x-ratelimit-limit-*` headers.
     Learned(u64),
-    /// Guessed from 429s when the server sends no headers: lowered on every 429, raised
-    /// slowly while none come.
+    /// Guessed from 429s when the server sends no headers: cut by a quarter on a 429,
+    /// raised each second without one (quickly back to where the last 429 came, then
+    /// slowly beyond), additive-increase/multiplicative-decrease style.
     Guessed,
 }
 
@@ -140,6 +153,8 @@ enum Source {
 struct Limit {
     source: Source,
     bucket: Option<Gcra>,
+    /// The limit the server last advertised, if any.
+    server: Option<u64>,
 }
 
 impl Limit {
@@ -148,16 +163,20 @@ impl Limit {
             Some(l) => Limit {
                 source: Source::Job(u64::from(l)),
                 bucket: Some(Gcra::new(u64::from(l), now, None)),
+                server: None,
             },
             None => Limit {
                 source: Source::None,
                 bucket: None,
+                server: None,
             },
         }
     }
 
     /// Applies the server's advertised limit; returns the new limit when it changed.
-    fn learn_limit(&mut self, now: Instant, header: u64) -> Option<u64> {
+    /// `used` is what went out before any limit was known (the probe).
+    fn learn_limit(&mut self, now: Instant, header: u64, used: u64) -> Option<u64> {
+        self.server = Some(header);
         let current = self.bucket.as_ref().map(|b| b.per_minute);
         let wanted = match self.source {
             Source::Job(j) => j.min(header),
@@ -178,7 +197,7 @@ impl Limit {
             // Only the probe has gone so far: the bucket starts nearly full.
             None => {
                 let fresh = Gcra::new(wanted, now, None);
-                let level = fresh.burst.saturating_sub(1);
+                let level = fresh.burst.saturating_sub(used.max(1));
                 self.bucket = Some(Gcra::new(wanted, now, Some(level)));
             }
         }
@@ -195,6 +214,103 @@ struct State {
     recent: VecDeque<Instant>,
     /// When the guessed rate was last changed.
     guess_changed: Option<Instant>,
+    /// The guessed rate at which the last 429 came: recovery climbs fast up to it.
+    guess_ceiling: Option<u64>,
+    /// The guessed limit held a request back since it last changed (only a limit that
+    /// binds is raised, so an idle job does not build up a burst).
+    guess_pressed: bool,
+    /// The server's cost per request, learned from its remaining tokens.
+    cost: CostRatio,
+    /// Total delay added to queued requests when the cost ratio grew (each waiter is
+    /// delayed by what was added after it queued).
+    slip: Duration,
+}
+
+/// What the server charges per token we count: learned from the fall of its
+/// `x-ratelimit-remaining-tokens` between answers (and from `tokens` 429s that say what
+/// was requested). Servers count with their own tokenizer and overheads; one that counts
+/// 10% more than tiktoken would otherwise see us run 10% over its limit.
+#[derive(Debug)]
+struct CostRatio {
+    /// Server tokens per token we count (1 until learned).
+    ratio: f64,
+    /// Tokens (as we count them) sent since the last observation.
+    sent: u64,
+    /// The last observation: when, and the remaining tokens it said.
+    last: Option<(Instant, u64)>,
+    /// Summed over observations whose interval can be read: what the server took, and
+    /// what we counted for the same requests.
+    server_used: f64,
+    ours: u64,
+    /// Some sample has been taken.
+    learned: bool,
+    /// When a `tokens` 429 without numbers last raised the ratio.
+    bumped: Option<Instant>,
+}
+
+impl Default for CostRatio {
+    fn default() -> Self {
+        CostRatio {
+            ratio: 1.0,
+            sent: 0,
+            last: None,
+            server_used: 0.0,
+            ours: 0,
+            learned: false,
+            bumped: None,
+        }
+    }
+}
+
+impl CostRatio {
+    /// Reads one answer's remaining tokens under a per-minute `limit` at `now`.
+    ///
+    /// Between two answers the server's minute budget refilled by `limit/60` per second
+    /// and lost what our requests sent in between cost it. That holds only when the budget
+    /// did not reach its cap meanwhile (refill is lost at the cap), so an interval where
+    /// it could have is skipped: at or under the limit the budget sits at its cap and
+    /// nothing is learned, which is right, as nothing needs correcting.
+    ///
+    /// Returns the new ratio, and the tokens the server took beyond what we charged for
+    /// the requests of the sample (to take out of our bucket too).
+    fn observe(&mut self, now: Instant, limit: u64, remaining: u64) -> Option<(f64, u64)> {
+        let sent = std::mem::take(&mut self.sent);
+        let last = self.last.replace((now, remaining));
+        let (t0, r0) = last?;
+        let refill = limit as f64 / 60.0 * now.saturating_duration_since(t0).as_secs_f64();
+        if r0 as f64 + refill > limit as f64 || sent == 0 {
+            return None;
+        }
+        self.server_used += (r0 as f64 + refill - remaining as f64).max(0.0);
+        self.ours = self.ours.saturating_add(sent);
+        // A second's worth of the limit per sample keeps rounding noise small. The first
+        // sample comes sooner (a quarter of that) and is taken as is: every second at the
+        // wrong ratio digs the server's bucket deeper. Later ones are smoothed.
+        let wanted = if self.learned {
+            limit / 60
+        } else {
+            limit / 240
+        };
+        if self.ours < wanted.max(1) {
+            return None;
+        }
+        let sample = (self.server_used / self.ours as f64).clamp(RATIO_MIN, RATIO_MAX);
+        let beyond = (self.server_used - self.ours as f64 * self.ratio).max(0.0) as u64;
+        self.server_used = 0.0;
+        self.ours = 0;
+        self.ratio = if self.learned {
+            0.5 * self.ratio + 0.5 * sample
+        } else {
+            sample
+        };
+        self.learned = true;
+        Some((self.ratio, beyond))
+    }
+
+    /// Tokens to charge for a request we count at `tokens`.
+    fn scale(&self, tokens: u64) -> u64 {
+        (tokens as f64 * self.ratio).ceil() as u64
+    }
 }
 
 impl State {
@@ -214,10 +330,12 @@ impl State {
     }
 
     /// A 429 without a known request limit: start from the rate we were sending at, then
-    /// cut the guess by a quarter (at most once a second).
+    /// cut the guess by a quarter (at most once a second). A 429 when hardly anything was
+    /// sent (the first request) sets no guess: the cooldown alone answers it.
     fn guess_lower(&mut self, now: Instant) {
         let current = match (self.requests.source, &self.requests.bucket) {
-            (Source::None, _) => (self.recent.len() as u64 * 60).max(60),
+            (Source::None, _) if self.recent.len() < MIN_SENDS_TO_GUESS => return,
+            (Source::None, _) => self.recent.len() as u64 * 60,
             (Source::Guessed, Some(b)) => {
                 if self
                     .guess_changed
@@ -233,26 +351,34 @@ impl State {
         self.requests.source = Source::Guessed;
         self.requests.bucket = Some(Gcra::new(rpm, now, Some(0)));
         self.guess_changed = Some(now);
+        self.guess_ceiling = Some(current);
+        self.guess_pressed = false;
         self.recent.clear();
         tracing::info!("no rate-limit headers: guessing {rpm} requests/min after a 429");
     }
 
-    /// Raises a guessed limit by a tenth after two seconds without a 429.
+    /// Raises a guessed limit that held requests back, each second without a 429: by a
+    /// quarter up to the rate where the last 429 came, by a tenth beyond it.
     fn guess_higher(&mut self, now: Instant) {
         if self.requests.source != Source::Guessed
+            || !self.guess_pressed
             || self
                 .guess_changed
-                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(2))
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
         {
             return;
         }
         if let Some(b) = &mut self.requests.bucket {
             let level = b.level(now);
-            let rpm = b.per_minute + (b.per_minute / 10).max(1);
+            let rpm = match self.guess_ceiling {
+                Some(c) if b.per_minute < c => (b.per_minute + (b.per_minute / 4).max(1)).min(c),
+                _ => b.per_minute + (b.per_minute / 10).max(1),
+            };
             let mut fresh = Gcra::new(rpm, now, Some(level));
             fresh.tat = fresh.tat.max(b.tat);
             *b = fresh;
             self.guess_changed = Some(now);
+            self.guess_pressed = false;
         }
     }
 
@@ -286,8 +412,16 @@ pub struct Limiter {
 /// Tokens charged for one request, to settle when its usage is known.
 #[derive(Debug, Clone, Copy)]
 pub struct Charge {
+    /// What the token bucket was charged (our count scaled by the learned cost ratio).
     tokens: u64,
+    /// Our own count of the request's tokens.
+    counted: u64,
 }
+
+/// A request that no wait can let through: the server's own limit is below its cost.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unmeetable(pub String);
 
 impl Limiter {
     /// A limiter for the given per-minute limits (None = unknown: learn them from headers).
@@ -300,6 +434,10 @@ impl Limiter {
                 cooldown_until: None,
                 recent: VecDeque::new(),
                 guess_changed: None,
+                guess_ceiling: None,
+                guess_pressed: false,
+                cost: CostRatio::default(),
+                slip: Duration::ZERO,
             }),
             refund_unused: false,
             probe_sent: AtomicBool::new(false),
@@ -327,17 +465,30 @@ impl Limiter {
         {
             let mut s = self.lock();
             if let Some(rpm) = info.limit_requests.filter(|r| *r > 0) {
-                if let Some(new) = s.requests.learn_limit(now, rpm) {
+                if let Some(new) = s.requests.learn_limit(now, rpm, 1) {
                     tracing::info!("running at {new} requests/min (server's limit: {rpm})");
                 }
             }
             if let Some(tpm) = info.limit_tokens.filter(|t| *t > 0) {
-                if let Some(new) = s.tokens.learn_limit(now, tpm) {
+                let used = s.cost.scale(s.cost.sent);
+                if let Some(new) = s.tokens.learn_limit(now, tpm, used) {
                     tracing::info!("running at {new} tokens/min (server's limit: {tpm})");
                 }
             }
             if let (Some(r), Some(b)) = (info.remaining_requests, &mut s.requests.bucket) {
                 b.cap_level(now, r);
+            }
+            // Providers that count actual output (refund_unused) charge less than we send
+            // with: their fall in remaining tokens is not a cost per request.
+            if let (Some(r), Some(l), false) =
+                (info.remaining_tokens, info.limit_tokens, self.refund_unused)
+            {
+                if let Some((ratio, beyond)) = s.cost.observe(now, l, r) {
+                    tracing::debug!("the server charges {ratio:.3} tokens per token counted");
+                    if let Some(b) = &mut s.tokens.bucket {
+                        b.charge(now, beyond);
+                    }
+                }
             }
             if let (Some(r), Some(b)) = (info.remaining_tokens, &mut s.tokens.bucket) {
                 b.cap_level(now, r);
@@ -359,42 +510,124 @@ impl Limiter {
         }
     }
 
-    /// Waits until one request of `tokens` tokens may be sent and charges it.
-    pub async fn acquire(&self, tokens: u64) -> Charge {
+    /// Waits until one request of `tokens` tokens (as we count them) may be sent and
+    /// charges it; refuses at once when the server's advertised limit is below its cost.
+    pub async fn acquire(&self, tokens: u64) -> Result<Charge, Unmeetable> {
         self.wait_for_probe().await;
         loop {
             let next = {
                 let mut s = self.lock();
                 let now = Instant::now();
+                if let Some(limit) = s.tokens.server {
+                    if tokens > limit {
+                        return Err(Unmeetable(format!(
+                            "the server's rate limit can never admit this job's requests: its \
+                             x-ratelimit-limit-tokens header says {limit} tokens per minute, \
+                             and one request needs {tokens} (prompt + max_tokens). Lower \
+                             model.max_tokens or shorten the prompt, or use a model or \
+                             account with a higher token limit"
+                        )));
+                    }
+                }
                 match s.cooldown_until {
                     Some(until) if until > now => Err(until),
                     _ => {
                         s.guess_higher(now);
                         s.note_send(now);
                         let f = s.ramp(now);
+                        let charged = s.cost.scale(tokens);
                         let r = s.requests.bucket.as_mut().map(|b| b.reserve(now, 1, f));
-                        let t = s.tokens.bucket.as_mut().map(|b| b.reserve(now, tokens, f));
-                        Ok(r.into_iter().chain(t).max().unwrap_or(now))
+                        if r.is_some_and(|at| at > now) && s.requests.source == Source::Guessed {
+                            s.guess_pressed = true;
+                        }
+                        let t = s.tokens.bucket.as_mut().map(|b| b.reserve(now, charged, f));
+                        let at = r.into_iter().chain(t).max().unwrap_or(now);
+                        Ok((at, charged, s.slip))
                     }
                 }
             };
             match next {
                 Err(until) => tokio::time::sleep_until(until).await,
-                Ok(send_at) => {
-                    tokio::time::sleep_until(send_at).await;
-                    // A 429 while we slept: our slot is void, queue again after it.
-                    if !self.cooling_now() {
-                        return Charge { tokens };
+                Ok((send_at, mut charged, slip_then)) => {
+                    let mut at = send_at;
+                    loop {
+                        tokio::time::sleep_until(at).await;
+                        let mut s = self.lock();
+                        let now = Instant::now();
+                        // A 429 while we slept: our slot is void, queue again after it.
+                        if s.cooldown_until.is_some_and(|u| u > now) {
+                            break;
+                        }
+                        // The ratio grew while we waited: the server will count this
+                        // request at the new one. The difference is charged now, and it
+                        // delays this request and every one queued behind it (their slots
+                        // were set at the old ratio), so the rate drops at once.
+                        let due = s.cost.scale(tokens);
+                        if due > charged {
+                            let f = s.ramp(now);
+                            if let Some(b) = &mut s.tokens.bucket {
+                                let d = b.span(due - charged, f);
+                                b.tat = b.tat.max(now) + d;
+                                s.slip += d;
+                            }
+                            charged = due;
+                        }
+                        let target = send_at + s.slip.saturating_sub(slip_then);
+                        if target > now {
+                            at = target;
+                            continue;
+                        }
+                        s.cost.sent = s.cost.sent.saturating_add(tokens);
+                        return Ok(Charge {
+                            tokens: charged,
+                            counted: tokens,
+                        });
                     }
                 }
             }
         }
     }
 
-    fn cooling_now(&self) -> bool {
-        self.lock()
-            .cooldown_until
-            .is_some_and(|u| u > Instant::now())
+    /// A request was refused with a 429: the server did not charge it, and a `tokens` 429
+    /// tells us its cost was underestimated. With `Requested N` in the message (as OpenAI
+    /// words it) the ratio is read directly; without, it grows by 5% (at most every 2 s).
+    pub fn rate_limited(&self, charge: Charge, message: &str) {
+        let now = Instant::now();
+        let mut s = self.lock();
+        // The server did not charge this request, and the interval it fell in no longer
+        // shows a cost per request: start the reading over.
+        let c = &mut s.cost;
+        c.sent = 0;
+        c.last = None;
+        c.server_used = 0.0;
+        c.ours = 0;
+        if !message.contains("tokens per min") || s.tokens.bucket.is_none() {
+            return;
+        }
+        let c = &mut s.cost;
+        match requested_tokens(message) {
+            Some(n) if charge.counted > 0 => {
+                let sample = n as f64 / charge.counted as f64;
+                if sample > c.ratio {
+                    c.ratio = sample.clamp(RATIO_MIN, RATIO_MAX);
+                    c.learned = true;
+                }
+            }
+            _ if c
+                .bumped
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(2)) =>
+            {
+                c.ratio = (c.ratio * 1.05).clamp(RATIO_MIN, RATIO_MAX);
+                c.bumped = Some(now);
+            }
+            _ => return,
+        }
+        tracing::debug!("a tokens 429: charging {:.3} per token counted", c.ratio);
+    }
+
+    /// The cost per token we count that the server has shown (1 until learned).
+    pub fn cost_ratio(&self) -> f64 {
+        self.lock().cost.ratio
     }
 
     /// Lets the first request go alone and holds the rest until it is answered (at most
@@ -446,6 +679,14 @@ impl Limiter {
     }
 }
 
+/// The `Requested N` of an OpenAI-style tokens 429 message ("… Limit 30000, Used 29420,
+/// Requested 1000. Please try again in 840ms.").
+fn requested_tokens(message: &str) -> Option<u64> {
+    let rest = &message[message.find("Requested ")? + "Requested ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,7 +703,7 @@ mod tests {
     async fn run(l: &Limiter, n: usize, tokens: u64) -> Duration {
         let start = Instant::now();
         for _ in 0..n {
-            l.acquire(tokens).await;
+            l.acquire(tokens).await.unwrap();
         }
         start.elapsed()
     }
@@ -508,7 +749,7 @@ mod tests {
         l.cool_down(Duration::from_millis(200));
         l.cool_down(Duration::from_millis(50)); // a shorter one does not shorten it
         let start = Instant::now();
-        l.acquire(1).await;
+        l.acquire(1).await.unwrap();
         let first = start.elapsed().as_secs_f64();
         // The bucket is empty at the end of the cooldown, and the rate is halved.
         assert!(first >= 0.2 + 0.019, "{first}");
@@ -564,7 +805,7 @@ mod tests {
             l.learn(&RateLimitInfo::default());
             let start = Instant::now();
             for _ in 0..5 {
-                let c = l.acquire(80).await;
+                let c = l.acquire(80).await.unwrap();
                 l.settle(c, 10);
             }
             // Without refunds: 400 tokens from a bucket of 90 at 99/s, over 3 s.
@@ -583,21 +824,266 @@ mod tests {
         assert_eq!(l.requests_per_minute(), Some(400 * 60 * 3 / 4));
         l.cool_down(Duration::from_millis(10)); // the same burst of 429s: no second cut
         assert_eq!(l.requests_per_minute(), Some(18_000));
+        // Idle: a guess that holds nobody back is not raised.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        l.acquire(1).await;
+        l.acquire(1).await.unwrap();
+        assert_eq!(l.requests_per_minute(), Some(18_000));
+        // Busy: back to where the 429 came by quarters, then beyond by tenths.
+        run(&l, 400, 1).await;
+        let mut seen = vec![l.requests_per_minute().unwrap_or(0)];
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            run(&l, 400, 1).await;
+            seen.push(l.requests_per_minute().unwrap_or(0));
+        }
         assert_eq!(
-            l.requests_per_minute(),
-            Some(19_800),
+            seen,
+            [22_500, 24_000, 26_400, 29_040],
             "raised while no 429 comes"
         );
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_headerless_429_on_the_probe_sets_no_guess_and_costs_only_its_cooldown() {
+        let l = Limiter::new(None, None);
+        l.acquire(1).await.unwrap(); // the probe: refused, no headers
+        l.learn(&RateLimitInfo::default());
+        l.cool_down(Duration::from_millis(250));
+        assert_eq!(
+            l.requests_per_minute(),
+            None,
+            "one refusal says nothing of a rate"
+        );
+        let took = run(&l, 500, 1).await;
+        assert_eq!(took, Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_guess_recovers_to_the_real_limit_within_seconds() {
+        // A server with a 1,200/min limit (20/s, slices of 20) and no headers, behind a
+        // job sending as fast as it may: each 429 cools everyone for 250 ms.
+        let l = Limiter::new(None, None);
+        l.learn(&RateLimitInfo::default());
+        let server = std::cell::RefCell::new(Sim::new(1200, Instant::now()));
+        let mut sent = 0u32;
+        let mut refused = 0u32;
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(40) {
+            l.acquire(1).await.unwrap();
+            if server.borrow_mut().admit(Instant::now(), 1.0) {
+                sent += 1;
+            } else {
+                refused += 1;
+                l.cool_down(Duration::from_millis(250));
+            }
+        }
+        // The first burst is refused and cut; after that the guess climbs back.
+        let rate = f64::from(sent) / 40.0;
+        assert!(rate > 20.0 * 0.8, "{rate}/s of 20/s ({refused} refused)");
+        assert!(refused < 120, "{refused} refused");
+    }
+
+    /// A provider's per-minute budget (capacity = limit) and one-second slice, refilled
+    /// continuously: what the mock API enforces.
+    struct Sim {
+        limit: f64,
+        minute: f64,
+        slice: f64,
+        last: Instant,
+    }
+
+    impl Sim {
+        fn new(limit: u64, now: Instant) -> Sim {
+            let l = limit as f64;
+            Sim {
+                limit: l,
+                minute: l,
+                slice: (l / 60.0).floor().max(1.0),
+                last: now,
+            }
+        }
+
+        fn refill(&mut self, now: Instant) {
+            let dt = now.saturating_duration_since(self.last).as_secs_f64();
+            let per_sec = self.limit / 60.0;
+            self.minute = (self.minute + dt * per_sec).min(self.limit);
+            self.slice = (self.slice + dt * per_sec).min((self.limit / 60.0).floor().max(1.0));
+            self.last = now;
+        }
+
+        /// Admits `cost` if both buckets have room (a take beyond the slice is allowed
+        /// from a full slice).
+        fn admit(&mut self, now: Instant, cost: f64) -> bool {
+            self.refill(now);
+            let cap = (self.limit / 60.0).floor().max(1.0);
+            if self.minute < cost.min(self.limit) || self.slice < cost.min(cap) {
+                return false;
+            }
+            self.minute -= cost;
+            self.slice -= cost;
+            true
+        }
+
+        fn remaining(&mut self, now: Instant) -> u64 {
+            self.refill(now);
+            self.minute.max(0.0).floor() as u64
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_servers_cost_per_request_is_learned_from_its_remaining_tokens() {
+        // 60,000 TPM; requests we count at 400 tokens, the server at 440; 200 ms latency.
+        let l = std::sync::Arc::new(Limiter::new(None, None));
+        let server = std::sync::Arc::new(Mutex::new(Sim::new(60_000, Instant::now())));
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (l, server, refused) = (l.clone(), server.clone(), refused.clone());
+            tasks.spawn(async move {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(120) {
+                    let c = l.acquire(400).await.unwrap();
+                    let ok = server
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .admit(Instant::now(), 440.0);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let remaining = server
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remaining(Instant::now());
+                    l.learn(&RateLimitInfo {
+                        limit_tokens: Some(60_000),
+                        remaining_tokens: Some(remaining),
+                        ..RateLimitInfo::default()
+                    });
+                    if !ok {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        l.rate_limited(c, "Rate limit reached for tokens per min (TPM)");
+                        l.cool_down(Duration::from_millis(100));
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        let ratio = l.cost_ratio();
+        let refused = refused.load(Ordering::Relaxed);
+        assert!((1.07..1.13).contains(&ratio), "{ratio} ({refused} refused)");
+        assert_eq!(refused, 0, "ratio {ratio}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_at_or_under_our_count_teaches_nothing() {
+        let l = Limiter::new(None, None);
+        let mut server = Sim::new(60_000, Instant::now());
+        for _ in 0..300 {
+            l.acquire(400).await.unwrap();
+            server.admit(Instant::now(), 400.0);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            l.learn(&RateLimitInfo {
+                limit_tokens: Some(60_000),
+                remaining_tokens: Some(server.remaining(Instant::now())),
+                ..RateLimitInfo::default()
+            });
+        }
+        assert_eq!(l.cost_ratio(), 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tokens_429_raises_the_ratio() {
+        let l = Limiter::new(None, Some(60_000));
+        l.learn(&RateLimitInfo::default());
+        let c = l.acquire(400).await.unwrap();
+        // Without numbers: 5%, at most every two seconds.
+        l.rate_limited(
+            c,
+            "Rate limit reached for tokens per min (TPM) on m: Limit 60000.",
+        );
+        l.rate_limited(
+            c,
+            "Rate limit reached for tokens per min (TPM) on m: Limit 60000.",
+        );
+        assert!((l.cost_ratio() - 1.05).abs() < 1e-9, "{}", l.cost_ratio());
+        // A requests 429 says nothing about tokens.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        l.rate_limited(c, "Rate limit reached for requests per min (RPM)");
+        assert!((l.cost_ratio() - 1.05).abs() < 1e-9);
+        // OpenAI's wording names the cost: read it.
+        l.rate_limited(
+            c,
+            "Rate limit reached for gpt-4o-mini in organization org-x on tokens per min \
+             (TPM): Limit 60000, Used 59800, Requested 460. Please try again in 460ms.",
+        );
+        assert!((l.cost_ratio() - 1.15).abs() < 1e-9, "{}", l.cost_ratio());
+        // Absurd numbers are clamped.
+        l.rate_limited(
+            c,
+            "on tokens per min (TPM): Limit 1, Requested 99999999999999999",
+        );
+        assert_eq!(l.cost_ratio(), RATIO_MAX);
+        assert_eq!(requested_tokens("Requested 12."), Some(12));
+        assert_eq!(requested_tokens("Requested x"), None);
+        assert_eq!(requested_tokens("Requested 999999999999999999999999"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_token_limit_below_one_request_is_unmeetable() {
+        let l = Limiter::new(None, Some(60_000));
+        l.acquire(500).await.unwrap(); // the probe
+        l.learn(&RateLimitInfo {
+            limit_tokens: Some(10),
+            ..RateLimitInfo::default()
+        });
+        let e = l
+            .acquire(500)
+            .await
+            .err()
+            .unwrap_or(Unmeetable(String::new()));
+        assert!(
+            e.0.contains("x-ratelimit-limit-tokens header says 10 tokens"),
+            "{e}"
+        );
+        assert!(e.0.contains("one request needs 500"), "{e}");
+        // A request that fits is still let through.
+        assert!(l.acquire(10).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_larger_than_the_bucket_is_not_starved_by_small_ones() {
+        let l = std::sync::Arc::new(Limiter::new(None, Some(6000))); // bucket 90, 99/s
+        l.learn(&RateLimitInfo::default());
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        // Small requests queue first, then a large one, then more small ones.
+        for i in 0..41u64 {
+            let l = l.clone();
+            let tokens = if i == 20 { 900 } else { 30 };
+            tasks.spawn(async move {
+                l.acquire(tokens).await.unwrap();
+                (i, start.elapsed())
+            });
+            tokio::task::yield_now().await;
+        }
+        let mut done = vec![];
+        while let Some(r) = tasks.join_next().await {
+            done.push(r.unwrap_or_else(|e| panic!("{e}")));
+        }
+        done.sort_by_key(|(_, t)| *t);
+        let order: Vec<u64> = done.iter().map(|(i, _)| *i).collect();
+        let big = order.iter().position(|i| *i == 20).unwrap_or(usize::MAX);
+        assert!(big <= 21, "the large request went {big}th: {order:?}");
+        // It went once the bucket was full: after the 20 small ones (600 tokens, 90 at
+        // once) had drained, and well before the rest.
+        let at = done[big].1.as_secs_f64();
+        assert!((5.0..6.5).contains(&at), "{at}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_first_request_goes_alone_until_answered() {
         let l = std::sync::Arc::new(Limiter::new(None, None));
-        l.acquire(1).await; // the probe
+        l.acquire(1).await.unwrap(); // the probe
         let l2 = l.clone();
-        let waiter = tokio::spawn(async move { l2.acquire(1).await });
+        let waiter = tokio::spawn(async move { l2.acquire(1).await.unwrap() });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(!waiter.is_finished(), "went before the probe was answered");
         l.learn(&info(Some(6000), None));
@@ -608,8 +1094,66 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_probe_that_never_answers_holds_the_rest_only_briefly() {
         let l = Limiter::new(None, None);
-        l.acquire(1).await;
+        l.acquire(1).await.unwrap();
         let took = run(&l, 3, 1).await;
         assert!(took >= PROBE_WAIT && took < PROBE_WAIT * 2, "{took:?}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever numbers a server sends (absurd limits, remaining above the limit, zero),
+        /// and whatever a 429 says, the limiter neither panics nor stops letting requests
+        /// through (unless the server's own token limit is below one request).
+        #[test]
+        fn any_header_values_and_429s_never_panic(
+            answers in proptest::collection::vec(
+                (
+                    proptest::option::of(proptest::num::u64::ANY),
+                    proptest::option::of(proptest::num::u64::ANY),
+                    proptest::option::of(proptest::num::u64::ANY),
+                    proptest::option::of(proptest::num::u64::ANY),
+                    proptest::option::of(0u64..100_000_000),
+                    ".{0,60}",
+                ),
+                1..12,
+            ),
+            tokens in 1u64..1_000_000,
+            job in proptest::option::of(1u32..u32::MAX),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build();
+            let Ok(rt) = rt else { return Ok(()) };
+            rt.block_on(async {
+                let l = Limiter::new(job, job);
+                for (lr, rr, lt, rt_, wait_ms, msg) in answers {
+                    let charge = match tokio::time::timeout(
+                        Duration::from_secs(7 * 24 * 3600),
+                        l.acquire(tokens),
+                    )
+                    .await
+                    {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(_)) | Err(_) => return,
+                    };
+                    l.learn(&RateLimitInfo {
+                        limit_requests: lr,
+                        remaining_requests: rr,
+                        limit_tokens: lt,
+                        remaining_tokens: rt_,
+                        ..RateLimitInfo::default()
+                    });
+                    l.settle(charge, tokens / 2);
+                    if let Some(ms) = wait_ms {
+                        l.rate_limited(charge, &msg);
+                        l.cool_down(Duration::from_millis(ms));
+                    }
+                    let r = l.cost_ratio();
+                    assert!((RATIO_MIN..=RATIO_MAX).contains(&r), "{r}");
+                }
+            });
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::client::ErrorKind;
 use crate::types::Money;
 
 /// Rows done, failed and money spent, shown as the job goes.
@@ -22,8 +23,27 @@ struct Inner {
     done: AtomicU64,
     failed: AtomicU64,
     cost_pico: AtomicU64,
+    /// Attempts that were retries.
+    retries: AtomicU64,
+    /// Failed attempts by kind: connection, timeout, 5xx, 429.
+    errors: [AtomicU64; 4],
     started: Instant,
     plain: bool,
+}
+
+impl Inner {
+    /// `3 retries (2 connection, 0 timeout, 1 5xx, 0 429)`, or None while there are none.
+    fn retries_line(&self) -> Option<String> {
+        let retries = self.retries.load(Relaxed);
+        let e: Vec<u64> = self.errors.iter().map(|a| a.load(Relaxed)).collect();
+        if retries == 0 && e.iter().all(|n| *n == 0) {
+            return None;
+        }
+        Some(format!(
+            "{retries} retries ({} connection, {} timeout, {} 5xx, {} 429)",
+            e[0], e[1], e[2], e[3]
+        ))
+    }
 }
 
 impl Progress {
@@ -50,6 +70,8 @@ impl Progress {
                 done: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 cost_pico: AtomicU64::new(0),
+                retries: AtomicU64::new(0),
+                errors: Default::default(),
                 started: Instant::now(),
                 plain: !tty && !quiet,
             }),
@@ -62,15 +84,41 @@ impl Progress {
         if !ok {
             self.inner.failed.fetch_add(1, Relaxed);
         }
-        let spent = self.inner.cost_pico.fetch_add(cost.0, Relaxed) + cost.0;
+        self.inner.cost_pico.fetch_add(cost.0, Relaxed);
         self.bar.inc(1);
+        self.refresh_bar();
+    }
+
+    /// Records an attempt that is a retry of its row.
+    pub fn retried(&self) {
+        self.inner.retries.fetch_add(1, Relaxed);
+    }
+
+    /// Records a failed attempt; connection errors, timeouts, 5xx and 429s are counted by
+    /// kind on the progress line.
+    pub fn attempt_failed(&self, kind: ErrorKind) {
+        let i = match kind {
+            ErrorKind::Connection => 0,
+            ErrorKind::Timeout => 1,
+            ErrorKind::Server => 2,
+            ErrorKind::RateLimited => 3,
+            _ => return,
+        };
+        self.inner.errors[i].fetch_add(1, Relaxed);
+        self.refresh_bar();
+    }
+
+    fn refresh_bar(&self) {
         let failed = self.inner.failed.load(Relaxed);
+        let mut msg = String::from("·");
         if failed > 0 {
-            self.bar
-                .set_message(format!("· {failed} failed · {}", Money(spent)));
-        } else {
-            self.bar.set_message(format!("· {}", Money(spent)));
+            msg.push_str(&format!(" {failed} failed ·"));
         }
+        if let Some(r) = self.inner.retries_line() {
+            msg.push_str(&format!(" {r} ·"));
+        }
+        msg.push_str(&format!(" {}", Money(self.inner.cost_pico.load(Relaxed))));
+        self.bar.set_message(msg);
     }
 
     /// Starts the plain-text reporter (a line every `every`) when not on a terminal.
@@ -86,8 +134,12 @@ impl Progress {
                 tick.tick().await;
                 let done = inner.done.load(Relaxed);
                 let secs = inner.started.elapsed().as_secs_f64().max(0.001);
+                let retries = inner
+                    .retries_line()
+                    .map(|r| format!(", {r}"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "promptmill: {done}/{} rows, {} failed, {} spent, {:.0} rows/min",
+                    "promptmill: {done}/{} rows, {} failed{retries}, {} spent, {:.0} rows/min",
                     inner.total,
                     inner.failed.load(Relaxed),
                     Money(inner.cost_pico.load(Relaxed)),
@@ -100,5 +152,32 @@ impl Progress {
     /// Removes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_and_failed_attempts_are_counted_by_kind() {
+        let p = Progress::new(10, true);
+        assert_eq!(p.inner.retries_line(), None);
+        p.retried();
+        p.retried();
+        for k in [
+            ErrorKind::Connection,
+            ErrorKind::Timeout,
+            ErrorKind::Server,
+            ErrorKind::Server,
+            ErrorKind::RateLimited,
+            ErrorKind::BadRequest,
+        ] {
+            p.attempt_failed(k);
+        }
+        assert_eq!(
+            p.inner.retries_line().as_deref(),
+            Some("2 retries (1 connection, 1 timeout, 2 5xx, 1 429)")
+        );
     }
 }

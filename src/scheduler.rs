@@ -25,6 +25,7 @@ use crate::journal::{JournalError, JournalWriter, Record, Status, Unfinished};
 use crate::limit::Limiter;
 use crate::progress::Progress;
 use crate::types::{Money, Usage};
+use crate::watchdog::{Watchdog, WatchdogLimits};
 
 /// A row ready to be sent.
 #[derive(Debug)]
@@ -106,7 +107,11 @@ pub struct RunStats {
     pub rate_limited: AtomicU64,
     /// 5xx answers.
     pub server_errors: AtomicU64,
-    /// Other failed attempts (timeouts, connection errors, bad bodies).
+    /// Attempts that could not connect (or lost the connection).
+    pub connection_errors: AtomicU64,
+    /// Attempts that timed out.
+    pub timeouts: AtomicU64,
+    /// Other failed attempts (bad bodies, 4xx).
     pub other_errors: AtomicU64,
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
@@ -152,6 +157,8 @@ pub struct Scheduler {
     pub schema: Option<Value>,
     /// Counts answers that come without usage; without it they are charged the worst case.
     pub usage_counter: Option<UsageCounter>,
+    /// Stops the job when failed attempts say it cannot go on (endpoint down, only 429s).
+    pub watchdog: Watchdog,
     abort_reason: Mutex<Option<String>>,
     interrupted: std::sync::atomic::AtomicBool,
 }
@@ -190,6 +197,10 @@ impl Scheduler {
             cache: None,
             schema: None,
             usage_counter: None,
+            watchdog: Watchdog::new(WatchdogLimits {
+                errors: 0,
+                refused: None,
+            }),
             abort_reason: Mutex::new(None),
             interrupted: std::sync::atomic::AtomicBool::new(false),
         }
@@ -209,9 +220,15 @@ impl Scheduler {
 
     /// Stops the job for a reason that no retry can fix; only the first reason is kept.
     fn abort(&self, e: &ApiError) {
+        self.stop_job(&describe_abort(e));
+    }
+
+    /// Stops the job now (requests in flight are dropped, their rows stay pending) and
+    /// says why; only the first reason is kept.
+    fn stop_job(&self, reason: &str) {
         let mut g = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
         if g.is_none() {
-            *g = Some(self.client.scrub(&describe_abort(e)));
+            *g = Some(self.client.scrub(reason));
         }
         self.stop.cancel();
         self.cancel.cancel();
@@ -404,6 +421,13 @@ impl Scheduler {
                 _ = self.stop.cancelled() => return None,
                 charge = self.limiter.acquire(item.limiter_tokens) => charge,
             };
+            let charge = match charge {
+                Ok(c) => c,
+                Err(e) => {
+                    self.stop_job(&format!("{e}; rows not done stay pending"));
+                    return None;
+                }
+            };
             if self.cancel.is_cancelled() {
                 return None;
             }
@@ -411,9 +435,11 @@ impl Scheduler {
             self.stats.attempts.fetch_add(1, Relaxed);
             if attempts > 1 {
                 self.stats.retries.fetch_add(1, Relaxed);
+                self.progress.retried();
             }
             let err = match self.client.send(&item.body).await {
                 Ok(mut c) => {
+                    self.watchdog.success();
                     self.limiter.learn(&c.rate);
                     match &c.usage {
                         Some(u) => self.limiter.settle(charge, u.total()),
@@ -447,6 +473,11 @@ impl Scheduler {
             };
             self.limiter.learn(&err.rate);
             tracing::debug!(row = item.row, attempt = attempts, "attempt failed: {err}");
+            self.count_failure(err.kind);
+            if let Some(why) = self.watchdog.failure(&err, tokio::time::Instant::now()) {
+                self.stop_job(&why);
+                return None;
+            }
             match err.action {
                 Action::AbortJob => {
                     self.abort(&err);
@@ -458,26 +489,21 @@ impl Scheduler {
                 Action::Retry => {}
             }
             let delay = if err.kind == ErrorKind::RateLimited {
-                self.stats.rate_limited.fetch_add(1, Relaxed);
                 rate_limit_retries += 1;
                 if rate_limit_retries > MAX_RATE_LIMIT_RETRIES {
                     return Some(self.paid(self.failure(item, &err, attempts), *wasted));
                 }
+                self.limiter.rate_limited(charge, &err.message);
                 // One 429 slows everyone: the server's wait (or a doubling guess) becomes
                 // a shared cooldown.
-                let d = err
-                    .retry_after
-                    .unwrap_or_else(|| Duration::from_millis(250 << rate_limit_retries.min(6)));
+                let d = err.retry_after.unwrap_or_else(|| {
+                    Duration::from_millis(250 << (rate_limit_retries - 1).min(6))
+                });
                 self.limiter.cool_down(d);
                 // Spread the retries over the wait that follows, so the workers that were
                 // all turned away do not all come back in the same millisecond.
                 d + d.mul_f64(rand::random::<f64>())
             } else {
-                if err.kind == ErrorKind::Server {
-                    self.stats.server_errors.fetch_add(1, Relaxed);
-                } else {
-                    self.stats.other_errors.fetch_add(1, Relaxed);
-                }
                 match backoff.next() {
                     Some(d) => err.retry_after.map_or(d, |ra| ra.max(d)),
                     None => return Some(self.paid(self.failure(item, &err, attempts), *wasted)),
@@ -500,6 +526,19 @@ impl Scheduler {
                 ..item.guess.worst
             },
         }
+    }
+
+    /// Counts a failed attempt by kind, for the summary and the progress line.
+    fn count_failure(&self, kind: ErrorKind) {
+        let counter = match kind {
+            ErrorKind::RateLimited => &self.stats.rate_limited,
+            ErrorKind::Server => &self.stats.server_errors,
+            ErrorKind::Connection => &self.stats.connection_errors,
+            ErrorKind::Timeout => &self.stats.timeouts,
+            _ => &self.stats.other_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+        self.progress.attempt_failed(kind);
     }
 
     /// The structured-output hook: with a schema, the answer must parse and validate (else

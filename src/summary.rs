@@ -57,6 +57,10 @@ pub struct Summary {
     pub retries: u64,
     pub rate_limited: u64,
     pub server_errors: u64,
+    /// Attempts that could not connect (or lost the connection).
+    pub connection_errors: u64,
+    /// Attempts that timed out.
+    pub timeouts: u64,
     pub requests_per_minute: f64,
     pub tokens_per_minute: f64,
     pub prices: String,
@@ -214,8 +218,14 @@ impl Summary {
         line(
             "requests",
             format!(
-                "{} sent, {} retries, {} rate-limited (429), {} server errors",
-                self.requests, self.retries, self.rate_limited, self.server_errors
+                "{} sent, {} retries, {} rate-limited (429), {} server errors (5xx), {} \
+                 connection errors, {} timeouts",
+                self.requests,
+                self.retries,
+                self.rate_limited,
+                self.server_errors,
+                self.connection_errors,
+                self.timeouts
             ),
         );
         line("output", self.output.clone());

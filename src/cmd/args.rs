@@ -39,6 +39,14 @@ pub struct JobArgs {
     /// Retries per row (overrides limits.max_retries).
     #[arg(long)]
     pub max_retries: Option<u32>,
+    /// Stop when this many attempts in a row fail (connection, timeout, 5xx) before any
+    /// succeeds; 0 = never (overrides limits.stop_after_errors; default 8).
+    #[arg(long, value_name = "N")]
+    pub stop_after_errors: Option<u32>,
+    /// Stop when the server has answered only 429s for this many seconds; 0 = never
+    /// (overrides limits.stop_after_refused_secs; default 120).
+    #[arg(long, value_name = "SECS")]
+    pub stop_after_refused_secs: Option<u32>,
     /// Hard budget cap in USD (overrides budget.max_usd).
     #[arg(long, value_name = "USD", value_parser = crate::bounds::max_usd)]
     pub max_usd: Option<f64>,
@@ -97,6 +105,14 @@ impl JobArgs {
         o.push("limits.tokens_per_minute", self.tpm.map(i64::from));
         o.push("limits.max_in_flight", self.max_in_flight.map(i64::from));
         o.push("limits.max_retries", self.max_retries.map(i64::from));
+        o.push(
+            "limits.stop_after_errors",
+            self.stop_after_errors.map(i64::from),
+        );
+        o.push(
+            "limits.stop_after_refused_secs",
+            self.stop_after_refused_secs.map(i64::from),
+        );
         o.push("budget.max_usd", self.max_usd);
         o.push("api.base_url", self.base_url.clone());
         o.push("api.timeout_secs", self.timeout);

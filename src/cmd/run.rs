@@ -30,6 +30,7 @@ use crate::slots::{SlotCursor, SlotFile};
 use crate::source::{Source, SourceOptions};
 use crate::summary::Summary;
 use crate::types::{Money, Usage};
+use crate::watchdog::{Watchdog, WatchdogLimits};
 
 /// `promptmill run JOB`: run a job (or with `--dry-run`, only estimate it).
 #[derive(Debug, Args)]
@@ -273,6 +274,11 @@ async fn run_job(
     .with_cache(cache.clone());
     sched.schema = job.model.schema_json.clone();
     sched.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));
+    sched.watchdog = Watchdog::new(WatchdogLimits {
+        errors: job.limits.stop_after_errors,
+        refused: (job.limits.stop_after_refused_secs > 0)
+            .then(|| Duration::from_secs(u64::from(job.limits.stop_after_refused_secs))),
+    });
     let sched = Arc::new(sched);
     // Before anything is sent: what an earlier run already did.
     if let Some(line) = validated.resume.line() {
@@ -380,6 +386,8 @@ async fn run_job(
         retries: stats.retries.load(Relaxed),
         rate_limited: stats.rate_limited.load(Relaxed),
         server_errors: stats.server_errors.load(Relaxed),
+        connection_errors: stats.connection_errors.load(Relaxed),
+        timeouts: stats.timeouts.load(Relaxed),
         requests_per_minute: attempts as f64 / minutes,
         tokens_per_minute: stats.tokens.load(Relaxed) as f64 / minutes,
         prices: format!("{} ({})", prices.source(), prices.as_of()),

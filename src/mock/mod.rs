@@ -66,6 +66,10 @@
 //! Anthropic-style `anthropic-ratelimit-*` headers (RFC 3339 resets) are sent beside the
 //! `x-ratelimit-*` ones.
 //!
+//! `--token-factor F` makes the TPM limit charge F times what the mock counts (its
+//! `x-ratelimit-remaining-tokens` falls accordingly, and a tokens 429 says `Requested N`
+//! as OpenAI's do); `--first-429 N` answers the first N requests 429 without Retry-After.
+//!
 //! Markers can be combined; an unknown `[[mock:...]]` is a 400 so that a typo cannot pass.
 
 mod anthropic;
@@ -133,6 +137,14 @@ pub struct MockConfig {
     /// server does (it takes `{"type": "json_object", "schema": …}` instead).
     #[arg(long)]
     pub reject_json_schema: bool,
+    /// The TPM limit charges this many times the tokens it counts (a server whose
+    /// tokenizer or overheads count more than tiktoken does), e.g. 1.1.
+    #[arg(long, default_value_t = 1.0, value_parser = crate::bounds::token_factor)]
+    pub token_factor: f64,
+    /// The first N requests get a 429 `rate_limit_exceeded` without Retry-After (a server
+    /// that turns away a first burst); they count as rate-limited.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub first_429: u64,
     /// Batch API: polls of `GET /v1/batches/{id}` per status step (validating, in_progress,
     /// finalizing, completed); Message Batches end after three such steps.
     #[arg(long, default_value_t = 1)]
@@ -155,6 +167,8 @@ impl Default for MockConfig {
             quota_requests: None,
             no_rate_headers: false,
             reject_json_schema: false,
+            token_factor: 1.0,
+            first_429: 0,
             batch_step_polls: 1,
             batch_create_delay_ms: 0,
         }
@@ -187,10 +201,15 @@ pub struct MockServer {
 impl MockServer {
     /// Bind `bind` (use `127.0.0.1:0` for an ephemeral port) and serve on a spawned task.
     pub async fn start(cfg: MockConfig, bind: SocketAddr) -> io::Result<MockServer> {
-        if !(0.0..=1.0).contains(&cfg.fail_rate) || cfg.rpm == Some(0) || cfg.tpm == Some(0) {
+        if !(0.0..=1.0).contains(&cfg.fail_rate)
+            || cfg.rpm == Some(0)
+            || cfg.tpm == Some(0)
+            || !(0.1..=10.0).contains(&cfg.token_factor)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "mock config: fail_rate must be within 0..=1 and rpm/tpm at least 1",
+                "mock config: fail_rate must be within 0..=1, token_factor within 0.1..=10 \
+                 and rpm/tpm at least 1",
             ));
         }
         let listener = tokio::net::TcpListener::bind(bind).await?;

@@ -121,6 +121,15 @@ impl Shared {
             bump(&self.stats.quota_exceeded);
             return Some(reply::insufficient_quota());
         }
+        if t.seq < self.cfg.first_429 {
+            bump(&self.stats.rate_limited);
+            return Some(reply::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many requests (mock: --first-429). Please slow down.",
+                "requests",
+                Some("rate_limit_exceeded"),
+            ));
+        }
         if let Some(r) = self.refuse_over_rate(t) {
             return Some(r);
         }
@@ -151,21 +160,30 @@ impl Shared {
 
     fn refuse_over_rate(&self, t: &Ticket<'_>) -> Option<Response> {
         let limiter = self.limiter.as_ref()?;
+        // `--token-factor`: the limit counts differently from the usage it reports.
+        let charged = (t.limit_tokens as f64 * self.cfg.token_factor).ceil() as u64;
         let verdict = limiter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .try_admit(Instant::now(), t.limit_tokens);
+            .try_admit(Instant::now(), charged);
         let rejection = verdict.err()?;
         bump(&self.stats.rate_limited);
         Some(match rejection {
             Rejection::Limited { kind, retry_after } => {
-                let (what, unit, limit) = match kind {
-                    super::limits::LimitKind::Requests => ("requests", "RPM", self.cfg.rpm),
-                    super::limits::LimitKind::Tokens => ("tokens", "TPM", self.cfg.tpm),
+                let (what, unit, limit, requested) = match kind {
+                    super::limits::LimitKind::Requests => {
+                        ("requests", "RPM", self.cfg.rpm, String::new())
+                    }
+                    super::limits::LimitKind::Tokens => (
+                        "tokens",
+                        "TPM",
+                        self.cfg.tpm,
+                        format!(", Requested {charged}"),
+                    ),
                 };
                 let message = format!(
                     "Rate limit reached for {what} per min ({unit}) on {} in mock organization: \
-                     Limit {}. Please try again in {}.",
+                     Limit {}{requested}. Please try again in {}.",
                     t.model,
                     limit.unwrap_or_default(),
                     go_duration(retry_after)
