@@ -113,7 +113,7 @@ fn two_concurrent_batch_runs_create_one_batch_set() {
 }
 
 #[test]
-fn the_dry_run_does_not_take_or_wait_for_the_lock() {
+fn every_writing_command_is_refused_while_a_run_holds_the_job_and_readers_are_not() {
     let mock = Mock::start(&["--latency-ms", "50"]);
     let (ws, job) = Workspace::with_job(ROWS, &mock.base_url, "");
     let mut first = ws.spawn(&["run", &job, "--quiet"], Stdio::null());
@@ -126,11 +126,22 @@ fn the_dry_run_does_not_take_or_wait_for_the_lock() {
     // Frozen (SIGSTOP) while it holds the lock: it cannot end during the dry run.
     let pid = first.id() as libc::pid_t;
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    ws.write("results.jsonl", "");
     let dry = ws.run(&["run", &job, "--dry-run"]);
-    let live = ws.run(&["run", &job]);
+    let estimate = ws.run(&["estimate", &job]);
+    let writers = [
+        ws.run(&["run", &job]),
+        ws.run(&["run", &job, "--mode", "batch"]),
+        ws.run(&["collect", &job]),
+        ws.run(&["import", &job, "results.jsonl"]),
+        ws.run(&["export", &job, "--format", "openai-batch"]),
+    ];
     assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
     assert_exit(&dry, 0);
-    assert_names_holder(&live, first.id());
+    assert_exit(&estimate, 0);
+    for out in &writers {
+        assert_names_holder(out, first.id());
+    }
     assert_eq!(first.wait().unwrap().code(), Some(0));
     assert_eq!(mock.stat("requests"), ROWS as u64);
 }
