@@ -658,6 +658,12 @@ impl Job {
         sibling(&self.output.path, "report.html")
     }
 
+    /// The lock file that keeps a second run of this job out while one runs: beside the
+    /// output.
+    pub fn lock_path(&self) -> PathBuf {
+        sibling(&self.output.path, "lock")
+    }
+
     /// Where Batch API state (uploaded files, batch ids) lives: beside the output.
     pub fn batch_state_path(&self) -> PathBuf {
         sibling(&self.output.path, "batches.json")

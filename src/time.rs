@@ -29,6 +29,11 @@ pub fn utc_minutes(secs: u64) -> String {
     timestamp(secs).strftime("%Y-%m-%d %H:%M").to_string()
 }
 
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS` UTC.
+pub fn utc_seconds(secs: u64) -> String {
+    timestamp(secs).strftime("%Y-%m-%d %H:%M:%S").to_string()
+}
+
 /// Unix seconds as a timestamp, clamped to the range jiff can represent.
 fn timestamp(secs: u64) -> Timestamp {
     let max = Timestamp::MAX.as_second();
@@ -68,6 +73,7 @@ mod tests {
         let later = t + Duration::from_millis(1);
         assert_eq!(rfc3339_ceil(later), "2000-03-01T01:01:02Z");
         assert_eq!(utc_minutes(0), "1970-01-01 00:00");
+        assert_eq!(utc_seconds(1_764_100_005), "2025-11-25 19:46:45");
         assert_eq!(utc_minutes(1_764_100_000), "2025-11-25 19:46");
         assert_eq!(utc_minutes(951_782_400), "2000-02-29 00:00");
         // Far-future values are clamped, never a panic.

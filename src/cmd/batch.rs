@@ -285,6 +285,7 @@ pub async fn run(
 pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let mut ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let _lock = run::claim(&ctx.job)?;
     let spec = run::output_spec(&ctx.job).map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
     if !ctx.state_path().exists() {
@@ -835,6 +836,16 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
             "--format {format} is for jobs with api.provider = \"{name}\""
         )));
     }
+    // Export journals the bad rows it skips, so it holds the job like a run does. What it
+    // creates only for that (folder, journal, lock file) is removed again if unused.
+    let journal_path = ctx.job.journal_path();
+    let new_journal = !journal_path.exists();
+    let new_dir = journal_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf);
+    let new_lock = !ctx.job.lock_path().exists();
+    let lock = run::claim(&ctx.job)?;
     let mut ctx = ctx.with_planner().map_err(start_err)?;
     ctx.validate().await.map_err(start_err)?;
     let out = args.out.clone().unwrap_or_else(|| {
@@ -851,12 +862,6 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
     let mut w = std::io::BufWriter::new(file);
     // The journal is opened for the bad rows it may record; one that export created and
     // left empty (with the folder made for it) is removed again.
-    let journal_path = ctx.job.journal_path();
-    let new_journal = !journal_path.exists();
-    let new_dir = journal_path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-        .map(Path::to_path_buf);
     let mut writer = journal::open(&journal_path)?;
     let mut bytes = 0u64;
     let (n, _) = pending_lines(&ctx, &mut writer, args.retry_failed, |line| {
@@ -867,6 +872,10 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
     if new_journal && std::fs::metadata(&journal_path).is_ok_and(|m| m.len() == 0) {
         std::fs::remove_file(&journal_path)
             .with_context(|| format!("{}: cannot remove", journal_path.display()))?;
+        if new_lock {
+            lock.remove()
+                .with_context(|| format!("{}: cannot remove", ctx.job.lock_path().display()))?;
+        }
         if let Some(dir) = new_dir {
             let _ = std::fs::remove_dir(dir); // only when empty: nothing else is lost
         }
@@ -888,6 +897,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
 pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let _lock = run::claim(&ctx.job)?;
     let spec = run::output_spec(&ctx.job).map_err(start_err)?;
     let ids = ctx.row_ids().map_err(start_err)?;
     let mut writer = journal::open(&ctx.job.journal_path())?;

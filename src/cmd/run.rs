@@ -98,6 +98,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let mut job = args.job.load().map_err(|e| anyhow!(CannotStart(e)))?;
     let prices = price_table(&args.job).map_err(|e| anyhow!(CannotStart(e)))?;
     let price = prices.lookup(&job.model.name).cloned();
+    // One run of a job at a time, claimed before anything is read or sent. The dry run only
+    // reads, so it neither takes the lock nor waits for it.
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(claim(&job)?)
+    };
 
     let mut mock = None;
     if args.mock {
@@ -125,6 +132,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         m.shutdown().await;
     }
     outcome
+}
+
+/// Claims the job for this process: the output paths are checked, then the job's lock is
+/// taken (see [`crate::job_lock`]). Every command that writes the journal or the batch state
+/// calls this first and holds the lock until it ends; failure is exit 2, nothing sent.
+pub(crate) fn claim(job: &Job) -> anyhow::Result<crate::job_lock::JobLock> {
+    crate::output_paths::check(job).map_err(start_err)?;
+    crate::job_lock::acquire(job).map_err(start_err)
 }
 
 pub(crate) fn start_err(e: impl Into<anyhow::Error>) -> anyhow::Error {
@@ -522,6 +537,7 @@ fn produce(
 /// The output's shape: input columns (or the chosen subset, each checked), the structured
 /// output's fields, the variants. Checked before anything is sent.
 pub(crate) fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
+    crate::output_paths::check(job)?;
     let columns = Source::open(&job.input.path, &source_options(job))?
         .columns()
         .to_vec();
