@@ -161,12 +161,9 @@ fn a_server_that_fails_every_request_the_same_way_stops_and_says_so() {
     // Four failures in a row stop it (the other rows' attempts in flight may land too).
     assert!(mock.stat("requests") <= 4 + 5, "{}", mock.stats());
     let server_errors = s["server_errors"].as_u64().unwrap_or(0);
+    // Answers that land after the stop are dropped with their tasks, so this can be fewer
+    // than the mock's count, never fewer than the four that stopped it.
     assert!((4..=4 + 5).contains(&server_errors), "{s}");
-    assert_eq!(
-        server_errors,
-        mock.stat("requests"),
-        "every attempt counted: {s}"
-    );
 }
 
 #[test]
