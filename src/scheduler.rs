@@ -226,10 +226,7 @@ impl Scheduler {
     /// Stops the job now (requests in flight are dropped, their rows stay pending) and
     /// says why; only the first reason is kept.
     fn stop_job(&self, reason: &str) {
-        let mut g = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
-        if g.is_none() {
-            *g = Some(self.client.scrub(reason));
-        }
+        self.keep_first_reason(self.client.scrub(reason));
         self.stop.cancel();
         self.cancel.cancel();
     }
@@ -355,20 +352,25 @@ impl Scheduler {
         }
     }
 
+    /// Records why the job stops, unless an earlier reason was recorded already.
+    fn keep_first_reason(&self, reason: String) {
+        let mut g = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            *g = Some(reason);
+        }
+    }
+
     /// A row's task ended. One that panicked (a bug: no input should cause it) stops the
     /// run as aborted instead of letting it report "completed" with the row silently
     /// pending; the row is sent again on resume.
     fn joined(&self, done: Option<Result<(), tokio::task::JoinError>>) {
         if let Some(Err(e)) = done {
             if e.is_panic() {
-                let mut g = self.abort_reason.lock().unwrap_or_else(|e| e.into_inner());
-                if g.is_none() {
-                    *g = Some(
-                        "internal error: a request task panicked (please report it); its row \
-                         stays pending, run the same command again to resume"
-                            .into(),
-                    );
-                }
+                self.keep_first_reason(
+                    "internal error: a request task panicked (please report it); its row \
+                     stays pending, run the same command again to resume"
+                        .into(),
+                );
                 self.stop.cancel();
             }
         }
