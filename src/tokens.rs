@@ -6,7 +6,7 @@
 //! `tokens(name) + 1`, and the reply is primed with 3 more (`<|start|>assistant<|message|>`).
 //! The retired `gpt-3.5-turbo-0301` framed messages differently: 4 per message and -1 per
 //! name (the name replaced the role). The cookbook checked both against `usage.prompt_tokens`
-//! from the live API (129 and 127 tokens for its example), and `tests/token_counts.rs`
+//! from the live API (129 and 127 tokens for its example), and `tests/it/token_counts.rs`
 //! replays those cases.
 //!
 //! Other models (Claude, Llama, Mistral…) get an approximation with o200k_base and the same

@@ -5,8 +5,8 @@
 //!    (openai/openai-cookbook `examples/How_to_count_tokens_with_tiktoken.ipynb`), whose stored
 //!    outputs print `usage.prompt_tokens` returned by the live API for its example messages
 //!    and plain-text counts per encoding.
-//! 2. `tests/fixtures/token_counts.json`, generated with OpenAI's Python `tiktoken` by
-//!    `tests/fixtures/token_counts.py` (model → encoding from `encoding_for_model`, the
+//! 2. `tests/it/fixtures/token_counts.json`, generated with OpenAI's Python `tiktoken` by
+//!    `tests/it/fixtures/token_counts.py` (model → encoding from `encoding_for_model`, the
 //!    cookbook framing formula). That script reproduces the notebook's API counts
 //!    (129/129/124/124/127) before writing the fixture.
 
@@ -98,7 +98,7 @@ fn cookbook_plain_text_counts() {
 fn fixture() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/token_counts.json"
+        "/tests/it/fixtures/token_counts.json"
     );
     let text = std::fs::read_to_string(path).unwrap();
     serde_json::from_str(&text).unwrap()

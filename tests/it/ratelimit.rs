@@ -1,7 +1,7 @@
 //! Rate limits end to end: the real binary against the mock API on 127.0.0.1, which
 //! enforces RPM in one-second slices and answers like OpenAI (headers, 429 bodies).
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 

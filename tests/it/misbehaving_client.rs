@@ -1,11 +1,10 @@
 //! Servers that misbehave towards the client: redirects that would carry the key and the
 //! prompts elsewhere, refusals and content filters, fewer answers than asked for, servers
 //! that support less than OpenAI does. Every test runs the real binary against a server on
-//! 127.0.0.1 (the built-in mock, or the small recording server in `common/loopback.rs`).
+//! 127.0.0.1 (the built-in mock, or the small recording server in `tests/it/common/loopback.rs`).
 
-mod common;
-#[path = "common/loopback.rs"]
-mod loopback;
+use crate::common;
+use crate::common::loopback;
 
 use common::{assert_exit, stderr, JobFile, Workspace, TEST_KEY};
 use loopback::{Reply, Server};

@@ -2,7 +2,7 @@
 //! (chat, legacy completions, n > 1, streaming), Azure OpenAI, Anthropic (plain and
 //! streamed), and structured output that ends up as CSV columns.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

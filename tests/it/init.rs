@@ -1,7 +1,7 @@
 //! `promptmill init [DIR]` (a starter job that runs with `--mock` at once) and
 //! `promptmill completions SHELL`.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -3,9 +3,8 @@
 //! and a closed stdout never crash, an unclosed CSV quote never merges rows, and generated
 //! cells are safe in a spreadsheet. Every server here is a real one on 127.0.0.1.
 
-mod common;
-#[path = "common/fault_server.rs"]
-mod fault_server;
+use crate::common;
+use crate::common::fault_server;
 
 use std::io::Read;
 use std::process::Stdio;

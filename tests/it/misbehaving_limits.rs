@@ -3,7 +3,7 @@
 //! differently, and a header-less 429 on the first request. The real binary against the
 //! mock API (or a closed port) on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Output, Stdio};

@@ -2,7 +2,7 @@
 //! Anthropic job to the mock's `/v1/messages/batches` on 127.0.0.1, polls, collects, and
 //! writes the output a live run writes; crashes around the create never submit twice.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

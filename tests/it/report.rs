@@ -1,9 +1,8 @@
 //! `promptmill report JOB`: the review page, checked as a file and in a real headless
-//! Chromium (see tests/common/browser.rs for when that is skipped).
+//! Chromium (see tests/it/common/browser.rs for when that is skipped).
 
-#[path = "common/browser.rs"]
-mod browser;
-mod common;
+use crate::common;
+use crate::common::browser;
 
 use browser::Browser;
 use common::*;

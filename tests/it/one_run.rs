@@ -2,7 +2,7 @@
 //! SIGKILL), and output paths that would destroy the job's own files refused before anything
 //! is sent.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! run at the cap (exit 3, resumable), and a raised cap finishes it without sending any row
 //! twice.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -3,7 +3,7 @@
 //! must never be written anywhere. Every test runs the real binary against the mock API on
 //! 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -1,7 +1,7 @@
 //! The whole pipeline end to end: the real binary, real files, real HTTP to the mock API on
 //! 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::process::Output;
 

@@ -20,9 +20,8 @@
 //! The test fails when fewer than [`MIN_COMMANDS_RUN`] lines ran, so it cannot pass by
 //! running nothing.
 
-mod common;
-#[path = "common/repo_copy.rs"]
-mod repo_copy;
+use crate::common;
+use crate::common::repo_copy;
 
 use std::path::Path;
 use std::process::Output;

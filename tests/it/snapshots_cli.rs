@@ -7,9 +7,8 @@
 //! command here runs with `COLUMNS=100`; and the run's wall time and achieved rates are
 //! redacted after their shape is checked.
 
-mod common;
-#[path = "common/repo_copy.rs"]
-mod repo_copy;
+use crate::common;
+use crate::common::repo_copy;
 
 use std::process::{Command, Output};
 

@@ -2,6 +2,11 @@
 //! built-in mock API on 127.0.0.1, and read what it wrote. Tests read like a user session.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod fault_server;
+pub mod loopback;
+pub mod repo_copy;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

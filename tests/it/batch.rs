@@ -1,7 +1,7 @@
 //! The Batch API backend end to end: the real binary submits to the mock's Files and Batches
 //! endpoints on 127.0.0.1, polls, collects, and writes the same output a live run writes.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The dry run: `promptmill estimate JOB` (= `run JOB --dry-run`) renders and counts every
 //! row, prices the job and sends nothing.
 
-mod common;
+use crate::common;
 
 use common::*;
 use promptmill::tokens::TokenCounter;
@@ -48,7 +48,7 @@ fn estimate_json_has_exact_tokens_costs_and_wall_time() {
     assert_exit(&out, 0);
     let e = stdout_json(&out);
     // The parallel pass adds up exactly what the counter gives row by row (the counter
-    // itself is checked against tiktoken in tests/token_counts.rs).
+    // itself is checked against tiktoken in tests/it/token_counts.rs).
     let counter = TokenCounter::for_model("gpt-4o-mini");
     let expected: u64 = (1..=100)
         .map(|i| {

@@ -1,7 +1,7 @@
 //! Never lose paid work: real processes killed with real signals, resumed, and checked against
 //! the mock API's own counters (requests it answered, prompts it answered twice).
 
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::process::{Child, Command, ExitStatus};

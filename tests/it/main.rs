@@ -1,0 +1,25 @@
+//! The integration tests: one test binary, one module per feature. Each module runs the real
+//! `promptmill` binary (or the library) against loopback servers only.
+
+mod common;
+
+mod anthropic_batch;
+mod batch;
+mod budget;
+mod estimate;
+mod hostile;
+mod init;
+mod misbehaving_client;
+mod misbehaving_limits;
+mod misbehaving_money;
+mod mock_api;
+mod one_run;
+mod pipeline;
+mod providers;
+mod ratelimit;
+mod readme;
+mod render;
+mod report;
+mod resume;
+mod snapshots_cli;
+mod token_counts;
