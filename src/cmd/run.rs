@@ -288,6 +288,9 @@ async fn run_job(
     )
     .with_cache(cache.clone());
     sched.schema = job.model.schema_json.clone();
+    if let Some(seed) = retry_seed().map_err(start_err)? {
+        sched.retry.seed = seed;
+    }
     sched.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));
     sched.watchdog = Watchdog::new(WatchdogLimits {
         errors: job.limits.stop_after_errors,
@@ -609,6 +612,23 @@ fn record_bad_row(sched: &Scheduler, row: &crate::types::Row, error: String) -> 
         .append(&rec)?;
     sched.progress.row_done(false, Money::ZERO);
     Ok(())
+}
+
+/// The jitter seed of the retry schedule from `PROMPTMILL_RETRY_SEED`, when set (to replay
+/// a run's waits); without it each run draws its own.
+fn retry_seed() -> anyhow::Result<Option<u64>> {
+    const VAR: &str = "PROMPTMILL_RETRY_SEED";
+    let Some(raw) = std::env::var_os(VAR) else {
+        return Ok(None);
+    };
+    let text = raw.to_string_lossy();
+    match text.trim().parse::<u64>() {
+        Ok(seed) => Ok(Some(seed)),
+        Err(_) => bail!(
+            "{VAR} = {text:?}: expected a whole number from 0 to {}",
+            u64::MAX
+        ),
+    }
 }
 
 /// First Ctrl-C/SIGTERM: stop scheduling and let requests in flight finish (up to a grace
