@@ -3,6 +3,8 @@
 //! answers with 429s and 5xx, and the moments its requests arrive must be exactly the
 //! waits the retry policy gives for the run's seed. Deterministic and instant.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -302,4 +304,36 @@ async fn one_429_holds_every_worker_for_the_shared_cooldown() {
         .next_delay(1, RetryKind::RateLimited, 1, Some(Duration::from_secs(3)))
         .unwrap();
     assert_close(a[1] - a[0], answered + a_own, "a");
+}
+
+#[test]
+fn a_bad_retry_seed_is_refused_before_anything_is_sent() {
+    let ws = common::Workspace::new();
+    ws.csv_rows(3);
+    let job = ws.job("http://127.0.0.1:9/v1", "");
+    let out = ws.run_env(
+        &[("PROMPTMILL_RETRY_SEED", "-1")],
+        &["run", &job, "--mock", "--quiet"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("PROMPTMILL_RETRY_SEED") && err.contains("18446744073709551615"),
+        "{err}"
+    );
+    assert!(
+        !ws.path("out/result.journal.jsonl").exists()
+            || ws.read("out/result.journal.jsonl").is_empty()
+    );
+    // A good one runs as usual.
+    let out = ws.run_env(
+        &[("PROMPTMILL_RETRY_SEED", "12345")],
+        &["run", &job, "--mock", "--quiet"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

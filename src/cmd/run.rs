@@ -198,6 +198,7 @@ async fn run_job(
     let mut planner = Arc::new(planner_for(job, args.mock).map_err(start_err)?);
 
     let spec = output_spec(job).map_err(start_err)?;
+    let seed = retry_seed().map_err(start_err)?;
 
     if !args.dry_run && job.budget.max_usd.is_some() && price.is_none() {
         return Err(start_err(anyhow!(
@@ -310,7 +311,7 @@ async fn run_job(
     )
     .with_cache(cache.clone());
     sched.schema = job.model.schema_json.clone();
-    if let Some(seed) = retry_seed().map_err(start_err)? {
+    if let Some(seed) = seed {
         sched.retry.seed = seed;
     }
     sched.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));

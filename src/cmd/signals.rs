@@ -46,11 +46,6 @@ impl Interrupt {
     pub async fn wait(&self) {
         self.first.cancelled().await
     }
-
-    /// Requests a stop as a signal would (for callers that stop for their own reasons).
-    pub fn request(&self) {
-        self.first.cancel();
-    }
 }
 
 /// SIGINT and SIGTERM as one stream.
