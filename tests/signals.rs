@@ -169,7 +169,8 @@ fn sigterm_during_startup_leaves_output_and_summary_and_the_rerun_finishes() {
 #[test]
 fn sigterm_mid_run_finishes_requests_in_flight_writes_everything_and_resumes() {
     let mock = Mock::start(&["--latency-ms", "400"]);
-    let rows = 40;
+    // 80 rows at 10 answers a second: the run is still going when the signal comes.
+    let rows = 80;
     let (ws, job) = workspace(rows, &mock.base_url, 4);
     let mut run = Running::start(&ws, &["run", &job]);
     run.wait_for_line(HANDLERS_READY);
