@@ -445,7 +445,9 @@ impl Job {
             .unwrap_or_else(|| PathBuf::from("."));
         job.resolve_paths();
         job.validate()?;
-        job.model.schema_json = crate::schema::load(&job).map_err(|m| job.invalid(m))?;
+        job.model.schema_json =
+            crate::schema::load(job.model.schema.as_ref(), job.model.schema_file.as_deref())
+                .map_err(|m| job.invalid(m))?;
         Ok(job)
     }
 
@@ -821,5 +823,49 @@ path = "out/result.csv"
             .unwrap_err()
             .to_string()
             .contains("key=value"));
+    }
+
+    fn schema_job(model_extra: &str) -> Result<Job, ConfigError> {
+        let text = format!(
+            "[input]\npath = \"rows.csv\"\n[prompt]\nuser = \"hi\"\n[model]\nname = \"m\"\n{model_extra}\n[output]\npath = \"o.csv\"\n"
+        );
+        Job::from_str(
+            &text,
+            std::path::Path::new("jobs/j.toml"),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn schemas_load_inline_or_from_a_file_with_errors_that_name_them() {
+        let j = schema_job(
+            "schema = { type = \"object\", properties = { a = { type = \"string\" } } }",
+        )
+        .unwrap();
+        assert_eq!(
+            crate::schema::field_names(j.model.schema_json.as_ref().unwrap()),
+            ["a"]
+        );
+        let e = schema_job("schema = { type = \"string\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.schema") && e.contains("jobs/j.toml"),
+            "{e}"
+        );
+        let e = schema_job("schema_file = \"nope.schema.json\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("jobs/nope.schema.json"), "{e}");
+        let root = env!("CARGO_MANIFEST_DIR");
+        let j = schema_job(&format!(
+            "schema_file = \"{root}/templates/product_copy.schema.json\""
+        ))
+        .unwrap();
+        assert_eq!(
+            crate::schema::field_names(j.model.schema_json.as_ref().unwrap()),
+            ["headline", "body", "call_to_action"]
+        );
+        assert!(schema_job("").unwrap().model.schema_json.is_none());
     }
 }

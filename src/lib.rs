@@ -12,6 +12,7 @@ pub mod client;
 pub mod cmd;
 pub mod config;
 pub mod cost;
+pub mod drive;
 pub mod estimate;
 pub mod job_lock;
 pub mod journal;

@@ -87,6 +87,9 @@ fn main() -> ExitCode {
                 .map(|_| exit::OK),
         }
     });
+    // Whatever still runs (a validation pass a signal stopped waiting for) is abandoned:
+    // the command has written everything it owes.
+    runtime.shutdown_background();
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

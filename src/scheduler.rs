@@ -9,9 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -21,6 +19,7 @@ use crate::budget::{Budget, Reservation};
 use crate::cache::{self, Cache};
 use crate::client::{Action, ApiError, Client, Completion, ErrorKind};
 use crate::cost::{ModelPrice, Tier};
+use crate::drive::retry::{RetryKind, RetryPolicy};
 use crate::journal::{JournalError, JournalWriter, Record, Status, Unfinished};
 use crate::limit::Limiter;
 use crate::progress::Progress;
@@ -142,7 +141,9 @@ pub struct Scheduler {
     pub journal: Mutex<JournalWriter>,
     pub price: Option<ModelPrice>,
     pub tier: Tier,
-    pub max_retries: u32,
+    /// How long to wait before each retry, and when to give a row up (see
+    /// [`crate::drive::retry`]); its seed is random unless the caller sets one.
+    pub retry: RetryPolicy,
     pub max_in_flight: u32,
     pub stats: RunStats,
     pub progress: Progress,
@@ -162,10 +163,6 @@ pub struct Scheduler {
     abort_reason: Mutex<Option<String>>,
     interrupted: std::sync::atomic::AtomicBool,
 }
-
-/// How many 429 answers one row may get before it is given up (they are a signal to slow
-/// down, so they are not counted against `max_retries`).
-const MAX_RATE_LIMIT_RETRIES: u32 = 64;
 
 impl Scheduler {
     /// A scheduler with fresh counters.
@@ -188,7 +185,7 @@ impl Scheduler {
             journal: Mutex::new(journal),
             price,
             tier,
-            max_retries,
+            retry: RetryPolicy::new(max_retries, rand::random()),
             max_in_flight: max_in_flight.max(1),
             stats: RunStats::default(),
             progress,
@@ -399,21 +396,11 @@ impl Scheduler {
         self.cancel.cancel();
     }
 
-    fn backoff(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(Duration::from_secs(20))
-            .with_factor(2.0)
-            .with_jitter()
-            .with_max_times(self.max_retries as usize)
-            .build()
-    }
-
     /// Tries one row until it succeeds, fails for good, or the job must stop (None). The
     /// usage of answers thrown away on the way is added to `wasted` (and to the record).
     async fn attempts(&self, item: &WorkItem, wasted: &mut Option<Usage>) -> Option<Record> {
-        let mut backoff = self.backoff();
         let mut rate_limit_retries = 0u32;
+        let mut transient_retries = 0u32;
         let mut attempts = 0u32;
         loop {
             // Once the run is stopped (Ctrl-C), nothing new goes out: a row still waiting for
@@ -490,27 +477,26 @@ impl Scheduler {
                 }
                 Action::Retry => {}
             }
-            let delay = if err.kind == ErrorKind::RateLimited {
+            let (kind, attempt) = if err.kind == ErrorKind::RateLimited {
                 rate_limit_retries += 1;
-                if rate_limit_retries > MAX_RATE_LIMIT_RETRIES {
-                    return Some(self.paid(self.failure(item, &err, attempts), *wasted));
-                }
+                (RetryKind::RateLimited, rate_limit_retries)
+            } else {
+                transient_retries += 1;
+                (RetryKind::Transient, transient_retries)
+            };
+            let Some(delay) = self
+                .retry
+                .next_delay(item.row, kind, attempt, err.retry_after)
+            else {
+                return Some(self.paid(self.failure(item, &err, attempts), *wasted));
+            };
+            if kind == RetryKind::RateLimited {
                 self.limiter.rate_limited(charge, &err.message);
                 // One 429 slows everyone: the server's wait (or a doubling guess) becomes
-                // a shared cooldown.
-                let d = err.retry_after.unwrap_or_else(|| {
-                    Duration::from_millis(250 << (rate_limit_retries - 1).min(6))
-                });
-                self.limiter.cool_down(d);
-                // Spread the retries over the wait that follows, so the workers that were
-                // all turned away do not all come back in the same millisecond.
-                d + d.mul_f64(rand::random::<f64>())
-            } else {
-                match backoff.next() {
-                    Some(d) => err.retry_after.map_or(d, |ra| ra.max(d)),
-                    None => return Some(self.paid(self.failure(item, &err, attempts), *wasted)),
-                }
-            };
+                // a shared cooldown; this row's own wait adds jitter on top of it.
+                self.limiter
+                    .cool_down(RetryPolicy::cooldown(attempt, err.retry_after));
+            }
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => return None,

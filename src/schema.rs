@@ -8,16 +8,17 @@
 //! side). A full validator crate (`jsonschema`) would pull in a regex engine and dozens of
 //! crates for keywords these schemas do not use.
 
+use std::path::Path;
+
 use serde_json::{Map, Value};
 
-use crate::client::Choice;
-use crate::config::Job;
-use crate::types::json_type;
+use crate::types::{json_type, Choice};
 
-/// Loads the job's schema (inline TOML table or JSON file) and checks it describes an
-/// object with properties. Errors are messages naming the key or file.
-pub fn load(job: &Job) -> Result<Option<Value>, String> {
-    let schema = match (&job.model.schema, &job.model.schema_file) {
+/// Loads a job's schema (`model.schema`, an inline TOML table, or `model.schema_file`, a
+/// JSON file) and checks it describes an object with properties. Errors are messages
+/// naming the key or file.
+pub fn load(inline: Option<&toml::Value>, file: Option<&Path>) -> Result<Option<Value>, String> {
+    let schema = match (inline, file) {
         (Some(inline), _) => serde_json::to_value(inline)
             .map_err(|e| format!("model.schema: cannot read it as JSON schema: {e}"))?,
         (None, Some(path)) => {
@@ -292,45 +293,6 @@ mod tests {
                 .contains("$.tags[0]")
         );
         assert!(bad(json!([1])).contains("should be object"));
-    }
-
-    fn job(model_extra: &str) -> Result<Job, crate::config::ConfigError> {
-        let text = format!(
-            "[input]\npath = \"rows.csv\"\n[prompt]\nuser = \"hi\"\n[model]\nname = \"m\"\n{model_extra}\n[output]\npath = \"o.csv\"\n"
-        );
-        Job::from_str(
-            &text,
-            std::path::Path::new("jobs/j.toml"),
-            &Default::default(),
-        )
-    }
-
-    #[test]
-    fn schemas_load_inline_or_from_a_file_with_errors_that_name_them() {
-        let j = job("schema = { type = \"object\", properties = { a = { type = \"string\" } } }")
-            .unwrap();
-        assert_eq!(field_names(j.model.schema_json.as_ref().unwrap()), ["a"]);
-        let e = job("schema = { type = \"string\" }")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("model.schema") && e.contains("jobs/j.toml"),
-            "{e}"
-        );
-        let e = job("schema_file = \"nope.schema.json\"")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("jobs/nope.schema.json"), "{e}");
-        let root = env!("CARGO_MANIFEST_DIR");
-        let j = job(&format!(
-            "schema_file = \"{root}/templates/product_copy.schema.json\""
-        ))
-        .unwrap();
-        assert_eq!(
-            field_names(j.model.schema_json.as_ref().unwrap()),
-            ["headline", "body", "call_to_action"]
-        );
-        assert!(job("").unwrap().model.schema_json.is_none());
     }
 
     #[test]

@@ -168,6 +168,15 @@ impl std::iter::Sum for Money {
     }
 }
 
+/// One generated variant of an answer: what the model wrote and why it stopped. Lives
+/// here, below the client that parses it and the schema, journal and cache that read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    pub text: String,
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use crate::config::{Endpoint, Job, ModelConfig, ProviderKind, SchemaMode};
+pub use crate::types::Choice;
 use crate::types::{Message, Usage};
 
 /// The largest response body read; a larger one is a failed attempt, not an allocation.
@@ -34,14 +35,6 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// `api.timeout_secs` is not set (with it set, that value is the idle limit). A streamed
 /// request has no total time limit: a long generation that keeps sending is never cut.
 const DEFAULT_STREAM_IDLE: Duration = Duration::from_secs(60);
-
-/// One generated variant.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Choice {
-    pub text: String,
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-}
 
 /// A successful response.
 #[derive(Debug, Clone)]

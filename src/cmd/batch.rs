@@ -18,6 +18,7 @@ use serde_json::{Map, Value};
 use super::args::JobArgs;
 use super::exit;
 use super::run::{self, start_err, RunArgs};
+use super::signals::Interrupt;
 use crate::batch::api::BatchObject;
 use crate::batch::backend::{self, Backend};
 use crate::batch::input::{self, Splitter};
@@ -72,6 +73,10 @@ pub struct CollectArgs {
     /// Print the summary (or, while batches run, the batch states) as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Talk to the built-in mock API (started on 127.0.0.1 for this command) instead of the
+    /// provider: no key, no cost.
+    #[arg(long)]
+    pub mock: bool,
 }
 
 /// `promptmill status JOB`: each batch's id, status, request counts and times.
@@ -85,6 +90,10 @@ pub struct StatusArgs {
     /// Print the batches as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Ask the built-in mock API (started on 127.0.0.1 for this command) instead of the
+    /// provider: no key needed.
+    #[arg(long)]
+    pub mock: bool,
 }
 
 /// File formats `export` writes.
@@ -185,6 +194,12 @@ impl Ctx {
         Ctx::new(job, price, &prices, false)
     }
 
+    /// Points the job at a freshly started built-in mock API (with `--mock`).
+    async fn start_mock(&mut self) -> anyhow::Result<crate::mock::MockServer> {
+        self.mock = true;
+        run::start_mock(&mut self.job, crate::mock::MockConfig::default()).await
+    }
+
     /// The `url` of every input line.
     fn endpoint(&self) -> &'static str {
         match self.job.api.endpoint {
@@ -258,6 +273,7 @@ pub async fn run(
     job: &Job,
     price: Option<ModelPrice>,
     prices: &PriceTable,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
     let mut ctx = Ctx::new(job.clone(), price, prices, args.mock)
@@ -266,6 +282,10 @@ pub async fn run(
     let spec = run::output_spec(&ctx.job).map_err(start_err)?;
     ctx.validate().await.map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
+    if interrupt.requested() {
+        eprintln!("interrupted before submitting: nothing was sent");
+        return Ok(exit::STOPPED);
+    }
     let mut flags = args.batch.clone();
     if args.mock {
         // The in-process mock dies with this process: wait for the batches here.
@@ -278,13 +298,35 @@ pub async fn run(
         json: args.json,
         quiet: args.quiet,
     };
-    drive(&mut ctx, &api, &spec, &flags, how, started).await
+    drive(&mut ctx, &api, &spec, &flags, how, started, interrupt).await
 }
 
 /// Runs `promptmill collect`.
 pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
+    // First: Ctrl-C while waiting stops waiting (exit 4) instead of killing the process.
+    let interrupt = Interrupt::install()
+        .context("cannot install the Ctrl-C/SIGTERM handlers")
+        .map_err(start_err)?;
     let mut ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let mock = if args.mock {
+        Some(ctx.start_mock().await?)
+    } else {
+        None
+    };
+    let outcome = collect_with(&args, &mut ctx, started, &interrupt).await;
+    if let Some(m) = mock {
+        m.shutdown().await;
+    }
+    outcome
+}
+
+async fn collect_with(
+    args: &CollectArgs,
+    ctx: &mut Ctx,
+    started: Instant,
+    interrupt: &Interrupt,
+) -> anyhow::Result<u8> {
     let _lock = run::claim(&ctx.job)?;
     let spec = run::output_spec(&ctx.job).map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
@@ -301,7 +343,7 @@ pub async fn collect(args: CollectArgs) -> anyhow::Result<u8> {
         json: args.json,
         quiet: false,
     };
-    drive(&mut ctx, &api, &spec, &args.batch, how, started).await
+    drive(ctx, &api, &spec, &args.batch, how, started, interrupt).await
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -321,9 +363,17 @@ struct Collected {
     submitted: u64,
 }
 
+/// How often, at most, the line showing each batch's counts is printed while waiting.
+const WAIT_LINE_EVERY: Duration = Duration::from_secs(5);
+
 /// Submit what is not submitted, poll what runs, collect what finished; with `submit`, put
 /// rows with no result (and, with `retry_failed`, failed rows) into a new round once nothing
 /// is in flight. Writes the output when nothing is in flight any more.
+///
+/// A stop request (Ctrl-C, SIGTERM) ends it at once, even in the middle of a request to
+/// the API: every step is recorded before and after it happens, so stopping at any await
+/// is like a crash there, which the next `collect` or `run` carries on from.
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     ctx: &mut Ctx,
     api: &Backend,
@@ -331,6 +381,7 @@ async fn drive(
     flags: &BatchFlags,
     how: Drive,
     started: Instant,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<u8> {
     let state_path = ctx.state_path();
     let mut state = BatchState::load(&state_path, &ctx.job.display_name())?;
@@ -338,26 +389,40 @@ async fn drive(
     let mut ids: Option<TextSlots> = None;
     let mut got = Collected::default();
     let mut new_round_done = false;
-    loop {
+    let mut last_line: Option<Instant> = None;
+    'drive: loop {
         for i in 0..state.chunks.len() {
+            if interrupt.requested() {
+                break 'drive;
+            }
             if state.chunks[i].collected {
                 continue;
             }
             if state.chunks[i].batch_id.is_none() {
-                submit_chunk(ctx, api, &mut state, i, &state_path).await?;
+                tokio::select! {
+                    biased;
+                    _ = interrupt.wait() => break 'drive,
+                    r = submit_chunk(ctx, api, &mut state, i, &state_path) => r?,
+                }
                 continue;
             }
-            poll_chunk(
-                ctx,
-                api,
-                &mut state,
-                i,
-                &state_path,
-                &mut writer,
-                &mut ids,
-                &mut got,
-            )
-            .await?;
+            tokio::select! {
+                biased;
+                _ = interrupt.wait() => break 'drive,
+                r = poll_chunk(
+                    ctx,
+                    api,
+                    &mut state,
+                    i,
+                    &state_path,
+                    &mut writer,
+                    &mut ids,
+                    &mut got,
+                ) => r?,
+            }
+        }
+        if interrupt.requested() {
+            break;
         }
         if how.submit && !new_round_done && state.in_flight().next().is_none() {
             new_round_done = true;
@@ -379,15 +444,39 @@ async fn drive(
         if state.in_flight().next().is_none() || !flags.wait {
             break;
         }
+        if !how.quiet && last_line.is_none_or(|t| t.elapsed() >= WAIT_LINE_EVERY) {
+            eprintln!("{}", waiting_line(&state));
+            last_line = Some(Instant::now());
+        }
         let poll = Duration::try_from_secs_f64(flags.poll_secs).unwrap_or(Duration::ZERO);
-        tokio::time::sleep(poll).await;
+        tokio::select! {
+            biased;
+            _ = interrupt.wait() => break,
+            _ = tokio::time::sleep(poll) => {}
+        }
     }
     let index = writer.finish()?;
     if state.in_flight().next().is_some() {
         eprint!("{}", status_table(&state));
+        if interrupt.requested() {
+            eprintln!("interrupted: stopped waiting; the batches keep running on the server");
+            if ctx.mock {
+                eprintln!(
+                    "note: the built-in mock's batches end with this process; run the same \
+                     command again to submit their rows anew"
+                );
+            }
+        }
+        let job = ctx.job.file.display();
+        let unsubmitted = state.in_flight().any(|c| c.batch_id.is_none());
         eprintln!(
-            "batches are still running; run `promptmill collect` (or this command) again later \
-             to collect them (exit code {})",
+            "batches are still running; run `promptmill collect {job}`{} later to collect \
+             them (exit code {})",
+            if unsubmitted {
+                format!(" (or `promptmill run {job} --mode batch` to submit the rest)")
+            } else {
+                String::new()
+            },
             exit::IN_PROGRESS
         );
         if how.json {
@@ -749,9 +838,45 @@ fn finish_output(
     Ok(code)
 }
 
+/// One line while waiting: how many batches are still running, and each one's counts.
+fn waiting_line(state: &BatchState) -> String {
+    let running: Vec<String> = state
+        .in_flight()
+        .map(|c| {
+            format!(
+                "{} {} {}/{} done, {} failed",
+                c.batch_id.as_deref().unwrap_or("(not created)"),
+                c.status.as_deref().unwrap_or("-"),
+                c.counts.completed,
+                c.counts.total.max(c.requests),
+                c.counts.failed
+            )
+        })
+        .collect();
+    format!(
+        "batch: waiting for {} of {} batches: {}",
+        running.len(),
+        state.chunks.len(),
+        running.join("; ")
+    )
+}
+
 /// Runs `promptmill status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
-    let ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let mut ctx = Ctx::load(&args.job).map_err(start_err)?;
+    let mock = if args.mock {
+        Some(ctx.start_mock().await?)
+    } else {
+        None
+    };
+    let outcome = status_with(&args, &ctx).await;
+    if let Some(m) = mock {
+        m.shutdown().await;
+    }
+    outcome
+}
+
+async fn status_with(args: &StatusArgs, ctx: &Ctx) -> anyhow::Result<u8> {
     let path = ctx.state_path();
     if !path.exists() {
         eprintln!(
@@ -761,7 +886,12 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
         return Ok(exit::OK);
     }
     let mut state = BatchState::load(&path, &ctx.job.display_name())?;
-    if !args.no_refresh {
+    // Only batches that were created and have not ended need the API (and so a key).
+    let needs_api = state
+        .chunks
+        .iter()
+        .any(|c| c.batch_id.is_some() && !c.status.as_deref().is_some_and(is_terminal));
+    if !args.no_refresh && needs_api {
         let api = ctx.api().map_err(start_err)?;
         for c in state.chunks.iter_mut() {
             let Some(id) = c.batch_id.clone() else {

@@ -7,6 +7,7 @@ pub mod estimate;
 pub mod init;
 pub mod report;
 pub mod run;
+pub mod signals;
 
 /// Writes machine output (`--json`) to stdout. A reader that went away (`| head`) is not
 /// an error: the output files are written already, so the command ends as it would have,

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::args::JobArgs;
 use super::exit;
+use super::signals::Interrupt;
 use crate::budget::Budget;
 use crate::cache::Cache;
 use crate::client::{self, Client, Secret};
@@ -95,6 +96,10 @@ pub(crate) fn price_table(args: &JobArgs) -> anyhow::Result<std::borrow::Cow<'st
 /// Runs `promptmill run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
+    // Before anything else: a signal from here on is a request to stop, never a kill.
+    let interrupt = Interrupt::install()
+        .context("cannot install the Ctrl-C/SIGTERM handlers")
+        .map_err(start_err)?;
     let mut job = args.job.load().map_err(|e| anyhow!(CannotStart(e)))?;
     let prices = price_table(&args.job).map_err(|e| anyhow!(CannotStart(e)))?;
     let price = prices.lookup(&job.model.name).cloned();
@@ -115,23 +120,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             fail_rate: args.mock_fail_rate,
             ..MockConfig::default()
         };
-        let server = MockServer::start(cfg, ([127, 0, 0, 1], 0).into())
-            .await
-            .context("cannot start the mock API")
-            .map_err(|e| anyhow!(CannotStart(e)))?;
-        job.api.base_url = Some(server.base_url());
-        mock = Some(server);
+        mock = Some(start_mock(&mut job, cfg).await?);
     }
 
     let outcome = if job.mode == Mode::Batch && !args.dry_run {
-        super::batch::run(&args, &job, price, &prices).await
+        super::batch::run(&args, &job, price, &prices, &interrupt).await
     } else {
-        run_job(&args, &job, price, &prices, started).await
+        run_job(&args, &job, price, &prices, started, &interrupt).await
     };
     if let Some(m) = mock {
         m.shutdown().await;
     }
     outcome
+}
+
+/// Starts the built-in mock API on an ephemeral 127.0.0.1 port and points the job at it.
+pub(crate) async fn start_mock(job: &mut Job, cfg: MockConfig) -> anyhow::Result<MockServer> {
+    let server = MockServer::start(cfg, ([127, 0, 0, 1], 0).into())
+        .await
+        .context("cannot start the mock API")
+        .map_err(start_err)?;
+    job.api.base_url = Some(server.base_url());
+    Ok(server)
 }
 
 /// Claims the job for this process: the output paths are checked, then the job's lock is
@@ -183,10 +193,12 @@ async fn run_job(
     price: Option<ModelPrice>,
     prices: &PriceTable,
     started: Instant,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<u8> {
     let mut planner = Arc::new(planner_for(job, args.mock).map_err(start_err)?);
 
     let spec = output_spec(job).map_err(start_err)?;
+    let seed = retry_seed().map_err(start_err)?;
 
     if !args.dry_run && job.budget.max_usd.is_some() && price.is_none() {
         return Err(start_err(anyhow!(
@@ -206,8 +218,9 @@ async fn run_job(
         Some(Arc::new(counts))
     };
     // The validation pass and the dry run are one and the same: every row rendered and
-    // counted before a single request is sent.
-    let validated = {
+    // counted before a single request is sent. A signal meanwhile stops waiting for it:
+    // nothing is sent, and the output and summary are written from the journal.
+    let validation = {
         let (job2, planner2, price2) = (job.clone(), planner.clone(), price.clone());
         let counts = token_counts.clone();
         let show = if args.dry_run { args.show } else { 0 };
@@ -228,12 +241,21 @@ async fn run_job(
             };
             estimate(&job2, &planner2, &opts)
         })
-        .await
-        .context("validation task failed")
-        .map_err(start_err)?
-        .map_err(start_err)?
+    };
+    let validated = tokio::select! {
+        biased;
+        _ = interrupt.wait() => None,
+        v = validation => Some(
+            v.context("validation task failed")
+                .map_err(start_err)?
+                .map_err(start_err)?,
+        ),
     };
     if args.dry_run {
+        let Some(validated) = validated else {
+            eprintln!("interrupted: the estimate was not finished");
+            return Ok(exit::STOPPED);
+        };
         if let Some(line) = validated.resume.line() {
             eprintln!("{line}");
         }
@@ -274,7 +296,8 @@ async fn run_job(
     let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute)
         // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
         .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
-    let progress = Progress::new(validated.rows, args.quiet || args.json);
+    let rows = validated.as_ref().map_or(0, |v| v.rows);
+    let progress = Progress::new(rows, args.quiet || args.json);
     let mut sched = Scheduler::new(
         client,
         limiter,
@@ -288,19 +311,26 @@ async fn run_job(
     )
     .with_cache(cache.clone());
     sched.schema = job.model.schema_json.clone();
+    if let Some(seed) = seed {
+        sched.retry.seed = seed;
+    }
     sched.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));
     sched.watchdog = Watchdog::new(WatchdogLimits {
         errors: job.limits.stop_after_errors,
         refused: (job.limits.stop_after_refused_secs > 0)
             .then(|| Duration::from_secs(u64::from(job.limits.stop_after_refused_secs))),
     });
+    if interrupt.requested() {
+        // Stopped before the first request: nothing is sent, rows stay pending.
+        sched.interrupt();
+    }
     let sched = Arc::new(sched);
     // Before anything is sent: what an earlier run already did.
-    if let Some(line) = validated.resume.line() {
+    if let Some(line) = validated.as_ref().and_then(|v| v.resume.line()) {
         eprintln!("{line}");
     }
     let reporter = progress.spawn_plain_reporter(Duration::from_secs(10));
-    let signals = tokio::spawn(watch_signals(sched.clone()));
+    let signals = tokio::spawn(watch_signals(sched.clone(), interrupt.clone()));
 
     // The producer reads and plans rows on a blocking thread and feeds the scheduler through
     // a small bounded channel: memory stays flat however many rows there are.
@@ -611,41 +641,34 @@ fn record_bad_row(sched: &Scheduler, row: &crate::types::Row, error: String) -> 
     Ok(())
 }
 
-/// First Ctrl-C/SIGTERM: stop scheduling and let requests in flight finish (up to a grace
-/// period). Second: exit at once; the journal is consistent after every record.
-async fn watch_signals(sched: Arc<Scheduler>) {
-    const GRACE: Duration = Duration::from_secs(10);
-    if wait_signal().await.is_err() {
-        return;
-    }
-    eprintln!(
-        "\ninterrupted: finishing the requests in flight (up to {}s); press Ctrl-C again to quit now",
-        GRACE.as_secs()
-    );
-    sched.interrupt();
-    tokio::select! {
-        _ = wait_signal() => {
-            eprintln!("interrupted again: quitting now; run the same command to resume");
-            std::process::exit(exit::STOPPED as i32);
-        }
-        _ = tokio::time::sleep(GRACE) => {
-            sched.cancel.cancel();
-        }
+/// The jitter seed of the retry schedule from `PROMPTMILL_RETRY_SEED`, when set (to replay
+/// a run's waits); without it each run draws its own.
+fn retry_seed() -> anyhow::Result<Option<u64>> {
+    const VAR: &str = "PROMPTMILL_RETRY_SEED";
+    let Some(raw) = std::env::var_os(VAR) else {
+        return Ok(None);
+    };
+    let text = raw.to_string_lossy();
+    match text.trim().parse::<u64>() {
+        Ok(seed) => Ok(Some(seed)),
+        Err(_) => bail!(
+            "{VAR} = {text:?}: expected a whole number from 0 to {}",
+            u64::MAX
+        ),
     }
 }
 
-async fn wait_signal() -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r,
-            _ = term.recv() => Ok(()),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await
-    }
+/// The first Ctrl-C/SIGTERM stops scheduling and lets requests in flight finish for a few
+/// seconds, then drops them (their rows stay pending); the output and summary are written
+/// either way. A second signal quits at once (see [`Interrupt`]).
+async fn watch_signals(sched: Arc<Scheduler>, interrupt: Interrupt) {
+    const GRACE: Duration = Duration::from_secs(5);
+    interrupt.wait().await;
+    eprintln!(
+        "finishing the requests in flight (up to {}s), then writing the output and summary",
+        GRACE.as_secs()
+    );
+    sched.interrupt();
+    tokio::time::sleep(GRACE).await;
+    sched.cancel.cancel();
 }
