@@ -21,5 +21,7 @@ mod readme;
 mod render;
 mod report;
 mod resume;
+mod retry_schedule;
+mod signals;
 mod snapshots_cli;
 mod token_counts;

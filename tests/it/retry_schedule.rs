@@ -3,7 +3,7 @@
 //! answers with 429s and 5xx, and the moments its requests arrive must be exactly the
 //! waits the retry policy gives for the run's seed. Deterministic and instant.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

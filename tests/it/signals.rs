@@ -3,7 +3,7 @@
 //! output and the summary written (exit 3) and the same command finishes the job; a second
 //! quits at once; batch waiting stops at once (exit 4) and says how to collect later.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ExitStatus, Stdio};
