@@ -9,24 +9,18 @@
 //! stays flat). Chunks carry their sequence number, so the *first* bad row in input order is
 //! the one reported, whichever worker found a bad row first.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Mutex;
+use std::path::Path;
 
 use serde::Serialize;
 
+use crate::cache::Cache;
 use crate::config::Job;
 use crate::cost::{ModelPrice, Tier};
+use crate::pipeline::rows::{first_pass, PassOptions, RowLoop, Spool, Step, Stepped};
 use crate::plan::Planner;
 use crate::resume::{Resume, ResumeCounts};
-use crate::slots::SlotFile;
-use crate::source::{Source, SourceError, SourceOptions};
-use crate::types::{Message, Money, Row, Usage};
+use crate::types::{Message, Money, Usage};
 
-/// Rows per chunk handed to a worker: large enough that channel traffic is negligible,
-/// small enough that a bad row early in the file is reported without reading much more.
-const CHUNK: usize = 256;
 /// Rows over the context window listed by name (the rest are only counted).
 const LIST_OVER_CONTEXT: usize = 5;
 
@@ -41,9 +35,13 @@ pub struct EstimateOptions<'a> {
     pub workers: usize,
     /// An earlier run's journal, to count what a resumed run would skip; `None` = no journal.
     pub resume: Option<&'a Resume>,
-    /// Where to write each row's prompt-token count (by row index), for a run to send the
-    /// rows without loading the tokenizer again.
-    pub record_tokens: Option<&'a SlotFile>,
+    /// Answers already in the response cache: those rows are not priced (nothing is sent).
+    pub cache: Option<&'a Cache>,
+    /// The tier the rows' worst cases are priced at for the send pass (live or batch).
+    pub tier: Tier,
+    /// Keep every row and its Step in a spool in the folder of this path, for the send pass
+    /// and the output to read instead of the input; `None` = no spool (a dry run).
+    pub spool_beside: Option<&'a Path>,
 }
 
 /// Everything the dry run reports. Field names are the `--json` format (see
@@ -56,8 +54,18 @@ pub struct Estimate {
     pub rows: u64,
     /// Rows that cannot be sent (skipped because `input.skip_bad_rows` is on).
     pub bad_rows: u64,
-    /// Rows that would be sent: `rows - bad_rows`.
+    /// Rows that would be sent now: not bad, not done already (or failed and kept) in an
+    /// earlier run's journal, not answered from the response cache. Everything below is
+    /// for these.
     pub requests: u64,
+    /// Rows an earlier run finished with the same request: not sent again.
+    pub done: u64,
+    /// Rows an earlier run failed with the same request, kept as failed (not sent).
+    pub kept_failed: u64,
+    /// Rows whose request changed since an earlier run (sent again; among `requests`).
+    pub changed: u64,
+    /// Rows answered from the response cache (not sent).
+    pub cached: u64,
     /// Prompt tokens of all requests.
     pub prompt_tokens: TokenCount,
     /// Completion tokens assumed.
@@ -81,8 +89,7 @@ pub struct Estimate {
     /// The first `--show N` rendered prompts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
-    /// What an earlier run's journal says about the rows (counts only; the estimate itself
-    /// is for the whole job).
+    /// What an earlier run's journal says about the rows.
     #[serde(skip)]
     pub resume: ResumeCounts,
 }
@@ -170,6 +177,7 @@ struct ChunkResult {
     rows: u64,
     bad_rows: u64,
     requests: u64,
+    cached: u64,
     prompt_tokens: u64,
     /// Prompt tokens as the budget and limiter reserve them (approximations get a margin).
     reserve_prompt: u64,
@@ -178,106 +186,42 @@ struct ChunkResult {
     over_context_rows: Vec<RowTokens>,
     samples: Vec<Sample>,
     resume: ResumeCounts,
-    /// The first error in the chunk that stops the pass.
-    error: Option<String>,
 }
 
-/// A chunk of input in file order: (position among items, row or read error).
-type Chunk = (u64, Vec<(u64, Result<Row, SourceError>)>);
-
-/// Renders, counts and checks every row of `job`, then prices the result. The first bad row
-/// (in input order) is an error unless the job skips bad rows.
+/// Renders, counts and checks every row of `job` (the one row loop, [`first_pass`]), then
+/// prices the rows that would be sent now. The first bad row (in input order) is an error
+/// unless the job skips bad rows. With `opts.spool_beside`, also returns the spool of every
+/// row and its Step.
 pub fn estimate(
     job: &Job,
     planner: &Planner,
     opts: &EstimateOptions<'_>,
-) -> anyhow::Result<Estimate> {
-    let source = Source::open(
-        &job.input.path,
-        &SourceOptions {
-            format: job.input_format(),
-            id_column: job.input.id.clone(),
-        },
-    )?;
+) -> anyhow::Result<(Estimate, Option<Spool>)> {
     let file = job.input.path.display().to_string();
     let context_window = opts.price.and_then(|p| p.max_input_tokens);
-    let workers = if opts.workers == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.workers
+    let rl = RowLoop::new(job, planner, opts.price, opts.tier, opts.cache);
+    let pass = PassOptions {
+        resume: opts.resume,
+        workers: opts.workers,
+        spool_beside: opts.spool_beside,
     };
-    // After a chunk reports an error, later chunks are not needed: the reader stops and
-    // workers skip them, but earlier chunks still finish so the first error wins.
-    let stop_after = AtomicU64::new(u64::MAX);
-    let (chunk_tx, chunk_rx) = sync_channel::<Chunk>(workers * 2);
-    let chunk_rx = Mutex::new(chunk_rx);
-    let (result_tx, result_rx) = sync_channel::<(u64, ChunkResult)>(workers * 2);
-
-    let results: BTreeMap<u64, ChunkResult> = std::thread::scope(|s| {
-        let stop_after = &stop_after;
-        s.spawn(move || {
-            let mut seq = 0u64;
-            let mut items = Vec::with_capacity(CHUNK);
-            for (pos, item) in (0u64..).zip(source) {
-                items.push((pos, item));
-                if items.len() == CHUNK {
-                    let full = std::mem::replace(&mut items, Vec::with_capacity(CHUNK));
-                    if seq > stop_after.load(Ordering::Relaxed)
-                        || chunk_tx.send((seq, full)).is_err()
-                    {
-                        return;
-                    }
-                    seq += 1;
-                }
-            }
-            if !items.is_empty() {
-                let _ = chunk_tx.send((seq, items));
-            }
-        });
-        for _ in 0..workers {
-            let (chunk_rx, result_tx) = (&chunk_rx, result_tx.clone());
-            let file = &file;
-            s.spawn(move || {
-                let mut resume = opts.resume.map(Resume::fork).transpose();
-                loop {
-                    let next = recv_shared(chunk_rx);
-                    let Some((seq, items)) = next else { return };
-                    if seq > stop_after.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    let r = match resume.as_mut() {
-                        Ok(resume) => plan_chunk(
-                            job,
-                            planner,
-                            opts,
-                            resume.as_mut(),
-                            context_window,
-                            file,
-                            items,
-                        ),
-                        Err(e) => ChunkResult {
-                            error: Some(e.to_string()),
-                            ..ChunkResult::default()
-                        },
-                    };
-                    if r.error.is_some() {
-                        stop_after.fetch_min(seq, Ordering::Relaxed);
-                    }
-                    if result_tx.send((seq, r)).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(result_tx);
-        result_rx.into_iter().collect()
-    });
+    let mut results = Vec::new();
+    let spool = first_pass(
+        &rl,
+        &pass,
+        |r: &mut ChunkResult, pos, s| count_row(r, pos, s, opts.show, context_window),
+        |r| results.push(r),
+    )?;
 
     let mut e = Estimate {
         model: job.model.name.clone(),
         rows: 0,
         bad_rows: 0,
         requests: 0,
+        done: 0,
+        kept_failed: 0,
+        changed: 0,
+        cached: 0,
         prompt_tokens: TokenCount {
             total: 0,
             exact: planner.exact_tokens(),
@@ -307,13 +251,11 @@ pub fn estimate(
         resume: ResumeCounts::default(),
     };
     let mut reserve_prompt = 0u64;
-    for (_, r) in results {
-        if let Some(err) = r.error {
-            anyhow::bail!("{err}");
-        }
+    for r in results {
         e.rows += r.rows;
         e.bad_rows += r.bad_rows;
         e.requests += r.requests;
+        e.cached += r.cached;
         e.prompt_tokens.total += r.prompt_tokens;
         reserve_prompt += r.reserve_prompt;
         if let Some(l) = r.longest {
@@ -332,6 +274,9 @@ pub fn estimate(
         e.samples.extend(r.samples);
         e.resume.merge(&r.resume);
     }
+    e.done = e.resume.done;
+    e.kept_failed = e.resume.kept_failed;
+    e.changed = e.resume.changed;
     if e.rows == 0 {
         anyhow::bail!("{file}: no data rows (the file is empty or has only a header)");
     }
@@ -376,111 +321,55 @@ pub fn estimate(
         job.limits.requests_per_minute,
         job.limits.tokens_per_minute,
     );
-    Ok(e)
+    Ok((e, spool))
 }
 
-/// Takes the next chunk from the receiver shared by all workers.
-fn recv_shared<T>(rx: &Mutex<Receiver<T>>) -> Option<T> {
-    rx.lock().unwrap_or_else(|e| e.into_inner()).recv().ok()
-}
-
-/// Renders and counts one chunk of rows.
-fn plan_chunk(
-    job: &Job,
-    planner: &Planner,
-    opts: &EstimateOptions<'_>,
-    mut resume: Option<&mut Resume>,
-    context_window: Option<u64>,
-    file: &str,
-    items: Vec<(u64, Result<Row, SourceError>)>,
-) -> ChunkResult {
-    let mut r = ChunkResult::default();
-    let mut counted = Vec::new();
-    for (pos, item) in items {
-        r.rows += 1;
-        let row = match item {
-            Ok(row) => row,
-            Err(e) if job.input.skip_bad_rows && e.is_row_error() => {
-                r.bad_rows += 1;
-                continue;
-            }
-            Err(e) => {
-                r.error = Some(e.to_string());
-                return r;
-            }
-        };
-        let planned = match planner.plan(&row) {
-            Ok(p) => p,
-            Err(e) if job.input.skip_bad_rows => {
-                tracing::warn!("{file}: {e}");
-                r.bad_rows += 1;
-                continue;
-            }
-            Err(e) => {
-                r.error = Some(format!("{file}: {e}"));
-                return r;
-            }
-        };
-        if let Some(resume) = resume.as_deref_mut() {
-            match resume.decide(row.index, &row.id, &planned.hash) {
-                Ok(d) => r.resume.add(d),
-                Err(e) => {
-                    r.error = Some(e.to_string());
-                    return r;
-                }
-            }
+/// Counts one row into its chunk's figures: only rows to send are priced and counted.
+fn count_row(r: &mut ChunkResult, pos: u64, s: &Stepped, show: usize, context_window: Option<u64>) {
+    r.rows += 1;
+    let req = match &s.step {
+        Step::Bad { .. } => {
+            r.bad_rows += 1;
+            return;
         }
-        let tokens = planned.prompt_tokens;
-        if opts.record_tokens.is_some() {
-            counted.push((row.index, tokens));
+        Step::Skip { decision, .. } => {
+            r.resume.add(*decision);
+            return;
         }
-        r.requests += 1;
-        r.prompt_tokens += tokens;
-        r.reserve_prompt += planner.prompt_tokens_to_reserve(tokens);
-        let here = || RowTokens {
-            row: row.index + 1,
-            id: row.id.clone(),
+        Step::Cached { decision, .. } => {
+            r.resume.add(*decision);
+            r.cached += 1;
+            return;
+        }
+        Step::Send(req) => req,
+    };
+    r.resume.add(req.decision);
+    let tokens = req.prompt_tokens;
+    r.requests += 1;
+    r.prompt_tokens += tokens;
+    r.reserve_prompt += req.worst.prompt_tokens;
+    let here = || RowTokens {
+        row: req.row + 1,
+        id: req.id.clone(),
+        tokens,
+    };
+    if r.longest.as_ref().is_none_or(|l| tokens > l.tokens) {
+        r.longest = Some(here());
+    }
+    if context_window.is_some_and(|w| tokens > w) {
+        r.over_context += 1;
+        if r.over_context_rows.len() < LIST_OVER_CONTEXT {
+            r.over_context_rows.push(here());
+        }
+    }
+    if pos < show as u64 {
+        r.samples.push(Sample {
+            row: req.row + 1,
+            id: req.id.clone(),
             tokens,
-        };
-        if r.longest.as_ref().is_none_or(|l| tokens > l.tokens) {
-            r.longest = Some(here());
-        }
-        if context_window.is_some_and(|w| tokens > w) {
-            r.over_context += 1;
-            if r.over_context_rows.len() < LIST_OVER_CONTEXT {
-                r.over_context_rows.push(here());
-            }
-        }
-        if pos < opts.show as u64 {
-            r.samples.push(Sample {
-                row: row.index + 1,
-                id: row.id.clone(),
-                tokens,
-                messages: planned.messages,
-            });
-        }
+            messages: s.messages.clone(),
+        });
     }
-    if let Some(slots) = opts.record_tokens {
-        if let Err(e) = record_tokens(slots, &counted) {
-            r.error = Some(format!("cannot keep token counts: {e}"));
-        }
-    }
-    r
-}
-
-/// Writes counts by row, one write per run of consecutive rows (a chunk is one run unless it
-/// has bad rows).
-fn record_tokens(slots: &SlotFile, counted: &[(u64, u64)]) -> std::io::Result<()> {
-    let mut rest = counted;
-    while let Some(&(first, _)) = rest.first() {
-        let len = (1..rest.len())
-            .find(|&i| rest[i].0 != first + i as u64)
-            .unwrap_or(rest.len());
-        let run: Vec<Option<u64>> = rest[..len].iter().map(|&(_, t)| Some(t)).collect();
-        slots.set_run(first, &run)?;
-        rest = &rest[len..];
-    }
-    Ok(())
 }
 
 /// The shortest time `requests` requests taking `tokens` tokens in all can take under the
@@ -553,6 +442,16 @@ impl Estimate {
         );
         if self.bad_rows > 0 {
             rows.push_str(&format!(", {} bad rows skipped", thousands(self.bad_rows)));
+        }
+        for (n, what) in [
+            (self.changed, "changed since the last run (sent again)"),
+            (self.done, "done already"),
+            (self.kept_failed, "failed and kept as failed"),
+            (self.cached, "answered from the cache"),
+        ] {
+            if n > 0 {
+                rows.push_str(&format!(", {} {what}", thousands(n)));
+            }
         }
         rows.push(')');
         line("rows", rows);

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod limit;
 pub mod mock;
 pub mod output_paths;
+pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod render;

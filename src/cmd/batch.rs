@@ -30,13 +30,14 @@ use crate::config::{Endpoint, Job, ProviderKind};
 use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::estimate::{estimate, EstimateOptions};
 use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
+use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
 use crate::resume::Resume;
 use crate::sink::{self, OutputSpec};
-use crate::slots::{SlotCursor, SlotFile, TextSlots};
+use crate::slots::TextSlots;
 use crate::source::Source;
 use crate::summary::Summary;
-use crate::types::{Money, Usage};
+use crate::types::Money;
 
 /// Batch-mode flags of `run` and `collect`.
 #[derive(Debug, Clone, Args)]
@@ -143,9 +144,10 @@ struct Ctx {
     /// written, so that polling and collecting (often for hours with `--wait`) do not keep
     /// the tables.
     planner: Option<Arc<Planner>>,
-    /// Each row's prompt tokens as the validation pass counted them, so that writing the
-    /// input lines does not count them again (nor keep the tokenizer loaded).
-    token_counts: Option<SlotFile>,
+    /// Every row and its Step as the validation pass made them, so that writing the input
+    /// lines and the output reads neither the input again nor renders a row twice (nor keeps
+    /// the tokenizer loaded).
+    spool: Option<Spool>,
     price: Option<ModelPrice>,
     prices: String,
     mock: bool,
@@ -168,7 +170,7 @@ impl Ctx {
         Ok(Ctx {
             job,
             planner: None,
-            token_counts: None,
+            spool: None,
             price,
             prices: format!("{} ({})", prices.source(), prices.as_of()),
             mock,
@@ -236,28 +238,31 @@ impl Ctx {
             .context("cannot keep the row ids in a temporary file")
     }
 
-    /// Validates every row (like a live run) on a blocking thread.
+    /// Validates every row (like a live run) on a blocking thread, keeping each row's Step
+    /// for writing the input lines and the output.
     async fn validate(&mut self) -> anyhow::Result<()> {
-        let counts = SlotFile::create_beside(&self.job.journal_path())
-            .context("cannot create a temporary file")?;
         let (job, planner, price) = (
             self.job.clone(),
             self.planner()?.clone(),
             self.price.clone(),
         );
-        let counts = tokio::task::spawn_blocking(move || {
+        let spool = tokio::task::spawn_blocking(move || {
+            let beside = job.journal_path();
             let opts = EstimateOptions {
                 price: price.as_ref(),
                 show: 0,
                 workers: 0,
+                // Decided when a round is written: the journal may grow before then.
                 resume: None,
-                record_tokens: Some(&counts),
+                cache: None,
+                tier: Tier::Batch,
+                spool_beside: Some(&beside),
             };
-            estimate(&job, &planner, &opts).map(|_| counts)
+            estimate(&job, &planner, &opts).map(|(_, spool)| spool)
         })
         .await
         .context("validation task failed")??;
-        self.token_counts = Some(counts);
+        self.spool = spool;
         // The rows are counted: the tokenizer's tables can go (the validation task's copy
         // of the planner ended with it).
         if let Some(p) = self.planner.as_mut().and_then(Arc::get_mut) {
@@ -430,7 +435,6 @@ async fn drive(
             // Nothing is planned after the round: let the tokenizer go (the validation
             // task's copy of the planner ended with it, so this frees the tables).
             ctx.planner = None;
-            ctx.token_counts = None;
             state.save(&state_path)?;
             crash_point("after-write");
             got.submitted += added;
@@ -730,10 +734,10 @@ fn check_budget(ctx: &Ctx, spent: Money, requests: u64, worst: Money) -> anyhow:
     Ok(())
 }
 
-/// Plans every row and hands the input line of each that has no result yet to `emit`
-/// (failed rows too with `retry_failed`). Rows the planner refuses (only possible when the
-/// job skips bad rows) are journaled as failed. Returns the number of lines and their
-/// worst-case cost at batch prices.
+/// Hands the input line of every row that has no result yet to `emit` (failed rows too with
+/// `retry_failed`), from the Steps the validation pass kept, decided again against the
+/// journal as it is now. Bad rows (only there when the job skips them) are journaled as
+/// failed. Returns the number of lines and their worst-case cost at batch prices.
 fn pending_lines(
     ctx: &Ctx,
     writer: &mut JournalWriter,
@@ -741,50 +745,33 @@ fn pending_lines(
     mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
 ) -> anyhow::Result<(u64, Money)> {
     let job = &ctx.job;
-    let planner = ctx.planner()?;
-    let mut counted = SlotCursor::over(ctx.token_counts.as_ref());
+    let spool = ctx
+        .spool
+        .as_ref()
+        .ok_or_else(|| anyhow!("internal: the rows were not validated"))?;
     let mut resume = Resume::new(writer.path(), writer.index().clone(), retry_failed)?;
     let url = ctx.endpoint();
     let (mut n, mut worst) = (0, Money::ZERO);
-    let file = job.input.path.display();
-    for row in Source::open(&job.input.path, &run::source_options(job))?.keep_bad_rows() {
-        // The validation pass lets bad rows through only when the job skips them: each is
-        // journaled as a failed row with the reason, so the output lists it in place.
-        let row = match row {
-            Ok(Ok(r)) => r,
-            Ok(Err(bad)) if job.input.skip_bad_rows => {
-                writer.append(&run::bad_row_record(&bad.row, bad.error.to_string(), true))?;
+    for stepped in spool.read().context("reading the row spool")? {
+        let stepped = stepped.context("reading the row spool")?;
+        let req = match stepped.step.recheck(&mut resume)? {
+            Step::Send(req) => req,
+            Step::Bad { reason, .. } => {
+                writer.append(&run::bad_row_record(&stepped.row, reason, true))?;
                 continue;
             }
-            Ok(Err(bad)) => bail!("{}", bad.error),
-            Err(e) => bail!("{e}"),
+            Step::Skip { .. } | Step::Cached { .. } => continue,
         };
-        let tokens = counted.get(row.index).context("reading token counts")?;
-        let planned = match planner.plan_counted(&row, tokens) {
-            Ok(p) => p,
-            Err(e) => {
-                writer.append(&run::bad_row_record(&row, format!("{file}: {e}"), true))?;
-                continue;
-            }
-        };
-        if !resume.decide(row.index, &row.id, &planned.hash)?.send() {
-            continue;
-        }
         emit(&backend::request_line(
             job.api.provider,
-            row.index,
-            &planned.hash,
+            req.row,
+            &req.hash,
             url,
-            &planned.body,
+            &req.body,
         ))?;
         n += 1;
-        if let Some(p) = &ctx.price {
-            let u = Usage {
-                prompt_tokens: planner.prompt_tokens_to_reserve(planned.prompt_tokens),
-                completion_tokens: planner.max_completion_tokens(),
-                ..Usage::default()
-            };
-            worst = worst.saturating_add(p.cost(&u, Tier::Batch));
+        if let Some(cost) = req.worst_cost {
+            worst = worst.saturating_add(cost);
         }
     }
     Ok((n, worst))
@@ -801,7 +788,15 @@ fn finish_output(
 ) -> anyhow::Result<u8> {
     let job = &ctx.job;
     let journal_path = job.journal_path();
-    let totals = sink::write_output(spec, run::output_rows(job)?, index, &journal_path)?;
+    // A run reads the rows its validation pass kept; `collect` and `import` read the input.
+    let rows: Box<dyn Iterator<Item = Result<crate::types::Row, String>>> = match &ctx.spool {
+        Some(spool) => Box::new(spool.output_rows()?),
+        None => Box::new(run::output_rows(job)?),
+    };
+    let totals = sink::write_output(spec, rows, index, &journal_path)?;
+    if let Some(warning) = ctx.spool.as_ref().and_then(Spool::input_changed) {
+        eprintln!("{warning}");
+    }
     let code = if totals.failed == 0 && totals.pending == 0 {
         exit::OK
     } else {

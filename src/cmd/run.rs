@@ -21,13 +21,13 @@ use crate::estimate::{estimate, EstimateOptions};
 use crate::journal::{self, Record, Status};
 use crate::limit::Limiter;
 use crate::mock::{MockConfig, MockServer};
+use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
 use crate::progress::Progress;
 use crate::render::Renderer;
 use crate::resume::{Decision, Resume, ResumeCounts};
 use crate::scheduler::{Scheduler, StopReason, UsageCounter, UsageGuess, WorkItem};
 use crate::sink::{self, OutputSpec};
-use crate::slots::{SlotCursor, SlotFile};
 use crate::source::{Source, SourceOptions};
 use crate::summary::Summary;
 use crate::types::{Money, Usage};
@@ -207,24 +207,22 @@ async fn run_job(
             job.model.name
         )));
     }
-    // Each row's prompt tokens, counted once in the validation pass and read back by the
-    // producer, so that the run does not keep the tokenizer's tables (~40 MB).
-    let token_counts = if args.dry_run {
-        None
-    } else {
-        let counts = SlotFile::create_beside(&job.journal_path())
-            .context("cannot create a temporary file")
-            .map_err(start_err)?;
-        Some(Arc::new(counts))
+    // Answers already in the response cache are found in the validation pass. A dry run
+    // only reads: it looks in a cache folder that exists and creates none.
+    let cache = match &job.cache.dir {
+        Some(dir) if !args.dry_run || dir.is_dir() => Some(Cache::open(dir).map_err(start_err)?),
+        _ => None,
     };
-    // The validation pass and the dry run are one and the same: every row rendered and
-    // counted before a single request is sent. A signal meanwhile stops waiting for it:
-    // nothing is sent, and the output and summary are written from the journal.
+    // The validation pass and the dry run are one and the same: every row rendered, counted
+    // and decided before a single request is sent. A run keeps what the pass decided in a
+    // spool, which the producer and the output read instead of the input. A signal
+    // meanwhile stops waiting for it: nothing is sent, and the output and summary are
+    // written from the journal.
     let validation = {
         let (job2, planner2, price2) = (job.clone(), planner.clone(), price.clone());
-        let counts = token_counts.clone();
+        let cache2 = cache.clone();
         let show = if args.dry_run { args.show } else { 0 };
-        let retry_failed = args.retry_failed;
+        let (retry_failed, dry_run) = (args.retry_failed, args.dry_run);
         tokio::task::spawn_blocking(move || {
             // Read-only: the journal is repaired only when the run really starts.
             let path = job2.journal_path();
@@ -237,7 +235,9 @@ async fn run_job(
                 show,
                 workers: 0,
                 resume: resume.as_ref(),
-                record_tokens: counts.as_deref(),
+                cache: cache2.as_ref(),
+                tier: Tier::Live,
+                spool_beside: (!dry_run).then_some(path.as_path()),
             };
             estimate(&job2, &planner2, &opts)
         })
@@ -250,6 +250,10 @@ async fn run_job(
                 .map_err(start_err)?
                 .map_err(start_err)?,
         ),
+    };
+    let (validated, spool) = match validated {
+        Some((estimate, spool)) => (Some(estimate), spool.map(Arc::new)),
+        None => (None, None),
     };
     if args.dry_run {
         let Some(validated) = validated else {
@@ -285,10 +289,6 @@ async fn run_job(
     let client = Client::for_job(job, key).map_err(start_err)?;
     let cap = job.budget.max_usd.map(Money::from_usd);
 
-    let cache = match &job.cache.dir {
-        Some(dir) => Some(Cache::open(dir).map_err(start_err)?),
-        None => None,
-    };
     let journal_path = job.journal_path();
     let writer = journal::open(&journal_path).map_err(start_err)?;
     let index_before = writer.index().clone();
@@ -332,25 +332,18 @@ async fn run_job(
     let reporter = progress.spawn_plain_reporter(Duration::from_secs(10));
     let signals = tokio::spawn(watch_signals(sched.clone(), interrupt.clone()));
 
-    // The producer reads and plans rows on a blocking thread and feeds the scheduler through
-    // a small bounded channel: memory stays flat however many rows there are.
+    // The producer reads the rows' Steps back from the spool on a blocking thread and feeds
+    // the scheduler through a small bounded channel: memory stays flat however many rows
+    // there are.
     let (tx, rx) = mpsc::channel::<WorkItem>(256);
     let producer = {
         let (job, planner, sched, price) =
             (job.clone(), planner.clone(), sched.clone(), price.clone());
-        let resume = Resume::new(&journal_path, index_before.clone(), args.retry_failed)
-            .map_err(start_err)?;
-        tokio::task::spawn_blocking(move || {
-            produce(
-                &job,
-                &planner,
-                &sched,
-                price.as_ref(),
-                resume,
-                cache.as_ref(),
-                token_counts.as_deref(),
-                tx,
-            )
+        let spool = spool.clone();
+        tokio::task::spawn_blocking(move || match spool {
+            Some(spool) => produce(&job, &planner, &sched, price.as_ref(), &spool, tx),
+            // Interrupted before the validation pass ended: nothing to send.
+            None => Ok(Produced::default()),
         })
     };
     let stop = sched.clone().run(rx).await;
@@ -375,8 +368,19 @@ async fn run_job(
     let unpriced_total = writer.index().unpriced;
     let index = writer.finish()?;
 
-    // Build the output from the journal, in input order, atomically.
-    let totals = sink::write_output(&spec, output_rows(job)?, &index, &journal_path)?;
+    // Build the output from the journal, in input order, atomically, with the rows as the
+    // validation pass read them.
+    let totals = match &spool {
+        Some(spool) => {
+            let totals = sink::write_output(&spec, spool.output_rows()?, &index, &journal_path)?;
+            if let Some(warning) = spool.input_changed() {
+                eprintln!("{warning}");
+            }
+            totals
+        }
+        // Interrupted before the validation pass ended: the rows as the input holds them.
+        None => sink::write_output(&spec, output_rows(job)?, &index, &journal_path)?,
+    };
 
     use std::sync::atomic::Ordering::Relaxed;
     let wall = started.elapsed().as_secs_f64();
@@ -442,20 +446,17 @@ async fn run_job(
     Ok(code)
 }
 
-/// Reads rows again, plans them, skips what the journal says is done, and feeds the rest to
-/// the scheduler. Runs on a blocking thread.
-#[allow(clippy::too_many_arguments)]
+/// Feeds the scheduler the rows to send, in input order, from the Steps the validation
+/// pass kept: journals cache hits and bad rows, counts skipped rows. Runs on a blocking
+/// thread.
 fn produce(
     job: &Job,
     planner: &Planner,
     sched: &Scheduler,
     price: Option<&ModelPrice>,
-    mut resume: Resume,
-    cache: Option<&Cache>,
-    token_counts: Option<&SlotFile>,
+    spool: &Spool,
     tx: mpsc::Sender<WorkItem>,
 ) -> anyhow::Result<Produced> {
-    let mut counted = SlotCursor::over(token_counts);
     let mut out = Produced {
         expected_cost: price.map(|_| Money::ZERO),
         ..Produced::default()
@@ -465,95 +466,80 @@ fn produce(
         .assume_output_tokens
         .map(u64::from)
         .unwrap_or(planner.max_completion_tokens());
-    let source = Source::open(&job.input.path, &source_options(job))?;
-    for row in source.keep_bad_rows() {
+    for stepped in spool.read().context("reading the row spool")? {
         if sched.stop.is_cancelled() {
             break;
         }
-        // The estimate pass lets bad rows through only when the job skips them: each becomes a
-        // failed row, journaled with the reason, so the output lists it in place.
-        let row = match row {
-            Ok(Ok(r)) => r,
-            Ok(Err(bad)) if job.input.skip_bad_rows => {
+        let stepped = stepped.context("reading the row spool")?;
+        let req = match stepped.step {
+            Step::Send(req) => req,
+            // Bad rows come through only when the job skips them: each becomes a failed
+            // row, journaled with the reason, so the output lists it in place.
+            Step::Bad { reason, .. } => {
                 out.bad_rows += 1;
-                record_bad_row(sched, &bad.row, bad.error.to_string())?;
+                record_bad_row(sched, &stepped.row, reason)?;
                 continue;
             }
-            Ok(Err(bad)) => bail!("{}", bad.error),
-            Err(e) => bail!("{e}"),
-        };
-        let tokens = counted.get(row.index).context("reading token counts")?;
-        let planned = match planner.plan_counted(&row, tokens) {
-            Ok(p) => p,
-            Err(e) => {
-                // The estimate pass let it through only because the job skips bad rows.
-                out.bad_rows += 1;
-                let file = job.input.path.display();
-                record_bad_row(sched, &row, format!("{file}: {e}"))?;
+            Step::Skip { decision, .. } => {
+                out.resume.add(decision);
+                sched
+                    .progress
+                    .row_done(decision == Decision::Done, Money::ZERO);
+                continue;
+            }
+            // A cached answer to the very same request: recorded at no cost, and no request,
+            // rate-limit or budget is used for it.
+            Step::Cached {
+                row,
+                id,
+                hash,
+                entry,
+                decision,
+            } => {
+                out.resume.add(decision);
+                let rec = Record {
+                    row,
+                    id,
+                    hash,
+                    status: Status::Ok,
+                    choices: entry.choices,
+                    usage: entry.usage,
+                    cost_pico: Some(0),
+                    attempts: 0,
+                    error: None,
+                    cached: true,
+                    batch: false,
+                    fields: entry.fields,
+                };
+                sched
+                    .journal
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .append(&rec)?;
+                out.cached += 1;
+                sched.progress.row_done(true, Money::ZERO);
                 continue;
             }
         };
-        let decision = resume.decide(row.index, &row.id, &planned.hash)?;
-        out.resume.add(decision);
-        if !decision.send() {
-            let ok = decision == Decision::Done;
-            sched.progress.row_done(ok, Money::ZERO);
-            continue;
-        }
-        // A cached answer to the very same request: recorded at no cost, and no request,
-        // rate-limit or budget is used for it.
-        if let Some(hit) = cache.and_then(|c| c.get(&planned.hash)) {
-            let rec = Record {
-                row: row.index,
-                id: row.id.clone(),
-                hash: planned.hash,
-                status: Status::Ok,
-                choices: hit.choices,
-                usage: hit.usage,
-                cost_pico: Some(0),
-                attempts: 0,
-                error: None,
-                cached: true,
-                batch: false,
-                fields: hit.fields,
-            };
-            sched
-                .journal
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(&rec)?;
-            out.cached += 1;
-            sched.progress.row_done(true, Money::ZERO);
-            continue;
-        }
-        let reserve_prompt = planner.prompt_tokens_to_reserve(planned.prompt_tokens);
-        let max_out = planner.max_completion_tokens();
-        let worst = Usage {
-            prompt_tokens: reserve_prompt,
-            completion_tokens: max_out,
-            ..Usage::default()
-        };
-        let worst_cost = price
-            .map(|p| p.cost(&worst, Tier::Live))
-            .unwrap_or(Money::ZERO);
+        out.resume.add(req.decision);
         if let (Some(total), Some(p)) = (out.expected_cost, price) {
             let u = Usage {
-                prompt_tokens: planned.prompt_tokens,
+                prompt_tokens: req.prompt_tokens,
                 completion_tokens: expected_out,
                 ..Usage::default()
             };
             out.expected_cost = Some(total.saturating_add(p.cost(&u, Tier::Live)));
         }
         let item = WorkItem {
-            row: row.index,
-            id: row.id,
-            hash: planned.hash,
-            body: planned.body,
-            limiter_tokens: reserve_prompt + max_out,
-            worst_cost,
+            row: req.row,
+            id: req.id,
+            hash: req.hash,
+            body: req.body,
+            limiter_tokens: req.limiter_tokens,
+            worst_cost: req.worst_cost.unwrap_or(Money::ZERO),
             guess: UsageGuess {
-                prompt_tokens: planned.prompt_tokens,
-                worst,
+                prompt_tokens: req.prompt_tokens,
+                worst: req.worst,
             },
         };
         out.sent += 1;

@@ -222,15 +222,16 @@ fn the_first_bad_row_is_reported_even_with_parallel_workers() {
     assert_eq!(e["requests"], 2998);
 }
 
-/// A run counts every row once, in the estimate pass, and sends with those counts after
-/// letting go of the tokenizer: they must be the counts the tokenizer gives.
+/// A run renders and counts every row once, in the estimate pass, and sends what that pass
+/// kept after letting go of the tokenizer: the kept requests must be what the planner makes.
 #[test]
 fn recorded_token_counts_are_the_planner_counts() {
     use promptmill::config::{Job, Overrides};
+    use promptmill::cost::Tier;
     use promptmill::estimate::{estimate, EstimateOptions};
+    use promptmill::pipeline::rows::Step;
     use promptmill::plan::Planner;
     use promptmill::render::Renderer;
-    use promptmill::slots::SlotFile;
     use promptmill::source::{Source, SourceOptions};
 
     let (ws, job) = Workspace::with_job(600, "http://127.0.0.1:9", "");
@@ -239,17 +240,18 @@ fn recorded_token_counts_are_the_planner_counts() {
         let renderer = Renderer::new(&job.prompt_spec()).unwrap();
         Planner::new(job, renderer, promptmill::client::provider_for(job), "x")
     };
-    let counts = SlotFile::create_beside(&ws.path("rows.csv")).unwrap();
+    let beside = ws.path("rows.csv");
     let opts = EstimateOptions {
         price: None,
         show: 0,
         workers: 3,
         resume: None,
-        record_tokens: Some(&counts),
+        cache: None,
+        tier: Tier::Live,
+        spool_beside: Some(&beside),
     };
-    let e = estimate(&job, &planner(&job), &opts).unwrap();
-    let mut released = planner(&job);
-    released.release_tokenizer();
+    let (e, spool) = estimate(&job, &planner(&job), &opts).unwrap();
+    let spool = spool.expect("a spool");
     let counting = planner(&job);
     let source = Source::open(
         &job.input.path,
@@ -259,23 +261,29 @@ fn recorded_token_counts_are_the_planner_counts() {
         },
     )
     .unwrap();
+    let mut kept = spool.read().unwrap();
     let (mut rows, mut total) = (0, 0);
     for row in source {
         let row = row.unwrap();
-        let recorded = counts
-            .get(row.index)
-            .unwrap()
-            .expect("a count for every row");
+        let stepped = kept.next().expect("a step for every row").unwrap();
+        assert_eq!(stepped.row, row);
+        let Step::Send(req) = stepped.step else {
+            panic!("row {} not sent: {:?}", row.index, stepped.step)
+        };
         let counted = counting.plan(&row).unwrap();
-        assert_eq!(recorded, counted.prompt_tokens, "row {}", row.index);
-        let p = released.plan_counted(&row, Some(recorded)).unwrap();
         assert_eq!(
-            (p.hash, p.body),
-            (counted.hash.clone(), counted.body.clone())
+            (req.row, req.prompt_tokens, &req.hash, &req.body),
+            (
+                row.index,
+                counted.prompt_tokens,
+                &counted.hash,
+                &counted.body
+            ),
+            "row {}",
+            row.index
         );
-        let p = released.plan(&row).unwrap();
-        assert_eq!(p.prompt_tokens, recorded, "counted again after the release");
-        (rows, total) = (rows + 1, total + recorded);
+        (rows, total) = (rows + 1, total + req.prompt_tokens);
     }
+    assert!(kept.next().is_none(), "more steps than rows");
     assert_eq!((rows, total), (e.requests, e.prompt_tokens.total));
 }

@@ -22,6 +22,7 @@ mod render;
 mod report;
 mod resume;
 mod retry_schedule;
+mod rows;
 mod signals;
 mod snapshots_cli;
 mod token_counts;
