@@ -422,7 +422,7 @@ fn plan_chunk(
             }
         };
         if let Some(resume) = resume.as_deref_mut() {
-            match resume.decide(row.index, &row.id, &planned.hash) {
+            match resume.decide(&row, &planned.hash) {
                 Ok(d) => r.resume.add(d),
                 Err(e) => {
                     r.error = Some(e.to_string());

@@ -28,6 +28,7 @@ use crate::client::{self, Secret};
 use crate::config::{Endpoint, Job, ProviderKind};
 use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::estimate::{estimate, EstimateOptions};
+use crate::identity::Identity;
 use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
 use crate::plan::Planner;
 use crate::resume::Resume;
@@ -211,12 +212,12 @@ impl Ctx {
         self.state_path().with_extension("")
     }
 
-    /// Row ids by row index, for joining results: in temporary files rather than a map, so
+    /// Row identities by row index, for joining results: in temporary files rather than a map, so
     /// that collecting holds nothing per row in memory however many rows the job has.
     fn row_ids(&self) -> anyhow::Result<TextSlots> {
         let rows = Source::open(&self.job.input.path, &run::source_options(&self.job))?
             .flatten()
-            .map(|row| (row.index, row.id));
+            .map(|row| (row.index, Identity::of(&self.job).key(&row)));
         TextSlots::from_rows(&self.job.journal_path(), rows)
             .context("cannot keep the row ids in a temporary file")
     }
@@ -567,7 +568,7 @@ fn ingest(
             results::apply_schema(&mut rec, schema);
         }
         if let Some(r) = reader.as_mut() {
-            if let Some(prev) = r.get(writer.index(), rec.row)? {
+            if let Some(prev) = r.get(writer.index(), &rec.id)? {
                 // The same failure read again is skipped too: a schema failure carries the
                 // cost of its answer, which must not be counted twice.
                 if (prev.status == Status::Ok && prev.hash == rec.hash && prev.id == rec.id)
@@ -654,7 +655,13 @@ fn pending_lines(
     let job = &ctx.job;
     let planner = ctx.planner()?;
     let mut counted = SlotCursor::over(ctx.token_counts.as_ref());
-    let mut resume = Resume::new(writer.path(), writer.index().clone(), retry_failed)?;
+    let identity = Identity::of(job);
+    let mut resume = Resume::new(
+        writer.path(),
+        writer.index().clone(),
+        retry_failed,
+        identity,
+    )?;
     let url = ctx.endpoint();
     let (mut n, mut worst) = (0, Money::ZERO);
     let file = job.input.path.display();
@@ -664,7 +671,8 @@ fn pending_lines(
         let row = match row {
             Ok(Ok(r)) => r,
             Ok(Err(bad)) if job.input.skip_bad_rows => {
-                writer.append(&run::bad_row_record(&bad.row, bad.error.to_string(), true))?;
+                let rec = run::bad_row_record(&bad.row, identity, bad.error.to_string(), true);
+                writer.append(&rec)?;
                 continue;
             }
             Ok(Err(bad)) => bail!("{}", bad.error),
@@ -674,11 +682,12 @@ fn pending_lines(
         let planned = match planner.plan_counted(&row, tokens) {
             Ok(p) => p,
             Err(e) => {
-                writer.append(&run::bad_row_record(&row, format!("{file}: {e}"), true))?;
+                let rec = run::bad_row_record(&row, identity, format!("{file}: {e}"), true);
+                writer.append(&rec)?;
                 continue;
             }
         };
-        if !resume.decide(row.index, &row.id, &planned.hash)?.send() {
+        if !resume.decide(&row, &planned.hash)?.send() {
             continue;
         }
         emit(&backend::request_line(
@@ -712,7 +721,18 @@ fn finish_output(
 ) -> anyhow::Result<u8> {
     let job = &ctx.job;
     let journal_path = job.journal_path();
-    let totals = sink::write_output(spec, run::output_rows(job)?, index, &journal_path)?;
+    let planner = match ctx.planner() {
+        Ok(p) => p.clone(),
+        Err(_) => Arc::new(run::planner_for(job, ctx.mock)?),
+    };
+    let mut want = run::wanted(&planner, Identity::of(job));
+    let totals = sink::write_output(
+        spec,
+        run::output_rows(job)?,
+        index,
+        &journal_path,
+        &mut want,
+    )?;
     let code = if totals.failed == 0 && totals.pending == 0 {
         exit::OK
     } else {

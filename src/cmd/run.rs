@@ -17,6 +17,7 @@ use crate::client::{self, Client, Secret};
 use crate::config::{Job, Mode};
 use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::estimate::{estimate, EstimateOptions};
+use crate::identity::{Identity, RunRequests, Wanted};
 use crate::journal::{self, Record, Status};
 use crate::limit::Limiter;
 use crate::mock::{MockConfig, MockServer};
@@ -175,6 +176,8 @@ struct Produced {
     cached: u64,
     bad_rows: u64,
     expected_cost: Option<Money>,
+    /// The requests asked for, and the rows waiting for an answer asked for by another row.
+    requests: Option<RunRequests>,
 }
 
 async fn run_job(
@@ -216,7 +219,12 @@ async fn run_job(
             // Read-only: the journal is repaired only when the run really starts.
             let path = job2.journal_path();
             let resume = match journal::read_index(&path)? {
-                Some(index) => Some(Resume::new(&path, index, retry_failed)?),
+                Some(index) => Some(Resume::new(
+                    &path,
+                    index,
+                    retry_failed,
+                    Identity::of(&job2),
+                )?),
                 None => None,
             };
             let opts = EstimateOptions {
@@ -233,8 +241,9 @@ async fn run_job(
         .map_err(start_err)?
         .map_err(start_err)?
     };
+    let identity = Identity::of(job);
     if args.dry_run {
-        if let Some(line) = validated.resume.line() {
+        if let Some(line) = validated.resume.line(identity) {
             eprintln!("{line}");
         }
         eprint!("{}", validated.render());
@@ -296,7 +305,7 @@ async fn run_job(
     });
     let sched = Arc::new(sched);
     // Before anything is sent: what an earlier run already did.
-    if let Some(line) = validated.resume.line() {
+    if let Some(line) = validated.resume.line(identity) {
         eprintln!("{line}");
     }
     let reporter = progress.spawn_plain_reporter(Duration::from_secs(10));
@@ -308,8 +317,13 @@ async fn run_job(
     let producer = {
         let (job, planner, sched, price) =
             (job.clone(), planner.clone(), sched.clone(), price.clone());
-        let resume = Resume::new(&journal_path, index_before.clone(), args.retry_failed)
-            .map_err(start_err)?;
+        let resume = Resume::new(
+            &journal_path,
+            index_before.clone(),
+            args.retry_failed,
+            identity,
+        )
+        .map_err(start_err)?;
         tokio::task::spawn_blocking(move || {
             produce(
                 &job,
@@ -324,7 +338,7 @@ async fn run_job(
         })
     };
     let stop = sched.clone().run(rx).await;
-    let produced = producer
+    let mut produced = producer
         .await
         .context("row producer failed")?
         .context("reading rows")?;
@@ -338,15 +352,20 @@ async fn run_job(
     let sched = Arc::try_unwrap(sched).map_err(|_| anyhow!("scheduler still shared"))?;
     let stats = sched.stats;
     let spent_total = sched.budget.spent();
-    let writer = sched
+    let mut writer = sched
         .journal
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
+    // Rows that asked for a request another row sent get a copy of its answer.
+    if let Some(requests) = produced.requests.take() {
+        requests.fan_out(&mut writer, identity)?;
+    }
     let unpriced_total = writer.index().unpriced;
     let index = writer.finish()?;
 
     // Build the output from the journal, in input order, atomically.
-    let totals = sink::write_output(&spec, output_rows(job)?, &index, &journal_path)?;
+    let mut want = wanted(&planner, identity);
+    let totals = sink::write_output(&spec, output_rows(job)?, &index, &journal_path, &mut want)?;
 
     use std::sync::atomic::Ordering::Relaxed;
     let wall = started.elapsed().as_secs_f64();
@@ -435,6 +454,10 @@ fn produce(
         .assume_output_tokens
         .map(u64::from)
         .unwrap_or(planner.max_completion_tokens());
+    let identity = resume.identity();
+    let requests = out
+        .requests
+        .insert(RunRequests::new(&job.journal_path()).context("cannot create a temporary file")?);
     let source = Source::open(&job.input.path, &source_options(job))?;
     for row in source.keep_bad_rows() {
         if sched.stop.is_cancelled() {
@@ -446,7 +469,7 @@ fn produce(
             Ok(Ok(r)) => r,
             Ok(Err(bad)) if job.input.skip_bad_rows => {
                 out.bad_rows += 1;
-                record_bad_row(sched, &bad.row, bad.error.to_string())?;
+                record_bad_row(sched, &bad.row, identity, bad.error.to_string())?;
                 continue;
             }
             Ok(Err(bad)) => bail!("{}", bad.error),
@@ -459,12 +482,20 @@ fn produce(
                 // The estimate pass let it through only because the job skips bad rows.
                 out.bad_rows += 1;
                 let file = job.input.path.display();
-                record_bad_row(sched, &row, format!("{file}: {e}"))?;
+                record_bad_row(sched, &row, identity, format!("{file}: {e}"))?;
                 continue;
             }
         };
-        let decision = resume.decide(row.index, &row.id, &planned.hash)?;
+        let decision = resume.decide(&row, &planned.hash)?;
         out.resume.add(decision);
+        let key = identity.key(&row);
+        if decision == Decision::Done {
+            // A later row asking the very same thing shares this answer.
+            requests.note(&planned.hash)?;
+        } else if decision.send() && !requests.send_or_wait(row.index, &key, &planned.hash)? {
+            // Asked for already in this run: the row gets that answer when the run ends.
+            continue;
+        }
         if !decision.send() {
             let ok = decision == Decision::Done;
             sched.progress.row_done(ok, Money::ZERO);
@@ -475,7 +506,7 @@ fn produce(
         if let Some(hit) = cache.and_then(|c| c.get(&planned.hash)) {
             let rec = Record {
                 row: row.index,
-                id: row.id.clone(),
+                id: key,
                 hash: planned.hash,
                 status: Status::Ok,
                 choices: hit.choices,
@@ -486,6 +517,7 @@ fn produce(
                 cached: true,
                 batch: false,
                 fields: hit.fields,
+                shared_with: None,
             };
             sched
                 .journal
@@ -516,7 +548,7 @@ fn produce(
         }
         let item = WorkItem {
             row: row.index,
-            id: row.id,
+            id: key,
             hash: planned.hash,
             body: planned.body,
             limiter_tokens: reserve_prompt + max_out,
@@ -592,16 +624,38 @@ pub(crate) fn output_rows(
 }
 
 /// The failed record of a row that could not be read or rendered: no request, no hash.
-pub(crate) fn bad_row_record(row: &crate::types::Row, error: String, batch: bool) -> Record {
+pub(crate) fn bad_row_record(
+    row: &crate::types::Row,
+    identity: Identity,
+    error: String,
+    batch: bool,
+) -> Record {
     Record {
         batch,
-        ..Record::failed(row.index, row.id.clone(), String::new(), 0, error)
+        ..Record::failed(row.index, identity.key(row), String::new(), 0, error)
+    }
+}
+
+/// What the current job asks of each row, for building the output: the row's identity and
+/// the hash of the request it would send now (no tokens are counted for it).
+pub(crate) fn wanted(
+    planner: &Planner,
+    identity: Identity,
+) -> impl FnMut(&crate::types::Row) -> Wanted + '_ {
+    move |row| Wanted {
+        id: identity.key(row),
+        hash: planner.plan_counted(row, Some(0)).ok().map(|p| p.hash),
     }
 }
 
 /// Journals a row that could not be read or rendered as failed, with the reason.
-fn record_bad_row(sched: &Scheduler, row: &crate::types::Row, error: String) -> anyhow::Result<()> {
-    let rec = bad_row_record(row, error, false);
+fn record_bad_row(
+    sched: &Scheduler,
+    row: &crate::types::Row,
+    identity: Identity,
+    error: String,
+) -> anyhow::Result<()> {
+    let rec = bad_row_record(row, identity, error, false);
     sched
         .journal
         .lock()
