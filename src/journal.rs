@@ -2,6 +2,9 @@
 //! row, written the moment a response arrives. It is the source of truth: the output file is
 //! built from it, and a re-run reads it to skip rows already paid for.
 //!
+//! A row is known by its identity (see [`crate::identity`]), not its position: the index maps
+//! each identity to its latest record, so a reordered or grown input finds its rows' records.
+//!
 //! A crash (even `kill -9`) loses at most the requests in flight: each record is handed to the
 //! OS in one `write` as soon as it exists. A crash in the middle of that write leaves a
 //! truncated last line; opening the journal detects it, cuts it off, and goes on.
@@ -9,12 +12,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::client::Choice;
-use crate::slots::{SlotCursor, SlotFile};
+use crate::key_table::KeyTable;
 use crate::types::{Money, Usage};
 
 /// How a row ended.
@@ -28,9 +31,11 @@ pub enum Status {
 /// One finished row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    /// 0-based row index in the input.
+    /// 0-based row index in the input when it was recorded (for people reading the journal;
+    /// rows are matched by `id`, never by position).
     pub row: u64,
-    /// The row's id (checked on resume, so a reordered input is not mistaken for done).
+    /// The row's identity: its `input.id` value, or `#` and a hash of its cells when the job
+    /// has no `input.id` (see [`crate::identity`]).
     pub id: String,
     /// Hash of exactly what was sent (provider, URL, body); a changed template or model
     /// changes it, and the row is redone.
@@ -55,6 +60,17 @@ pub struct Record {
     /// Structured-output fields parsed from the response, when the job has a schema.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The answer is another row's, to the very same request sent once in this run: the row
+    /// this names (its `input.id`, or its row number) paid for it; this one cost nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_with: Option<String>,
+}
+
+impl Record {
+    /// True when this record's usage was paid for (not from the cache, not shared).
+    fn paid(&self) -> bool {
+        self.usage.is_some() && !self.cached && self.shared_with.is_none()
+    }
 }
 
 /// Money a row spent on answers it threw away (structured output that did not parse) before
@@ -89,6 +105,7 @@ impl Record {
             cached: false,
             batch: false,
             fields: None,
+            shared_with: None,
         }
     }
 }
@@ -105,15 +122,15 @@ pub enum JournalError {
 
 /// Where each row's latest record sits in the journal file, and what the journal adds up to.
 ///
-/// The row → offset table is not held in RAM (it would grow by 8 bytes a row): it is a
-/// [`SlotFile`] rebuilt from the journal on every open, so the journal stays the only source
-/// of truth. Clones share that table and see records appended after they were made; records
-/// are never moved, so every offset stays valid.
+/// The identity → offset and request → offset tables are not held in RAM (they would grow
+/// with the rows): they are [`KeyTable`]s rebuilt from the journal on every open, so the
+/// journal stays the only source of truth. Clones share the tables and see records appended
+/// after they were made; records are never moved, so every offset stays valid.
 #[derive(Debug, Default, Clone)]
 pub struct JournalIndex {
     /// None for an index with no record (nothing to look up).
     slots: Option<Arc<Slots>>,
-    /// Records read or written.
+    /// Rows (identities) with a record.
     pub records: u64,
     /// A truncated or corrupt tail was cut off when opening.
     pub repaired_tail: bool,
@@ -125,23 +142,70 @@ pub struct JournalIndex {
     pub unpriced: u64,
 }
 
-/// The offset table and the journal it indexes (for error messages).
+/// The offset tables and the journal they index (for error messages).
 #[derive(Debug)]
 struct Slots {
-    table: SlotFile,
+    /// Row identity → offset of its latest record.
+    by_id: RwLock<KeyTable>,
+    /// Request hash → offset of the latest record answering that request.
+    by_request: RwLock<KeyTable>,
     journal: PathBuf,
 }
 
+impl Slots {
+    fn new(journal: &Path) -> Result<Slots, JournalError> {
+        let table = || KeyTable::create_beside(journal).map_err(io_err(journal));
+        Ok(Slots {
+            by_id: RwLock::new(table()?),
+            by_request: RwLock::new(table()?),
+            journal: journal.to_path_buf(),
+        })
+    }
+
+    /// Points `id` and `hash` at the record at `at`; true when `id` had no record before.
+    fn set(&self, id: &str, hash: &str, at: u64) -> Result<bool, JournalError> {
+        let err = io_err(&self.journal);
+        let first = write(&self.by_id).insert(id, at).map_err(&err)?.is_none();
+        // A bad row's record answers no request.
+        if !hash.is_empty() {
+            write(&self.by_request).insert(hash, at).map_err(&err)?;
+        }
+        Ok(first)
+    }
+}
+
+/// The table for writing; a panic elsewhere while it was held leaves it usable (every insert
+/// is a single slot write).
+fn write(t: &RwLock<KeyTable>) -> std::sync::RwLockWriteGuard<'_, KeyTable> {
+    t.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read(t: &RwLock<KeyTable>) -> std::sync::RwLockReadGuard<'_, KeyTable> {
+    t.read().unwrap_or_else(|e| e.into_inner())
+}
+
 impl JournalIndex {
-    /// Offset of the row's latest record.
-    pub fn offset(&self, row: u64) -> Result<Option<u64>, JournalError> {
+    /// Offset of the latest record of the row whose identity is `id`.
+    pub fn offset(&self, id: &str) -> Result<Option<u64>, JournalError> {
         match &self.slots {
-            Some(s) => s.table.get(row).map_err(io_err(&s.journal)),
+            Some(s) => read(&s.by_id).get(id).map_err(io_err(&s.journal)),
             None => Ok(None),
         }
     }
 
-    /// Adds a paid response (`paid`: it has usage and was not served from the cache).
+    /// Offset of the latest record answering the request whose hash is `hash`, whatever row
+    /// it was for.
+    pub fn offset_of_request(&self, hash: &str) -> Result<Option<u64>, JournalError> {
+        match &self.slots {
+            Some(s) if !hash.is_empty() => {
+                read(&s.by_request).get(hash).map_err(io_err(&s.journal))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Adds a paid response (`paid`: it has usage and was neither served from the cache nor
+    /// shared with another row).
     fn count_spend(&mut self, paid: bool, cost_pico: Option<u64>) {
         if paid {
             match cost_pico {
@@ -149,29 +213,6 @@ impl JournalIndex {
                 None => self.unpriced += 1,
             }
         }
-    }
-
-    /// Offsets of rows asked for in increasing order, read a page at a time; for building
-    /// the output once nothing is written any more (it does not see later records).
-    pub fn cursor(&self) -> JournalCursor<'_> {
-        let s = self.slots.as_deref();
-        JournalCursor {
-            slots: SlotCursor::over(s.map(|s| &s.table)),
-            journal: s.map_or(Path::new(""), |s| &s.journal),
-        }
-    }
-}
-
-/// See [`JournalIndex::cursor`].
-pub struct JournalCursor<'a> {
-    slots: SlotCursor<'a>,
-    journal: &'a Path,
-}
-
-impl JournalCursor<'_> {
-    /// Offset of the row's latest record.
-    pub fn offset(&mut self, row: u64) -> Result<Option<u64>, JournalError> {
-        self.slots.get(row).map_err(io_err(self.journal))
     }
 }
 
@@ -238,8 +279,7 @@ pub fn read_index(path: &Path) -> Result<Option<JournalIndex>, JournalError> {
 /// and where the last good line ends.
 fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalError> {
     let err = io_err(path);
-    let table = SlotFile::create_beside(path).map_err(&err)?;
-    let mut page = table.page_writer();
+    let slots = Slots::new(path)?;
     let mut index = JournalIndex::default();
     let mut good_end = 0u64;
     let mut reader = BufReader::with_capacity(1 << 16, file);
@@ -255,10 +295,11 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
         match serde_json::from_slice::<RowOnly>(&line) {
             Ok(r) if complete => {
                 // A line without a status is an [`Unfinished`] spend, not the row's record.
-                if r.status.is_some() && page.set(r.row, offset).map_err(&err)? {
+                if r.status.is_some() && slots.set(&r.id, &r.hash, offset)? {
                     index.records += 1;
                 }
-                index.count_spend(r.usage.is_some() && !r.cached, r.cost_pico);
+                let paid = r.usage.is_some() && !r.cached && r.shared_with.is_none();
+                index.count_spend(paid, r.cost_pico);
                 good_end = offset + n;
             }
             _ if !complete => {
@@ -275,18 +316,16 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
     if offset != good_end {
         index.repaired_tail = true;
     }
-    page.flush().map_err(&err)?;
-    index.slots = Some(Arc::new(Slots {
-        table,
-        journal: path.to_path_buf(),
-    }));
+    index.slots = Some(Arc::new(slots));
     Ok((index, good_end))
 }
 
 /// The part of a record the opening scan needs.
 #[derive(Deserialize)]
 struct RowOnly {
-    row: u64,
+    id: String,
+    #[serde(default)]
+    hash: String,
     #[serde(default)]
     status: Option<serde::de::IgnoredAny>,
     #[serde(default)]
@@ -295,6 +334,8 @@ struct RowOnly {
     cached: bool,
     #[serde(default)]
     usage: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    shared_with: Option<serde::de::IgnoredAny>,
 }
 
 impl JournalWriter {
@@ -302,14 +343,11 @@ impl JournalWriter {
     /// response is even looked at.
     pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
         let at = self.write_line(record)?;
-        self.index.records += 1;
-        self.index
-            .count_spend(record.usage.is_some() && !record.cached, record.cost_pico);
+        self.index.count_spend(record.paid(), record.cost_pico);
         if let Some(slots) = &self.index.slots {
-            slots
-                .table
-                .set(record.row, at)
-                .map_err(io_err(&self.path))?;
+            if slots.set(&record.id, &record.hash, at)? {
+                self.index.records += 1;
+            }
         }
         Ok(())
     }
@@ -396,9 +434,9 @@ impl JournalReader {
         })
     }
 
-    /// The latest record of a row, if any.
-    pub fn get(&mut self, index: &JournalIndex, row: u64) -> Result<Option<Record>, JournalError> {
-        match index.offset(row)? {
+    /// The latest record of the row whose identity is `id`, if any.
+    pub fn get(&mut self, index: &JournalIndex, id: &str) -> Result<Option<Record>, JournalError> {
+        match index.offset(id)? {
             Some(o) => self.read_at(o).map(Some),
             None => Ok(None),
         }
@@ -430,6 +468,7 @@ mod tests {
             cached: false,
             batch: false,
             fields: None,
+            shared_with: None,
         }
     }
 
@@ -447,10 +486,10 @@ mod tests {
         assert_eq!(idx.records, 2);
         assert!(!idx.repaired_tail);
         let mut r = JournalReader::open(&path).unwrap();
-        assert_eq!(r.get(&idx, 0).unwrap().unwrap().status, Status::Ok);
-        assert_eq!(r.get(&idx, 2).unwrap().unwrap(), rec(2, Status::Ok));
-        assert!(r.get(&idx, 1).unwrap().is_none());
-        assert!(r.get(&idx, 99).unwrap().is_none());
+        assert_eq!(r.get(&idx, "id-0").unwrap().unwrap().status, Status::Ok);
+        assert_eq!(r.get(&idx, "id-2").unwrap().unwrap(), rec(2, Status::Ok));
+        assert!(r.get(&idx, "id-1").unwrap().is_none());
+        assert!(r.get(&idx, "id-99").unwrap().is_none());
     }
 
     #[test]
@@ -480,8 +519,8 @@ mod tests {
             assert_eq!(idx.skipped_lines, 0);
             assert_eq!(idx.spent, Money(12 + 30 + 30));
             let mut r = JournalReader::open(&path).unwrap();
-            assert_eq!(r.get(idx, 0).unwrap().unwrap(), rec(0, Status::Failed));
-            assert!(r.get(idx, 1).unwrap().is_none());
+            assert_eq!(r.get(idx, "id-0").unwrap().unwrap(), rec(0, Status::Failed));
+            assert!(r.get(idx, "id-1").unwrap().is_none());
         }
     }
 
@@ -498,7 +537,7 @@ mod tests {
         let mut w = open(&path).unwrap();
         assert!(w.index().repaired_tail);
         assert_eq!(w.index().records, 1);
-        assert!(w.index().offset(1).unwrap().is_none());
+        assert!(w.index().offset("id-1").unwrap().is_none());
         w.append(&rec(1, Status::Ok)).unwrap();
         drop(w);
         let w = open(&path).unwrap();
@@ -509,37 +548,61 @@ mod tests {
     }
 
     #[test]
-    fn the_index_spans_pages_and_rows_out_of_order() {
+    fn rows_are_found_by_identity_and_request_whatever_their_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("j.jsonl");
-        const PAGE: u64 = crate::slots::PAGE;
-        let rows = [PAGE + 3, 1, 3 * PAGE, PAGE - 1, 0, PAGE + 3, 5 * PAGE + 7];
+        // Enough rows to make the tables grow while being written.
+        let rows: Vec<u64> = (0..10_000u64).map(|i| (i * 7919) % 10_007).collect();
         let mut w = open(&path).unwrap();
-        for (i, &row) in rows.iter().enumerate() {
-            let status = if i == 5 { Status::Failed } else { Status::Ok };
-            w.append(&rec(row, status)).unwrap();
+        for &row in &rows {
+            let mut r = rec(row, Status::Ok);
+            r.hash = format!("h{row}");
+            w.append(&r).unwrap();
         }
+        let mut again = rec(rows[5], Status::Failed);
+        again.hash = format!("h{}", rows[5]);
+        w.append(&again).unwrap();
         let live = w.index().clone();
         drop(w);
         let idx = read_index(&path).unwrap().unwrap();
-        assert_eq!(idx.records, 6, "rows with a record");
+        assert_eq!(idx.records, 10_000, "rows with a record");
         for index in [&live, &idx] {
+            assert_eq!(index.records, 10_000);
             let mut r = JournalReader::open(&path).unwrap();
-            let latest = r.get(index, PAGE + 3).unwrap().unwrap();
+            let latest = r.get(index, &format!("id-{}", rows[5])).unwrap().unwrap();
             assert_eq!(latest.status, Status::Failed, "the latest record wins");
-            let mut cursor = index.cursor();
-            let mut found = Vec::new();
-            for row in 0..6 * PAGE {
-                let offset = cursor.offset(row).unwrap();
-                assert_eq!(offset, index.offset(row).unwrap(), "row {row}");
-                if let Some(o) = offset {
-                    assert_eq!(r.read_at(o).unwrap().row, row);
-                    found.push(row);
-                }
+            for &row in rows.iter().step_by(97) {
+                let got = r.get(index, &format!("id-{row}")).unwrap().unwrap();
+                assert_eq!(got.row, row);
+                let o = index
+                    .offset_of_request(&format!("h{row}"))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(r.read_at(o).unwrap().id, format!("id-{row}"));
             }
-            assert_eq!(found, [0, 1, PAGE - 1, PAGE + 3, 3 * PAGE, 5 * PAGE + 7]);
+            assert!(r.get(index, "id-10008").unwrap().is_none());
+            assert!(index.offset_of_request("").unwrap().is_none());
         }
-        assert!(JournalIndex::default().offset(3).unwrap().is_none());
+        assert!(JournalIndex::default().offset("id-3").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_shared_answer_is_no_spend() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut w = open(&path).unwrap();
+        w.append(&rec(0, Status::Ok)).unwrap();
+        let shared = Record {
+            shared_with: Some("id-0".into()),
+            cost_pico: None,
+            ..rec(1, Status::Ok)
+        };
+        w.append(&shared).unwrap();
+        let live = w.index().clone();
+        drop(w);
+        for idx in [live, read_index(&path).unwrap().unwrap()] {
+            assert_eq!((idx.records, idx.spent, idx.unpriced), (2, Money(12), 0));
+        }
     }
 
     #[test]
@@ -557,6 +620,6 @@ mod tests {
         let idx = w.finish().unwrap();
         assert_eq!(idx.records, 2);
         let mut r = JournalReader::open(&path).unwrap();
-        assert_eq!(r.get(&idx, 1).unwrap().unwrap().row, 1);
+        assert_eq!(r.get(&idx, "id-1").unwrap().unwrap().row, 1);
     }
 }

@@ -1,13 +1,16 @@
 //! Resume: what an earlier run's journal says about a row, given what would be sent now.
 //!
-//! A row is done when its latest record has the same id and the same request hash and
-//! succeeded. A changed template, model or setting changes the hash, so the row is redone;
+//! A row is found by its identity (its `input.id`, or its cells' hash: see
+//! [`crate::identity`]), never by its position. It is done when its latest record has the
+//! same request hash and succeeded. A changed template, model or setting changes the hash, so the row is redone;
 //! a failed row is kept as failed unless the user asks for `--retry-failed`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::identity::Identity;
 use crate::journal::{JournalError, JournalIndex, JournalReader, Status};
+use crate::types::Row;
 
 /// What to do with one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,14 +43,17 @@ pub struct Resume {
     path: PathBuf,
     reader: Option<JournalReader>,
     retry_failed: bool,
+    identity: Identity,
 }
 
 impl Resume {
-    /// Decisions against the journal at `path` as `index` describes it.
+    /// Decisions against the journal at `path` as `index` describes it, for rows known by
+    /// `identity`.
     pub fn new(
         path: &Path,
         index: JournalIndex,
         retry_failed: bool,
+        identity: Identity,
     ) -> Result<Resume, JournalError> {
         let reader = if index.records > 0 {
             Some(JournalReader::open(path)?)
@@ -59,6 +65,7 @@ impl Resume {
             path: path.to_path_buf(),
             reader,
             retry_failed,
+            identity,
         })
     }
 
@@ -73,6 +80,7 @@ impl Resume {
             path: self.path.clone(),
             reader,
             retry_failed: self.retry_failed,
+            identity: self.identity,
         })
     }
 
@@ -83,22 +91,30 @@ impl Resume {
             path: PathBuf::new(),
             reader: None,
             retry_failed: false,
+            identity: Identity::default(),
         }
     }
 
-    /// What to do with row `row` (0-based input index) whose id is `id` and whose request
-    /// would hash to `hash`.
-    pub fn decide(&mut self, row: u64, id: &str, hash: &str) -> Result<Decision, JournalError> {
+    /// The identity rule rows are known by.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// What to do with `row`, whose request would hash to `hash`.
+    pub fn decide(&mut self, row: &Row, hash: &str) -> Result<Decision, JournalError> {
+        let key = self.identity.key(row);
+        self.decide_key(&key, hash)
+    }
+
+    /// What to do with the row known as `key` (its [`Identity::key`]), whose request would
+    /// hash to `hash`.
+    pub fn decide_key(&mut self, key: &str, hash: &str) -> Result<Decision, JournalError> {
         let Some(reader) = self.reader.as_mut() else {
             return Ok(Decision::New);
         };
-        let Some(prev) = reader.get(&self.index, row)? else {
+        let Some(prev) = reader.get(&self.index, key)? else {
             return Ok(Decision::New);
         };
-        // A record for another id at this index means the input changed order: not this row's.
-        if prev.id != id {
-            return Ok(Decision::New);
-        }
         if prev.hash != hash {
             return Ok(Decision::Changed);
         }
@@ -142,8 +158,9 @@ impl ResumeCounts {
     }
 
     /// The line telling the user what an earlier run already did, before anything is sent;
-    /// None when no row has an earlier record.
-    pub fn line(&self) -> Option<String> {
+    /// None when no row has an earlier record. It says how rows were matched: by `input.id`,
+    /// or by content when the job has none.
+    pub fn line(&self, identity: Identity) -> Option<String> {
         if self.done + self.kept_failed + self.retry_failed + self.changed == 0 {
             return None;
         }
@@ -166,6 +183,14 @@ impl ResumeCounts {
             ", {} rows to send",
             self.new + self.changed + self.retry_failed
         ));
+        if identity.by_content() {
+            s.push_str(
+                " (rows are matched by content, as the job has no input.id: a row whose cells \
+                 changed is a new row)",
+            );
+        } else {
+            s.push_str(" (rows are matched by input.id)");
+        }
         Some(s)
     }
 }
@@ -174,6 +199,17 @@ impl ResumeCounts {
 mod tests {
     use super::*;
     use crate::journal::{self, Record};
+
+    fn row(index: u64, id: &str) -> Row {
+        let mut fields = serde_json::Map::new();
+        fields.insert("id".into(), id.into());
+        Row {
+            index,
+            line: index + 2,
+            id: id.into(),
+            fields,
+        }
+    }
 
     fn rec(row: u64, id: &str, hash: &str, status: Status) -> Record {
         Record {
@@ -189,6 +225,7 @@ mod tests {
             cached: false,
             batch: false,
             fields: None,
+            shared_with: None,
         }
     }
 
@@ -206,27 +243,36 @@ mod tests {
         drop(w);
         let index = journal::read_index(&path).unwrap().unwrap();
         for (retry, failed) in [(false, Decision::KeptFailed), (true, Decision::RetryFailed)] {
-            let mut r = Resume::new(&path, index.clone(), retry).unwrap();
-            assert_eq!(r.decide(0, "a", "h0").unwrap(), Decision::Done);
-            assert_eq!(r.decide(1, "b", "h1").unwrap(), failed);
-            assert_eq!(r.decide(2, "c", "new").unwrap(), Decision::Changed);
-            assert_eq!(r.decide(3, "d", "h3").unwrap(), Decision::New, "other id");
+            let mut r = Resume::new(&path, index.clone(), retry, Identity::new(true)).unwrap();
+            // Positions no longer matter: rows are found by id.
+            assert_eq!(r.decide(&row(7, "a"), "h0").unwrap(), Decision::Done);
+            assert_eq!(r.decide(&row(0, "b"), "h1").unwrap(), failed);
+            assert_eq!(r.decide(&row(2, "c"), "new").unwrap(), Decision::Changed);
             assert_eq!(
-                r.decide(4, "e", "h4").unwrap(),
+                r.decide(&row(3, "d"), "h3").unwrap(),
+                Decision::New,
+                "other id"
+            );
+            assert_eq!(
+                r.decide(&row(4, "e"), "h4").unwrap(),
                 Decision::Done,
                 "latest wins"
             );
-            assert_eq!(r.decide(5, "f", "h5").unwrap(), Decision::New);
+            assert_eq!(r.decide(&row(5, "f"), "h5").unwrap(), Decision::New);
         }
-        assert_eq!(Resume::empty().decide(0, "a", "h0").unwrap(), Decision::New);
+        assert_eq!(
+            Resume::empty().decide(&row(0, "a"), "h0").unwrap(),
+            Decision::New
+        );
     }
 
     #[test]
     fn the_line_says_what_is_kept_and_what_is_redone() {
         let mut c = ResumeCounts::default();
-        assert_eq!(c.line(), None);
+        let by_id = Identity::new(true);
+        assert_eq!(c.line(by_id), None);
         c.add(Decision::New);
-        assert_eq!(c.line(), None, "a fresh job says nothing");
+        assert_eq!(c.line(by_id), None, "a fresh job says nothing");
         for d in [
             Decision::Done,
             Decision::Done,
@@ -235,7 +281,10 @@ mod tests {
         ] {
             c.add(d);
         }
-        let line = c.line().unwrap();
+        let line = c.line(by_id).unwrap();
+        assert!(line.contains("matched by input.id"), "{line}");
+        let by_content = c.line(Identity::new(false)).unwrap();
+        assert!(by_content.contains("matched by content"), "{by_content}");
         assert!(line.contains("2 rows done already"), "{line}");
         assert!(line.contains("1 changed since"), "{line}");
         assert!(line.contains("1 failed rows kept"), "{line}");

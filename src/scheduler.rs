@@ -587,6 +587,7 @@ impl Scheduler {
             cached: false,
             batch: self.tier == Tier::Batch,
             fields,
+            shared_with: None,
         }
     }
 

@@ -29,6 +29,7 @@ use crate::client::{self, Secret};
 use crate::config::{Endpoint, Job, ProviderKind};
 use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::estimate::{estimate, EstimateOptions};
+use crate::identity::Identity;
 use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
 use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
@@ -228,12 +229,12 @@ impl Ctx {
         self.state_path().with_extension("")
     }
 
-    /// Row ids by row index, for joining results: in temporary files rather than a map, so
+    /// Row identities by row index, for joining results: in temporary files rather than a map, so
     /// that collecting holds nothing per row in memory however many rows the job has.
     fn row_ids(&self) -> anyhow::Result<TextSlots> {
         let rows = Source::open(&self.job.input.path, &run::source_options(&self.job))?
             .flatten()
-            .map(|row| (row.index, row.id));
+            .map(|row| (row.index, Identity::of(&self.job).key(&row)));
         TextSlots::from_rows(&self.job.journal_path(), rows)
             .context("cannot keep the row ids in a temporary file")
     }
@@ -660,7 +661,7 @@ fn ingest(
             results::apply_schema(&mut rec, schema);
         }
         if let Some(r) = reader.as_mut() {
-            if let Some(prev) = r.get(writer.index(), rec.row)? {
+            if let Some(prev) = r.get(writer.index(), &rec.id)? {
                 // The same failure read again is skipped too: a schema failure carries the
                 // cost of its answer, which must not be counted twice.
                 if (prev.status == Status::Ok && prev.hash == rec.hash && prev.id == rec.id)
@@ -749,7 +750,13 @@ fn pending_lines(
         .spool
         .as_ref()
         .ok_or_else(|| anyhow!("internal: the rows were not validated"))?;
-    let mut resume = Resume::new(writer.path(), writer.index().clone(), retry_failed)?;
+    let identity = Identity::of(job);
+    let mut resume = Resume::new(
+        writer.path(),
+        writer.index().clone(),
+        retry_failed,
+        identity,
+    )?;
     let url = ctx.endpoint();
     let (mut n, mut worst) = (0, Money::ZERO);
     for stepped in spool.read().context("reading the row spool")? {
@@ -757,7 +764,8 @@ fn pending_lines(
         let req = match stepped.step.recheck(&mut resume)? {
             Step::Send(req) => req,
             Step::Bad { reason, .. } => {
-                writer.append(&run::bad_row_record(&stepped.row, reason, true))?;
+                let rec = run::bad_row_record(&stepped.row, identity, reason, true);
+                writer.append(&rec)?;
                 continue;
             }
             Step::Skip { .. } | Step::Cached { .. } => continue,
@@ -793,7 +801,12 @@ fn finish_output(
         Some(spool) => Box::new(spool.output_rows()?),
         None => Box::new(run::output_rows(job)?),
     };
-    let totals = sink::write_output(spec, rows, index, &journal_path)?;
+    let planner = match ctx.planner() {
+        Ok(p) => p.clone(),
+        Err(_) => Arc::new(run::planner_for(job, ctx.mock)?),
+    };
+    let mut want = run::wanted(&planner, Identity::of(job));
+    let totals = sink::write_output(spec, rows, index, &journal_path, &mut want)?;
     if let Some(warning) = ctx.spool.as_ref().and_then(Spool::input_changed) {
         eprintln!("{warning}");
     }

@@ -18,6 +18,7 @@ use crate::client::{self, Client, Secret};
 use crate::config::{Job, Mode};
 use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::estimate::{estimate, EstimateOptions};
+use crate::identity::{Identity, RunRequests, Wanted};
 use crate::journal::{self, Record, Status};
 use crate::limit::Limiter;
 use crate::mock::{MockConfig, MockServer};
@@ -185,6 +186,8 @@ struct Produced {
     cached: u64,
     bad_rows: u64,
     expected_cost: Option<Money>,
+    /// The requests asked for, and the rows waiting for an answer asked for by another row.
+    requests: Option<RunRequests>,
 }
 
 async fn run_job(
@@ -227,7 +230,12 @@ async fn run_job(
             // Read-only: the journal is repaired only when the run really starts.
             let path = job2.journal_path();
             let resume = match journal::read_index(&path)? {
-                Some(index) => Some(Resume::new(&path, index, retry_failed)?),
+                Some(index) => Some(Resume::new(
+                    &path,
+                    index,
+                    retry_failed,
+                    Identity::of(&job2),
+                )?),
                 None => None,
             };
             let opts = EstimateOptions {
@@ -255,12 +263,13 @@ async fn run_job(
         Some((estimate, spool)) => (Some(estimate), spool.map(Arc::new)),
         None => (None, None),
     };
+    let identity = Identity::of(job);
     if args.dry_run {
         let Some(validated) = validated else {
             eprintln!("interrupted: the estimate was not finished");
             return Ok(exit::STOPPED);
         };
-        if let Some(line) = validated.resume.line() {
+        if let Some(line) = validated.resume.line(identity) {
             eprintln!("{line}");
         }
         eprint!("{}", validated.render());
@@ -326,7 +335,7 @@ async fn run_job(
     }
     let sched = Arc::new(sched);
     // Before anything is sent: what an earlier run already did.
-    if let Some(line) = validated.as_ref().and_then(|v| v.resume.line()) {
+    if let Some(line) = validated.as_ref().and_then(|v| v.resume.line(identity)) {
         eprintln!("{line}");
     }
     let reporter = progress.spawn_plain_reporter(Duration::from_secs(10));
@@ -347,7 +356,7 @@ async fn run_job(
         })
     };
     let stop = sched.clone().run(rx).await;
-    let produced = producer
+    let mut produced = producer
         .await
         .context("row producer failed")?
         .context("reading rows")?;
@@ -361,25 +370,32 @@ async fn run_job(
     let sched = Arc::try_unwrap(sched).map_err(|_| anyhow!("scheduler still shared"))?;
     let stats = sched.stats;
     let spent_total = sched.budget.spent();
-    let writer = sched
+    let mut writer = sched
         .journal
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
+    // Rows that asked for a request another row sent get a copy of its answer.
+    if let Some(requests) = produced.requests.take() {
+        requests.fan_out(&mut writer, identity)?;
+    }
     let unpriced_total = writer.index().unpriced;
     let index = writer.finish()?;
 
     // Build the output from the journal, in input order, atomically, with the rows as the
     // validation pass read them.
+    // A row shows an answer only if it answers the request the job would send now.
+    let mut want = wanted(&planner, identity);
     let totals = match &spool {
         Some(spool) => {
-            let totals = sink::write_output(&spec, spool.output_rows()?, &index, &journal_path)?;
+            let rows = spool.output_rows()?;
+            let totals = sink::write_output(&spec, rows, &index, &journal_path, &mut want)?;
             if let Some(warning) = spool.input_changed() {
                 eprintln!("{warning}");
             }
             totals
         }
         // Interrupted before the validation pass ended: the rows as the input holds them.
-        None => sink::write_output(&spec, output_rows(job)?, &index, &journal_path)?,
+        None => sink::write_output(&spec, output_rows(job)?, &index, &journal_path, &mut want)?,
     };
 
     use std::sync::atomic::Ordering::Relaxed;
@@ -466,6 +482,10 @@ fn produce(
         .assume_output_tokens
         .map(u64::from)
         .unwrap_or(planner.max_completion_tokens());
+    let identity = Identity::of(job);
+    let requests = out
+        .requests
+        .insert(RunRequests::new(&job.journal_path()).context("cannot create a temporary file")?);
     for stepped in spool.read().context("reading the row spool")? {
         if sched.stop.is_cancelled() {
             break;
@@ -477,11 +497,15 @@ fn produce(
             // row, journaled with the reason, so the output lists it in place.
             Step::Bad { reason, .. } => {
                 out.bad_rows += 1;
-                record_bad_row(sched, &stepped.row, reason)?;
+                record_bad_row(sched, &stepped.row, identity, reason)?;
                 continue;
             }
-            Step::Skip { decision, .. } => {
+            Step::Skip { decision, hash, .. } => {
                 out.resume.add(decision);
+                if decision == Decision::Done {
+                    // A later row asking the very same thing shares this answer.
+                    requests.note(&hash)?;
+                }
                 sched
                     .progress
                     .row_done(decision == Decision::Done, Money::ZERO);
@@ -510,6 +534,7 @@ fn produce(
                     cached: true,
                     batch: false,
                     fields: entry.fields,
+                    shared_with: None,
                 };
                 sched
                     .journal
@@ -522,6 +547,10 @@ fn produce(
             }
         };
         out.resume.add(req.decision);
+        if !requests.send_or_wait(req.row, &req.id, &req.hash)? {
+            // Asked for already in this run: the row gets that answer when the run ends.
+            continue;
+        }
         if let (Some(total), Some(p)) = (out.expected_cost, price) {
             let u = Usage {
                 prompt_tokens: req.prompt_tokens,
@@ -608,16 +637,38 @@ pub(crate) fn output_rows(
 }
 
 /// The failed record of a row that could not be read or rendered: no request, no hash.
-pub(crate) fn bad_row_record(row: &crate::types::Row, error: String, batch: bool) -> Record {
+pub(crate) fn bad_row_record(
+    row: &crate::types::Row,
+    identity: Identity,
+    error: String,
+    batch: bool,
+) -> Record {
     Record {
         batch,
-        ..Record::failed(row.index, row.id.clone(), String::new(), 0, error)
+        ..Record::failed(row.index, identity.key(row), String::new(), 0, error)
+    }
+}
+
+/// What the current job asks of each row, for building the output: the row's identity and
+/// the hash of the request it would send now (no tokens are counted for it).
+pub(crate) fn wanted(
+    planner: &Planner,
+    identity: Identity,
+) -> impl FnMut(&crate::types::Row) -> Wanted + '_ {
+    move |row| Wanted {
+        id: identity.key(row),
+        hash: planner.plan_counted(row, Some(0)).ok().map(|p| p.hash),
     }
 }
 
 /// Journals a row that could not be read or rendered as failed, with the reason.
-fn record_bad_row(sched: &Scheduler, row: &crate::types::Row, error: String) -> anyhow::Result<()> {
-    let rec = bad_row_record(row, error, false);
+fn record_bad_row(
+    sched: &Scheduler,
+    row: &crate::types::Row,
+    identity: Identity,
+    error: String,
+) -> anyhow::Result<()> {
+    let rec = bad_row_record(row, identity, error, false);
     sched
         .journal
         .lock()

@@ -24,6 +24,7 @@ use serde_json::{Map, Value};
 use crate::cache::{Cache, Entry};
 use crate::config::Job;
 use crate::cost::{ModelPrice, Tier};
+use crate::identity::Identity;
 use crate::plan::Planner;
 use crate::resume::{Decision, Resume};
 use crate::source::{BadRow, Source, SourceError, SourceOptions};
@@ -74,6 +75,8 @@ pub enum Step {
     Skip {
         row: u64,
         id: String,
+        /// The request's hash (the same request asked by a later row shares the answer).
+        hash: String,
         decision: Decision,
     },
     /// The row cannot be read or rendered (only when `input.skip_bad_rows` is on).
@@ -134,10 +137,11 @@ impl<'a> RowLoop<'a> {
         resume: Option<&mut Resume>,
     ) -> Result<Stepped, String> {
         let skip_bad = self.job.input.skip_bad_rows;
+        let identity = Identity::of(self.job);
         let bad = |row: Row, reason: String| Stepped {
             step: Step::Bad {
                 row: row.index,
-                id: row.id.clone(),
+                id: identity.key(&row),
                 reason,
             },
             row,
@@ -158,17 +162,18 @@ impl<'a> RowLoop<'a> {
             }
             Err(e) => return Err(format!("{}: {e}", self.file)),
         };
+        let (index, id) = (row.index, identity.key(&row));
         let decision = match resume {
             Some(r) => r
-                .decide(row.index, &row.id, &planned.hash)
+                .decide_key(&id, &planned.hash)
                 .map_err(|e| e.to_string())?,
             None => Decision::New,
         };
-        let (index, id) = (row.index, row.id.clone());
         let step = if !decision.send() {
             Step::Skip {
                 row: index,
                 id,
+                hash: planned.hash,
                 decision,
             }
         } else if let Some(entry) = self.cache.and_then(|c| c.get(&planned.hash)) {
@@ -523,6 +528,8 @@ struct Record {
     index: u64,
     line: u64,
     id: String,
+    /// The row's identity key (see [`Identity::key`]), which the step carries.
+    key: String,
     fields: Map<String, Value>,
     step: StepRecord,
 }
@@ -544,6 +551,7 @@ enum StepRecord {
         decision: u8,
     },
     Skip {
+        hash: String,
         decision: u8,
     },
     Bad {
@@ -572,6 +580,7 @@ fn decision_of(c: u8) -> Decision {
 }
 
 fn write_record(out: &mut Vec<u8>, s: Stepped) -> serde_json::Result<()> {
+    let key = s.step.id().to_string();
     let step = match s.step {
         Step::Send(r) => StepRecord::Send {
             hash: r.hash,
@@ -592,7 +601,8 @@ fn write_record(out: &mut Vec<u8>, s: Stepped) -> serde_json::Result<()> {
             entry,
             decision: decision_code(decision),
         },
-        Step::Skip { decision, .. } => StepRecord::Skip {
+        Step::Skip { hash, decision, .. } => StepRecord::Skip {
+            hash,
             decision: decision_code(decision),
         },
         Step::Bad { reason, .. } => StepRecord::Bad { reason },
@@ -601,6 +611,7 @@ fn write_record(out: &mut Vec<u8>, s: Stepped) -> serde_json::Result<()> {
         index: s.row.index,
         line: s.row.line,
         id: s.row.id,
+        key,
         fields: s.row.fields,
         step,
     };
@@ -611,7 +622,7 @@ fn write_record(out: &mut Vec<u8>, s: Stepped) -> serde_json::Result<()> {
 
 impl Record {
     fn into_stepped(self) -> Stepped {
-        let (row, id) = (self.index, self.id.clone());
+        let (row, id) = (self.index, self.key);
         let step = match self.step {
             StepRecord::Send {
                 hash,
@@ -643,9 +654,10 @@ impl Record {
                 entry,
                 decision: decision_of(decision),
             },
-            StepRecord::Skip { decision } => Step::Skip {
+            StepRecord::Skip { hash, decision } => Step::Skip {
                 row,
                 id,
+                hash,
                 decision: decision_of(decision),
             },
             StepRecord::Bad { reason } => Step::Bad { row, id, reason },
@@ -664,6 +676,14 @@ impl Record {
 }
 
 impl Step {
+    /// The row's identity key.
+    pub fn id(&self) -> &str {
+        match self {
+            Step::Send(r) => &r.id,
+            Step::Cached { id, .. } | Step::Skip { id, .. } | Step::Bad { id, .. } => id,
+        }
+    }
+
     /// Decides a [`Step::Send`] again against a journal that may have grown since the pass
     /// (batch rounds collected in between): a row now done, or failed and kept, is skipped.
     /// Other steps are returned as they are.
@@ -671,11 +691,12 @@ impl Step {
         let Step::Send(mut r) = self else {
             return Ok(self);
         };
-        let decision = resume.decide(r.row, &r.id, &r.hash)?;
+        let decision = resume.decide_key(&r.id, &r.hash)?;
         if !decision.send() {
             return Ok(Step::Skip {
                 row: r.row,
                 id: r.id,
+                hash: r.hash,
                 decision,
             });
         }
@@ -783,7 +804,8 @@ mod tests {
         assert_eq!(steps.len(), 3);
         match &steps[1].step {
             Step::Bad { row, id, reason } => {
-                assert_eq!((*row, id.as_str()), (1, "2"));
+                let key = Identity::of(&lenient).key(&steps[1].row);
+                assert_eq!((*row, id.as_str()), (1, key.as_str()));
                 assert!(reason.contains("rows.csv:3"), "{reason}");
             }
             s => panic!("{s:?}"),
@@ -962,17 +984,18 @@ mod tests {
         ))
         .unwrap();
         let index = w.index().clone();
-        let mut kept = Resume::new(&path, index.clone(), false).unwrap();
+        let mut kept = Resume::new(&path, index.clone(), false, Identity::new(true)).unwrap();
         assert_eq!(
             send(0, "r1").recheck(&mut kept).unwrap(),
             Step::Skip {
                 row: 0,
                 id: "r1".into(),
+                hash: "h".into(),
                 decision: Decision::KeptFailed
             }
         );
         assert_eq!(send(1, "r2").recheck(&mut kept).unwrap(), send(1, "r2"));
-        let mut retry = Resume::new(&path, index, true).unwrap();
+        let mut retry = Resume::new(&path, index, true, Identity::new(true)).unwrap();
         let Step::Send(r) = send(0, "r1").recheck(&mut retry).unwrap() else {
             panic!()
         };

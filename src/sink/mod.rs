@@ -1,5 +1,9 @@
 //! The sink stage: the final output file, built from the journal in input order, written to a
 //! temporary file and renamed so that no reader ever sees half an output.
+//!
+//! Each row shows its latest record only when that record answers the request the current
+//! job would send (same identity, same request hash): an answer to an older template, model
+//! or endpoint, or from a `--mock` run, leaves the row `pending`, never `ok`.
 
 mod csv_out;
 mod jsonl_out;
@@ -10,7 +14,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::config::OutputFormat;
+use crate::identity::Wanted;
 use crate::journal::{JournalError, JournalIndex, JournalReader, Record, Status};
+use crate::key_table::KeyTable;
 use crate::types::{Money, Row, Usage};
 
 /// Errors writing the output.
@@ -40,6 +46,7 @@ pub const RESULT_COLUMNS: &[&str] = &[
     "cost_estimated",
     "attempts",
     "error",
+    "shared_with",
 ];
 
 /// What the output holds, counted while writing it.
@@ -109,12 +116,14 @@ pub(crate) struct OutRow<'a> {
 }
 
 /// Writes the final output: reads the input again (for the input columns) and, row by row in
-/// input order, the row's latest journal record. Memory stays flat: one row at a time.
+/// input order, the row's latest journal record, shown only if it answers what `want` says
+/// the row asks for now. Memory stays flat: one row at a time.
 pub fn write_output<I>(
     spec: &OutputSpec,
     rows: I,
     index: &JournalIndex,
     journal: &Path,
+    want: &mut dyn FnMut(&Row) -> Wanted,
 ) -> Result<OutputTotals, SinkError>
 where
     I: Iterator<Item = Result<Row, String>>,
@@ -139,22 +148,30 @@ where
         cost: Some(Money::ZERO),
         ..OutputTotals::default()
     };
+    // Rows of this file already written, by identity: a later row with the same identity
+    // (identical cells, in a job without input.id) shares the first one's answer.
+    let mut written = KeyTable::create_beside(path).map_err(io)?;
     {
         let buf = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
         let mut w: Box<dyn RowWriter + '_> = match spec.format {
             OutputFormat::Csv => Box::new(csv_out::CsvOut::new(buf, spec)?),
             OutputFormat::Jsonl => Box::new(jsonl_out::JsonlOut::new(buf, spec)),
         };
-        // Rows come in input order: the index is read a page at a time.
-        let mut slots = index.cursor();
         for row in rows {
             let row = row.map_err(SinkError::Input)?;
-            let record = match (reader.as_mut(), slots.offset(row.index)?) {
+            let wanted = want(&row);
+            let record = match (reader.as_mut(), index.offset(&wanted.id)?) {
                 (Some(r), Some(offset)) => Some(r.read_at(offset)?),
                 _ => None,
             };
-            // A record for another id at this index (the input changed) is not this row's.
-            let record = record.filter(|r| r.id == row.id);
+            let mut record = record.filter(|r| wanted.answered_by(r));
+            let first = written.get(&wanted.id).map_err(io)?;
+            if first.is_none() {
+                written.insert(&wanted.id, row.index + 1).map_err(io)?;
+            }
+            if let (Some(r), Some(first)) = (record.as_mut(), first) {
+                r.shared_with.get_or_insert_with(|| first.to_string());
+            }
             totals.rows += 1;
             match &record {
                 Some(r) => {
@@ -166,7 +183,7 @@ where
                         totals.cached += 1;
                     }
                     if let Some(u) = &r.usage {
-                        if !r.cached {
+                        if !r.cached && r.shared_with.is_none() {
                             if u.estimated {
                                 totals.estimated += 1;
                             }
@@ -284,7 +301,7 @@ pub(crate) fn result_values(spec: &OutputSpec, record: Option<&Record>) -> Vec<(
             .unwrap_or(Value::Null),
     ));
     let cost = match record {
-        Some(r) if r.cached => Value::from(0.0),
+        Some(r) if r.cached || r.shared_with.is_some() => Value::from(0.0),
         Some(r) if r.usage.is_some() => r
             .cost_pico
             .map(|c| Value::from(Money(c).as_usd()))
@@ -294,7 +311,7 @@ pub(crate) fn result_values(spec: &OutputSpec, record: Option<&Record>) -> Vec<(
     out.push(("cost_usd".into(), cost));
     // Whether the row's tokens and cost are ours because the server sent no usage.
     let estimated = match record {
-        Some(r) if r.cached => Value::Bool(false),
+        Some(r) if r.cached || r.shared_with.is_some() => Value::Bool(false),
         Some(r) => r
             .usage
             .map(|u| Value::Bool(u.estimated))
@@ -312,6 +329,13 @@ pub(crate) fn result_values(spec: &OutputSpec, record: Option<&Record>) -> Vec<(
         "error".into(),
         record
             .and_then(|r| r.error.clone())
+            .map(Value::String)
+            .unwrap_or(Value::Null),
+    ));
+    out.push((
+        "shared_with".into(),
+        record
+            .and_then(|r| r.shared_with.clone())
             .map(Value::String)
             .unwrap_or(Value::Null),
     ));

@@ -14,6 +14,7 @@ mod jsonl;
 #[cfg(test)]
 mod test_files;
 
+use crate::key_table::KeyTable;
 use crate::types::Row;
 use serde_json::Value;
 use std::fmt;
@@ -179,6 +180,27 @@ pub enum SourceError {
         /// The columns there are, quoted and comma-separated.
         available: String,
     },
+    /// Two rows have the same `input.id` value: rows are known by their id, so which row an
+    /// answer belongs to would be ambiguous. Fatal, even when bad rows are skipped.
+    #[error(
+        "{}:{line}:{column}: duplicate id {id:?} in column \"{name}\": line {first} has the same \
+         id; each row's id (input.id) must be unique",
+        .path.display()
+    )]
+    DuplicateId {
+        /// The input file.
+        path: PathBuf,
+        /// The line of the second row with the id.
+        line: u64,
+        /// 1-based position of the id column.
+        column: u64,
+        /// The id column.
+        name: String,
+        /// The repeated id.
+        id: String,
+        /// The line of the first row with the id.
+        first: u64,
+    },
     /// A record has more or fewer fields than the header. Row error.
     #[error(
         "{}:{line}:{column}: row has {found} fields but the header has {expected}",
@@ -305,7 +327,8 @@ impl SourceError {
             | SourceError::InvalidUtf8 { line, .. }
             | SourceError::InvalidJson { line, .. }
             | SourceError::NotAnObject { line, .. }
-            | SourceError::BadId { line, .. } => Some(*line),
+            | SourceError::BadId { line, .. }
+            | SourceError::DuplicateId { line, .. } => Some(*line),
         }
     }
 }
@@ -320,6 +343,8 @@ pub struct Source {
     reader: Reader,
     /// Set after a fatal error or the end of input: the iterator is fused.
     done: bool,
+    /// With an id column: each id read so far → its line (on disk, see [`KeyTable`]).
+    ids: Option<(String, KeyTable)>,
 }
 
 impl fmt::Debug for Source {
@@ -371,11 +396,23 @@ impl Source {
                 (columns, Reader::Jsonl(reader))
             }
         };
+        let ids = match id_column {
+            Some(name) => {
+                let table = KeyTable::create_beside(path).map_err(|error| SourceError::Read {
+                    path: path.to_path_buf(),
+                    line: 1,
+                    error,
+                })?;
+                Some((name.to_string(), table))
+            }
+            None => None,
+        };
         Ok(Source {
             path: path.to_path_buf(),
             columns,
             reader,
             done: false,
+            ids,
         })
     }
 
@@ -397,16 +434,53 @@ impl Iterator for Source {
         if self.done {
             return None;
         }
-        let item = match &mut self.reader {
+        let mut item = match &mut self.reader {
             Reader::Csv(reader) => reader.next_row(&self.path, &self.columns),
             Reader::Jsonl(reader) => reader.next_row(&self.path),
         };
+        if let (Some(Ok(row)), Some((name, ids))) = (&item, &mut self.ids) {
+            if let Err(e) = check_unique_id(&self.path, &self.columns, name, ids, row) {
+                item = Some(Err(e));
+            }
+        }
         match &item {
             None => self.done = true,
             Some(Err(e)) if !e.is_row_error() => self.done = true,
             Some(_) => {}
         }
         item
+    }
+}
+
+/// Fails on the second row with an id seen before, naming both lines.
+fn check_unique_id(
+    path: &Path,
+    columns: &[String],
+    name: &str,
+    ids: &mut KeyTable,
+    row: &Row,
+) -> Result<(), SourceError> {
+    let read_err = |error| SourceError::Read {
+        path: path.to_path_buf(),
+        line: row.line,
+        error,
+    };
+    match ids.get(&row.id).map_err(read_err)? {
+        Some(first) => Err(SourceError::DuplicateId {
+            path: path.to_path_buf(),
+            line: row.line,
+            column: columns
+                .iter()
+                .position(|c| c == name)
+                .map_or(0, |i| i as u64 + 1),
+            name: name.to_string(),
+            id: row.id.clone(),
+            first,
+        }),
+        None => {
+            ids.insert(&row.id, row.line).map_err(read_err)?;
+            Ok(())
+        }
     }
 }
 
@@ -595,6 +669,36 @@ mod tests {
         };
         let rows: Vec<_> = Source::open(&path, &opts).unwrap().collect();
         assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn a_duplicate_id_names_both_lines_and_ends_the_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("in.csv", "q,id\nx,a\ny,b\nz,a\nw,c\n"),
+            ("in.jsonl", "{\"q\":\"x\",\"id\":\"a\"}\n{\"q\":\"y\",\"id\":\"b\"}\n{\"q\":\"z\",\"id\":\"a\"}\n{\"q\":\"w\",\"id\":\"c\"}\n"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            let opts = SourceOptions {
+                format: None,
+                id_column: Some("id".into()),
+            };
+            let items: Vec<_> = Source::open(&path, &opts).unwrap().collect();
+            assert_eq!(items.len(), 3, "{name}: the stream ends at the duplicate");
+            let err = items[2].as_ref().unwrap_err();
+            assert!(!err.is_row_error(), "{name}: fatal even when bad rows are skipped");
+            let csv = name.ends_with("csv");
+            let (second, first) = if csv { (4, 2) } else { (3, 1) };
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "{}:{second}:2: duplicate id \"a\" in column \"id\": line {first} has the \
+                     same id; each row's id (input.id) must be unique",
+                    path.display()
+                ),
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod batch;
 mod budget;
 mod estimate;
 mod hostile;
+mod identity;
 mod init;
 mod misbehaving_client;
 mod misbehaving_limits;
