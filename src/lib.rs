@@ -6,7 +6,6 @@
 
 pub mod batch;
 pub mod bounds;
-pub mod budget;
 pub mod cache;
 pub mod client;
 pub mod cmd;
@@ -18,6 +17,7 @@ pub mod journal;
 pub mod limit;
 pub mod mock;
 pub mod output_paths;
+pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod render;

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::config::OutputFormat;
 use crate::journal::{JournalError, JournalIndex, JournalReader, Record, Status};
+use crate::pipeline::ledger::{Charge, Tally};
 use crate::types::{Money, Row, Usage};
 
 /// Errors writing the output.
@@ -55,9 +56,9 @@ pub struct OutputTotals {
     /// Rows whose answer came without usage: their tokens and cost are our estimate.
     pub estimated: u64,
     pub usage: Usage,
-    /// Cost of all recorded responses; None when any priced row had an unknown price.
+    /// Cost of the rows' recorded responses (unpriced ones counted apart, never as $0).
     #[serde(skip)]
-    pub cost: Option<Money>,
+    pub cost: Tally,
 }
 
 /// The shape of the output.
@@ -135,10 +136,7 @@ where
         Err(_) if index.records == 0 => None,
         Err(e) => return Err(e.into()),
     };
-    let mut totals = OutputTotals {
-        cost: Some(Money::ZERO),
-        ..OutputTotals::default()
-    };
+    let mut totals = OutputTotals::default();
     {
         let buf = std::io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
         let mut w: Box<dyn RowWriter + '_> = match spec.format {
@@ -171,10 +169,7 @@ where
                                 totals.estimated += 1;
                             }
                             totals.usage.add(u);
-                            totals.cost = match (totals.cost, r.cost_pico) {
-                                (Some(t), Some(c)) => Some(t.saturating_add(Money(c))),
-                                _ => None,
-                            };
+                            totals.cost.add(Charge::of(true, r.cost_pico));
                         }
                     }
                 }
