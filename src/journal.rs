@@ -147,7 +147,7 @@ impl JournalIndex {
         if let Some(id) = line.rsv {
             self.spent.settled(id);
         }
-        let paid = line.usage.is_some() && !line.cached;
+        let paid = line.has_usage && !line.cached;
         self.spent.charge(ep, Charge::of(paid, line.cost_pico));
     }
 
@@ -334,7 +334,13 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
                 if r.status.is_some() && page.set(r.row, offset).map_err(&err)? {
                     index.records += 1;
                 }
-                index.count_spend(&r.spend);
+                index.count_spend(&SpendFields {
+                    cost_pico: r.cost_pico,
+                    cached: r.cached,
+                    has_usage: r.usage.is_some(),
+                    ep: r.ep,
+                    rsv: r.rsv,
+                });
                 good_end = offset + n;
             }
             _ if !complete => {
@@ -359,30 +365,35 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
     Ok((index, good_end))
 }
 
-/// The part of a record the opening scan needs.
+/// The part of a record the opening scan needs: the row, and the money side.
 #[derive(Deserialize)]
 struct RowOnly {
     row: u64,
     #[serde(default)]
     status: Option<serde::de::IgnoredAny>,
-    #[serde(flatten)]
-    spend: SpendFields,
-}
-
-/// The money side of a journal line: a record or an unfinished spend.
-#[derive(Deserialize, Default)]
-struct SpendFields {
+    // Not `#[serde(flatten)]`: that would buffer every other field (the answers' text too).
     #[serde(default)]
     cost_pico: Option<u64>,
     #[serde(default)]
     cached: bool,
     #[serde(default)]
     usage: Option<serde::de::IgnoredAny>,
-    /// The endpoint identity; absent in lines written before it was recorded.
     #[serde(default)]
     ep: Option<String>,
-    /// The reservation this line settles.
     #[serde(default)]
+    rsv: Option<u64>,
+}
+
+/// The money side of a journal line: a record or an unfinished spend.
+#[derive(Default)]
+struct SpendFields {
+    cost_pico: Option<u64>,
+    cached: bool,
+    /// The line has usage (an answer was billed).
+    has_usage: bool,
+    /// The ledger; absent in lines written before it was recorded.
+    ep: Option<String>,
+    /// The reservation this line settles.
     rsv: Option<u64>,
 }
 
@@ -404,7 +415,7 @@ impl JournalWriter {
         let spend = SpendFields {
             cost_pico: record.cost_pico,
             cached: record.cached,
-            usage: record.usage.map(|_| serde::de::IgnoredAny),
+            has_usage: record.usage.is_some(),
             ep: self.endpoint.clone(),
             rsv,
         };
@@ -428,7 +439,7 @@ impl JournalWriter {
         self.write_line(spend, rsv)?;
         let fields = SpendFields {
             cost_pico: spend.cost_pico,
-            usage: Some(serde::de::IgnoredAny),
+            has_usage: true,
             ep: self.endpoint.clone(),
             rsv,
             ..SpendFields::default()
