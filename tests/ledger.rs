@@ -240,3 +240,44 @@ fn budget_fields_and_flags_are_checked_by_name() {
         text(&out)
     );
 }
+
+#[test]
+fn batch_mode_keeps_the_mock_ledger_apart_and_checks_the_per_run_cap() {
+    let (ws, job) = Workspace::with_job(100, "http://127.0.0.1:9/v1", "");
+    // 100 rows × (prompt + 50 tokens) at batch prices is about $0.0016.
+    let out = ws.run(&[
+        "run",
+        &job,
+        "--mock",
+        "--mode",
+        "batch",
+        "--max-usd-per-run",
+        "0.001",
+    ]);
+    assert_exit(&out, 3);
+    assert!(
+        text(&out).contains("over budget.max_usd_per_run"),
+        "{}",
+        text(&out)
+    );
+    let out = ws.run(&["run", &job, "--mock", "--mode", "batch"]);
+    assert_exit(&out, 0);
+    let s = ws.summary();
+    assert_eq!(s["succeeded"], 100, "{s}");
+    let mock_spent = s["spent_total_usd"].as_f64().unwrap();
+    assert!(mock_spent > 0.0, "{s}");
+
+    // Against a real endpoint, the mock's batch spend is not counted: the real rows (sent
+    // again, since mock answers are not real ones) fit a cap they would not fit with it.
+    let api = Mock::start(&[]);
+    let url = format!("api.base_url={}", api.base_url);
+    let live = ws.run(&["run", &job, "--quiet", "--set", &url]);
+    assert_exit(&live, 0);
+    let s = ws.summary();
+    assert_eq!(api.stat("ok"), 100, "{}", api.stats());
+    let real = s["spent_total_usd"].as_f64().unwrap();
+    assert!(
+        (real - s["cost_this_run_usd"].as_f64().unwrap()).abs() < 1e-12,
+        "the mock's batch spend ({mock_spent}) is not in the real ledger: {s}"
+    );
+}
