@@ -56,6 +56,24 @@ pub const MAX_USD: Bound = Bound {
     unit: "USD",
 };
 
+/// `budget.max_usd_total` (the same cap as `budget.max_usd`, which `--max-usd` sets).
+pub const MAX_USD_TOTAL: Bound = Bound {
+    field: "budget.max_usd_total",
+    flag: Some("--max-usd"),
+    min: 0.0,
+    max: 1_000_000.0,
+    unit: "USD",
+};
+
+/// `budget.max_usd_per_run` / `--max-usd-per-run`.
+pub const MAX_USD_PER_RUN: Bound = Bound {
+    field: "budget.max_usd_per_run",
+    flag: Some("--max-usd-per-run"),
+    min: 0.0,
+    max: 1_000_000.0,
+    unit: "USD",
+};
+
 /// `model.temperature` / `--temperature`.
 pub const TEMPERATURE: Bound = Bound {
     field: "model.temperature",
@@ -195,6 +213,11 @@ pub fn poll_secs(s: &str) -> Result<f64, String> {
 /// `--max-usd` (value parser).
 pub fn max_usd(s: &str) -> Result<f64, String> {
     MAX_USD.parse(s)
+}
+
+/// `--max-usd-per-run` (value parser).
+pub fn max_usd_per_run(s: &str) -> Result<f64, String> {
+    MAX_USD_PER_RUN.parse(s)
 }
 
 /// `--temperature` (value parser).

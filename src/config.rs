@@ -319,13 +319,34 @@ impl Default for LimitsConfig {
     }
 }
 
-/// `[budget]`: the hard spending cap.
+/// `[budget]`: the hard spending caps.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
-    /// Never start a request that could push spent + reserved cost over this many dollars.
+    /// The older name of `max_usd_total` (same meaning; setting both to different values is
+    /// an error).
     #[serde(default)]
     pub max_usd: Option<f64>,
+    /// Never start a request that could push what every run of the job spent on this
+    /// endpoint, plus what is reserved, over this many dollars.
+    #[serde(default)]
+    pub max_usd_total: Option<f64>,
+    /// Never start a request that could push what this run spent, plus what is reserved,
+    /// over this many dollars.
+    #[serde(default)]
+    pub max_usd_per_run: Option<f64>,
+}
+
+impl BudgetConfig {
+    /// The cumulative cap in dollars: `max_usd_total`, or its older name `max_usd`.
+    pub fn total_cap(&self) -> Option<f64> {
+        self.max_usd_total.or(self.max_usd)
+    }
+
+    /// Whether any cap is set.
+    pub fn any_cap(&self) -> bool {
+        self.total_cap().is_some() || self.max_usd_per_run.is_some()
+    }
 }
 
 /// `[output]`: where results go.
@@ -509,6 +530,8 @@ impl Job {
             (&TIMEOUT_SECS, self.api.timeout_secs),
             (&CONNECT_TIMEOUT_SECS, self.api.connect_timeout_secs),
             (&MAX_USD, self.budget.max_usd),
+            (&MAX_USD_TOTAL, self.budget.max_usd_total),
+            (&MAX_USD_PER_RUN, self.budget.max_usd_per_run),
             (&MAX_IN_FLIGHT, Some(f64::from(self.limits.max_in_flight))),
             (&MAX_RETRIES, Some(f64::from(self.limits.max_retries))),
         ];
@@ -536,6 +559,14 @@ impl Job {
             return Err(self.invalid("model.max_tokens: must be at least 1"));
         }
         self.check_numbers()?;
+        if let (Some(a), Some(b)) = (self.budget.max_usd, self.budget.max_usd_total) {
+            if a != b {
+                return Err(self.invalid(format!(
+                    "budget: max_usd ({a}) and max_usd_total ({b}) are two names for the same \
+                     cap; keep one"
+                )));
+            }
+        }
         if self.model.n == Some(0) {
             return Err(self.invalid("model.n: must be at least 1"));
         }

@@ -246,7 +246,7 @@ pub fn estimate(
         context_window,
         over_context_window: 0,
         over_context_rows: Vec::new(),
-        budget_usd: job.budget.max_usd,
+        budget_usd: job.budget.total_cap(),
         samples: Vec::new(),
         resume: ResumeCounts::default(),
     };

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::client::Choice;
 use crate::key_table::KeyTable;
-use crate::types::{Money, Usage};
+use crate::pipeline::ledger::{Charge, Spent};
+use crate::types::Usage;
 
 /// How a row ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,13 +65,6 @@ pub struct Record {
     /// this names (its `input.id`, or its row number) paid for it; this one cost nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_with: Option<String>,
-}
-
-impl Record {
-    /// True when this record's usage was paid for (not from the cache, not shared).
-    fn paid(&self) -> bool {
-        self.usage.is_some() && !self.cached && self.shared_with.is_none()
-    }
 }
 
 /// Money a row spent on answers it threw away (structured output that did not parse) before
@@ -136,10 +130,9 @@ pub struct JournalIndex {
     pub repaired_tail: bool,
     /// Corrupt lines in the middle of the file that were skipped.
     pub skipped_lines: u64,
-    /// Money spent on every response recorded (superseded ones too: they were paid for).
-    pub spent: Money,
-    /// Responses recorded without a known price.
-    pub unpriced: u64,
+    /// Money spent on every response recorded (superseded ones too: they were paid for),
+    /// per endpoint, with the reservations no answer settled.
+    pub spent: Spent,
 }
 
 /// The offset tables and the journal they index (for error messages).
@@ -204,15 +197,15 @@ impl JournalIndex {
         }
     }
 
-    /// Adds a paid response (`paid`: it has usage and was neither served from the cache nor
-    /// shared with another row).
-    fn count_spend(&mut self, paid: bool, cost_pico: Option<u64>) {
-        if paid {
-            match cost_pico {
-                Some(c) => self.spent = self.spent.saturating_add(Money(c)),
-                None => self.unpriced += 1,
-            }
+    /// Counts the money side of one journal line (see [`SpendFields`]).
+    fn count_spend(&mut self, line: &SpendFields) {
+        let ep = line.ep.as_deref();
+        if let Some(id) = line.rsv {
+            self.spent.settled(id);
         }
+        // Served from the cache or shared with another row: nothing was paid for it.
+        let paid = line.has_usage && !line.cached && !line.shared;
+        self.spent.charge(ep, Charge::of(paid, line.cost_pico));
     }
 }
 
@@ -223,6 +216,79 @@ pub struct JournalWriter {
     len: u64,
     index: JournalIndex,
     line: Vec<u8>,
+    /// Written into every line, so the ledger keeps each endpoint's spend apart.
+    endpoint: Option<String>,
+    /// The reservations file, once a reservation was written (see [`ReservationLine`]).
+    reservations: Option<File>,
+}
+
+/// One journal line as written: the value, the endpoint it was sent to, and the reservation
+/// it settles.
+#[derive(Serialize)]
+struct Line<'a, T: Serialize> {
+    #[serde(flatten)]
+    value: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ep: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rsv: Option<u64>,
+}
+
+/// A line of the reservations file beside the journal: a request's worst case, written
+/// before it is sent (`id` set), or a reservation given back unspent (`release` set). A
+/// journal line carrying `rsv: id` (the answer, or an unfinished spend) settles it too. One
+/// never settled (the run was killed with the request in flight) counts its worst case as
+/// spent. The file holds only reservations: the journal's lines stay one per answer.
+#[derive(Serialize, Deserialize, Default)]
+struct ReservationLine {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    release: Option<u64>,
+    /// The row (for people reading the file; absent once compacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    row: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ep: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    worst_pico: Option<u64>,
+}
+
+/// Where the reservations of a journal's requests are written (see [`ReservationLine`]).
+pub fn reservations_path(journal: &Path) -> PathBuf {
+    let mut name = journal.file_name().unwrap_or_default().to_os_string();
+    name.push(".reserved");
+    journal.with_file_name(name)
+}
+
+/// Reads the reservations file of `journal` (if any) into `spent`: every reservation not
+/// released is open until a journal line settles it. A line that does not parse (cut off by
+/// a crash mid-write: its request was never sent) is skipped.
+fn read_reservations(journal: &Path, spent: &mut Spent) -> Result<(), JournalError> {
+    let path = reservations_path(journal);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(io_err(&path))? == 0 {
+            return Ok(());
+        }
+        let Ok(r) = serde_json::from_slice::<ReservationLine>(&line) else {
+            continue;
+        };
+        match (r.id, r.release) {
+            (Some(id), _) => {
+                spent.reserved(id, r.ep.as_deref(), r.worst_pico.map(crate::types::Money))
+            }
+            (None, Some(id)) => spent.settled(id),
+            (None, None) => {}
+        }
+    }
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> JournalError + '_ {
@@ -260,6 +326,8 @@ pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
         len: good_end,
         index,
         line: Vec::with_capacity(1024),
+        endpoint: None,
+        reservations: None,
     })
 }
 
@@ -281,6 +349,7 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
     let err = io_err(path);
     let slots = Slots::new(path)?;
     let mut index = JournalIndex::default();
+    read_reservations(path, &mut index.spent)?;
     let mut good_end = 0u64;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut line = Vec::new();
@@ -298,8 +367,14 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
                 if r.status.is_some() && slots.set(&r.id, &r.hash, offset)? {
                     index.records += 1;
                 }
-                let paid = r.usage.is_some() && !r.cached && r.shared_with.is_none();
-                index.count_spend(paid, r.cost_pico);
+                index.count_spend(&SpendFields {
+                    cost_pico: r.cost_pico,
+                    cached: r.cached,
+                    has_usage: r.usage.is_some(),
+                    shared: r.shared_with.is_some(),
+                    ep: r.ep,
+                    rsv: r.rsv,
+                });
                 good_end = offset + n;
             }
             _ if !complete => {
@@ -320,7 +395,7 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
     Ok((index, good_end))
 }
 
-/// The part of a record the opening scan needs.
+/// The part of a record the opening scan needs: the row, and the money side.
 #[derive(Deserialize)]
 struct RowOnly {
     id: String,
@@ -328,6 +403,7 @@ struct RowOnly {
     hash: String,
     #[serde(default)]
     status: Option<serde::de::IgnoredAny>,
+    // Not `#[serde(flatten)]`: that would buffer every other field (the answers' text too).
     #[serde(default)]
     cost_pico: Option<u64>,
     #[serde(default)]
@@ -336,14 +412,50 @@ struct RowOnly {
     usage: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     shared_with: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    ep: Option<String>,
+    #[serde(default)]
+    rsv: Option<u64>,
+}
+
+/// The money side of a journal line: a record or an unfinished spend.
+#[derive(Default)]
+struct SpendFields {
+    cost_pico: Option<u64>,
+    cached: bool,
+    /// The line has usage (an answer was billed).
+    has_usage: bool,
+    /// A copy of another row's answer (`shared_with`).
+    shared: bool,
+    /// The ledger; absent in lines written before it was recorded.
+    ep: Option<String>,
+    /// The reservation this line settles.
+    rsv: Option<u64>,
 }
 
 impl JournalWriter {
     /// Appends one record in a single write, so it is in the OS's hands before the next
     /// response is even looked at.
     pub fn append(&mut self, record: &Record) -> Result<(), JournalError> {
-        let at = self.write_line(record)?;
-        self.index.count_spend(record.paid(), record.cost_pico);
+        self.append_settling(record, None)
+    }
+
+    /// Appends a record that settles the reservation `rsv` (see [`Self::reserve`]).
+    pub fn append_settling(
+        &mut self,
+        record: &Record,
+        rsv: Option<u64>,
+    ) -> Result<(), JournalError> {
+        let at = self.write_line(record, rsv)?;
+        let spend = SpendFields {
+            cost_pico: record.cost_pico,
+            cached: record.cached,
+            has_usage: record.usage.is_some(),
+            shared: record.shared_with.is_some(),
+            ep: self.endpoint.clone(),
+            rsv,
+        };
+        self.index.count_spend(&spend);
         if let Some(slots) = &self.index.slots {
             if slots.set(&record.id, &record.hash, at)? {
                 self.index.records += 1;
@@ -354,16 +466,125 @@ impl JournalWriter {
 
     /// Appends the spend of a row that did not finish; the row's latest record stays what it
     /// was.
-    pub fn append_unfinished(&mut self, spend: &Unfinished) -> Result<(), JournalError> {
-        self.write_line(spend)?;
-        self.index.count_spend(true, spend.cost_pico);
+    pub fn append_unfinished(
+        &mut self,
+        spend: &Unfinished,
+        rsv: Option<u64>,
+    ) -> Result<(), JournalError> {
+        self.write_line(spend, rsv)?;
+        let fields = SpendFields {
+            cost_pico: spend.cost_pico,
+            has_usage: true,
+            ep: self.endpoint.clone(),
+            rsv,
+            ..SpendFields::default()
+        };
+        self.index.count_spend(&fields);
         Ok(())
     }
 
+    /// Journals a request's worst case before it is sent (`worst_pico` None: unpriced);
+    /// returns the reservation's id, which the line that settles it carries.
+    pub fn reserve(&mut self, row: u64, worst_pico: Option<u64>) -> Result<u64, JournalError> {
+        // Random ids: unique across runs without a counter that would have to survive crashes.
+        let id = rand::random::<u64>() >> 11; // fits a JSON number exactly
+        let line = ReservationLine {
+            id: Some(id),
+            row: Some(row),
+            ep: self.endpoint.clone(),
+            worst_pico,
+            ..ReservationLine::default()
+        };
+        self.write_reservation(&line)?;
+        let worst = worst_pico.map(crate::types::Money);
+        self.index
+            .spent
+            .reserved(id, self.endpoint.as_deref(), worst);
+        Ok(id)
+    }
+
+    /// Journals that the reservation `rsv` of `row` was given back unspent.
+    pub fn release(&mut self, row: u64, rsv: u64) -> Result<(), JournalError> {
+        let line = ReservationLine {
+            release: Some(rsv),
+            row: Some(row),
+            ..ReservationLine::default()
+        };
+        self.write_reservation(&line)?;
+        self.index.spent.settled(rsv);
+        Ok(())
+    }
+
+    /// Appends one line to the reservations file (opened on first use) in a single write.
+    fn write_reservation(&mut self, line: &ReservationLine) -> Result<(), JournalError> {
+        let path = reservations_path(&self.path);
+        let err = io_err(&path);
+        if self.reservations.is_none() {
+            let f = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(&err)?;
+            self.reservations = Some(f);
+        }
+        let mut bytes = serde_json::to_vec(line).map_err(|e| err(e.into()))?;
+        bytes.push(b'\n');
+        match self.reservations.as_mut() {
+            Some(f) => f.write_all(&bytes).map_err(&err),
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites the reservations file with only the reservations still open (none: it is
+    /// removed), so that it does not grow run after run. Called while the job is locked.
+    fn compact_reservations(&mut self) -> Result<(), JournalError> {
+        let path = reservations_path(&self.path);
+        let err = io_err(&path);
+        self.reservations = None;
+        let open = self.index.spent.open_reservations();
+        if open.is_empty() {
+            return match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
+                _ => Ok(()),
+            };
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(&err)?;
+        for (id, ep, worst) in open {
+            let line = ReservationLine {
+                id: Some(id),
+                ep,
+                worst_pico: worst.map(|m| m.0),
+                ..ReservationLine::default()
+            };
+            let mut bytes = serde_json::to_vec(&line).map_err(|e| err(e.into()))?;
+            bytes.push(b'\n');
+            tmp.write_all(&bytes).map_err(&err)?;
+        }
+        tmp.as_file().sync_data().map_err(&err)?;
+        tmp.persist(&path).map_err(|e| err(e.error))?;
+        Ok(())
+    }
+
+    /// Labels every line written from now on with the ledger its spend belongs to (see
+    /// [`crate::pipeline::ledger::ledger_of`]).
+    pub fn set_endpoint(&mut self, endpoint: &str) {
+        self.endpoint = Some(endpoint.to_string());
+    }
+
     /// Writes one line; returns where it starts.
-    fn write_line(&mut self, value: &impl Serialize) -> Result<u64, JournalError> {
+    fn write_line(
+        &mut self,
+        value: &impl Serialize,
+        rsv: Option<u64>,
+    ) -> Result<u64, JournalError> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, value).map_err(|e| JournalError::Io {
+        let line = Line {
+            value,
+            ep: self.endpoint.as_deref(),
+            rsv,
+        };
+        serde_json::to_writer(&mut self.line, &line).map_err(|e| JournalError::Io {
             path: self.path.clone(),
             source: e.into(),
         })?;
@@ -389,6 +610,7 @@ impl JournalWriter {
     /// Finishes writing; returns the index.
     pub fn finish(mut self) -> Result<JournalIndex, JournalError> {
         self.sync()?;
+        self.compact_reservations()?;
         Ok(self.index)
     }
 
@@ -446,6 +668,7 @@ impl JournalReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Money;
 
     fn rec(row: u64, status: Status) -> Record {
         Record {
@@ -509,19 +732,57 @@ mod tests {
         };
         let mut w = open(&path).unwrap();
         w.append(&rec(0, Status::Failed)).unwrap();
-        w.append_unfinished(&spend(0)).unwrap();
-        w.append_unfinished(&spend(1)).unwrap();
+        w.append_unfinished(&spend(0), None).unwrap();
+        w.append_unfinished(&spend(1), None).unwrap();
         let live = w.index().clone();
         drop(w);
         let idx = read_index(&path).unwrap().unwrap();
         for idx in [&live, &idx] {
             assert_eq!(idx.records, 1);
             assert_eq!(idx.skipped_lines, 0);
-            assert_eq!(idx.spent, Money(12 + 30 + 30));
+            assert_eq!(idx.spent.everywhere().known(), Some(Money(12 + 30 + 30)));
             let mut r = JournalReader::open(&path).unwrap();
             assert_eq!(r.get(idx, "id-0").unwrap().unwrap(), rec(0, Status::Failed));
             assert!(r.get(idx, "id-1").unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn a_reservation_never_settled_counts_its_worst_case_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let mut w = open(&path).unwrap();
+        w.set_endpoint("api");
+        let settled = w.reserve(0, Some(100)).unwrap();
+        let lost = w.reserve(1, Some(40)).unwrap();
+        let released = w.reserve(2, Some(7)).unwrap();
+        w.append_settling(&rec(0, Status::Ok), Some(settled))
+            .unwrap();
+        w.release(2, released).unwrap();
+        assert_eq!(w.index().spent.on("api").known(), Some(Money(12 + 40)));
+        drop(w); // killed: row 1's request was in flight
+        let lines = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            lines.lines().count(),
+            1,
+            "the journal holds answers only: {lines}"
+        );
+        let idx = read_index(&path).unwrap().unwrap();
+        assert_eq!(idx.spent.on("api").known(), Some(Money(12 + 40)));
+        assert_eq!(idx.spent.unsettled("api").known(), Some(Money(40)));
+        assert_eq!(idx.spent.on("mock").known(), Some(Money(0)));
+        // Finishing a later run keeps only the open reservation; once it is released the
+        // file goes away.
+        let w = open(&path).unwrap();
+        w.finish().unwrap();
+        let reserved = std::fs::read_to_string(reservations_path(&path)).unwrap();
+        assert_eq!(reserved.lines().count(), 1, "{reserved}");
+        let mut w = open(&path).unwrap();
+        assert_eq!(w.index().spent.on("api").known(), Some(Money(12 + 40)));
+        w.release(1, lost).unwrap();
+        let idx = w.finish().unwrap();
+        assert_eq!(idx.spent.on("api").known(), Some(Money(12)));
+        assert!(!reservations_path(&path).exists());
     }
 
     #[test]
@@ -601,7 +862,11 @@ mod tests {
         let live = w.index().clone();
         drop(w);
         for idx in [live, read_index(&path).unwrap().unwrap()] {
-            assert_eq!((idx.records, idx.spent, idx.unpriced), (2, Money(12), 0));
+            let spent = idx.spent.everywhere();
+            assert_eq!(
+                (idx.records, spent.known(), spent.unpriced),
+                (2, Some(Money(12)), 0)
+            );
         }
     }
 

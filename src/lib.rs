@@ -6,7 +6,6 @@
 
 pub mod batch;
 pub mod bounds;
-pub mod budget;
 pub mod cache;
 pub mod client;
 pub mod cmd;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::ErrorKind;
-use crate::types::Money;
+use crate::pipeline::ledger::Ledger;
 
 /// Rows done, failed and money spent, shown as the job goes.
 #[derive(Clone)]
@@ -22,7 +22,8 @@ struct Inner {
     total: u64,
     done: AtomicU64,
     failed: AtomicU64,
-    cost_pico: AtomicU64,
+    /// Where this run's spend is read from (the ledger adds it up, not the progress line).
+    ledger: Option<Arc<Ledger>>,
     /// Attempts that were retries.
     retries: AtomicU64,
     /// Failed attempts by kind: connection, timeout, 5xx, 429.
@@ -32,6 +33,17 @@ struct Inner {
 }
 
 impl Inner {
+    /// This run's spend as the ledger has it (`unknown` while any answer has no price).
+    fn spent(&self) -> String {
+        match self.ledger.as_ref().map(|l| l.this_run()) {
+            Some(t) => match t.known() {
+                Some(m) => m.to_string(),
+                None => format!("{} + {} unpriced", t.priced, t.unpriced),
+            },
+            None => crate::types::Money::ZERO.to_string(),
+        }
+    }
+
     /// `3 retries (2 connection, 0 timeout, 1 5xx, 0 429)`, or None while there are none.
     fn retries_line(&self) -> Option<String> {
         let retries = self.retries.load(Relaxed);
@@ -48,7 +60,7 @@ impl Inner {
 
 impl Progress {
     /// Progress over `total` rows; a bar when stderr is a terminal and `quiet` is off.
-    pub fn new(total: u64, quiet: bool) -> Progress {
+    pub fn new(total: u64, quiet: bool, ledger: Option<Arc<Ledger>>) -> Progress {
         let tty = std::io::stderr().is_terminal();
         let bar = if tty && !quiet {
             let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
@@ -69,7 +81,7 @@ impl Progress {
                 total,
                 done: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
-                cost_pico: AtomicU64::new(0),
+                ledger,
                 retries: AtomicU64::new(0),
                 errors: Default::default(),
                 started: Instant::now(),
@@ -78,13 +90,12 @@ impl Progress {
         }
     }
 
-    /// Records a finished row.
-    pub fn row_done(&self, ok: bool, cost: Money) {
+    /// Records a finished row (its cost is in the ledger).
+    pub fn row_done(&self, ok: bool) {
         self.inner.done.fetch_add(1, Relaxed);
         if !ok {
             self.inner.failed.fetch_add(1, Relaxed);
         }
-        self.inner.cost_pico.fetch_add(cost.0, Relaxed);
         self.bar.inc(1);
         self.refresh_bar();
     }
@@ -117,7 +128,7 @@ impl Progress {
         if let Some(r) = self.inner.retries_line() {
             msg.push_str(&format!(" {r} ·"));
         }
-        msg.push_str(&format!(" {}", Money(self.inner.cost_pico.load(Relaxed))));
+        msg.push_str(&format!(" {}", self.inner.spent()));
         self.bar.set_message(msg);
     }
 
@@ -142,7 +153,7 @@ impl Progress {
                     "promptmill: {done}/{} rows, {} failed{retries}, {} spent, {:.0} rows/min",
                     inner.total,
                     inner.failed.load(Relaxed),
-                    Money(inner.cost_pico.load(Relaxed)),
+                    inner.spent(),
                     done as f64 * 60.0 / secs
                 );
             }
@@ -161,7 +172,7 @@ mod tests {
 
     #[test]
     fn retries_and_failed_attempts_are_counted_by_kind() {
-        let p = Progress::new(10, true);
+        let p = Progress::new(10, true, None);
         assert_eq!(p.inner.retries_line(), None);
         p.retried();
         p.retried();

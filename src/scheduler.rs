@@ -15,13 +15,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{Budget, Reservation};
 use crate::cache::{self, Cache};
 use crate::client::{Action, ApiError, Client, Completion, ErrorKind};
 use crate::cost::{ModelPrice, Tier};
 use crate::drive::retry::{RetryKind, RetryPolicy};
 use crate::journal::{JournalError, JournalWriter, Record, Status, Unfinished};
 use crate::limit::Limiter;
+use crate::pipeline::ledger::{Cap, Charge, Ledger, Reservation};
 use crate::progress::Progress;
 use crate::types::{Money, Usage};
 use crate::watchdog::{Watchdog, WatchdogLimits};
@@ -116,8 +116,6 @@ pub struct RunStats {
     pub failed: AtomicU64,
     /// Tokens reported by the API in this run (prompt + completion).
     pub tokens: AtomicU64,
-    /// Picodollars spent in this run.
-    pub cost_pico: AtomicU64,
 }
 
 /// Why scheduling ended.
@@ -127,8 +125,8 @@ pub enum StopReason {
     Completed,
     /// The API said no for every row (bad key, no quota…); the message says what.
     Aborted(String),
-    /// The next request could have crossed the budget cap.
-    Budget,
+    /// The next request could have crossed this budget cap.
+    Budget(Cap),
     /// Ctrl-C or SIGTERM.
     Interrupted,
 }
@@ -137,7 +135,8 @@ pub enum StopReason {
 pub struct Scheduler {
     pub client: Client,
     pub limiter: Limiter,
-    pub budget: Budget,
+    /// Every dollar reserved, settled and released goes through it.
+    pub ledger: Arc<Ledger>,
     pub journal: Mutex<JournalWriter>,
     pub price: Option<ModelPrice>,
     pub tier: Tier,
@@ -170,7 +169,7 @@ impl Scheduler {
     pub fn new(
         client: Client,
         limiter: Limiter,
-        budget: Budget,
+        ledger: Arc<Ledger>,
         journal: JournalWriter,
         price: Option<ModelPrice>,
         tier: Tier,
@@ -181,7 +180,7 @@ impl Scheduler {
         Scheduler {
             client,
             limiter,
-            budget,
+            ledger,
             journal: Mutex::new(journal),
             price,
             tier,
@@ -232,7 +231,7 @@ impl Scheduler {
     pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<WorkItem>) -> StopReason {
         let sem = Arc::new(Semaphore::new(self.max_in_flight as usize));
         let mut tasks = JoinSet::new();
-        let mut budget_stop = false;
+        let mut budget_stop = None;
         'feed: loop {
             let item = tokio::select! {
                 biased;
@@ -247,11 +246,12 @@ impl Scheduler {
             // Reserve the worst case. If it does not fit, wait for requests in flight to
             // settle (they usually cost less than reserved); stop only when none are left.
             let reservation = loop {
-                if let Some(r) = self.budget.reserve(item.worst_cost) {
-                    break r;
-                }
+                let cap = match self.ledger.reserve(item.worst_cost) {
+                    Ok(r) => break r,
+                    Err(cap) => cap,
+                };
                 if tasks.is_empty() {
-                    budget_stop = true;
+                    budget_stop = Some(cap);
                     self.stop.cancel();
                     break 'feed;
                 }
@@ -263,6 +263,22 @@ impl Scheduler {
             while let Some(done) = tasks.try_join_next() {
                 self.joined(Some(done));
             }
+            // The reservation is journaled before the request can be sent: if this process
+            // is killed with it in flight, the next run counts its worst case as spent.
+            let journaled = self
+                .journal()
+                .reserve(item.row, self.priced(item.worst_cost));
+            let reservation = match journaled {
+                Ok(id) => Held {
+                    res: reservation,
+                    id,
+                },
+                Err(e) => {
+                    self.ledger.release(reservation);
+                    self.journal_failed(e);
+                    break;
+                }
+            };
             let me = self.clone();
             tasks.spawn(async move { me.process(item, permit, reservation).await });
         }
@@ -277,8 +293,8 @@ impl Scheduler {
         {
             return StopReason::Aborted(reason);
         }
-        if budget_stop {
-            return StopReason::Budget;
+        if let Some(cap) = budget_stop {
+            return StopReason::Budget(cap);
         }
         if self.interrupted.load(Relaxed) {
             return StopReason::Interrupted;
@@ -286,7 +302,7 @@ impl Scheduler {
         StopReason::Completed
     }
 
-    async fn process(&self, item: WorkItem, permit: OwnedSemaphorePermit, res: Reservation) {
+    async fn process(&self, item: WorkItem, permit: OwnedSemaphorePermit, res: Held) {
         let _permit = permit;
         // Tokens paid for answers thrown away (invalid structured output): billed all the
         // same, so they outlive the attempts even when the run stops before the row ends.
@@ -300,15 +316,16 @@ impl Scheduler {
             self.unfinished(&item, wasted, res);
             return;
         };
-        let cost = Money(record.cost_pico.unwrap_or(0));
-        self.pay(res, record.usage.as_ref(), cost);
         let ok = record.status == Status::Ok;
         if ok {
             self.stats.succeeded.fetch_add(1, Relaxed);
         } else {
             self.stats.failed.fetch_add(1, Relaxed);
         }
-        if let Err(e) = self.journal().append(&record) {
+        let charge = Charge::of(record.usage.is_some(), record.cost_pico);
+        let journaled = self.journal().append_settling(&record, Some(res.id));
+        self.pay(res.res, record.usage.as_ref(), charge);
+        if let Err(e) = journaled {
             self.journal_failed(e);
             return;
         }
@@ -325,18 +342,21 @@ impl Scheduler {
                 tracing::warn!("{}: cannot store a response: {e}", c.dir().display());
             }
         }
-        self.progress.row_done(ok, cost);
+        self.progress.row_done(ok);
     }
 
     /// A row the run stopped before it ended: its reservation goes back, except what its
     /// thrown-away answers cost, which is spent and journaled (the row stays pending).
-    fn unfinished(&self, item: &WorkItem, wasted: Option<Usage>, res: Reservation) {
+    fn unfinished(&self, item: &WorkItem, wasted: Option<Usage>, res: Held) {
         let Some(usage) = wasted else {
-            self.budget.release(res);
+            self.ledger.release(res.res);
+            if let Err(e) = self.journal().release(item.row, res.id) {
+                self.journal_failed(e);
+            }
             return;
         };
         let cost = self.price.as_ref().map(|p| p.cost(&usage, self.tier));
-        self.pay(res, Some(&usage), cost.unwrap_or(Money::ZERO));
+        self.pay(res.res, Some(&usage), Charge::of(true, cost.map(|c| c.0)));
         let spend = Unfinished {
             row: item.row,
             id: item.id.clone(),
@@ -344,7 +364,7 @@ impl Scheduler {
             usage,
             cost_pico: cost.map(|c| c.0),
         };
-        if let Err(e) = self.journal().append_unfinished(&spend) {
+        if let Err(e) = self.journal().append_unfinished(&spend, Some(res.id)) {
             self.journal_failed(e);
         }
     }
@@ -373,13 +393,18 @@ impl Scheduler {
         }
     }
 
-    /// Settles a reservation with what was paid, and counts it.
-    fn pay(&self, res: Reservation, usage: Option<&Usage>, cost: Money) {
-        self.budget.settle(res, cost);
+    /// Settles a reservation with what was paid, and counts the tokens.
+    fn pay(&self, res: Reservation, usage: Option<&Usage>, charge: Charge) {
+        self.ledger.settle(res, charge);
         if let Some(u) = usage {
             self.stats.tokens.fetch_add(u.total(), Relaxed);
         }
-        self.stats.cost_pico.fetch_add(cost.0, Relaxed);
+    }
+
+    /// A worst case as the journal records it: None when the model has no price (then it
+    /// is $0 only because nothing is known, and counts as unpriced if never settled).
+    fn priced(&self, worst: Money) -> Option<u64> {
+        self.price.as_ref().map(|_| worst.0)
     }
 
     fn journal(&self) -> std::sync::MutexGuard<'_, JournalWriter> {
@@ -605,6 +630,12 @@ impl Scheduler {
             self.client.scrub(&what),
         )
     }
+}
+
+/// A reservation held by a request in flight, and the id its journal line has.
+struct Held {
+    res: Reservation,
+    id: u64,
 }
 
 fn add_usage(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {

@@ -40,17 +40,26 @@ pub struct Summary {
     pub cached_tokens: u64,
     pub reasoning_tokens: u64,
     /// Cost of every row in the output (this run and earlier ones); None = unknown price.
-    pub cost_usd: Option<f64>,
+    #[serde(serialize_with = "as_usd")]
+    pub cost_usd: Option<Money>,
     /// Rows whose answer came without usage from the server: their tokens and cost (in
     /// `cost_usd`) are our estimate, never zero.
     pub cost_estimated_rows: u64,
     /// Cost of this run's requests.
-    pub cost_this_run_usd: Option<f64>,
+    #[serde(serialize_with = "as_usd")]
+    pub cost_this_run_usd: Option<Money>,
     /// What the estimate said this run's requests would cost (expected case).
-    pub estimated_cost_usd: Option<f64>,
+    #[serde(serialize_with = "as_usd")]
+    pub estimated_cost_usd: Option<Money>,
     /// Total spent on the job so far, including superseded responses.
-    pub spent_total_usd: Option<f64>,
-    pub budget_usd: Option<f64>,
+    #[serde(serialize_with = "as_usd")]
+    pub spent_total_usd: Option<Money>,
+    /// The cumulative cap (`budget.max_usd_total`, or `budget.max_usd`).
+    #[serde(serialize_with = "as_usd")]
+    pub budget_usd: Option<Money>,
+    /// The per-run cap (`budget.max_usd_per_run`).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_usd")]
+    pub budget_per_run_usd: Option<Money>,
     pub wall_seconds: f64,
     /// HTTP requests sent in this run (attempts, including retries).
     pub requests: u64,
@@ -82,9 +91,17 @@ pub fn finished(job: &Job, totals: &OutputTotals) -> (&'static str, Option<Strin
     }
 }
 
-fn usd(v: Option<f64>) -> String {
+/// Money is held in picodollars to the end: it becomes dollars (a JSON number) only here.
+fn as_usd<S: serde::Serializer>(v: &Option<Money>, s: S) -> Result<S::Ok, S::Error> {
     match v {
-        Some(x) => Money::from_usd(x).to_string(),
+        Some(m) => s.serialize_some(&m.as_usd()),
+        None => s.serialize_none(),
+    }
+}
+
+fn usd(v: Option<Money>) -> String {
+    match v {
+        Some(x) => x.to_string(),
         None => "unknown (no price for this model; see --prices)".to_string(),
     }
 }
@@ -115,9 +132,10 @@ impl Summary {
             completion_tokens: totals.usage.completion_tokens,
             cached_tokens: totals.usage.cached_tokens,
             reasoning_tokens: totals.usage.reasoning_tokens,
-            cost_usd: totals.cost.filter(|_| priced).map(Money::as_usd),
+            cost_usd: totals.cost.known().filter(|_| priced),
             cost_estimated_rows: totals.estimated,
-            budget_usd: job.budget.max_usd,
+            budget_usd: job.budget.total_cap().map(Money::from_usd),
+            budget_per_run_usd: job.budget.max_usd_per_run.map(Money::from_usd),
             ..Summary::default()
         }
     }
@@ -188,7 +206,7 @@ impl Summary {
             // A batch collection does not re-run the estimate: no "(estimated ...)" then.
             let estimated = self
                 .estimated_cost_usd
-                .map(|e| format!(" (estimated {})", Money::from_usd(e)))
+                .map(|e| format!(" (estimated {e})"))
                 .unwrap_or_default();
             line(
                 "this run",
@@ -198,11 +216,13 @@ impl Summary {
         if let Some(b) = self.budget_usd {
             line(
                 "budget",
-                format!(
-                    "{} spent of {}",
-                    usd(self.spent_total_usd),
-                    Money::from_usd(b)
-                ),
+                format!("{} spent of {b}", usd(self.spent_total_usd)),
+            );
+        }
+        if let Some(b) = self.budget_per_run_usd {
+            line(
+                "run budget",
+                format!("{} spent of {b}", usd(self.cost_this_run_usd)),
             );
         }
         // The rates of a batch run are the provider's, not ours: only the wall time.
@@ -248,8 +268,8 @@ mod tests {
     fn a_batch_summary_shows_no_rates_and_no_unknown_estimate() {
         let live = Summary {
             mode: "live".into(),
-            cost_this_run_usd: Some(0.5),
-            estimated_cost_usd: Some(0.75),
+            cost_this_run_usd: Some(Money::from_usd(0.5)),
+            estimated_cost_usd: Some(Money::from_usd(0.75)),
             wall_seconds: 2.0,
             requests_per_minute: 600.0,
             tokens_per_minute: 9000.0,

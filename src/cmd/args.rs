@@ -47,9 +47,13 @@ pub struct JobArgs {
     /// (overrides limits.stop_after_refused_secs; default 120).
     #[arg(long, value_name = "SECS")]
     pub stop_after_refused_secs: Option<u32>,
-    /// Hard budget cap in USD (overrides budget.max_usd).
+    /// Hard cap in USD on what every run of the job spends, mock runs apart (overrides
+    /// budget.max_usd_total and budget.max_usd).
     #[arg(long, value_name = "USD", value_parser = crate::bounds::max_usd)]
     pub max_usd: Option<f64>,
+    /// Hard cap in USD on what this run spends (overrides budget.max_usd_per_run).
+    #[arg(long, value_name = "USD", value_parser = crate::bounds::max_usd_per_run)]
+    pub max_usd_per_run: Option<f64>,
     /// API base URL (overrides api.base_url).
     #[arg(long, value_name = "URL")]
     pub base_url: Option<String>,
@@ -113,7 +117,10 @@ impl JobArgs {
             "limits.stop_after_refused_secs",
             self.stop_after_refused_secs.map(i64::from),
         );
+        // The flag overrides the cumulative cap under either of its names.
         o.push("budget.max_usd", self.max_usd);
+        o.push("budget.max_usd_total", self.max_usd);
+        o.push("budget.max_usd_per_run", self.max_usd_per_run);
         o.push("api.base_url", self.base_url.clone());
         o.push("api.timeout_secs", self.timeout);
         o.push("api.connect_timeout_secs", self.connect_timeout);

@@ -31,6 +31,7 @@ use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::estimate::{estimate, EstimateOptions};
 use crate::identity::Identity;
 use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
+use crate::pipeline::ledger::{self, Cap, Caps, Charge, Ledger, Spent, Tally};
 use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
 use crate::resume::Resume;
@@ -155,6 +156,18 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// The ledger this job's spend goes to (the mock's or the API's).
+    fn ledger(&self) -> &'static str {
+        ledger::ledger_of(self.mock)
+    }
+
+    /// Opens the job's journal, every line it writes labelled with the endpoint.
+    fn open_journal(&self) -> Result<JournalWriter, journal::JournalError> {
+        let mut w = journal::open(&self.job.journal_path())?;
+        w.set_endpoint(self.ledger());
+        Ok(w)
+    }
+
     fn new(
         job: Job,
         price: Option<ModelPrice>,
@@ -365,7 +378,7 @@ struct Drive {
 struct Collected {
     ok: u64,
     failed: u64,
-    cost: Money,
+    cost: Tally,
     submitted: u64,
 }
 
@@ -391,7 +404,7 @@ async fn drive(
 ) -> anyhow::Result<u8> {
     let state_path = ctx.state_path();
     let mut state = BatchState::load(&state_path, &ctx.job.display_name())?;
-    let mut writer = journal::open(&ctx.job.journal_path())?;
+    let mut writer = ctx.open_journal()?;
     let mut ids: Option<TextSlots> = None;
     let mut got = Collected::default();
     let mut new_round_done = false;
@@ -675,7 +688,10 @@ fn ingest(
             Status::Ok => got.ok += 1,
             Status::Failed => got.failed += 1,
         }
-        got.cost = got.cost.saturating_add(Money(rec.cost_pico.unwrap_or(0)));
+        got.cost.add(Charge::of(
+            rec.usage.is_some() && !rec.cached,
+            rec.cost_pico,
+        ));
         writer.append(&rec)?;
         Ok(())
     })
@@ -698,7 +714,7 @@ fn new_round(
     let files = split
         .finish()
         .with_context(|| format!("{}: cannot write batch input", dir.display()))?;
-    check_budget(ctx, writer.index().spent, n, worst)?;
+    check_budget(ctx, &writer.index().spent, n, worst)?;
     for (c, w) in files.into_iter().enumerate() {
         state.chunks.push(Chunk {
             key: format!("{}-r{round}-c{}", state.id, c + 1),
@@ -713,26 +729,46 @@ fn new_round(
 }
 
 /// A batch cannot be stopped half way the way a live run stops at the cap: refuse to submit
-/// a round whose worst case (every row generating `max_tokens`) could cross `budget.max_usd`.
-fn check_budget(ctx: &Ctx, spent: Money, requests: u64, worst: Money) -> anyhow::Result<()> {
-    let Some(cap) = ctx.job.budget.max_usd.map(Money::from_usd) else {
+/// a round whose worst case (every row generating `max_tokens`) could cross a budget cap
+/// (the cumulative one, or the per-run one: a round is this run's spend).
+fn check_budget(ctx: &Ctx, spent: &Spent, requests: u64, worst: Money) -> anyhow::Result<()> {
+    let caps = Caps::of(&ctx.job.budget);
+    if !caps.any() {
         return Ok(());
-    };
+    }
     if ctx.price.is_none() {
         bail!(
-            "budget.max_usd is set but there is no price for model '{}', so the cap cannot be \
-             enforced; give a price table with --prices FILE",
+            "{} is set but there is no price for model '{}', so the cap cannot be enforced; \
+             give a price table with --prices FILE",
+            run::cap_names(&ctx.job),
             ctx.job.model.name
         );
     }
-    if requests > 0 && spent.saturating_add(worst) > cap {
-        bail!(
-            "budget: these {requests} requests could cost up to {worst} at batch prices (if every \
-             row used model.max_tokens) and {spent} is already spent, over budget.max_usd = {cap}; \
-             nothing was submitted. Raise budget.max_usd (or --max-usd) or lower model.max_tokens"
-        );
+    let before = spent.on(ctx.ledger());
+    let ledger = Ledger::new(caps, before);
+    if requests == 0 {
+        return Ok(());
     }
-    Ok(())
+    let spent = before
+        .known()
+        .map_or_else(|| "an unknown amount".to_string(), |m| m.to_string());
+    match ledger.fits(worst) {
+        Ok(()) => Ok(()),
+        Err(Cap::Total) => bail!(
+            "budget: these {requests} requests could cost up to {worst} at batch prices (if every \
+             row used model.max_tokens) and {spent} is already spent, over budget.max_usd_total \
+             (budget.max_usd) = {}; nothing was submitted. Raise budget.max_usd_total (or \
+             --max-usd) or lower model.max_tokens",
+            caps.total.unwrap_or_default()
+        ),
+        Err(Cap::PerRun) => bail!(
+            "budget: these {requests} requests could cost up to {worst} at batch prices (if every \
+             row used model.max_tokens), over budget.max_usd_per_run = {}; nothing was \
+             submitted. Raise budget.max_usd_per_run (or --max-usd-per-run) or lower \
+             model.max_tokens",
+            caps.per_run.unwrap_or_default()
+        ),
+    }
 }
 
 /// Hands the input line of every row that has no result yet to `emit` (failed rows too with
@@ -835,8 +871,8 @@ fn finish_output(
         status: status.into(),
         message,
         exit_code: code as i32,
-        cost_this_run_usd: priced.then(|| got.cost.as_usd()),
-        spent_total_usd: (priced && index.unpriced == 0).then(|| index.spent.as_usd()),
+        cost_this_run_usd: got.cost.known().filter(|_| priced),
+        spent_total_usd: index.spent.on(ctx.ledger()).known().filter(|_| priced),
         wall_seconds: started.elapsed().as_secs_f64(),
         requests: got.ok + got.failed,
         prices: format!("{} (batch prices)", ctx.prices),
@@ -1000,7 +1036,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<u8> {
     let mut w = std::io::BufWriter::new(file);
     // The journal is opened for the bad rows it may record; one that export created and
     // left empty (with the folder made for it) is removed again.
-    let mut writer = journal::open(&journal_path)?;
+    let mut writer = ctx.open_journal()?;
     let mut bytes = 0u64;
     let (n, _) = pending_lines(&ctx, &mut writer, args.retry_failed, |line| {
         bytes += line.len() as u64;
@@ -1038,7 +1074,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
     let _lock = run::claim(&ctx.job)?;
     let spec = run::output_spec(&ctx.job).map_err(start_err)?;
     let ids = ctx.row_ids().map_err(start_err)?;
-    let mut writer = journal::open(&ctx.job.journal_path())?;
+    let mut writer = ctx.open_journal()?;
     let mut got = Collected::default();
     for f in &args.files {
         let file = File::open(f).with_context(|| format!("{}: cannot read", f.display()))?;

@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 use super::args::JobArgs;
 use super::exit;
 use super::signals::Interrupt;
-use crate::budget::Budget;
 use crate::cache::Cache;
 use crate::client::{self, Client, Secret};
 use crate::config::{Job, Mode};
@@ -22,6 +21,7 @@ use crate::identity::{Identity, RunRequests, Wanted};
 use crate::journal::{self, Record, Status};
 use crate::limit::Limiter;
 use crate::mock::{MockConfig, MockServer};
+use crate::pipeline::ledger::{self, Cap, Caps, Ledger};
 use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
 use crate::progress::Progress;
@@ -203,10 +203,11 @@ async fn run_job(
     let spec = output_spec(job).map_err(start_err)?;
     let seed = retry_seed().map_err(start_err)?;
 
-    if !args.dry_run && job.budget.max_usd.is_some() && price.is_none() {
+    if !args.dry_run && job.budget.any_cap() && price.is_none() {
         return Err(start_err(anyhow!(
-            "budget.max_usd is set but there is no price for model '{}', so the cap cannot be \
-             enforced; give a price table with --prices FILE",
+            "{} is set but there is no price for model '{}', so the cap cannot be enforced; \
+             give a price table with --prices FILE",
+            cap_names(job),
             job.model.name
         )));
     }
@@ -273,10 +274,11 @@ async fn run_job(
             eprintln!("{line}");
         }
         eprint!("{}", validated.render());
-        if job.budget.max_usd.is_some() && price.is_none() {
+        if job.budget.any_cap() && price.is_none() {
             eprintln!(
-                "warning: budget.max_usd is set but model '{}' has no price: a run would refuse \
-                 to start; give a price table with --prices FILE",
+                "warning: {} is set but model '{}' has no price: a run would refuse to start; \
+                 give a price table with --prices FILE",
+                cap_names(job),
                 job.model.name
             );
         }
@@ -296,21 +298,34 @@ async fn run_job(
         client::api_key(job).map_err(start_err)?
     };
     let client = Client::for_job(job, key).map_err(start_err)?;
-    let cap = job.budget.max_usd.map(Money::from_usd);
+    let caps = Caps::of(&job.budget);
 
     let journal_path = job.journal_path();
-    let writer = journal::open(&journal_path).map_err(start_err)?;
+    let mut writer = journal::open(&journal_path).map_err(start_err)?;
+    // Every line this run writes names the endpoint, so mock spend never meets real spend.
+    let endpoint = ledger::ledger_of(args.mock);
+    writer.set_endpoint(endpoint);
     let index_before = writer.index().clone();
-    let budget = Budget::new(cap, index_before.spent);
+    let unsettled = index_before.spent.unsettled(endpoint);
+    if unsettled.priced > Money::ZERO || unsettled.unpriced > 0 {
+        eprintln!(
+            "note: an earlier run was killed with requests in flight; their worst case ({}) \
+             counts as spent",
+            unsettled
+                .known()
+                .map_or_else(|| "unknown".to_string(), |m| m.to_string())
+        );
+    }
+    let ledger = Arc::new(Ledger::new(caps, index_before.spent.on(endpoint)));
     let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute)
         // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
         .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
     let rows = validated.as_ref().map_or(0, |v| v.rows);
-    let progress = Progress::new(rows, args.quiet || args.json);
+    let progress = Progress::new(rows, args.quiet || args.json, Some(ledger.clone()));
     let mut sched = Scheduler::new(
         client,
         limiter,
-        budget,
+        ledger.clone(),
         writer,
         price.clone(),
         Tier::Live,
@@ -369,7 +384,6 @@ async fn run_job(
 
     let sched = Arc::try_unwrap(sched).map_err(|_| anyhow!("scheduler still shared"))?;
     let stats = sched.stats;
-    let spent_total = sched.budget.spent();
     let mut writer = sched
         .journal
         .into_inner()
@@ -378,7 +392,6 @@ async fn run_job(
     if let Some(requests) = produced.requests.take() {
         requests.fan_out(&mut writer, identity)?;
     }
-    let unpriced_total = writer.index().unpriced;
     let index = writer.finish()?;
 
     // Build the output from the journal, in input order, atomically, with the rows as the
@@ -411,15 +424,9 @@ async fn run_job(
             (status, message, exit::ROWS_FAILED)
         }
         StopReason::Aborted(m) => ("aborted", Some(m.clone()), exit::STOPPED),
-        StopReason::Budget => (
+        StopReason::Budget(cap) => (
             "budget",
-            Some(format!(
-                "budget cap reached: {} spent of {}, {} rows not run; raise budget.max_usd \
-                 (or --max-usd) and run again to finish",
-                spent_total,
-                cap.unwrap_or_default(),
-                totals.pending
-            )),
+            Some(budget_message(*cap, &ledger, totals.pending)),
             exit::STOPPED,
         ),
         StopReason::Interrupted => (
@@ -443,9 +450,9 @@ async fn run_job(
         exit_code: code as i32,
         resumed: produced.resume.done,
         changed: produced.resume.changed,
-        cost_this_run_usd: priced.then(|| Money(stats.cost_pico.load(Relaxed)).as_usd()),
-        estimated_cost_usd: produced.expected_cost.map(Money::as_usd),
-        spent_total_usd: (priced && unpriced_total == 0).then(|| spent_total.as_usd()),
+        cost_this_run_usd: ledger.this_run().known().filter(|_| priced),
+        estimated_cost_usd: produced.expected_cost,
+        spent_total_usd: ledger.total().known().filter(|_| priced),
         wall_seconds: wall,
         requests: attempts,
         retries: stats.retries.load(Relaxed),
@@ -460,6 +467,38 @@ async fn run_job(
     };
     summary.publish(job, "error", args.json)?;
     Ok(code)
+}
+
+/// The names of the caps a job sets, for messages.
+pub(crate) fn cap_names(job: &Job) -> &'static str {
+    match (job.budget.total_cap(), job.budget.max_usd_per_run) {
+        (Some(_), Some(_)) => "budget.max_usd_total and budget.max_usd_per_run",
+        (None, Some(_)) => "budget.max_usd_per_run",
+        _ => "budget.max_usd_total",
+    }
+}
+
+/// Why a run stopped at a cap, what it spent, and how to go on.
+fn budget_message(cap: Cap, ledger: &Ledger, pending: u64) -> String {
+    let show = |t: ledger::Tally| {
+        t.known()
+            .map_or_else(|| "unknown".into(), |m| m.to_string())
+    };
+    let caps = ledger.caps();
+    match cap {
+        Cap::PerRun => format!(
+            "per-run budget cap reached: {} spent in this run of {}, {pending} rows not run; \
+             run again to go on (each run may spend up to budget.max_usd_per_run)",
+            show(ledger.this_run()),
+            caps.per_run.unwrap_or_default(),
+        ),
+        Cap::Total => format!(
+            "budget cap reached: {} spent of {}, {pending} rows not run; raise \
+             budget.max_usd_total (or --max-usd) and run again to finish",
+            show(ledger.total()),
+            caps.total.unwrap_or_default(),
+        ),
+    }
 }
 
 /// Feeds the scheduler the rows to send, in input order, from the Steps the validation
@@ -506,9 +545,7 @@ fn produce(
                     // A later row asking the very same thing shares this answer.
                     requests.note(&hash)?;
                 }
-                sched
-                    .progress
-                    .row_done(decision == Decision::Done, Money::ZERO);
+                sched.progress.row_done(decision == Decision::Done);
                 continue;
             }
             // A cached answer to the very same request: recorded at no cost, and no request,
@@ -542,7 +579,7 @@ fn produce(
                     .unwrap_or_else(|e| e.into_inner())
                     .append(&rec)?;
                 out.cached += 1;
-                sched.progress.row_done(true, Money::ZERO);
+                sched.progress.row_done(true);
                 continue;
             }
         };
@@ -674,7 +711,7 @@ fn record_bad_row(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .append(&rec)?;
-    sched.progress.row_done(false, Money::ZERO);
+    sched.progress.row_done(false);
     Ok(())
 }
 

@@ -78,7 +78,10 @@ pub(super) fn of(job: &Job) -> Value {
             "max_in_flight": job.limits.max_in_flight,
             "max_retries": job.limits.max_retries,
         },
-        "budget": { "max_usd": job.budget.max_usd },
+        "budget": {
+            "max_usd_total": job.budget.total_cap(),
+            "max_usd_per_run": job.budget.max_usd_per_run,
+        },
         "output": {
             "path": path(&job.output.path),
             "columns": job.output.columns,

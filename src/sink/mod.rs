@@ -17,6 +17,7 @@ use crate::config::OutputFormat;
 use crate::identity::Wanted;
 use crate::journal::{JournalError, JournalIndex, JournalReader, Record, Status};
 use crate::key_table::KeyTable;
+use crate::pipeline::ledger::{Charge, Tally};
 use crate::types::{Money, Row, Usage};
 
 /// Errors writing the output.
@@ -62,9 +63,9 @@ pub struct OutputTotals {
     /// Rows whose answer came without usage: their tokens and cost are our estimate.
     pub estimated: u64,
     pub usage: Usage,
-    /// Cost of all recorded responses; None when any priced row had an unknown price.
+    /// Cost of the rows' recorded responses (unpriced ones counted apart, never as $0).
     #[serde(skip)]
-    pub cost: Option<Money>,
+    pub cost: Tally,
 }
 
 /// The shape of the output.
@@ -144,10 +145,7 @@ where
         Err(_) if index.records == 0 => None,
         Err(e) => return Err(e.into()),
     };
-    let mut totals = OutputTotals {
-        cost: Some(Money::ZERO),
-        ..OutputTotals::default()
-    };
+    let mut totals = OutputTotals::default();
     // Rows of this file already written, by identity: a later row with the same identity
     // (identical cells, in a job without input.id) shares the first one's answer.
     let mut written = KeyTable::create_beside(path).map_err(io)?;
@@ -188,10 +186,7 @@ where
                                 totals.estimated += 1;
                             }
                             totals.usage.add(u);
-                            totals.cost = match (totals.cost, r.cost_pico) {
-                                (Some(t), Some(c)) => Some(t.saturating_add(Money(c))),
-                                _ => None,
-                            };
+                            totals.cost.add(Charge::of(true, r.cost_pico));
                         }
                     }
                 }

@@ -10,6 +10,7 @@ mod estimate;
 mod hostile;
 mod identity;
 mod init;
+mod ledger;
 mod misbehaving_client;
 mod misbehaving_limits;
 mod misbehaving_money;

@@ -8,13 +8,13 @@ use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use promptmill::budget::Budget;
 use promptmill::client::{Client, Secret};
 use promptmill::config::{Job, Overrides};
 use promptmill::cost::Tier;
 use promptmill::drive::retry::{RetryKind, RetryPolicy};
 use promptmill::journal;
 use promptmill::limit::Limiter;
+use promptmill::pipeline::ledger::{Caps, Ledger, Tally};
 use promptmill::progress::Progress;
 use promptmill::scheduler::{Scheduler, StopReason, UsageGuess, WorkItem};
 use promptmill::types::Money;
@@ -151,13 +151,13 @@ fn scheduler(dir: &std::path::Path, url: &str, max_retries: u32, in_flight: u32)
     let mut s = Scheduler::new(
         client,
         Limiter::new(None, None),
-        Budget::new(None, Money::ZERO),
+        Arc::new(Ledger::new(Caps::default(), Tally::default())),
         writer,
         None,
         Tier::Live,
         max_retries,
         in_flight,
-        Progress::new(2, true),
+        Progress::new(2, true, None),
     );
     s.retry.seed = SEED;
     s
