@@ -321,7 +321,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("jobs/nope.schema.json"), "{e}");
-        let root = env!("CARGO_MANIFEST_DIR");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
         let j = job(&format!(
             "schema_file = \"{root}/templates/product_copy.schema.json\""
         ))

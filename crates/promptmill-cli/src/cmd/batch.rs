@@ -18,36 +18,36 @@ use serde_json::{Map, Value};
 use super::args::JobArgs;
 use super::exit;
 use super::run::{self, start_err, RunArgs};
-use crate::batch::api::BatchObject;
-use crate::batch::backend::{self, Backend};
-use crate::batch::input::{self, Splitter};
-use crate::batch::results::{self, Joiner};
-use crate::batch::state::{is_terminal, BatchState, Chunk};
-use crate::batch::{crash_point, META_CHUNK, META_JOB};
-use crate::client::{self, Secret};
-use crate::config::{Endpoint, Job, ProviderKind};
-use crate::cost::{ModelPrice, PriceTable, Tier};
-use crate::estimate::{estimate, EstimateOptions};
-use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
-use crate::plan::Planner;
-use crate::resume::Resume;
-use crate::sink::{self, OutputSpec};
-use crate::slots::{SlotCursor, SlotFile, TextSlots};
-use crate::source::Source;
-use crate::summary::Summary;
-use crate::types::{Money, Usage};
+use promptmill::batch::api::BatchObject;
+use promptmill::batch::backend::{self, Backend};
+use promptmill::batch::input::{self, Splitter};
+use promptmill::batch::results::{self, Joiner};
+use promptmill::batch::state::{is_terminal, BatchState, Chunk};
+use promptmill::batch::{crash_point, META_CHUNK, META_JOB};
+use promptmill::client::{self, Secret};
+use promptmill::config::{Endpoint, Job, ProviderKind};
+use promptmill::cost::{ModelPrice, PriceTable, Tier};
+use promptmill::estimate::{estimate, EstimateOptions};
+use promptmill::journal::{self, JournalReader, JournalWriter, Record, Status};
+use promptmill::plan::Planner;
+use promptmill::resume::Resume;
+use promptmill::sink::{self, OutputSpec};
+use promptmill::slots::{SlotCursor, SlotFile, TextSlots};
+use promptmill::source::Source;
+use promptmill::summary::Summary;
+use promptmill::types::{Money, Usage};
 
 /// Batch-mode flags of `run` and `collect`.
 #[derive(Debug, Clone, Args)]
 pub struct BatchFlags {
     /// Batch mode: requests per batch input file (1 to 50,000, the API's limit).
-    #[arg(long, default_value_t = input::MAX_REQUESTS, value_name = "N", value_parser = crate::bounds::batch_max_requests)]
+    #[arg(long, default_value_t = input::MAX_REQUESTS, value_name = "N", value_parser = promptmill::bounds::batch_max_requests)]
     pub batch_max_requests: u64,
     /// Batch mode: keep polling until every batch has finished, then write the output.
     #[arg(long)]
     pub wait: bool,
     /// Batch mode: seconds between polls with --wait (0 to 86400).
-    #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = crate::bounds::poll_secs)]
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = promptmill::bounds::poll_secs)]
     pub poll_secs: f64,
 }
 
@@ -719,7 +719,7 @@ fn finish_output(
         exit::ROWS_FAILED
     };
     let priced = ctx.price.is_some();
-    let (status, failed) = crate::summary::finished(job, &totals);
+    let (status, failed) = promptmill::summary::finished(job, &totals);
     let message = (totals.pending > 0)
         .then(|| {
             format!(
@@ -813,10 +813,10 @@ fn status_table(state: &BatchState) -> String {
             c.counts.completed,
             c.counts.failed,
             c.created_at
-                .map(crate::time::utc_minutes)
+                .map(promptmill::time::utc_minutes)
                 .unwrap_or_else(|| "-".into()),
             c.expires_at
-                .map(crate::time::utc_minutes)
+                .map(promptmill::time::utc_minutes)
                 .unwrap_or_else(|| "-".into()),
             if c.collected { "yes" } else { "no" },
         ));
@@ -922,7 +922,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::status_table;
-    use crate::batch::state::{BatchState, Chunk};
+    use promptmill::batch::state::{BatchState, Chunk};
 
     #[test]
     fn status_columns_line_up_with_long_batch_ids() {
