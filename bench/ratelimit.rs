@@ -185,7 +185,7 @@ fn main() {
 
 /// Builds the release binary and returns its path.
 fn build() -> Result<PathBuf, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("bench: cargo build --release --bin promptmill");
     let status = Command::new(cargo)

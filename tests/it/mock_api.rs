@@ -1,7 +1,7 @@
 //! The built-in mock API, driven over HTTP the way clients and other tests will use it.
 
 use clap::Parser;
-use promptmill::mock::{MockConfig, MockServer, MockStatsSnapshot};
+use promptmill_mock::{MockConfig, MockServer, MockStatsSnapshot};
 use serde_json::{json, Value};
 use std::time::Duration;
 

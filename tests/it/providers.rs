@@ -190,7 +190,7 @@ fn product_rows(ws: &Workspace, extra: &str) {
 /// The structured product-copy job over products.csv (the repo's template and schema),
 /// with `model` and `api` lines added to those sections.
 fn product_job(ws: &Workspace, base_url: &str, model: &str, api: &str) -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     ws.write_job(
         "copy.toml",
         &JobFile {

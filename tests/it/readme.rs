@@ -1,6 +1,6 @@
 //! README.md's shell examples, run for real. Every `promptmill …` or `cargo run -- …` line of
 //! its ```` ```sh ```` blocks that can run offline goes through the built binary, in README
-//! order, in one temp copy of `examples/`, `jobs/`, `templates/` and `prices/`, with no API key
+//! order, in one temp copy of `examples/`, `jobs/` and `templates/`, with no API key
 //! in the environment, and must exit as the README says. The quick start's summary figures
 //! must be what its command prints today.
 //!
@@ -167,8 +167,10 @@ fn quick_start_summary(readme: &str) -> String {
 
 #[test]
 fn readme_commands_run_offline_as_documented() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("read README.md");
+    let readme = std::fs::read_to_string(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("README.md"),
+    )
+    .expect("read README.md");
     let work = repo_copy::repo_copy();
     let dir = work.path();
 

@@ -184,7 +184,7 @@ fn the_product_copy_example_gets_a_page_beside_its_output() {
         .arg("report")
         .arg(format!(
             "{}/examples/product-copy/job.toml",
-            env!("CARGO_MANIFEST_DIR")
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
         ))
         .arg("--output")
         .arg(ws.path("copy/product-copy.csv"))

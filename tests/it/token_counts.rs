@@ -98,7 +98,7 @@ fn cookbook_plain_text_counts() {
 fn fixture() -> Value {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/it/fixtures/token_counts.json"
+        "/../../tests/it/fixtures/token_counts.json"
     );
     let text = std::fs::read_to_string(path).unwrap();
     serde_json::from_str(&text).unwrap()

@@ -317,7 +317,10 @@ impl Workspace {
     pub fn run_shipped(&self, job: &str, extra: &[&str], output: &str) -> Output {
         promptmill()
             .arg("run")
-            .arg(format!("{}/{job}", env!("CARGO_MANIFEST_DIR")))
+            .arg(format!(
+                "{}/{job}",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../..")
+            ))
             .arg("--mock")
             .args(extra)
             .arg("--output")

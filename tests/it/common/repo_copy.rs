@@ -1,5 +1,5 @@
 //! A temp copy of the parts of the repository that the README's commands and the shipped
-//! examples read (`examples/`, `jobs/`, `templates/`, `prices/`), so a test can run them as a
+//! examples read (`examples/`, `jobs/`, `templates/`), so a test can run them as a
 //! user in a checkout would without writing into the checkout.
 #![allow(dead_code)]
 
@@ -7,13 +7,13 @@ use std::fs;
 use std::path::Path;
 
 /// The folders copied, relative to the crate root.
-pub const COPIED: [&str; 4] = ["examples", "jobs", "templates", "prices"];
+pub const COPIED: [&str; 3] = ["examples", "jobs", "templates"];
 
 /// A fresh temp directory holding a copy of [`COPIED`], without any `out/` folder a local run
 /// of an example may have left in the checkout (the test must start from what git holds).
 pub fn repo_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     for name in COPIED {
         copy_tree(&root.join(name), &dir.path().join(name));
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::config::{Job, Overrides, ProviderKind};
+use promptmill::config::{Job, Overrides, ProviderKind};
 
 /// Command-line overrides of job-file settings. Every job-file key also works as
 /// `--set section.key=value`.
@@ -25,7 +25,7 @@ pub struct JobArgs {
     #[arg(long)]
     pub max_tokens: Option<u32>,
     /// Sampling temperature, 0 to 2 (overrides model.temperature).
-    #[arg(long, value_parser = crate::bounds::temperature)]
+    #[arg(long, value_parser = promptmill::bounds::temperature)]
     pub temperature: Option<f64>,
     /// Requests per minute (overrides limits.requests_per_minute).
     #[arg(long)]
@@ -49,10 +49,10 @@ pub struct JobArgs {
     pub stop_after_refused_secs: Option<u32>,
     /// Hard cap in USD on what every run of the job spends, mock runs apart (overrides
     /// budget.max_usd_total and budget.max_usd).
-    #[arg(long, value_name = "USD", value_parser = crate::bounds::max_usd)]
+    #[arg(long, value_name = "USD", value_parser = promptmill::bounds::max_usd)]
     pub max_usd: Option<f64>,
     /// Hard cap in USD on what this run spends (overrides budget.max_usd_per_run).
-    #[arg(long, value_name = "USD", value_parser = crate::bounds::max_usd_per_run)]
+    #[arg(long, value_name = "USD", value_parser = promptmill::bounds::max_usd_per_run)]
     pub max_usd_per_run: Option<f64>,
     /// API base URL (overrides api.base_url).
     #[arg(long, value_name = "URL")]
@@ -66,11 +66,11 @@ pub struct JobArgs {
     pub assume_output_tokens: Option<u32>,
     /// Seconds one request may take in total, including a long generation (overrides
     /// api.timeout_secs; default 600; 0.001 to 86400).
-    #[arg(long, value_name = "SECS", value_parser = crate::bounds::timeout_secs)]
+    #[arg(long, value_name = "SECS", value_parser = promptmill::bounds::timeout_secs)]
     pub timeout: Option<f64>,
     /// Seconds to wait for a connection (overrides api.connect_timeout_secs; default 10;
     /// 0.001 to 3600).
-    #[arg(long, value_name = "SECS", value_parser = crate::bounds::connect_timeout_secs)]
+    #[arg(long, value_name = "SECS", value_parser = promptmill::bounds::connect_timeout_secs)]
     pub connect_timeout: Option<f64>,
     /// Record unreadable or unrenderable rows as failed rows instead of refusing to start
     /// (sets input.skip_bad_rows).
@@ -82,7 +82,7 @@ pub struct JobArgs {
     pub no_formula_guard: bool,
     /// How rows are sent: `live` requests, or the provider's `batch` API (overrides mode).
     #[arg(long, value_enum)]
-    pub mode: Option<crate::config::Mode>,
+    pub mode: Option<promptmill::config::Mode>,
     /// Any job-file key: `--set model.top_p=0.9` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -149,8 +149,8 @@ impl JobArgs {
             "mode",
             self.mode.map(|m| {
                 match m {
-                    crate::config::Mode::Live => "live",
-                    crate::config::Mode::Batch => "batch",
+                    promptmill::config::Mode::Live => "live",
+                    promptmill::config::Mode::Batch => "batch",
                 }
                 .to_string()
             }),

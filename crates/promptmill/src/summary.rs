@@ -151,7 +151,7 @@ impl Summary {
         }
         eprint!("{}", self.render());
         if json {
-            crate::cmd::print_stdout(&format!("{}\n", String::from_utf8_lossy(&bytes)))?;
+            crate::stdout::print(&format!("{}\n", String::from_utf8_lossy(&bytes)))?;
         }
         Ok(())
     }

@@ -119,7 +119,7 @@ pub struct MockConfig {
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
     /// Fraction of admitted requests answered 500, from 0 to 1.
-    #[arg(long, default_value_t = 0.0, value_parser = crate::bounds::fail_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = promptmill::bounds::fail_rate)]
     pub fail_rate: f64,
     /// Seed for the answer text and the `--fail-rate` draws.
     #[arg(long, default_value_t = 42)]
@@ -139,7 +139,7 @@ pub struct MockConfig {
     pub reject_json_schema: bool,
     /// The TPM limit charges this many times the tokens it counts (a server whose
     /// tokenizer or overheads count more than tiktoken does), e.g. 1.1.
-    #[arg(long, default_value_t = 1.0, value_parser = crate::bounds::token_factor)]
+    #[arg(long, default_value_t = 1.0, value_parser = promptmill::bounds::token_factor)]
     pub token_factor: f64,
     /// The first N requests get a 429 `rate_limit_exceeded` without Retry-After (a server
     /// that turns away a first burst); they count as rate-limited.

@@ -129,7 +129,7 @@ pub(crate) fn add_anthropic_rate_headers(h: &mut HeaderMap, st: &RateStatus) {
     }
 }
 
-pub(crate) use crate::time::rfc3339_ceil as rfc3339;
+pub(crate) use promptmill::time::rfc3339_ceil as rfc3339;
 
 const REQUESTS: [&str; 3] = [
     "x-ratelimit-limit-requests",

@@ -888,7 +888,7 @@ path = "out/result.csv"
             .unwrap_err()
             .to_string();
         assert!(e.contains("jobs/nope.schema.json"), "{e}");
-        let root = env!("CARGO_MANIFEST_DIR");
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
         let j = schema_job(&format!(
             "schema_file = \"{root}/templates/product_copy.schema.json\""
         ))

@@ -128,7 +128,7 @@ mod tests {
         }});
         for h in 0..50 {
             let v = sample(&schema, "Describe the red kettle", h);
-            crate::schema::validate(&schema, &v, "$").unwrap();
+            promptmill::schema::validate(&schema, &v, "$").unwrap();
         }
         let sys = format!("Be nice.\n\nIt must validate against this JSON schema:\n{schema}");
         assert_eq!(instruction_schema(&sys), Some(schema.clone()));

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use super::markers::PREFIX;
 use super::openai::ChatMessage;
-use crate::tokens::{ChatTurn, TokenCounter};
+use promptmill::tokens::{ChatTurn, TokenCounter};
 
 /// Prompt tokens of a chat request as OpenAI bills them: exact tiktoken counts with the chat
 /// framing for OpenAI model families (an o200k approximation for others), so that the mock's

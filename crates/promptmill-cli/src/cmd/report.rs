@@ -7,7 +7,7 @@ use clap::Args;
 use super::args::JobArgs;
 use super::exit;
 use super::run::start_err;
-use crate::report;
+use promptmill::report;
 
 /// `promptmill report JOB`.
 #[derive(Debug, Args)]

@@ -19,39 +19,39 @@ use super::args::JobArgs;
 use super::exit;
 use super::run::{self, start_err, RunArgs};
 use super::signals::Interrupt;
-use crate::batch::api::BatchObject;
-use crate::batch::backend::{self, Backend};
-use crate::batch::input::{self, Splitter};
-use crate::batch::results::{self, Joiner};
-use crate::batch::state::{is_terminal, BatchState, Chunk};
-use crate::batch::{crash_point, META_CHUNK, META_JOB};
-use crate::client::{self, Secret};
-use crate::config::{Endpoint, Job, ProviderKind};
-use crate::cost::{ModelPrice, PriceTable, Tier};
-use crate::estimate::{estimate, EstimateOptions};
-use crate::identity::Identity;
-use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
-use crate::pipeline::ledger::{self, Cap, Caps, Charge, Ledger, Spent, Tally};
-use crate::pipeline::rows::{Spool, Step};
-use crate::plan::Planner;
-use crate::resume::Resume;
-use crate::sink::{self, OutputSpec};
-use crate::slots::TextSlots;
-use crate::source::Source;
-use crate::summary::Summary;
-use crate::types::Money;
+use promptmill::batch::api::BatchObject;
+use promptmill::batch::backend::{self, Backend};
+use promptmill::batch::input::{self, Splitter};
+use promptmill::batch::results::{self, Joiner};
+use promptmill::batch::state::{is_terminal, BatchState, Chunk};
+use promptmill::batch::{crash_point, META_CHUNK, META_JOB};
+use promptmill::client::{self, Secret};
+use promptmill::config::{Endpoint, Job, ProviderKind};
+use promptmill::cost::{ModelPrice, PriceTable, Tier};
+use promptmill::estimate::{estimate, EstimateOptions};
+use promptmill::identity::Identity;
+use promptmill::journal::{self, JournalReader, JournalWriter, Record, Status};
+use promptmill::pipeline::ledger::{self, Cap, Caps, Charge, Ledger, Spent, Tally};
+use promptmill::pipeline::rows::{Spool, Step};
+use promptmill::plan::Planner;
+use promptmill::resume::Resume;
+use promptmill::sink::{self, OutputSpec};
+use promptmill::slots::TextSlots;
+use promptmill::source::Source;
+use promptmill::summary::Summary;
+use promptmill::types::Money;
 
 /// Batch-mode flags of `run` and `collect`.
 #[derive(Debug, Clone, Args)]
 pub struct BatchFlags {
     /// Batch mode: requests per batch input file (1 to 50,000, the API's limit).
-    #[arg(long, default_value_t = input::MAX_REQUESTS, value_name = "N", value_parser = crate::bounds::batch_max_requests)]
+    #[arg(long, default_value_t = input::MAX_REQUESTS, value_name = "N", value_parser = promptmill::bounds::batch_max_requests)]
     pub batch_max_requests: u64,
     /// Batch mode: keep polling until every batch has finished, then write the output.
     #[arg(long)]
     pub wait: bool,
     /// Batch mode: seconds between polls with --wait (0 to 86400).
-    #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = crate::bounds::poll_secs)]
+    #[arg(long, default_value_t = 30.0, value_name = "SECS", value_parser = promptmill::bounds::poll_secs)]
     pub poll_secs: f64,
 }
 
@@ -211,9 +211,9 @@ impl Ctx {
     }
 
     /// Points the job at a freshly started built-in mock API (with `--mock`).
-    async fn start_mock(&mut self) -> anyhow::Result<crate::mock::MockServer> {
+    async fn start_mock(&mut self) -> anyhow::Result<super::mock::Mock> {
         self.mock = true;
-        run::start_mock(&mut self.job, crate::mock::MockConfig::default()).await
+        run::start_mock(&mut self.job, super::mock::MockFlags::default()).await
     }
 
     /// The `url` of every input line.
@@ -833,7 +833,7 @@ fn finish_output(
     let job = &ctx.job;
     let journal_path = job.journal_path();
     // A run reads the rows its validation pass kept; `collect` and `import` read the input.
-    let rows: Box<dyn Iterator<Item = Result<crate::types::Row, String>>> = match &ctx.spool {
+    let rows: Box<dyn Iterator<Item = Result<promptmill::types::Row, String>>> = match &ctx.spool {
         Some(spool) => Box::new(spool.output_rows()?),
         None => Box::new(run::output_rows(job)?),
     };
@@ -852,7 +852,7 @@ fn finish_output(
         exit::ROWS_FAILED
     };
     let priced = ctx.price.is_some();
-    let (status, failed) = crate::summary::finished(job, &totals);
+    let (status, failed) = promptmill::summary::finished(job, &totals);
     let message = (totals.pending > 0)
         .then(|| {
             format!(
@@ -987,10 +987,10 @@ fn status_table(state: &BatchState) -> String {
             c.counts.completed,
             c.counts.failed,
             c.created_at
-                .map(crate::time::utc_minutes)
+                .map(promptmill::time::utc_minutes)
                 .unwrap_or_else(|| "-".into()),
             c.expires_at
-                .map(crate::time::utc_minutes)
+                .map(promptmill::time::utc_minutes)
                 .unwrap_or_else(|| "-".into()),
             if c.collected { "yes" } else { "no" },
         ));
@@ -1096,7 +1096,7 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::status_table;
-    use crate::batch::state::{BatchState, Chunk};
+    use promptmill::batch::state::{BatchState, Chunk};
 
     #[test]
     fn status_columns_line_up_with_long_batch_ids() {

@@ -11,28 +11,28 @@ use tokio::sync::mpsc;
 
 use super::args::JobArgs;
 use super::exit;
+use super::mock::{Mock, MockFlags};
 use super::signals::Interrupt;
-use crate::cache::Cache;
-use crate::client::{self, Client, Secret};
-use crate::config::{Job, Mode};
-use crate::cost::{ModelPrice, PriceTable, Tier};
-use crate::estimate::{estimate, EstimateOptions};
-use crate::identity::{Identity, RunRequests, Wanted};
-use crate::journal::{self, Record, Status};
-use crate::limit::Limiter;
-use crate::mock::{MockConfig, MockServer};
-use crate::pipeline::ledger::{self, Cap, Caps, Ledger};
-use crate::pipeline::rows::{Spool, Step};
-use crate::plan::Planner;
-use crate::progress::Progress;
-use crate::render::Renderer;
-use crate::resume::{Decision, Resume, ResumeCounts};
-use crate::scheduler::{Scheduler, StopReason, UsageCounter, UsageGuess, WorkItem};
-use crate::sink::{self, OutputSpec};
-use crate::source::{Source, SourceOptions};
-use crate::summary::Summary;
-use crate::types::{Money, Usage};
-use crate::watchdog::{Watchdog, WatchdogLimits};
+use promptmill::cache::Cache;
+use promptmill::client::{self, Client, Secret};
+use promptmill::config::{Job, Mode};
+use promptmill::cost::{ModelPrice, PriceTable, Tier};
+use promptmill::estimate::{estimate, EstimateOptions};
+use promptmill::identity::{Identity, RunRequests, Wanted};
+use promptmill::journal::{self, Record, Status};
+use promptmill::limit::Limiter;
+use promptmill::pipeline::ledger::{self, Cap, Caps, Ledger};
+use promptmill::pipeline::rows::{Spool, Step};
+use promptmill::plan::Planner;
+use promptmill::progress::Progress;
+use promptmill::render::Renderer;
+use promptmill::resume::{Decision, Resume, ResumeCounts};
+use promptmill::scheduler::{Scheduler, StopReason, UsageCounter, UsageGuess, WorkItem};
+use promptmill::sink::{self, OutputSpec};
+use promptmill::source::{Source, SourceOptions};
+use promptmill::summary::Summary;
+use promptmill::types::{Money, Usage};
+use promptmill::watchdog::{Watchdog, WatchdogLimits};
 
 /// `promptmill run JOB`: run a job (or with `--dry-run`, only estimate it).
 #[derive(Debug, Args)]
@@ -46,7 +46,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub mock_latency_ms: u64,
     /// Mock API: fraction of requests answered with a 500 (0 to 1).
-    #[arg(long, default_value_t = 0.0, value_name = "RATE", value_parser = crate::bounds::fail_rate)]
+    #[arg(long, default_value_t = 0.0, value_name = "RATE", value_parser = promptmill::bounds::fail_rate)]
     pub mock_fail_rate: f64,
     /// Mock API: requests per minute it enforces.
     #[arg(long, value_name = "N")]
@@ -114,14 +114,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 
     let mut mock = None;
     if args.mock {
-        let cfg = MockConfig {
+        let flags = MockFlags {
             rpm: args.mock_rpm,
             tpm: args.mock_tpm,
             latency_ms: args.mock_latency_ms,
             fail_rate: args.mock_fail_rate,
-            ..MockConfig::default()
         };
-        mock = Some(start_mock(&mut job, cfg).await?);
+        mock = Some(start_mock(&mut job, flags).await?);
     }
 
     let outcome = if job.mode == Mode::Batch && !args.dry_run {
@@ -136,21 +135,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
 }
 
 /// Starts the built-in mock API on an ephemeral 127.0.0.1 port and points the job at it.
-pub(crate) async fn start_mock(job: &mut Job, cfg: MockConfig) -> anyhow::Result<MockServer> {
-    let server = MockServer::start(cfg, ([127, 0, 0, 1], 0).into())
-        .await
-        .context("cannot start the mock API")
-        .map_err(start_err)?;
+pub(crate) async fn start_mock(job: &mut Job, flags: MockFlags) -> anyhow::Result<Mock> {
+    let server = Mock::start(flags).await.map_err(start_err)?;
     job.api.base_url = Some(server.base_url());
     Ok(server)
 }
 
 /// Claims the job for this process: the output paths are checked, then the job's lock is
-/// taken (see [`crate::job_lock`]). Every command that writes the journal or the batch state
+/// taken (see [`promptmill::job_lock`]). Every command that writes the journal or the batch state
 /// calls this first and holds the lock until it ends; failure is exit 2, nothing sent.
-pub(crate) fn claim(job: &Job) -> anyhow::Result<crate::job_lock::JobLock> {
-    crate::output_paths::check(job).map_err(start_err)?;
-    crate::job_lock::acquire(job).map_err(start_err)
+pub(crate) fn claim(job: &Job) -> anyhow::Result<promptmill::job_lock::JobLock> {
+    promptmill::output_paths::check(job).map_err(start_err)?;
+    promptmill::job_lock::acquire(job).map_err(start_err)
 }
 
 pub(crate) fn start_err(e: impl Into<anyhow::Error>) -> anyhow::Error {
@@ -319,7 +315,7 @@ async fn run_job(
     let ledger = Arc::new(Ledger::new(caps, index_before.spent.on(endpoint)));
     let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute)
         // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
-        .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
+        .refund_unused_tokens(job.api.provider == promptmill::config::ProviderKind::Anthropic);
     let rows = validated.as_ref().map_or(0, |v| v.rows);
     let progress = Progress::new(rows, args.quiet || args.json, Some(ledger.clone()));
     let mut sched = Scheduler::new(
@@ -420,7 +416,7 @@ async fn run_job(
             ("completed", None, exit::OK)
         }
         StopReason::Completed => {
-            let (status, message) = crate::summary::finished(job, &totals);
+            let (status, message) = promptmill::summary::finished(job, &totals);
             (status, message, exit::ROWS_FAILED)
         }
         StopReason::Aborted(m) => ("aborted", Some(m.clone()), exit::STOPPED),
@@ -619,7 +615,7 @@ fn produce(
 /// The output's shape: input columns (or the chosen subset, each checked), the structured
 /// output's fields, the variants. Checked before anything is sent.
 pub(crate) fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
-    crate::output_paths::check(job)?;
+    promptmill::output_paths::check(job)?;
     let columns = Source::open(&job.input.path, &source_options(job))?
         .columns()
         .to_vec();
@@ -649,7 +645,7 @@ pub(crate) fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
             .model
             .schema_json
             .as_ref()
-            .map(crate::schema::field_names)
+            .map(promptmill::schema::field_names)
             .unwrap_or_default(),
         variants: job.model.n.unwrap_or(1),
         formula_guard: job.output.formula_guard,
@@ -662,7 +658,7 @@ pub(crate) fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
 /// place when the job skips bad rows (its failed record says why); otherwise it is an error.
 pub(crate) fn output_rows(
     job: &Job,
-) -> anyhow::Result<impl Iterator<Item = Result<crate::types::Row, String>> + '_> {
+) -> anyhow::Result<impl Iterator<Item = Result<promptmill::types::Row, String>> + '_> {
     Ok(Source::open(&job.input.path, &source_options(job))?
         .keep_bad_rows()
         .map(|r| match r {
@@ -675,7 +671,7 @@ pub(crate) fn output_rows(
 
 /// The failed record of a row that could not be read or rendered: no request, no hash.
 pub(crate) fn bad_row_record(
-    row: &crate::types::Row,
+    row: &promptmill::types::Row,
     identity: Identity,
     error: String,
     batch: bool,
@@ -691,7 +687,7 @@ pub(crate) fn bad_row_record(
 pub(crate) fn wanted(
     planner: &Planner,
     identity: Identity,
-) -> impl FnMut(&crate::types::Row) -> Wanted + '_ {
+) -> impl FnMut(&promptmill::types::Row) -> Wanted + '_ {
     move |row| Wanted {
         id: identity.key(row),
         hash: planner.plan_counted(row, Some(0)).ok().map(|p| p.hash),
@@ -701,7 +697,7 @@ pub(crate) fn wanted(
 /// Journals a row that could not be read or rendered as failed, with the reason.
 fn record_bad_row(
     sched: &Scheduler,
-    row: &crate::types::Row,
+    row: &promptmill::types::Row,
     identity: Identity,
     error: String,
 ) -> anyhow::Result<()> {

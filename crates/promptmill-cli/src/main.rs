@@ -1,9 +1,11 @@
-//! The `promptmill` command line: a thin shell over the commands in `promptmill::cmd`.
+//! The `promptmill` command line: a thin shell over the commands in `cmd`.
 
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use promptmill::cmd::{batch, completions, estimate, exit, init, report, run};
+mod cmd;
+
+use cmd::{batch, completions, estimate, exit, init, report, run};
 
 /// Turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 #[derive(Debug, Parser)]
@@ -34,7 +36,8 @@ enum Command {
     /// Print shell completions (bash, zsh, fish, elvish, powershell) on stdout.
     Completions(completions::CompletionsArgs),
     /// Serve the built-in OpenAI-compatible mock API (for trying jobs and for tests).
-    MockServer(promptmill::mock::MockServerArgs),
+    #[cfg(feature = "mock")]
+    MockServer(promptmill_mock::MockServerArgs),
 }
 
 /// Whether log lines on stderr may carry colour codes: only on a terminal, and never when
@@ -82,9 +85,10 @@ fn main() -> ExitCode {
             Command::Init(args) => init::run(args).await,
             // Answered above, before the runtime starts.
             Command::Completions(_) => Ok(exit::OK),
-            Command::MockServer(args) => promptmill::mock::serve_forever(args)
-                .await
-                .map(|_| exit::OK),
+            #[cfg(feature = "mock")]
+            Command::MockServer(args) => {
+                promptmill_mock::serve_forever(args).await.map(|_| exit::OK)
+            }
         }
     });
     // Whatever still runs (a validation pass a signal stopped waiting for) is abandoned:

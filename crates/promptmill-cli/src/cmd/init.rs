@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::exit;
 use super::run::start_err;
-use crate::starter;
+use promptmill::starter;
 
 /// `promptmill init [DIR]`.
 #[derive(Debug, Args)]

@@ -1,0 +1,69 @@
+//! The built-in mock API behind `--mock`: started on 127.0.0.1 for one command and stopped
+//! after it. It comes from the `promptmill-mock` crate through the `mock` feature (on by
+//! default); a build without it refuses `--mock` and has no `mock-server` command.
+
+/// How the mock behaves: the `--mock-*` flags.
+#[derive(Debug, Clone, Copy, Default)]
+#[cfg_attr(not(feature = "mock"), allow(dead_code))]
+pub struct MockFlags {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub latency_ms: u64,
+    pub fail_rate: f64,
+}
+
+/// A running mock API.
+pub struct Mock {
+    #[cfg(feature = "mock")]
+    server: promptmill_mock::MockServer,
+    /// Without the feature no mock can exist.
+    #[cfg(not(feature = "mock"))]
+    server: std::convert::Infallible,
+}
+
+impl Mock {
+    /// Starts the mock on an ephemeral 127.0.0.1 port.
+    #[cfg(feature = "mock")]
+    pub async fn start(flags: MockFlags) -> anyhow::Result<Mock> {
+        use anyhow::Context as _;
+        let cfg = promptmill_mock::MockConfig {
+            rpm: flags.rpm,
+            tpm: flags.tpm,
+            latency_ms: flags.latency_ms,
+            fail_rate: flags.fail_rate,
+            ..promptmill_mock::MockConfig::default()
+        };
+        let server = promptmill_mock::MockServer::start(cfg, ([127, 0, 0, 1], 0).into())
+            .await
+            .context("cannot start the mock API")?;
+        Ok(Mock { server })
+    }
+
+    /// Without the `mock` feature there is no mock to start.
+    #[cfg(not(feature = "mock"))]
+    pub async fn start(_flags: MockFlags) -> anyhow::Result<Mock> {
+        anyhow::bail!(
+            "--mock: this promptmill was built without the mock API (cargo feature `mock`)"
+        )
+    }
+
+    /// The base URL a job's `api.base_url` takes to send everything to the mock.
+    pub fn base_url(&self) -> String {
+        #[cfg(feature = "mock")]
+        {
+            self.server.base_url()
+        }
+        #[cfg(not(feature = "mock"))]
+        {
+            match self.server {}
+        }
+    }
+
+    /// Stops the mock.
+    pub async fn shutdown(self) {
+        #[cfg(feature = "mock")]
+        self.server.shutdown().await;
+        #[cfg(not(feature = "mock"))]
+        match self.server {}
+    }
+}
