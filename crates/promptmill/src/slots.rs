@@ -268,7 +268,7 @@ pub(crate) fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize>
 }
 
 #[cfg(unix)]
-fn write_all_at(file: &File, buf: &[u8], at: u64) -> io::Result<()> {
+pub(crate) fn write_all_at(file: &File, buf: &[u8], at: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, buf, at)
 }
 
@@ -278,7 +278,7 @@ pub(crate) fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize>
 }
 
 #[cfg(windows)]
-fn write_all_at(file: &File, mut buf: &[u8], mut at: u64) -> io::Result<()> {
+pub(crate) fn write_all_at(file: &File, mut buf: &[u8], mut at: u64) -> io::Result<()> {
     while !buf.is_empty() {
         let n = std::os::windows::fs::FileExt::seek_write(file, buf, at)?;
         buf = &buf[n..];

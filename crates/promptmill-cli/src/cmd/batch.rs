@@ -832,17 +832,28 @@ fn finish_output(
 ) -> anyhow::Result<u8> {
     let job = &ctx.job;
     let journal_path = job.journal_path();
-    // A run reads the rows its validation pass kept; `collect` and `import` read the input.
-    let rows: Box<dyn Iterator<Item = Result<promptmill::types::Row, String>>> = match &ctx.spool {
-        Some(spool) => Box::new(spool.output_rows()?),
-        None => Box::new(run::output_rows(job)?),
+    // A run reads the rows its validation pass kept, and what each asks for now, from the
+    // spool; `collect` and `import` read the input and plan each row for its request hash.
+    let totals = match &ctx.spool {
+        Some(spool) => {
+            let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
+            sink::write_output(spec, rows, index, &journal_path, &mut want)?
+        }
+        None => {
+            let planner = match ctx.planner() {
+                Ok(p) => p.clone(),
+                Err(_) => Arc::new(run::planner_for(job, ctx.mock)?),
+            };
+            let mut want = run::wanted(&planner, Identity::of(job));
+            sink::write_output(
+                spec,
+                run::output_rows(job)?,
+                index,
+                &journal_path,
+                &mut want,
+            )?
+        }
     };
-    let planner = match ctx.planner() {
-        Ok(p) => p.clone(),
-        Err(_) => Arc::new(run::planner_for(job, ctx.mock)?),
-    };
-    let mut want = run::wanted(&planner, Identity::of(job));
-    let totals = sink::write_output(spec, rows, index, &journal_path, &mut want)?;
     if let Some(warning) = ctx.spool.as_ref().and_then(Spool::input_changed) {
         eprintln!("{warning}");
     }

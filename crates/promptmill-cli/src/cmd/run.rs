@@ -393,10 +393,9 @@ async fn run_job(
     // Build the output from the journal, in input order, atomically, with the rows as the
     // validation pass read them.
     // A row shows an answer only if it answers the request the job would send now.
-    let mut want = wanted(&planner, identity);
     let totals = match &spool {
         Some(spool) => {
-            let rows = spool.output_rows()?;
+            let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
             let totals = sink::write_output(&spec, rows, &index, &journal_path, &mut want)?;
             if let Some(warning) = spool.input_changed() {
                 eprintln!("{warning}");
@@ -404,7 +403,10 @@ async fn run_job(
             totals
         }
         // Interrupted before the validation pass ended: the rows as the input holds them.
-        None => sink::write_output(&spec, output_rows(job)?, &index, &journal_path, &mut want)?,
+        None => {
+            let mut want = wanted(&planner, identity);
+            sink::write_output(&spec, output_rows(job)?, &index, &journal_path, &mut want)?
+        }
     };
 
     use std::sync::atomic::Ordering::Relaxed;

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use crate::cache::{Cache, Entry};
 use crate::config::Job;
 use crate::cost::{ModelPrice, Tier};
-use crate::identity::Identity;
+use crate::identity::{Identity, Wanted};
 use crate::plan::Planner;
 use crate::resume::{Decision, Resume};
 use crate::source::{BadRow, Source, SourceError, SourceOptions};
@@ -462,6 +462,24 @@ impl Spool {
             .map(|r| r.map(|s| s.row).map_err(|e| e.to_string())))
     }
 
+    /// What each row asks for now (its identity and request hash), from the Steps the pass
+    /// kept, for the output to show only current answers: called once per row in input order,
+    /// in step with [`Spool::output_rows`], so nothing is rendered again. A row it cannot
+    /// match (an unreadable spool) wants nothing, so no answer shows as current for it.
+    pub fn wanted(&self) -> io::Result<impl FnMut(&Row) -> Wanted> {
+        let mut steps = self.read()?;
+        Ok(move |row: &Row| match steps.next() {
+            Some(Ok(s)) if s.row.index == row.index => Wanted {
+                id: s.step.id().to_string(),
+                hash: s.step.hash().map(str::to_string),
+            },
+            _ => Wanted {
+                id: String::new(),
+                hash: None,
+            },
+        })
+    }
+
     /// One warning line when the input file changed (size or modification time) since the
     /// pass read it; the run goes on with the version that was read.
     pub fn input_changed(&self) -> Option<String> {
@@ -676,6 +694,15 @@ impl Record {
 }
 
 impl Step {
+    /// The hash of the request the row asks for (none for a bad row).
+    pub fn hash(&self) -> Option<&str> {
+        match self {
+            Step::Send(r) => Some(&r.hash),
+            Step::Cached { hash, .. } | Step::Skip { hash, .. } => Some(hash),
+            Step::Bad { .. } => None,
+        }
+    }
+
     /// The row's identity key.
     pub fn id(&self) -> &str {
         match self {
@@ -893,6 +920,17 @@ mod tests {
         // Read twice, the same; the output's rows are the cells.
         let rows: Vec<Row> = spool.output_rows().unwrap().map(Result::unwrap).collect();
         assert_eq!(rows, want.iter().map(|s| s.row.clone()).collect::<Vec<_>>());
+        // What each row asks for now comes from its Step, in step with the rows.
+        let mut asks = spool.wanted().unwrap();
+        for s in &want {
+            let w = asks(&s.row);
+            assert_eq!(
+                (w.id.as_str(), w.hash.as_deref()),
+                (s.step.id(), s.step.hash())
+            );
+        }
+        assert!(matches!(want[3 * CHUNK + 1].step, Step::Bad { .. }));
+        assert_eq!(want[3 * CHUNK + 1].step.hash(), None);
         assert_eq!(rows[3 * CHUNK].fields["name"], "line\nbreak, \"quoted\" é");
         assert!(matches!(got[3 * CHUNK + 1].step, Step::Bad { .. }));
         // No spool asked for: none made.
