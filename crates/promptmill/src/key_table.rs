@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::slots::{read_at, temp_file_beside, write_all_at};
+use crate::slots::{read_exact_at, temp_file_beside, write_all_at};
 
 const SLOT: u64 = 24;
 /// Slots read per probe (one `pread` of 192 bytes covers most probe runs).
@@ -169,21 +169,6 @@ fn write_slot(file: &File, slot: u64, d: Digest16, value: u64) -> io::Result<()>
     b[..16].copy_from_slice(&d.0.to_le_bytes());
     b[16..].copy_from_slice(&value.to_le_bytes());
     write_all_at(file, &b, slot * SLOT)
-}
-
-fn read_exact_at(file: &File, mut buf: &mut [u8], mut at: u64) -> io::Result<()> {
-    while !buf.is_empty() {
-        match read_at(file, buf, at) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => {
-                buf = &mut buf[n..];
-                at += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -229,7 +229,7 @@ pub(crate) fn temp_file_beside(beside: &Path) -> io::Result<File> {
     tempfile::tempfile_in(dir).or_else(|_| tempfile::tempfile())
 }
 
-fn read_exact_at(file: &File, mut buf: &mut [u8], mut at: u64) -> io::Result<()> {
+pub(crate) fn read_exact_at(file: &File, mut buf: &mut [u8], mut at: u64) -> io::Result<()> {
     while !buf.is_empty() {
         match read_at(file, buf, at) {
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),

@@ -799,8 +799,8 @@ fn pending_lines(
         let stepped = stepped.context("reading the row spool")?;
         let req = match stepped.step.recheck(&mut resume)? {
             Step::Send(req) => req,
-            Step::Bad { reason, .. } => {
-                let rec = run::bad_row_record(&stepped.row, identity, reason, true);
+            Step::Bad { row, id, reason } => {
+                let rec = run::bad_row_record(row, id, reason, true);
                 writer.append(&rec)?;
                 continue;
             }

@@ -519,7 +519,6 @@ fn produce(
         .assume_output_tokens
         .map(u64::from)
         .unwrap_or(planner.max_completion_tokens());
-    let identity = Identity::of(job);
     let requests = out
         .requests
         .insert(RunRequests::new(&job.journal_path()).context("cannot create a temporary file")?);
@@ -532,9 +531,9 @@ fn produce(
             Step::Send(req) => req,
             // Bad rows come through only when the job skips them: each becomes a failed
             // row, journaled with the reason, so the output lists it in place.
-            Step::Bad { reason, .. } => {
+            Step::Bad { row, id, reason } => {
                 out.bad_rows += 1;
-                record_bad_row(sched, &stepped.row, identity, reason)?;
+                record_bad_row(sched, row, id, reason)?;
                 continue;
             }
             Step::Skip { decision, hash, .. } => {
@@ -671,16 +670,12 @@ pub(crate) fn output_rows(
         }))
 }
 
-/// The failed record of a row that could not be read or rendered: no request, no hash.
-pub(crate) fn bad_row_record(
-    row: &promptmill::types::Row,
-    identity: Identity,
-    error: String,
-    batch: bool,
-) -> Record {
+/// The failed record of a row that could not be read or rendered (the row loop's
+/// `Step::Bad`, which carries the row's identity key): no request, no hash.
+pub(crate) fn bad_row_record(row: u64, id: String, error: String, batch: bool) -> Record {
     Record {
         batch,
-        ..Record::failed(row.index, identity.key(row), String::new(), 0, error)
+        ..Record::failed(row, id, String::new(), 0, error)
     }
 }
 
@@ -697,13 +692,8 @@ pub(crate) fn wanted(
 }
 
 /// Journals a row that could not be read or rendered as failed, with the reason.
-fn record_bad_row(
-    sched: &Scheduler,
-    row: &promptmill::types::Row,
-    identity: Identity,
-    error: String,
-) -> anyhow::Result<()> {
-    let rec = bad_row_record(row, identity, error, false);
+fn record_bad_row(sched: &Scheduler, row: u64, id: String, error: String) -> anyhow::Result<()> {
+    let rec = bad_row_record(row, id, error, false);
     sched
         .journal
         .lock()
