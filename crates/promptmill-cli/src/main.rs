@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 mod cmd;
 
-use cmd::{batch, completions, estimate, exit, init, report, run};
+use cmd::{batch, completions, estimate, exit, export, init, report, run};
 
 /// Turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 #[derive(Debug, Parser)]
@@ -26,9 +26,9 @@ enum Command {
     /// Batch mode: each batch's id, status, request counts and times.
     Status(Box<batch::StatusArgs>),
     /// Write the job's requests as a Batch API input file, without submitting.
-    Export(Box<batch::ExportArgs>),
+    Export(Box<export::ExportArgs>),
     /// Read Batch API output/error files into the job's journal and output.
-    Import(Box<batch::ImportArgs>),
+    Import(Box<export::ImportArgs>),
     /// Write a page to review the job's output in a browser (one self-contained HTML file).
     Report(Box<report::ReportArgs>),
     /// Write a commented starter job, template and sample input into DIR.
@@ -79,8 +79,8 @@ fn main() -> ExitCode {
             Command::Estimate(args) => estimate::run(*args).await,
             Command::Collect(args) => batch::collect(*args).await,
             Command::Status(args) => batch::status(*args).await,
-            Command::Export(args) => batch::export(*args).await,
-            Command::Import(args) => batch::import(*args).await,
+            Command::Export(args) => export::export(*args).await,
+            Command::Import(args) => export::import(*args).await,
             Command::Report(args) => report::run(*args).await,
             Command::Init(args) => init::run(args).await,
             // Answered above, before the runtime starts.
@@ -97,7 +97,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            let code = if e.downcast_ref::<run::CannotStart>().is_some() {
+            let code = if e.downcast_ref::<promptmill::drive::CannotStart>().is_some() {
                 exit::CANNOT_START
             } else {
                 exit::STOPPED

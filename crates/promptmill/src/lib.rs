@@ -1,8 +1,10 @@
 //! promptmill: turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 //!
-//! Data flows one way: `source` → `render` → `plan` → `limit` → `client` → `journal`/`sink`,
-//! wired together by the commands in `cmd` (the scheduler in `scheduler` is the one place
-//! that knows all the stages).
+//! Data flows one way: `source` → `pipeline::rows` (render, plan, resume, cache) → a driver
+//! in `drive` (live: `limit` → `client` through the `scheduler`; batch; dry run) →
+//! `journal` → `sink`, with money added in one place, `pipeline::ledger`. The command line
+//! (the `promptmill-cli` crate) only parses flags, builds a `drive::JobCtx` and calls a
+//! driver.
 
 pub mod batch;
 pub mod bounds;

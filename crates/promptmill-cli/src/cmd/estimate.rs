@@ -5,7 +5,8 @@
 use clap::Args;
 
 use super::args::JobArgs;
-use super::run::{self, RunArgs};
+use super::{signals, start_err};
+use promptmill::drive::{dry_run, JobCtx};
 
 /// `promptmill estimate JOB`.
 #[derive(Debug, Args)]
@@ -22,19 +23,16 @@ pub struct EstimateArgs {
 
 /// Runs `promptmill estimate`.
 pub async fn run(args: EstimateArgs) -> anyhow::Result<u8> {
-    run::run(RunArgs {
-        job: args.job,
-        mock: false,
-        mock_latency_ms: 0,
-        mock_fail_rate: 0.0,
-        mock_rpm: None,
-        mock_tpm: None,
-        dry_run: true,
-        retry_failed: false,
-        json: args.json,
+    let interrupt = signals::install().map_err(start_err)?;
+    let ctx = args
+        .job
+        .load()
+        .and_then(|job| JobCtx::new(job, args.job.prices.as_deref()))
+        .map_err(start_err)?;
+    let opts = dry_run::DryRunOptions {
         show: args.show,
-        quiet: true,
-        batch: super::batch::BatchFlags::default(),
-    })
-    .await
+        json: args.json,
+        retry_failed: false,
+    };
+    dry_run::run(&ctx, opts, &interrupt).await
 }

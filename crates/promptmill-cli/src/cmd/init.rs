@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::exit;
-use super::run::start_err;
+use super::start_err;
 use promptmill::starter;
 
 /// `promptmill init [DIR]`.

@@ -67,3 +67,25 @@ impl Mock {
         match self.server {}
     }
 }
+
+/// With `on`, starts the mock and points the job context at it; the caller hands the result
+/// to [`detach`] once the driver is done.
+pub async fn attach(
+    ctx: &mut promptmill::drive::JobCtx,
+    on: bool,
+    flags: MockFlags,
+) -> anyhow::Result<Option<Mock>> {
+    if !on {
+        return Ok(None);
+    }
+    let mock = Mock::start(flags).await.map_err(super::start_err)?;
+    ctx.use_mock(mock.base_url());
+    Ok(Some(mock))
+}
+
+/// Stops the mock [`attach`] started, if any.
+pub async fn detach(mock: Option<Mock>) {
+    if let Some(m) = mock {
+        m.shutdown().await;
+    }
+}

@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::args::JobArgs;
 use super::exit;
-use super::run::start_err;
+use super::start_err;
 use promptmill::report;
 
 /// `promptmill report JOB`.

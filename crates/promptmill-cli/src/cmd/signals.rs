@@ -8,44 +8,28 @@
 //! batch waiting stops at once (exit 4, the batches keep running on the server). A second
 //! signal quits at once (exit 3): the journal is consistent after every record.
 
-use tokio_util::sync::CancellationToken;
+use promptmill::drive::Interrupt;
 
 use super::exit;
 
-/// A stop requested by Ctrl-C or SIGTERM; cheap to clone, every phase holds one.
-#[derive(Debug, Clone, Default)]
-pub struct Interrupt {
-    first: CancellationToken,
-}
-
-impl Interrupt {
-    /// Installs the SIGINT and SIGTERM handlers; from now on the first signal sets this
-    /// stop request and the second ends the process (exit 3). Needs the tokio runtime.
-    pub fn install() -> std::io::Result<Interrupt> {
-        let mut signals = Signals::new()?;
-        let me = Interrupt::default();
-        let first = me.first.clone();
-        tokio::spawn(async move {
-            signals.next().await;
-            eprintln!("\ninterrupted: stopping; press Ctrl-C again to quit now");
-            first.cancel();
-            signals.next().await;
-            eprintln!("\ninterrupted again: quitting now; run the same command to resume");
-            std::process::exit(i32::from(exit::STOPPED));
-        });
-        tracing::debug!("signal handlers installed");
-        Ok(me)
-    }
-
-    /// Whether a stop was requested.
-    pub fn requested(&self) -> bool {
-        self.first.is_cancelled()
-    }
-
-    /// Resolves once a stop is requested (at once if it was already).
-    pub async fn wait(&self) {
-        self.first.cancelled().await
-    }
+/// Installs the SIGINT and SIGTERM handlers and returns the stop request they set: from now
+/// on the first signal sets it and the second ends the process (exit 3). Needs the tokio
+/// runtime.
+pub fn install() -> anyhow::Result<Interrupt> {
+    use anyhow::Context as _;
+    let mut signals = Signals::new().context("cannot install the Ctrl-C/SIGTERM handlers")?;
+    let me = Interrupt::default();
+    let first = me.clone();
+    tokio::spawn(async move {
+        signals.next().await;
+        eprintln!("\ninterrupted: stopping; press Ctrl-C again to quit now");
+        first.request();
+        signals.next().await;
+        eprintln!("\ninterrupted again: quitting now; run the same command to resume");
+        std::process::exit(i32::from(exit::STOPPED));
+    });
+    tracing::debug!("signal handlers installed");
+    Ok(me)
 }
 
 /// SIGINT and SIGTERM as one stream.

@@ -1,0 +1,193 @@
+//! The job context every driver takes, and the job-level helpers the drivers share: the
+//! price table, the planner, the output's shape and the rows it is built from.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use anyhow::{anyhow, bail};
+
+use super::start_err;
+use crate::client;
+use crate::config::Job;
+use crate::cost::{ModelPrice, PriceTable};
+use crate::identity::{Identity, Wanted};
+use crate::journal::Record;
+use crate::plan::Planner;
+use crate::render::Renderer;
+use crate::sink::OutputSpec;
+use crate::source::{Source, SourceOptions};
+
+/// What a command hands a driver: the job (already pointed at the mock, if any), its
+/// prices, and whether requests go to the built-in mock.
+#[derive(Debug, Clone)]
+pub struct JobCtx {
+    pub job: Job,
+    pub prices: Cow<'static, PriceTable>,
+    /// The job model's price, if the table has one.
+    pub price: Option<ModelPrice>,
+    /// Requests go to the built-in mock: its own ledger, no key needed.
+    pub mock: bool,
+}
+
+impl JobCtx {
+    /// The context of `job` with the built-in price table, or `prices` (a LiteLLM-format
+    /// file) over it.
+    pub fn new(job: Job, prices: Option<&Path>) -> anyhow::Result<JobCtx> {
+        let prices = price_table(prices)?;
+        let price = prices.lookup(&job.model.name).cloned();
+        Ok(JobCtx {
+            job,
+            prices,
+            price,
+            mock: false,
+        })
+    }
+
+    /// Sends everything to the built-in mock at `base_url`.
+    pub fn use_mock(&mut self, base_url: String) {
+        self.job.api.base_url = Some(base_url);
+        self.mock = true;
+    }
+
+    /// Where the prices come from, for the summary.
+    pub fn prices_line(&self) -> String {
+        format!("{} ({})", self.prices.source(), self.prices.as_of())
+    }
+
+    /// The provider's name for the summary (`mock` for the built-in mock).
+    pub fn provider_name(&self) -> String {
+        if self.mock {
+            "mock".into()
+        } else {
+            client::provider_for(&self.job).name().into()
+        }
+    }
+}
+
+/// The price table: the built-in one, or a user file over it.
+pub fn price_table(prices: Option<&Path>) -> anyhow::Result<Cow<'static, PriceTable>> {
+    Ok(match prices {
+        Some(p) => Cow::Owned(PriceTable::merged_over_builtin(p)?),
+        None => Cow::Borrowed(PriceTable::builtin()),
+    })
+}
+
+/// Claims the job for this process: the output paths are checked, then the job's lock is
+/// taken (see [`crate::job_lock`]). Every command that writes the journal or the batch
+/// state calls this first and holds the lock until it ends; failure is exit 2, nothing
+/// sent.
+pub fn claim(job: &Job) -> anyhow::Result<crate::job_lock::JobLock> {
+    crate::output_paths::check(job).map_err(start_err)?;
+    crate::job_lock::acquire(job).map_err(start_err)
+}
+
+/// The planner for a job. Row identity hashes include where requests go, so mock answers are
+/// never taken for real ones; the mock's port changes every run, so it is hashed as `mock:`.
+pub fn planner_for(job: &Job, mock: bool) -> anyhow::Result<Planner> {
+    let renderer = Renderer::new(&job.prompt_spec())?;
+    let provider = client::provider_for(job);
+    let identity = if mock {
+        "mock:".to_string()
+    } else {
+        client::base_url(job)
+    };
+    Ok(Planner::new(job, renderer, provider, &identity))
+}
+
+/// How the job's input is read.
+pub fn source_options(job: &Job) -> SourceOptions {
+    SourceOptions {
+        format: job.input_format(),
+        id_column: job.input.id.clone(),
+    }
+}
+
+/// The names of the caps a job sets, for messages.
+pub fn cap_names(job: &Job) -> &'static str {
+    match (job.budget.total_cap(), job.budget.max_usd_per_run) {
+        (Some(_), Some(_)) => "budget.max_usd_total and budget.max_usd_per_run",
+        (None, Some(_)) => "budget.max_usd_per_run",
+        _ => "budget.max_usd_total",
+    }
+}
+
+/// The output's shape: input columns (or the chosen subset, each checked), the structured
+/// output's fields, the variants. Checked before anything is sent.
+pub fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
+    crate::output_paths::check(job)?;
+    let columns = Source::open(&job.input.path, &source_options(job))?
+        .columns()
+        .to_vec();
+    let input_columns = match &job.output.columns {
+        Some(chosen) => {
+            if let Some(c) = chosen.iter().find(|c| !columns.contains(c)) {
+                bail!(
+                    "output.columns: '{c}' is not a column of {} (columns: {})",
+                    job.input.path.display(),
+                    columns.join(", ")
+                );
+            }
+            chosen.clone()
+        }
+        None => columns,
+    };
+    let spec = OutputSpec {
+        path: job.output.path.clone(),
+        format: job.output_format().ok_or_else(|| {
+            anyhow!(
+                "{}: output must be .csv or .jsonl",
+                job.output.path.display()
+            )
+        })?,
+        input_columns,
+        field_columns: job
+            .model
+            .schema_json
+            .as_ref()
+            .map(crate::schema::field_names)
+            .unwrap_or_default(),
+        variants: job.model.n.unwrap_or(1),
+        formula_guard: job.output.formula_guard,
+    };
+    spec.check()?;
+    Ok(spec)
+}
+
+/// The input rows again, for building the output from the journal when no validation pass
+/// kept them (`collect`, `import`, a run stopped before its pass ended). A bad row is listed
+/// in place when the job skips bad rows (its failed record says why); otherwise it is an
+/// error.
+pub fn output_rows(
+    job: &Job,
+) -> anyhow::Result<impl Iterator<Item = Result<crate::types::Row, String>> + '_> {
+    Ok(Source::open(&job.input.path, &source_options(job))?
+        .keep_bad_rows()
+        .map(|r| match r {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(bad)) if job.input.skip_bad_rows => Ok(bad.row),
+            Ok(Err(bad)) => Err(bad.error.to_string()),
+            Err(e) => Err(e.to_string()),
+        }))
+}
+
+/// The failed record of a row that could not be read or rendered (the row loop's
+/// `Step::Bad`, which carries the row's identity key): no request, no hash.
+pub fn bad_row_record(row: u64, id: String, error: String, batch: bool) -> Record {
+    Record {
+        batch,
+        ..Record::failed(row, id, String::new(), 0, error)
+    }
+}
+
+/// What the current job asks of each row, for building the output when no validation pass
+/// kept it: the row's identity and the hash of the request it would send now (no tokens are
+/// counted for it).
+pub fn wanted(
+    planner: &Planner,
+    identity: Identity,
+) -> impl FnMut(&crate::types::Row) -> Wanted + '_ {
+    move |row| Wanted {
+        id: identity.key(row),
+        hash: planner.plan_counted(row, Some(0)).ok().map(|p| p.hash),
+    }
+}

@@ -1,0 +1,460 @@
+//! The live driver: the rows the first pass kept go through the limiter and the client as
+//! fast as the limits allow, each answer journaled as it arrives; the output and summary
+//! are built from the journal, however the run ends (done, budget cap, abort, Ctrl-C).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use tokio::sync::mpsc;
+
+use super::dry_run::{first_pass, Pass};
+use super::{
+    bad_row_record, cap_names, exit, output_rows, output_spec, planner_for, start_err, wanted,
+};
+use super::{Interrupt, JobCtx};
+use crate::cache::Cache;
+use crate::client::{self, Client, Secret};
+use crate::config::Job;
+use crate::cost::{ModelPrice, Tier};
+use crate::identity::{Identity, RunRequests};
+use crate::journal::{self, Record, Status};
+use crate::limit::Limiter;
+use crate::pipeline::ledger::{self, Cap, Caps, Ledger};
+use crate::pipeline::rows::{Spool, Step};
+use crate::plan::Planner;
+use crate::progress::Progress;
+use crate::resume::{Decision, ResumeCounts};
+use crate::scheduler::{Scheduler, StopReason, UsageCounter, UsageGuess, WorkItem};
+use crate::sink;
+use crate::summary::Summary;
+use crate::types::{Money, Usage};
+use crate::watchdog::{Watchdog, WatchdogLimits};
+
+/// How a live run behaves beyond the job file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LiveOptions {
+    /// Send rows that failed in an earlier run again.
+    pub retry_failed: bool,
+    /// Print the summary as JSON on stdout.
+    pub json: bool,
+    /// No progress bar or periodic progress lines.
+    pub quiet: bool,
+}
+
+/// What the producer did while feeding the scheduler.
+#[derive(Debug, Default)]
+struct Produced {
+    sent: u64,
+    resume: ResumeCounts,
+    /// Rows answered from the response cache in this run.
+    cached: u64,
+    bad_rows: u64,
+    expected_cost: Option<Money>,
+    /// The requests asked for, and the rows waiting for an answer asked for by another row.
+    requests: Option<RunRequests>,
+}
+
+/// Runs a job live. `started` is when the command started (for the summary's wall time).
+pub async fn run(
+    ctx: &JobCtx,
+    opts: LiveOptions,
+    interrupt: &Interrupt,
+    started: Instant,
+) -> anyhow::Result<u8> {
+    let (job, price) = (&ctx.job, ctx.price.clone());
+    let mut planner = Arc::new(planner_for(job, ctx.mock).map_err(start_err)?);
+
+    let spec = output_spec(job).map_err(start_err)?;
+    let seed = retry_seed().map_err(start_err)?;
+
+    if job.budget.any_cap() && price.is_none() {
+        return Err(start_err(anyhow!(
+            "{} is set but there is no price for model '{}', so the cap cannot be enforced; \
+             give a price table with --prices FILE",
+            cap_names(job),
+            job.model.name
+        )));
+    }
+    // Answers already in the response cache are found in the first pass.
+    let cache = match &job.cache.dir {
+        Some(dir) => Some(Cache::open(dir).map_err(start_err)?),
+        None => None,
+    };
+    // The first pass (the dry run's) renders, counts and decides every row before a single
+    // request is sent, and keeps what it decided in a spool, which the producer and the
+    // output read instead of the input. A signal meanwhile stops waiting for it: nothing is
+    // sent, and the output and summary are written from the journal.
+    let pass = Pass {
+        resume: true,
+        retry_failed: opts.retry_failed,
+        show: 0,
+        keep: true,
+        tier: Tier::Live,
+    };
+    let (validated, spool) = match first_pass(ctx, &planner, cache.clone(), pass, interrupt).await?
+    {
+        Some((estimate, spool)) => (Some(estimate), spool.map(Arc::new)),
+        None => (None, None),
+    };
+    let identity = Identity::of(job);
+    // The first pass's copy of the planner is gone with its task.
+    if let Some(p) = Arc::get_mut(&mut planner) {
+        p.release_tokenizer();
+    }
+
+    let key = if ctx.mock {
+        client::api_key(job).unwrap_or_else(|_| Secret::new("mock-key".into()))
+    } else {
+        client::api_key(job).map_err(start_err)?
+    };
+    let client = Client::for_job(job, key).map_err(start_err)?;
+    let caps = Caps::of(&job.budget);
+
+    let journal_path = job.journal_path();
+    let mut writer = journal::open(&journal_path).map_err(start_err)?;
+    // Every line this run writes names the endpoint, so mock spend never meets real spend.
+    let endpoint = ledger::ledger_of(ctx.mock);
+    writer.set_endpoint(endpoint);
+    let index_before = writer.index().clone();
+    let unsettled = index_before.spent.unsettled(endpoint);
+    if unsettled.priced > Money::ZERO || unsettled.unpriced > 0 {
+        eprintln!(
+            "note: an earlier run was killed with requests in flight; their worst case ({}) \
+             counts as spent",
+            unsettled
+                .known()
+                .map_or_else(|| "unknown".to_string(), |m| m.to_string())
+        );
+    }
+    let ledger = Arc::new(Ledger::new(caps, index_before.spent.on(endpoint)));
+    let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute)
+        // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
+        .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
+    let rows = validated.as_ref().map_or(0, |v| v.rows);
+    let progress = Progress::new(rows, opts.quiet || opts.json, Some(ledger.clone()));
+    let mut sched = Scheduler::new(
+        client,
+        limiter,
+        ledger.clone(),
+        writer,
+        price.clone(),
+        Tier::Live,
+        job.limits.max_retries,
+        job.limits.max_in_flight,
+        progress.clone(),
+    )
+    .with_cache(cache.clone());
+    sched.schema = job.model.schema_json.clone();
+    if let Some(seed) = seed {
+        sched.retry.seed = seed;
+    }
+    sched.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));
+    sched.watchdog = Watchdog::new(WatchdogLimits {
+        errors: job.limits.stop_after_errors,
+        refused: (job.limits.stop_after_refused_secs > 0)
+            .then(|| Duration::from_secs(u64::from(job.limits.stop_after_refused_secs))),
+    });
+    if interrupt.requested() {
+        // Stopped before the first request: nothing is sent, rows stay pending.
+        sched.interrupt();
+    }
+    let sched = Arc::new(sched);
+    // Before anything is sent: what an earlier run already did.
+    if let Some(line) = validated.as_ref().and_then(|v| v.resume.line(identity)) {
+        eprintln!("{line}");
+    }
+    let reporter = progress.spawn_plain_reporter(Duration::from_secs(10));
+    let signals = tokio::spawn(watch_signals(sched.clone(), interrupt.clone()));
+
+    // The producer reads the rows' Steps back from the spool on a blocking thread and feeds
+    // the scheduler through a small bounded channel: memory stays flat however many rows
+    // there are.
+    let (tx, rx) = mpsc::channel::<WorkItem>(256);
+    let producer = {
+        let (job, planner, sched, price) =
+            (job.clone(), planner.clone(), sched.clone(), price.clone());
+        let spool = spool.clone();
+        tokio::task::spawn_blocking(move || match spool {
+            Some(spool) => produce(&job, &planner, &sched, price.as_ref(), &spool, tx),
+            // Interrupted before the validation pass ended: nothing to send.
+            None => Ok(Produced::default()),
+        })
+    };
+    let stop = sched.clone().run(rx).await;
+    let mut produced = producer
+        .await
+        .context("row producer failed")?
+        .context("reading rows")?;
+    signals.abort();
+    let _ = signals.await; // the aborted task must drop its handle on the scheduler
+    if let Some(r) = reporter {
+        r.abort();
+    }
+    progress.finish();
+
+    let sched = Arc::try_unwrap(sched).map_err(|_| anyhow!("scheduler still shared"))?;
+    let stats = sched.stats;
+    let mut writer = sched
+        .journal
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    // Rows that asked for a request another row sent get a copy of its answer.
+    if let Some(requests) = produced.requests.take() {
+        requests.fan_out(&mut writer, identity)?;
+    }
+    let index = writer.finish()?;
+
+    // Build the output from the journal, in input order, atomically, with the rows as the
+    // validation pass read them.
+    // A row shows an answer only if it answers the request the job would send now.
+    let totals = match &spool {
+        Some(spool) => {
+            let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
+            let totals = sink::write_output(&spec, rows, &index, &journal_path, &mut want)?;
+            if let Some(warning) = spool.input_changed() {
+                eprintln!("{warning}");
+            }
+            totals
+        }
+        // Interrupted before the validation pass ended: the rows as the input holds them.
+        None => {
+            let mut want = wanted(&planner, identity);
+            sink::write_output(&spec, output_rows(job)?, &index, &journal_path, &mut want)?
+        }
+    };
+
+    use std::sync::atomic::Ordering::Relaxed;
+    let wall = started.elapsed().as_secs_f64();
+    let minutes = (wall / 60.0).max(1e-9);
+    let attempts = stats.attempts.load(Relaxed);
+    let (status, message, code) = match &stop {
+        StopReason::Completed if totals.failed == 0 && totals.pending == 0 => {
+            ("completed", None, exit::OK)
+        }
+        StopReason::Completed => {
+            let (status, message) = crate::summary::finished(job, &totals);
+            (status, message, exit::ROWS_FAILED)
+        }
+        StopReason::Aborted(m) => ("aborted", Some(m.clone()), exit::STOPPED),
+        StopReason::Budget(cap) => (
+            "budget",
+            Some(budget_message(*cap, &ledger, totals.pending)),
+            exit::STOPPED,
+        ),
+        StopReason::Interrupted => (
+            "interrupted",
+            Some(format!(
+                "interrupted; {} rows not run. Run the same command again to resume",
+                totals.pending
+            )),
+            exit::STOPPED,
+        ),
+    };
+    let priced = price.is_some();
+    let provider = ctx.provider_name();
+    let summary = Summary {
+        status: status.into(),
+        message,
+        exit_code: code as i32,
+        resumed: produced.resume.done,
+        changed: produced.resume.changed,
+        cost_this_run_usd: ledger.this_run().known().filter(|_| priced),
+        estimated_cost_usd: produced.expected_cost,
+        spent_total_usd: ledger.total().known().filter(|_| priced),
+        wall_seconds: wall,
+        requests: attempts,
+        retries: stats.retries.load(Relaxed),
+        rate_limited: stats.rate_limited.load(Relaxed),
+        server_errors: stats.server_errors.load(Relaxed),
+        connection_errors: stats.connection_errors.load(Relaxed),
+        timeouts: stats.timeouts.load(Relaxed),
+        requests_per_minute: attempts as f64 / minutes,
+        tokens_per_minute: stats.tokens.load(Relaxed) as f64 / minutes,
+        prices: ctx.prices_line(),
+        ..Summary::for_output(job, "live", provider, &totals, priced)
+    };
+    summary.publish(job, "error", opts.json)?;
+    Ok(code)
+}
+
+/// Why a run stopped at a cap, what it spent, and how to go on.
+fn budget_message(cap: Cap, ledger: &Ledger, pending: u64) -> String {
+    let show = |t: ledger::Tally| {
+        t.known()
+            .map_or_else(|| "unknown".into(), |m| m.to_string())
+    };
+    let caps = ledger.caps();
+    match cap {
+        Cap::PerRun => format!(
+            "per-run budget cap reached: {} spent in this run of {}, {pending} rows not run; \
+             run again to go on (each run may spend up to budget.max_usd_per_run)",
+            show(ledger.this_run()),
+            caps.per_run.unwrap_or_default(),
+        ),
+        Cap::Total => format!(
+            "budget cap reached: {} spent of {}, {pending} rows not run; raise \
+             budget.max_usd_total (or --max-usd) and run again to finish",
+            show(ledger.total()),
+            caps.total.unwrap_or_default(),
+        ),
+    }
+}
+
+/// Feeds the scheduler the rows to send, in input order, from the Steps the validation
+/// pass kept: journals cache hits and bad rows, counts skipped rows. Runs on a blocking
+/// thread.
+fn produce(
+    job: &Job,
+    planner: &Planner,
+    sched: &Scheduler,
+    price: Option<&ModelPrice>,
+    spool: &Spool,
+    tx: mpsc::Sender<WorkItem>,
+) -> anyhow::Result<Produced> {
+    let mut out = Produced {
+        expected_cost: price.map(|_| Money::ZERO),
+        ..Produced::default()
+    };
+    let expected_out = job
+        .estimate
+        .assume_output_tokens
+        .map(u64::from)
+        .unwrap_or(planner.max_completion_tokens());
+    let requests = out
+        .requests
+        .insert(RunRequests::new(&job.journal_path()).context("cannot create a temporary file")?);
+    for stepped in spool.read().context("reading the row spool")? {
+        if sched.stop.is_cancelled() {
+            break;
+        }
+        let stepped = stepped.context("reading the row spool")?;
+        let req = match stepped.step {
+            Step::Send(req) => req,
+            // Bad rows come through only when the job skips them: each becomes a failed
+            // row, journaled with the reason, so the output lists it in place.
+            Step::Bad { row, id, reason } => {
+                out.bad_rows += 1;
+                record_bad_row(sched, row, id, reason)?;
+                continue;
+            }
+            Step::Skip { decision, hash, .. } => {
+                out.resume.add(decision);
+                if decision == Decision::Done {
+                    // A later row asking the very same thing shares this answer.
+                    requests.note(&hash)?;
+                }
+                sched.progress.row_done(decision == Decision::Done);
+                continue;
+            }
+            // A cached answer to the very same request: recorded at no cost, and no request,
+            // rate-limit or budget is used for it.
+            Step::Cached {
+                row,
+                id,
+                hash,
+                entry,
+                decision,
+            } => {
+                out.resume.add(decision);
+                let rec = Record {
+                    row,
+                    id,
+                    hash,
+                    status: Status::Ok,
+                    choices: entry.choices,
+                    usage: entry.usage,
+                    cost_pico: Some(0),
+                    attempts: 0,
+                    error: None,
+                    cached: true,
+                    batch: false,
+                    fields: entry.fields,
+                    shared_with: None,
+                };
+                sched
+                    .journal
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .append(&rec)?;
+                out.cached += 1;
+                sched.progress.row_done(true);
+                continue;
+            }
+        };
+        out.resume.add(req.decision);
+        if !requests.send_or_wait(req.row, &req.id, &req.hash)? {
+            // Asked for already in this run: the row gets that answer when the run ends.
+            continue;
+        }
+        if let (Some(total), Some(p)) = (out.expected_cost, price) {
+            let u = Usage {
+                prompt_tokens: req.prompt_tokens,
+                completion_tokens: expected_out,
+                ..Usage::default()
+            };
+            out.expected_cost = Some(total.saturating_add(p.cost(&u, Tier::Live)));
+        }
+        let item = WorkItem {
+            row: req.row,
+            id: req.id,
+            hash: req.hash,
+            body: req.body,
+            limiter_tokens: req.limiter_tokens,
+            worst_cost: req.worst_cost.unwrap_or(Money::ZERO),
+            guess: UsageGuess {
+                prompt_tokens: req.prompt_tokens,
+                worst: req.worst,
+            },
+        };
+        out.sent += 1;
+        if tx.blocking_send(item).is_err() {
+            break; // the scheduler stopped
+        }
+    }
+    Ok(out)
+}
+
+/// Journals a row that could not be read or rendered as failed, with the reason.
+fn record_bad_row(sched: &Scheduler, row: u64, id: String, error: String) -> anyhow::Result<()> {
+    let rec = bad_row_record(row, id, error, false);
+    sched
+        .journal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .append(&rec)?;
+    sched.progress.row_done(false);
+    Ok(())
+}
+
+/// The jitter seed of the retry schedule from `PROMPTMILL_RETRY_SEED`, when set (to replay
+/// a run's waits); without it each run draws its own.
+fn retry_seed() -> anyhow::Result<Option<u64>> {
+    const VAR: &str = "PROMPTMILL_RETRY_SEED";
+    let Some(raw) = std::env::var_os(VAR) else {
+        return Ok(None);
+    };
+    let text = raw.to_string_lossy();
+    match text.trim().parse::<u64>() {
+        Ok(seed) => Ok(Some(seed)),
+        Err(_) => bail!(
+            "{VAR} = {text:?}: expected a whole number from 0 to {}",
+            u64::MAX
+        ),
+    }
+}
+
+/// The first Ctrl-C/SIGTERM stops scheduling and lets requests in flight finish for a few
+/// seconds, then drops them (their rows stay pending); the output and summary are written
+/// either way. A second signal quits at once (see [`Interrupt`]).
+async fn watch_signals(sched: Arc<Scheduler>, interrupt: Interrupt) {
+    const GRACE: Duration = Duration::from_secs(5);
+    interrupt.wait().await;
+    eprintln!(
+        "finishing the requests in flight (up to {}s), then writing the output and summary",
+        GRACE.as_secs()
+    );
+    sched.interrupt();
+    tokio::time::sleep(GRACE).await;
+    sched.cancel.cancel();
+}
