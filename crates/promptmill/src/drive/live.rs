@@ -25,8 +25,8 @@ use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
 use crate::progress::Progress;
 use crate::resume::{Decision, ResumeCounts};
-use crate::scheduler::{Scheduler, StopReason, UsageCounter, UsageGuess, WorkItem};
-use crate::sink;
+use crate::scheduler::{RunStats, Scheduler, StopReason, UsageCounter, UsageGuess, WorkItem};
+use crate::sink::{self, OutputTotals};
 use crate::summary::Summary;
 use crate::types::{Money, Usage};
 use crate::watchdog::{Watchdog, WatchdogLimits};
@@ -103,58 +103,8 @@ pub async fn run(
         p.release_tokenizer();
     }
 
-    let key = if ctx.mock {
-        client::api_key(job).unwrap_or_else(|_| Secret::new("mock-key".into()))
-    } else {
-        client::api_key(job).map_err(start_err)?
-    };
-    let client = Client::for_job(job, key).map_err(start_err)?;
-    let caps = Caps::of(&job.budget);
-
-    let journal_path = job.journal_path();
-    let mut writer = journal::open(&journal_path).map_err(start_err)?;
-    // Every line this run writes names the endpoint, so mock spend never meets real spend.
-    let endpoint = ledger::ledger_of(ctx.mock);
-    writer.set_endpoint(endpoint);
-    let index_before = writer.index().clone();
-    let unsettled = index_before.spent.unsettled(endpoint);
-    if unsettled.priced > Money::ZERO || unsettled.unpriced > 0 {
-        eprintln!(
-            "note: an earlier run was killed with requests in flight; their worst case ({}) \
-             counts as spent",
-            unsettled
-                .known()
-                .map_or_else(|| "unknown".to_string(), |m| m.to_string())
-        );
-    }
-    let ledger = Arc::new(Ledger::new(caps, index_before.spent.on(endpoint)));
-    let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute)
-        // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
-        .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
     let rows = validated.as_ref().map_or(0, |v| v.rows);
-    let progress = Progress::new(rows, opts.quiet || opts.json, Some(ledger.clone()));
-    let mut sched = Scheduler::new(
-        client,
-        limiter,
-        ledger.clone(),
-        writer,
-        price.clone(),
-        Tier::Live,
-        job.limits.max_retries,
-        job.limits.max_in_flight,
-        progress.clone(),
-    )
-    .with_cache(cache.clone());
-    sched.schema = job.model.schema_json.clone();
-    if let Some(seed) = seed {
-        sched.retry.seed = seed;
-    }
-    sched.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));
-    sched.watchdog = Watchdog::new(WatchdogLimits {
-        errors: job.limits.stop_after_errors,
-        refused: (job.limits.stop_after_refused_secs > 0)
-            .then(|| Duration::from_secs(u64::from(job.limits.stop_after_refused_secs))),
-    });
+    let (sched, ledger, progress) = scheduler_for(ctx, opts, &planner, cache, seed, rows)?;
     if interrupt.requested() {
         // Stopped before the first request: nothing is sent, rows stay pending.
         sched.interrupt();
@@ -204,6 +154,7 @@ pub async fn run(
         requests.fan_out(&mut writer, identity)?;
     }
     let index = writer.finish()?;
+    let journal_path = job.journal_path();
 
     // Build the output from the journal, in input order, atomically, with the rows as the
     // validation pass read them.
@@ -224,22 +175,104 @@ pub async fn run(
         }
     };
 
+    let (summary, code) = summarize(ctx, &stop, &ledger, &stats, &produced, &totals, started);
+    summary.publish(job, "error", opts.json)?;
+    Ok(code)
+}
+
+/// The scheduler of a live run, with the ledger it adds money to (the spend before this run
+/// read from the journal, mock spend apart) and the progress display.
+fn scheduler_for(
+    ctx: &JobCtx,
+    opts: LiveOptions,
+    planner: &Planner,
+    cache: Option<Cache>,
+    seed: Option<u64>,
+    rows: u64,
+) -> anyhow::Result<(Scheduler, Arc<Ledger>, Progress)> {
+    let (job, price) = (&ctx.job, ctx.price.clone());
+    let key = if ctx.mock {
+        client::api_key(job).unwrap_or_else(|_| Secret::new("mock-key".into()))
+    } else {
+        client::api_key(job).map_err(start_err)?
+    };
+    let client = Client::for_job(job, key).map_err(start_err)?;
+    let caps = Caps::of(&job.budget);
+
+    let journal_path = job.journal_path();
+    let mut writer = journal::open(&journal_path).map_err(start_err)?;
+    // Every line this run writes names the endpoint, so mock spend never meets real spend.
+    let endpoint = ledger::ledger_of(ctx.mock);
+    writer.set_endpoint(endpoint);
+    let index_before = writer.index().clone();
+    let unsettled = index_before.spent.unsettled(endpoint);
+    if unsettled.priced > Money::ZERO || unsettled.unpriced > 0 {
+        eprintln!(
+            "note: an earlier run was killed with requests in flight; their worst case ({}) \
+             counts as spent",
+            unsettled
+                .known()
+                .map_or_else(|| "unknown".to_string(), |m| m.to_string())
+        );
+    }
+    let ledger = Arc::new(Ledger::new(caps, index_before.spent.on(endpoint)));
+    let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute)
+        // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
+        .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
+    let progress = Progress::new(rows, opts.quiet || opts.json, Some(ledger.clone()));
+    let mut sched = Scheduler::new(
+        client,
+        limiter,
+        ledger.clone(),
+        writer,
+        price.clone(),
+        Tier::Live,
+        job.limits.max_retries,
+        job.limits.max_in_flight,
+        progress.clone(),
+    )
+    .with_cache(cache.clone());
+    sched.schema = job.model.schema_json.clone();
+    if let Some(seed) = seed {
+        sched.retry.seed = seed;
+    }
+    sched.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));
+    sched.watchdog = Watchdog::new(WatchdogLimits {
+        errors: job.limits.stop_after_errors,
+        refused: (job.limits.stop_after_refused_secs > 0)
+            .then(|| Duration::from_secs(u64::from(job.limits.stop_after_refused_secs))),
+    });
+    Ok((sched, ledger, progress))
+}
+
+/// The run's summary: how it ended (and its exit code), what it cost (from the ledger) and
+/// how fast it went.
+fn summarize(
+    ctx: &JobCtx,
+    stop: &StopReason,
+    ledger: &Ledger,
+    stats: &RunStats,
+    produced: &Produced,
+    totals: &OutputTotals,
+    started: Instant,
+) -> (Summary, u8) {
+    let (job, price) = (&ctx.job, &ctx.price);
     use std::sync::atomic::Ordering::Relaxed;
     let wall = started.elapsed().as_secs_f64();
     let minutes = (wall / 60.0).max(1e-9);
     let attempts = stats.attempts.load(Relaxed);
-    let (status, message, code) = match &stop {
+    let (status, message, code) = match stop {
         StopReason::Completed if totals.failed == 0 && totals.pending == 0 => {
             ("completed", None, exit::OK)
         }
         StopReason::Completed => {
-            let (status, message) = crate::summary::finished(job, &totals);
+            let (status, message) = crate::summary::finished(job, totals);
             (status, message, exit::ROWS_FAILED)
         }
         StopReason::Aborted(m) => ("aborted", Some(m.clone()), exit::STOPPED),
         StopReason::Budget(cap) => (
             "budget",
-            Some(budget_message(*cap, &ledger, totals.pending)),
+            Some(budget_message(*cap, ledger, totals.pending)),
             exit::STOPPED,
         ),
         StopReason::Interrupted => (
@@ -272,10 +305,9 @@ pub async fn run(
         requests_per_minute: attempts as f64 / minutes,
         tokens_per_minute: stats.tokens.load(Relaxed) as f64 / minutes,
         prices: ctx.prices_line(),
-        ..Summary::for_output(job, "live", provider, &totals, priced)
+        ..Summary::for_output(job, "live", provider, totals, priced)
     };
-    summary.publish(job, "error", opts.json)?;
-    Ok(code)
+    (summary, code)
 }
 
 /// Why a run stopped at a cap, what it spent, and how to go on.
