@@ -212,6 +212,10 @@ struct State {
     cooldown_until: Option<Instant>,
     /// Send times of the last second while no request limit is known (to guess one).
     recent: VecDeque<Instant>,
+    /// When the request behind the latest 429 was let go: only what went before it says
+    /// at what rate the server refused (requests the first answer released afterwards do
+    /// not).
+    refused_sent: Option<Instant>,
     /// When the guessed rate was last changed.
     guess_changed: Option<Instant>,
     /// The guessed rate at which the last 429 came: recovery climbs fast up to it.
@@ -333,9 +337,17 @@ impl State {
     /// cut the guess by a quarter (at most once a second). A 429 when hardly anything was
     /// sent (the first request) sets no guess: the cooldown alone answers it.
     fn guess_lower(&mut self, now: Instant) {
+        // The sends in the second up to the refused one (all of the last second when it is
+        // not known which request was refused).
+        let until = self.refused_sent.take().unwrap_or(now);
+        let before = self
+            .recent
+            .iter()
+            .filter(|t| **t <= until && until.duration_since(**t) <= Duration::from_secs(1))
+            .count();
         let current = match (self.requests.source, &self.requests.bucket) {
-            (Source::None, _) if self.recent.len() < MIN_SENDS_TO_GUESS => return,
-            (Source::None, _) => self.recent.len() as u64 * 60,
+            (Source::None, _) if before < MIN_SENDS_TO_GUESS => return,
+            (Source::None, _) => before as u64 * 60,
             (Source::Guessed, Some(b)) => {
                 if self
                     .guess_changed
@@ -416,6 +428,8 @@ pub struct Charge {
     tokens: u64,
     /// Our own count of the request's tokens.
     counted: u64,
+    /// When the request was let go.
+    at: Instant,
 }
 
 /// A request that no wait can let through: the server's own limit is below its cost.
@@ -433,6 +447,7 @@ impl Limiter {
                 tokens: Limit::new(tokens_per_minute, now),
                 cooldown_until: None,
                 recent: VecDeque::new(),
+                refused_sent: None,
                 guess_changed: None,
                 guess_ceiling: None,
                 guess_pressed: false,
@@ -581,6 +596,7 @@ impl Limiter {
                         return Ok(Charge {
                             tokens: charged,
                             counted: tokens,
+                            at: now,
                         });
                     }
                 }
@@ -594,6 +610,7 @@ impl Limiter {
     pub fn rate_limited(&self, charge: Charge, message: &str) {
         let now = Instant::now();
         let mut s = self.lock();
+        s.refused_sent = Some(charge.at);
         // The server did not charge this request, and the interval it fell in no longer
         // shows a cost per request: start the reading over.
         let c = &mut s.cost;
@@ -856,6 +873,41 @@ mod tests {
         );
         let took = run(&l, 500, 1).await;
         assert_eq!(took, Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_the_refused_probes_answer_released_do_not_make_a_guess() {
+        // The scheduler learns from every answer first: a header-less 429 on the probe
+        // releases the workers that waited for it, and they go before the 429 is handled.
+        let l = std::sync::Arc::new(Limiter::new(None, None));
+        let probe = l.acquire(1).await.unwrap();
+        tokio::time::advance(Duration::from_millis(200)).await;
+        l.learn(&RateLimitInfo::default());
+        for _ in 0..7 {
+            l.acquire(1).await.unwrap();
+        }
+        l.rate_limited(probe, "Rate limit reached");
+        l.cool_down(Duration::from_millis(250));
+        assert_eq!(
+            l.requests_per_minute(),
+            None,
+            "a guess from sends after the refused one"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_after_a_burst_guesses_from_the_sends_before_it() {
+        let l = Limiter::new(None, None);
+        l.learn(&RateLimitInfo::default());
+        let mut last = None;
+        for _ in 0..8 {
+            last = Some(l.acquire(1).await.unwrap());
+        }
+        tokio::time::advance(Duration::from_millis(200)).await;
+        l.rate_limited(last.unwrap(), "Rate limit reached");
+        l.cool_down(Duration::from_millis(250));
+        // 8 sends in the second up to the refused one: 480/min, cut by a quarter.
+        assert_eq!(l.requests_per_minute(), Some(360));
     }
 
     #[tokio::test(start_paused = true)]
