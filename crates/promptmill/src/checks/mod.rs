@@ -368,9 +368,7 @@ fn compile(spec: &CheckSpec) -> Result<Kind, String> {
         let compile = |key: &str, p: &Option<String>| -> Result<Option<regex::Regex>, String> {
             p.as_deref()
                 .map(|p| {
-                    regex::RegexBuilder::new(p)
-                        .size_limit(1 << 20)
-                        .build()
+                    regex::Regex::new(p)
                         .map_err(|e| format!("{key}: not a valid regular expression: {e}"))
                 })
                 .transpose()
