@@ -9,6 +9,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::checks::{CheckSpec, Checks};
 use crate::render::{MessageSpec, PromptSpec, TemplateSource};
 use crate::source::Format;
 use crate::types::Role;
@@ -53,6 +54,9 @@ pub struct Job {
     pub estimate: EstimateConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// `[[checks]]`: per-row checks on answers (see [`crate::checks`]).
+    #[serde(default)]
+    pub checks: Vec<CheckSpec>,
     /// The job file's folder: relative paths in the file resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -469,6 +473,14 @@ impl Job {
         job.model.schema_json =
             crate::schema::load(job.model.schema.as_ref(), job.model.schema_file.as_deref())
                 .map_err(|m| job.invalid(m))?;
+        // Compiling the checks validates them (names, targets, ranges, regexes) before
+        // anything runs; the run compiles its own copy.
+        let fields = job
+            .model
+            .schema_json
+            .as_ref()
+            .map(crate::schema::field_names);
+        Checks::new(&job.checks, fields.as_deref()).map_err(|e| job.invalid(e.to_string()))?;
         Ok(job)
     }
 
@@ -854,6 +866,33 @@ path = "out/result.csv"
             .unwrap_err()
             .to_string()
             .contains("key=value"));
+    }
+
+    #[test]
+    fn checks_parse_and_bad_ones_name_the_job_file_and_the_entry() {
+        assert!(load(MINIMAL, &Overrides::default())
+            .unwrap()
+            .checks
+            .is_empty());
+        let text = format!(
+            "{MINIMAL}\n[[checks]]\nname = \"len\"\nmax_chars = 90\n\
+             [[checks]]\nname = \"no_urls\"\nnot_regex = \"https?://(\"\n"
+        );
+        let err = load(&text, &Overrides::default()).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "jobs/demo.toml: checks[1] (no_urls): not_regex: not a valid regular expression"
+            ),
+            "{err}"
+        );
+        let text = format!("{MINIMAL}\n[[checks]]\nname = \"len\"\nmax_char = 90\n");
+        let err = load(&text, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("unknown field `max_char`"), "{err}");
+        assert!(err.contains("line 13"), "{err}");
+        let text = format!("{MINIMAL}\n[[checks]]\nname = \"len\"\nmax_chars = 90\n");
+        let job = load(&text, &Overrides::default()).unwrap();
+        assert_eq!(job.checks.len(), 1);
+        assert_eq!(job.checks[0].max_chars, Some(90));
     }
 
     fn schema_job(model_extra: &str) -> Result<Job, ConfigError> {

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod bounds;
 pub mod cache;
+pub mod checks;
 pub mod client;
 pub mod config;
 pub mod cost;
