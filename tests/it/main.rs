@@ -6,6 +6,7 @@ mod common;
 mod anthropic_batch;
 mod batch;
 mod budget;
+mod checks;
 mod estimate;
 mod hostile;
 mod identity;

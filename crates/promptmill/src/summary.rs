@@ -5,7 +5,7 @@ use serde::Serialize;
 use anyhow::Context as _;
 
 use crate::config::Job;
-use crate::sink::{self, OutputTotals};
+use crate::sink::{self, CheckTally, OutputTotals};
 use crate::types::Money;
 
 /// What a run did, for people (printed) and scripts (JSON).
@@ -27,6 +27,11 @@ pub struct Summary {
     pub rows: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// Rows answered whose answer failed a check (only with `[[checks]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty", rename = "checks")]
+    pub checks: Vec<CheckTally>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rejected: u64,
     /// Rows with no result yet (the run stopped before them).
     pub pending: u64,
     /// Rows answered from the response cache.
@@ -86,9 +91,21 @@ pub fn finished(job: &Job, totals: &OutputTotals) -> (&'static str, Option<Strin
             job.output.path.display()
         );
         ("failed", Some(message))
+    } else if totals.rejected > 0 {
+        let message = format!(
+            "{} rows were answered but rejected by checks; each row's reasons are in the \
+             check_ columns of {}",
+            totals.rejected,
+            job.output.path.display()
+        );
+        ("completed", Some(message))
     } else {
         ("completed", None)
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Money is held in picodollars to the end: it becomes dollars (a JSON number) only here.
@@ -126,6 +143,8 @@ impl Summary {
             rows: totals.rows,
             succeeded: totals.succeeded,
             failed: totals.failed,
+            rejected: totals.rejected,
+            checks: totals.checks.clone(),
             pending: totals.pending,
             cached: totals.cached,
             prompt_tokens: totals.usage.prompt_tokens,
@@ -180,6 +199,9 @@ impl Summary {
             "{} total: {} succeeded, {} failed, {} pending",
             self.rows, self.succeeded, self.failed, self.pending
         );
+        if !self.checks.is_empty() {
+            rows.push_str(&format!(", {} rejected by checks", self.rejected));
+        }
         if self.resumed > 0 || self.cached > 0 || self.changed > 0 {
             rows.push_str(&format!(
                 " ({} resumed, {} from cache, {} redone after a change)",
@@ -187,6 +209,22 @@ impl Summary {
             ));
         }
         line("rows", rows);
+        if !self.checks.is_empty() {
+            let each: Vec<String> = self
+                .checks
+                .iter()
+                .map(|c| {
+                    let all = c.passed + c.failed;
+                    let rate = if all == 0 {
+                        "-".to_string()
+                    } else {
+                        format!("{:.1}%", 100.0 * c.passed as f64 / all as f64)
+                    };
+                    format!("{} {}/{all} passed ({rate})", c.name, c.passed)
+                })
+                .collect();
+            line("checks", each.join("; "));
+        }
         line(
             "tokens",
             format!(

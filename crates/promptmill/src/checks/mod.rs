@@ -14,7 +14,7 @@ mod unique;
 mod tests;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::types::Row;
 
@@ -179,7 +179,7 @@ impl Checks {
         &mut self,
         row: &Row,
         answer: &str,
-        fields: Option<&Value>,
+        fields: Option<&Map<String, Value>>,
     ) -> Vec<CheckResult> {
         let mut out = Vec::with_capacity(self.checks.len());
         for check in &mut self.checks {
@@ -263,7 +263,7 @@ fn target(spec: &CheckSpec, schema_fields: Option<&[String]>) -> Result<Option<S
 fn target_text(
     field: Option<&str>,
     answer: &str,
-    fields: Option<&Value>,
+    fields: Option<&Map<String, Value>>,
 ) -> Result<String, String> {
     let Some(field) = field else {
         return Ok(answer.to_string());

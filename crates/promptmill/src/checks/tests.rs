@@ -296,7 +296,7 @@ fn checks_read_structured_fields_and_feedback_lists_failures() {
         ["check_headline_len", "check_banned", "check_body-words"]
     );
     let answer = json!({"headline": "A headline far too long", "body": "Two words"});
-    let res = c.evaluate(&row(0, &[]), &answer.to_string(), Some(&answer));
+    let res = c.evaluate(&row(0, &[]), &answer.to_string(), answer.as_object());
     assert_eq!(
         res,
         [
@@ -319,7 +319,7 @@ fn checks_read_structured_fields_and_feedback_lists_failures() {
     );
     assert_eq!(feedback(&res), "- headline_len: 23 characters, max 10");
     let answer = json!({"body": "Waterproof, truly waterproof"});
-    let res = c.evaluate(&row(1, &[]), &answer.to_string(), Some(&answer));
+    let res = c.evaluate(&row(1, &[]), &answer.to_string(), answer.as_object());
     assert_eq!(
         feedback(&res),
         "- headline_len: the answer has no field 'headline'\n\
@@ -400,7 +400,7 @@ proptest! {
         for (i, (a, b)) in texts.iter().enumerate() {
             let r = row((i % 3) as u64, &[("src", src.as_str())]);
             for answer in [a, b] {
-                let res = c.evaluate(&r, answer, Some(&json!({"x": answer})));
+                let res = c.evaluate(&r, answer, json!({"x": answer}).as_object());
                 prop_assert_eq!(res.len(), 5);
                 for x in &res {
                     prop_assert_eq!(x.passed, x.reason.is_none());

@@ -148,6 +148,7 @@ pub fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
             .unwrap_or_default(),
         variants: job.model.n.unwrap_or(1),
         formula_guard: job.output.formula_guard,
+        checks: job.checks.clone(),
     };
     spec.check()?;
     Ok(spec)

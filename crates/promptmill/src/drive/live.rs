@@ -42,6 +42,62 @@ pub struct LiveOptions {
     pub quiet: bool,
 }
 
+/// Writes the output and summary again from the journal, sending nothing and needing no
+/// key: every answer is checked against the job's checks as they are now (`run
+/// --recheck`, after editing `[[checks]]`). Rows with no answer stay `pending`.
+pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow::Result<u8> {
+    let started = Instant::now();
+    let job = &ctx.job;
+    let planner = Arc::new(planner_for(job, ctx.mock).map_err(start_err)?);
+    let spec = output_spec(job).map_err(start_err)?;
+    let pass = Pass {
+        resume: true,
+        retry_failed: false,
+        show: 0,
+        keep: true,
+        tier: Tier::Live,
+    };
+    let Some((_, Some(spool))) = first_pass(ctx, &planner, None, pass, interrupt).await? else {
+        eprintln!("interrupted: nothing was written");
+        return Ok(exit::STOPPED);
+    };
+    let journal_path = job.journal_path();
+    let index = journal::read_index(&journal_path)?.unwrap_or_default();
+    let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
+    let totals = sink::write_output(&spec, rows, &index, &journal_path, &mut want)?;
+    let (status, message) = crate::summary::finished(job, &totals);
+    let message = (totals.pending > 0)
+        .then(|| {
+            format!(
+                "{} rows have no answer yet; run without --recheck to send them",
+                totals.pending
+            )
+        })
+        .or(message);
+    let code = if totals.failed == 0 && totals.pending == 0 && totals.rejected == 0 {
+        exit::OK
+    } else {
+        exit::ROWS_FAILED
+    };
+    let priced = ctx.price.is_some();
+    let summary = Summary {
+        status: status.into(),
+        message,
+        exit_code: i32::from(code),
+        spent_total_usd: index
+            .spent
+            .on(ledger::ledger_of(ctx.mock))
+            .known()
+            .filter(|_| priced),
+        cost_this_run_usd: Some(Money::ZERO).filter(|_| priced),
+        wall_seconds: started.elapsed().as_secs_f64(),
+        prices: ctx.prices_line(),
+        ..Summary::for_output(job, "recheck", ctx.provider_name(), &totals, priced)
+    };
+    summary.publish(job, "note", json)?;
+    Ok(code)
+}
+
 /// What the producer did while feeding the scheduler.
 #[derive(Debug, Default)]
 struct Produced {
@@ -262,7 +318,9 @@ fn summarize(
     let minutes = (wall / 60.0).max(1e-9);
     let attempts = stats.attempts.load(Relaxed);
     let (status, message, code) = match stop {
-        StopReason::Completed if totals.failed == 0 && totals.pending == 0 => {
+        StopReason::Completed
+            if totals.failed == 0 && totals.pending == 0 && totals.rejected == 0 =>
+        {
             ("completed", None, exit::OK)
         }
         StopReason::Completed => {

@@ -65,7 +65,7 @@ impl<W: Write> RowWriter for CsvOut<'_, W> {
             let v = row.input.get(c).map(cell).unwrap_or_default();
             self.record.push_field(v.as_bytes());
         }
-        for (name, v) in result_values(self.spec, row.record) {
+        for (name, v) in result_values(self.spec, row.record, row.checks) {
             let text = cell(&v);
             // Text a server chose. Numbers (a structured field's `-5`) are data a spreadsheet
             // reads as numbers, not formulas: only text is guarded.

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::checks::{CheckResult, CheckSpec, Checks};
 use crate::config::OutputFormat;
 use crate::identity::Wanted;
 use crate::journal::{JournalError, JournalIndex, JournalReader, Record, Status};
@@ -56,6 +57,10 @@ pub struct OutputTotals {
     pub rows: u64,
     pub succeeded: u64,
     pub failed: u64,
+    /// Rows answered whose answer failed a check (`[[checks]]`): not `succeeded`.
+    pub rejected: u64,
+    /// Per check, in the job's order: how many answers passed and failed it.
+    pub checks: Vec<CheckTally>,
     /// Rows with no result yet (the job stopped before reaching them).
     pub pending: u64,
     /// Rows answered from the response cache.
@@ -66,6 +71,14 @@ pub struct OutputTotals {
     /// Cost of the rows' recorded responses (unpriced ones counted apart, never as $0).
     #[serde(skip)]
     pub cost: Tally,
+}
+
+/// How the answers fared on one check.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CheckTally {
+    pub name: String,
+    pub passed: u64,
+    pub failed: u64,
 }
 
 /// The shape of the output.
@@ -80,6 +93,10 @@ pub struct OutputSpec {
     /// Extra variant columns when n > 1 (`output_2`…).
     pub variants: u32,
     pub formula_guard: bool,
+    /// The job's checks: evaluated on every answer as the output is written (so editing
+    /// them and writing the output again re-checks every answer), one `check_<name>`
+    /// column each.
+    pub checks: Vec<CheckSpec>,
 }
 
 impl OutputSpec {
@@ -91,6 +108,7 @@ impl OutputSpec {
             cols.push(format!("output_{v}"));
         }
         cols.extend(self.field_columns.iter().cloned());
+        cols.extend(self.checks.iter().map(|c| format!("check_{}", c.name)));
         cols.extend(RESULT_COLUMNS[1..].iter().map(|s| s.to_string()));
         cols
     }
@@ -114,6 +132,8 @@ impl OutputSpec {
 pub(crate) struct OutRow<'a> {
     pub input: &'a Map<String, Value>,
     pub record: Option<&'a Record>,
+    /// The checks' results on the row's answer (empty when it has none).
+    pub checks: &'a [CheckResult],
 }
 
 /// Writes the final output: reads the input again (for the input columns) and, row by row in
@@ -145,7 +165,22 @@ where
         Err(_) if index.records == 0 => None,
         Err(e) => return Err(e.into()),
     };
-    let mut totals = OutputTotals::default();
+    let mut totals = OutputTotals {
+        checks: spec
+            .checks
+            .iter()
+            .map(|c| CheckTally {
+                name: c.name.clone(),
+                ..CheckTally::default()
+            })
+            .collect(),
+        ..OutputTotals::default()
+    };
+    // Compiled afresh for each output: `unique` keeps the first of its duplicates in input
+    // order, whatever order the answers came in.
+    let schema_fields = (!spec.field_columns.is_empty()).then_some(&spec.field_columns[..]);
+    let mut checks =
+        Checks::new(&spec.checks, schema_fields).map_err(|e| SinkError::Input(e.to_string()))?;
     // Rows of this file already written, by identity: a later row with the same identity
     // (identical cells, in a job without input.id) shares the first one's answer.
     let mut written = KeyTable::create_beside(path).map_err(io)?;
@@ -171,9 +206,24 @@ where
                 r.shared_with.get_or_insert_with(|| first.to_string());
             }
             totals.rows += 1;
+            let results = match &record {
+                Some(r) if r.status == Status::Ok && !checks.is_empty() => {
+                    let answer = r.choices.first().map_or("", |c| c.text.as_str());
+                    checks.evaluate(&row, answer, r.fields.as_ref())
+                }
+                _ => Vec::new(),
+            };
+            for (tally, result) in totals.checks.iter_mut().zip(&results) {
+                if result.passed {
+                    tally.passed += 1;
+                } else {
+                    tally.failed += 1;
+                }
+            }
             match &record {
                 Some(r) => {
                     match r.status {
+                        Status::Ok if results.iter().any(|c| !c.passed) => totals.rejected += 1,
                         Status::Ok => totals.succeeded += 1,
                         Status::Failed => totals.failed += 1,
                     }
@@ -195,6 +245,7 @@ where
             w.write(&OutRow {
                 input: &row.fields,
                 record: record.as_ref(),
+                checks: &results,
             })
             .map_err(|e| match e {
                 SinkError::Io { source, .. } => io(source),
@@ -247,7 +298,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// The result values of a row, as strings for CSV and typed values for JSONL.
-pub(crate) fn result_values(spec: &OutputSpec, record: Option<&Record>) -> Vec<(String, Value)> {
+pub(crate) fn result_values(
+    spec: &OutputSpec,
+    record: Option<&Record>,
+    checks: &[CheckResult],
+) -> Vec<(String, Value)> {
     let mut out = Vec::with_capacity(spec.columns().len());
     let variants = spec.variants.max(1) as usize;
     for v in 0..variants {
@@ -270,7 +325,17 @@ pub(crate) fn result_values(spec: &OutputSpec, record: Option<&Record>) -> Vec<(
             .unwrap_or(Value::Null);
         out.push((f.clone(), v));
     }
+    for (i, c) in spec.checks.iter().enumerate() {
+        let cell = checks.get(i).map(|r| match (&r.reason, r.passed) {
+            (_, true) => Value::String("pass".into()),
+            (Some(why), false) => Value::String(format!("fail: {why}")),
+            (None, false) => Value::String("fail".into()),
+        });
+        out.push((format!("check_{}", c.name), cell.unwrap_or(Value::Null)));
+    }
+    let rejected = checks.iter().any(|c| !c.passed);
     let status = match record.map(|r| r.status) {
+        Some(Status::Ok) if rejected => "rejected",
         Some(Status::Ok) => "ok",
         Some(Status::Failed) => "failed",
         None => "pending",
