@@ -214,3 +214,104 @@ fn batch_mode_checks_its_answers_the_same_way() {
     );
     assert_eq!(by_id(&ws)["r2"][0], "rejected");
 }
+
+/// A template that answers (through the echoing mock) with the `copy` column, or, when sent
+/// again with feedback, with a short line.
+const FIXABLE: &str =
+    "user = \"{% if check_feedback %}Short and fixed.{% else %}{{ copy }}{% endif %} [[mock:echo]]\"";
+
+fn job_with(ws: &Workspace, prompt: &str, top: &str, checks: &str) -> String {
+    let text = JobFile {
+        input: "path = \"rows.csv\"\nid = \"id\"",
+        prompt,
+        output: "path = \"out/result.csv\"",
+        ..JobFile::default()
+    }
+    .toml();
+    ws.write("job.toml", &format!("{top}\n{text}{checks}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+const LEN_ONLY: &str = "\n[[checks]]\nname = \"len\"\nmax_chars = 50\n";
+
+#[test]
+fn rejected_rows_are_sent_again_with_feedback_until_they_pass() {
+    let ws = Workspace::new();
+    rows(&ws);
+    let job = job_with(&ws, FIXABLE, "regenerate = 2", LEN_ONLY);
+    let out = ws.run(&["run", &job, "--mock", "--quiet", "--json"]);
+    assert_exit(&out, 0);
+    let s = stdout_json(&out);
+    // Only r3 is too long; its second answer passes. (r1 and r5 ask the same: one request.)
+    assert_eq!(s["regenerated_rows"], 1, "{s}");
+    assert_eq!(s["regeneration_requests"], 1, "{s}");
+    assert_eq!(s["requests"], 5, "{s}");
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["rejected"].as_u64()),
+        (Some(5), None),
+        "{s}"
+    );
+    assert!(s["regeneration_cost_usd"].as_f64().unwrap() > 0.0, "{s}");
+    let (header, rows) = ws.csv("out/result.csv");
+    let r3 = rows.iter().find(|r| r[col(&header, "id")] == "r3").unwrap();
+    assert!(
+        r3[col(&header, "output")].starts_with("Short and fixed."),
+        "{r3:?}"
+    );
+    assert_eq!(r3[col(&header, "status")], "ok");
+    // The journal keeps both answers; the new one stands for the row's own request.
+    let journal = ws.read("out/result.journal.jsonl");
+    let r3_lines: Vec<serde_json::Value> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["id"] == "r3" && v.get("status").is_some())
+        .collect();
+    assert_eq!(r3_lines.len(), 2, "{journal}");
+    assert_eq!(r3_lines[1]["regen_of"], r3_lines[0]["hash"]);
+    assert_eq!(r3_lines[1]["regenerated"], 1);
+    // Run again: every row is done, the regenerated one included.
+    let again = ws.run(&["run", &job, "--mock", "--quiet", "--json"]);
+    assert_exit(&again, 0);
+    assert_eq!(stdout_json(&again)["requests"], 0);
+}
+
+#[test]
+fn a_row_that_never_passes_gets_n_new_answers_and_stays_rejected() {
+    let ws = Workspace::new();
+    rows(&ws);
+    // No check_feedback in the template: the feedback is appended to the prompt, which the
+    // mock echoes, so the answer only grows.
+    let job = job_with(&ws, PROMPT, "regenerate = 2", LEN_ONLY);
+    let out = ws.run(&["run", &job, "--mock", "--quiet", "--json"]);
+    assert_exit(&out, 1);
+    let s = stdout_json(&out);
+    assert_eq!(s["regenerated_rows"], 1, "{s}");
+    assert_eq!(s["regeneration_requests"], 2, "{s}");
+    assert_eq!(s["requests"], 6, "{s}");
+    assert_eq!(s["rejected"], 1, "{s}");
+    let (header, rows) = ws.csv("out/result.csv");
+    let r3 = rows.iter().find(|r| r[col(&header, "id")] == "r3").unwrap();
+    assert_eq!(r3[col(&header, "status")], "rejected");
+    // The last attempt's answer is kept: the prompt it echoes carries the feedback twice
+    // over (the second attempt was told about the first one's failure).
+    let answer = &r3[col(&header, "output")];
+    assert!(answer.contains("did not pass these checks"), "{answer}");
+    assert!(answer.contains("- len: "), "{answer}");
+    // A later run does not pay for more attempts than `regenerate` allows in all.
+    let again = ws.run(&["run", &job, "--mock", "--quiet", "--json"]);
+    assert_exit(&again, 1);
+    assert_eq!(stdout_json(&again)["requests"], 0);
+}
+
+#[test]
+fn regenerate_without_checks_is_refused() {
+    let ws = Workspace::new();
+    rows(&ws);
+    let job = job_with(&ws, PROMPT, "regenerate = 1", "");
+    let out = ws.run(&["run", &job, "--mock", "--quiet"]);
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("regenerate"), "{}", stderr(&out));
+    let out = ws.run(&["run", &job, "--mock", "--quiet", "--regenerate", "11"]);
+    assert_exit(&out, 2);
+}

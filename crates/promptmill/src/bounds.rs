@@ -128,6 +128,15 @@ pub const MAX_RETRIES: Bound = Bound {
     unit: "",
 };
 
+/// `regenerate` / `--regenerate`: new answers a rejected row may get.
+pub const REGENERATE: Bound = Bound {
+    field: "regenerate",
+    flag: Some("--regenerate"),
+    min: 0.0,
+    max: 10.0,
+    unit: "",
+};
+
 /// `--mock-fail-rate` / `mock-server --fail-rate`: a fraction of requests.
 pub const FAIL_RATE: Bound = Bound {
     field: "the mock's failure rate",

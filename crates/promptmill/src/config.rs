@@ -57,6 +57,10 @@ pub struct Job {
     /// `[[checks]]`: per-row checks on answers (see [`crate::checks`]).
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
+    /// A row rejected by the checks is sent again, with the failed checks' reasons as
+    /// feedback, until it passes or has had this many new answers (0 = never).
+    #[serde(default)]
+    pub regenerate: u32,
     /// The job file's folder: relative paths in the file resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -481,6 +485,12 @@ impl Job {
             .as_ref()
             .map(crate::schema::field_names);
         Checks::new(&job.checks, fields.as_deref()).map_err(|e| job.invalid(e.to_string()))?;
+        if job.regenerate > 0 && job.checks.is_empty() {
+            return Err(job.invalid(
+                "regenerate: only rows rejected by [[checks]] are regenerated, and the job has \
+                 no checks; add [[checks]] or remove regenerate",
+            ));
+        }
         Ok(job)
     }
 
@@ -546,6 +556,7 @@ impl Job {
             (&MAX_USD_PER_RUN, self.budget.max_usd_per_run),
             (&MAX_IN_FLIGHT, Some(f64::from(self.limits.max_in_flight))),
             (&MAX_RETRIES, Some(f64::from(self.limits.max_retries))),
+            (&REGENERATE, Some(f64::from(self.regenerate))),
         ];
         for (bound, value) in fields {
             if let Some(v) = value {

@@ -98,7 +98,7 @@ impl Wanted {
         // A record with no hash is a bad row's (unreadable or unrenderable): current for a
         // row that still cannot be planned, or that could not be read at all.
         let bad = record.hash.is_empty() && (self.hash.is_none() || self.id.starts_with("#row:"));
-        record.id == self.id && (bad || self.hash.as_deref() == Some(record.hash.as_str()))
+        record.id == self.id && (bad || self.hash.as_deref() == Some(record.answers()))
     }
 }
 

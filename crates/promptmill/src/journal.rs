@@ -65,6 +65,25 @@ pub struct Record {
     /// this names (its `input.id`, or its row number) paid for it; this one cost nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_with: Option<String>,
+    /// A regenerated answer: the hash of the row's own request (the one without feedback),
+    /// which this answer stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regen_of: Option<String>,
+    /// How many times the row's answer has been regenerated (0: the first answer).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub regenerated: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Record {
+    /// The request this record answers, as the row plans it: a regenerated answer stands
+    /// for the request it regenerates.
+    pub fn answers(&self) -> &str {
+        self.regen_of.as_deref().unwrap_or(&self.hash)
+    }
 }
 
 /// Money a row spent on answers it threw away (structured output that did not parse) before
@@ -100,6 +119,8 @@ impl Record {
             batch: false,
             fields: None,
             shared_with: None,
+            regen_of: None,
+            regenerated: 0,
         }
     }
 }
@@ -692,6 +713,8 @@ mod tests {
             batch: false,
             fields: None,
             shared_with: None,
+            regen_of: None,
+            regenerated: 0,
         }
     }
 

@@ -86,6 +86,36 @@ impl Planner {
         })
     }
 
+    /// Plans a rejected row's next attempt: `feedback` (the failed checks' reasons) goes
+    /// where the template puts `check_feedback`, or, when no template reads it, after the
+    /// last user message, under [`crate::checks::FEEDBACK_HEADER`].
+    pub fn plan_with_feedback(&self, row: &Row, feedback: &str) -> Result<Planned, RenderError> {
+        let mut messages = self.renderer.render_with(row, Some(feedback))?;
+        if !self.renderer.reads_feedback() {
+            let note = format!("\n\n{}\n{feedback}", crate::checks::FEEDBACK_HEADER);
+            match messages
+                .iter_mut()
+                .rev()
+                .find(|m| m.role == crate::types::Role::User)
+            {
+                Some(last) => last.content.push_str(&note),
+                None => messages.push(Message::new(
+                    crate::types::Role::User,
+                    note.trim_start().to_string(),
+                )),
+            }
+        }
+        let body = self.provider.body(&self.job.model, &messages);
+        let prompt_tokens = self.count(&messages);
+        let hash = request_hash(self.provider.name(), &self.url, &body);
+        Ok(Planned {
+            messages,
+            body,
+            hash,
+            prompt_tokens,
+        })
+    }
+
     fn count(&self, messages: &[Message]) -> u64 {
         // Released: a row the estimate did not count (the input changed under the run) loads
         // the tables again for a moment.

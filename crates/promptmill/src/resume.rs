@@ -115,7 +115,7 @@ impl Resume {
         let Some(prev) = reader.get(&self.index, key)? else {
             return Ok(Decision::New);
         };
-        if prev.hash != hash {
+        if prev.answers() != hash {
             return Ok(Decision::Changed);
         }
         Ok(match prev.status {
@@ -226,6 +226,8 @@ mod tests {
             batch: false,
             fields: None,
             shared_with: None,
+            regen_of: None,
+            regenerated: 0,
         }
     }
 

@@ -39,6 +39,9 @@ pub struct WorkItem {
     pub worst_cost: Money,
     /// What an answer without usage is counted as (see [`UsageGuess`]).
     pub guess: UsageGuess,
+    /// A rejected row's new attempt: the hash of the row's own request and the attempt's
+    /// number (see [`Record::regen_of`]).
+    pub regen: Option<(String, u32)>,
 }
 
 /// What a row's answer is counted as when the server sends no `usage`: never zero.
@@ -312,10 +315,27 @@ impl Scheduler {
             _ = self.cancel.cancelled() => None,
             r = self.attempts(&item, &mut wasted) => r,
         };
-        let Some(record) = record else {
+        let Some(mut record) = record else {
             self.unfinished(&item, wasted, res);
             return;
         };
+        if let Some((of, attempt)) = &item.regen {
+            if record.status != Status::Ok {
+                // A new attempt that failed keeps the row's last answer (and its check
+                // results): what it cost is spent, and nothing else changes.
+                let paid = match (record.usage, wasted) {
+                    (Some(mut u), Some(w)) => {
+                        u.add(&w);
+                        Some(u)
+                    }
+                    (u, w) => u.or(w),
+                };
+                self.unfinished(&item, paid, res);
+                return;
+            }
+            record.regen_of = Some(of.clone());
+            record.regenerated = *attempt;
+        }
         let ok = record.status == Status::Ok;
         if ok {
             self.stats.succeeded.fetch_add(1, Relaxed);
@@ -342,7 +362,10 @@ impl Scheduler {
                 tracing::warn!("{}: cannot store a response: {e}", c.dir().display());
             }
         }
-        self.progress.row_done(ok);
+        // A regenerated row was counted when its first answer came.
+        if item.regen.is_none() {
+            self.progress.row_done(ok);
+        }
     }
 
     /// A row the run stopped before it ended: its reservation goes back, except what its
@@ -613,6 +636,8 @@ impl Scheduler {
             batch: self.tier == Tier::Batch,
             fields,
             shared_with: None,
+            regen_of: None,
+            regenerated: 0,
         }
     }
 

@@ -78,6 +78,15 @@ pub struct Summary {
     pub requests_per_minute: f64,
     pub tokens_per_minute: f64,
     pub prices: String,
+    /// Rows the checks rejected that were sent again in this run (`regenerate`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub regenerated_rows: u64,
+    /// New attempts sent for them (a row may have several).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub regeneration_requests: u64,
+    /// What those attempts cost (included in `cost_this_run_usd`).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_usd")]
+    pub regeneration_cost_usd: Option<Money>,
 }
 
 /// The status and message of a run that went through all its rows: `completed`, or
@@ -224,6 +233,17 @@ impl Summary {
                 })
                 .collect();
             line("checks", each.join("; "));
+        }
+        if self.regeneration_requests > 0 {
+            line(
+                "regenerated",
+                format!(
+                    "{} rows, {} new answers, {}",
+                    self.regenerated_rows,
+                    self.regeneration_requests,
+                    usd(self.regeneration_cost_usd)
+                ),
+            );
         }
         line(
             "tokens",

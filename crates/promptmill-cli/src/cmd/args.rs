@@ -36,6 +36,10 @@ pub struct JobArgs {
     /// Requests in flight at once (overrides limits.max_in_flight).
     #[arg(long)]
     pub max_in_flight: Option<u32>,
+    /// New answers a row rejected by the checks may get, each sent with the failed
+    /// checks' reasons as feedback; 0 to 10 (overrides regenerate).
+    #[arg(long, value_name = "N")]
+    pub regenerate: Option<u32>,
     /// Retries per row (overrides limits.max_retries).
     #[arg(long)]
     pub max_retries: Option<u32>,
@@ -109,6 +113,7 @@ impl JobArgs {
         o.push("limits.tokens_per_minute", self.tpm.map(i64::from));
         o.push("limits.max_in_flight", self.max_in_flight.map(i64::from));
         o.push("limits.max_retries", self.max_retries.map(i64::from));
+        o.push("regenerate", self.regenerate.map(i64::from));
         o.push(
             "limits.stop_after_errors",
             self.stop_after_errors.map(i64::from),

@@ -209,6 +209,11 @@ impl Checks {
     }
 }
 
+/// The line before the feedback appended to a rejected row's prompt (when its template
+/// does not place `check_feedback` itself).
+pub const FEEDBACK_HEADER: &str =
+    "Your previous answer did not pass these checks; write a new answer that passes them:";
+
 /// The feedback appended to a prompt when a rejected row is sent again: one line per
 /// failed check (`- name: reason`); empty when every check passed.
 pub fn feedback(results: &[CheckResult]) -> String {

@@ -196,6 +196,12 @@ pub async fn run(
         .and_then(Ctx::with_planner)
         .map_err(start_err)?;
     let spec = output_spec(&ctx.job).map_err(start_err)?;
+    if ctx.job.regenerate > 0 {
+        eprintln!(
+            "note: regenerate is applied in live mode only: in batch mode rows the checks \
+             reject stay rejected (run them live to regenerate them)"
+        );
+    }
     let validated = ctx.validate(jc, interrupt).await.map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
     if !validated || interrupt.requested() {

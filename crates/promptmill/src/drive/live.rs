@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context as _};
 use tokio::sync::mpsc;
 
 use super::dry_run::{first_pass, Pass};
+use super::regenerate::{self, Regenerated};
 use super::{
     bad_row_record, cap_names, exit, output_rows, output_spec, planner_for, start_err, wanted,
 };
@@ -109,6 +110,8 @@ struct Produced {
     expected_cost: Option<Money>,
     /// The requests asked for, and the rows waiting for an answer asked for by another row.
     requests: Option<RunRequests>,
+    /// What regenerating rejected rows did.
+    regenerated: Regenerated,
 }
 
 /// Runs a job live. `started` is when the command started (for the summary's wall time).
@@ -154,8 +157,9 @@ pub async fn run(
         None => (None, None),
     };
     let identity = Identity::of(job);
-    // The first pass's copy of the planner is gone with its task.
-    if let Some(p) = Arc::get_mut(&mut planner) {
+    // The first pass's copy of the planner is gone with its task. Regeneration plans rows
+    // again, so it keeps the tokenizer.
+    if let Some(p) = Arc::get_mut(&mut planner).filter(|_| job.regenerate == 0) {
         p.release_tokenizer();
     }
 
@@ -187,11 +191,17 @@ pub async fn run(
             None => Ok(Produced::default()),
         })
     };
-    let stop = sched.clone().run(rx).await;
+    let mut stop = sched.clone().run(rx).await;
     let mut produced = producer
         .await
         .context("row producer failed")?
         .context("reading rows")?;
+    // Then the rows the checks reject get new answers, round by round.
+    if let Some(spool) = spool.as_ref().filter(|_| job.regenerate > 0) {
+        let price = price.as_ref();
+        produced.regenerated =
+            regenerate::rounds(job, &planner, price, spool, &sched, &ledger, &mut stop).await?;
+    }
     signals.abort();
     let _ = signals.await; // the aborted task must drop its handle on the scheduler
     if let Some(r) = reporter {
@@ -363,6 +373,12 @@ fn summarize(
         requests_per_minute: attempts as f64 / minutes,
         tokens_per_minute: stats.tokens.load(Relaxed) as f64 / minutes,
         prices: ctx.prices_line(),
+        regenerated_rows: produced.regenerated.rows,
+        regeneration_requests: produced.regenerated.requests,
+        regeneration_cost_usd: (produced.regenerated.requests > 0)
+            .then(|| produced.regenerated.cost.known())
+            .flatten()
+            .filter(|_| priced),
         ..Summary::for_output(job, "live", provider, totals, priced)
     };
     (summary, code)
@@ -461,6 +477,8 @@ fn produce(
                     batch: false,
                     fields: entry.fields,
                     shared_with: None,
+                    regen_of: None,
+                    regenerated: 0,
                 };
                 sched
                     .journal
@@ -496,6 +514,7 @@ fn produce(
                 prompt_tokens: req.prompt_tokens,
                 worst: req.worst,
             },
+            regen: None,
         };
         out.sent += 1;
         if tx.blocking_send(item).is_err() {

@@ -17,6 +17,7 @@ pub mod batch;
 pub mod dry_run;
 mod job;
 pub mod live;
+mod regenerate;
 pub mod retry;
 
 pub use job::{

@@ -185,30 +185,68 @@ impl<'a> RowLoop<'a> {
                 decision,
             }
         } else {
-            let reserve_prompt = self.planner.prompt_tokens_to_reserve(planned.prompt_tokens);
-            let max_out = self.planner.max_completion_tokens();
-            let worst = Usage {
-                prompt_tokens: reserve_prompt,
-                completion_tokens: max_out,
-                ..Usage::default()
-            };
-            Step::Send(Request {
-                row: index,
+            Step::Send(self.request(
+                index,
                 id,
-                hash: planned.hash,
-                body: planned.body,
-                prompt_tokens: planned.prompt_tokens,
-                limiter_tokens: reserve_prompt.saturating_add(max_out),
-                worst_cost: self.price.map(|p| p.cost(&worst, self.tier)),
-                worst,
+                planned.hash,
+                planned.body,
+                planned.prompt_tokens,
                 decision,
-            })
+            ))
         };
         Ok(Stepped {
             row,
             step,
             messages: planned.messages,
         })
+    }
+
+    /// The next attempt of a row its answer's checks rejected: planned with `feedback`
+    /// (the failed checks' reasons; see [`Planner::plan_with_feedback`]) and priced at its
+    /// worst case like any request.
+    pub fn regenerate(&self, row: &Row, id: String, feedback: &str) -> Result<Request, String> {
+        let planned = self
+            .planner
+            .plan_with_feedback(row, feedback)
+            .map_err(|e| e.to_string())?;
+        Ok(self.request(
+            row.index,
+            id,
+            planned.hash,
+            planned.body,
+            planned.prompt_tokens,
+            Decision::Changed,
+        ))
+    }
+
+    /// A planned row as a request, with what the limiter and the budget take for it.
+    fn request(
+        &self,
+        index: u64,
+        id: String,
+        hash: String,
+        body: Value,
+        prompt_tokens: u64,
+        decision: Decision,
+    ) -> Request {
+        let reserve_prompt = self.planner.prompt_tokens_to_reserve(prompt_tokens);
+        let max_out = self.planner.max_completion_tokens();
+        let worst = Usage {
+            prompt_tokens: reserve_prompt,
+            completion_tokens: max_out,
+            ..Usage::default()
+        };
+        Request {
+            row: index,
+            id,
+            hash,
+            body,
+            prompt_tokens,
+            limiter_tokens: reserve_prompt.saturating_add(max_out),
+            worst_cost: self.price.map(|p| p.cost(&worst, self.tier)),
+            worst,
+            decision,
+        }
     }
 }
 

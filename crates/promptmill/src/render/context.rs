@@ -8,16 +8,22 @@ use crate::types::Row;
 
 /// Names the renderer provides besides the row's columns. They shadow columns of the
 /// same name, which stay reachable as `row["row_id"]`.
-pub(super) const RESERVED: [&str; 3] = ["row", "row_number", "row_id"];
+pub(super) const RESERVED: [&str; 4] = ["row", "row_number", "row_id", FEEDBACK];
 
-/// Builds the context of `row`: every column at top level, plus `row`, `row_number`, `row_id`.
-pub(super) fn row_context(row: &Row) -> Value {
+/// The variable holding the failed checks' reasons when a rejected row is regenerated
+/// (empty otherwise).
+pub const FEEDBACK: &str = "check_feedback";
+
+/// Builds the context of `row`: every column at top level, plus `row`, `row_number`,
+/// `row_id` and `check_feedback` (`feedback`, or empty).
+pub(super) fn row_context(row: &Row, feedback: Option<&str>) -> Value {
     Value::from_object(RowContext {
         // One conversion of the row per render; columns are looked up in it lazily, so the
         // context itself costs no copy of the map.
         fields: Value::from(Serde(&row.fields)),
         row_number: row.index.saturating_add(1),
         row_id: Value::from(row.id.as_str()),
+        feedback: Value::from(feedback.unwrap_or("")),
     })
 }
 
@@ -27,6 +33,7 @@ struct RowContext {
     fields: Value,
     row_number: u64,
     row_id: Value,
+    feedback: Value,
 }
 
 impl Object for RowContext {
@@ -35,6 +42,7 @@ impl Object for RowContext {
             "row" => Some(self.fields.clone()),
             "row_number" => Some(Value::from(self.row_number)),
             "row_id" => Some(self.row_id.clone()),
+            FEEDBACK => Some(self.feedback.clone()),
             _ => self
                 .fields
                 .get_item(key)

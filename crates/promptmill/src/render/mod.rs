@@ -28,6 +28,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 
 use crate::types::{Message, Role, Row};
 
+pub use context::FEEDBACK;
 pub use error::{RenderError, RenderErrorKind, TemplateError, TemplateLocation};
 
 /// Fuel given to the rendering of one message: about 2 million instructions, or about
@@ -85,6 +86,8 @@ struct CompiledMessage {
     dir: Option<PathBuf>,
     /// Top-level names the template reads, less globals (`range`…) and the reserved names.
     variables: BTreeSet<String>,
+    /// The template places `check_feedback` itself.
+    reads_feedback: bool,
 }
 
 impl Renderer {
@@ -122,7 +125,17 @@ impl Renderer {
 
     /// Renders the messages of one row, in order.
     pub fn render(&self, row: &Row) -> Result<Vec<Message>, RenderError> {
-        let ctx = context::row_context(row);
+        self.render_with(row, None)
+    }
+
+    /// Renders the messages of one row with `check_feedback` set to `feedback` (a
+    /// rejected row sent again).
+    pub fn render_with(
+        &self,
+        row: &Row,
+        feedback: Option<&str>,
+    ) -> Result<Vec<Message>, RenderError> {
+        let ctx = context::row_context(row, feedback);
         self.messages
             .iter()
             .map(|message| {
@@ -132,6 +145,12 @@ impl Renderer {
                 Ok(Message::new(message.role, content))
             })
             .collect()
+    }
+
+    /// Whether some template places `check_feedback` itself (otherwise a rejected row's
+    /// feedback is appended to its last user message).
+    pub fn reads_feedback(&self) -> bool {
+        self.messages.iter().any(|m| m.reads_feedback)
     }
 
     /// Top-level variables the templates read (for checking against the input columns up
@@ -197,12 +216,16 @@ impl CompiledMessage {
             })?;
 
         let variables = top_level_variables(&env, &name);
+        let reads_feedback = env
+            .get_template(&name)
+            .is_ok_and(|t| t.undeclared_variables(false).contains(FEEDBACK));
         Ok(CompiledMessage {
             role,
             env,
             name,
             dir,
             variables,
+            reads_feedback,
         })
     }
 
