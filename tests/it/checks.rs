@@ -315,3 +315,34 @@ fn regenerate_without_checks_is_refused() {
     let out = ws.run(&["run", &job, "--mock", "--quiet", "--regenerate", "11"]);
     assert_exit(&out, 2);
 }
+
+#[test]
+fn regeneration_stops_at_the_per_run_cap_and_spends_no_more() {
+    let ws = Workspace::new();
+    let mut csv = String::from("id,copy,facts\n");
+    for i in 0..30 {
+        csv.push_str(&format!(
+            "r{i},This is a rather long line of copy number {i} that never fits,x\n"
+        ));
+    }
+    ws.write("rows.csv", &csv);
+    // Every answer stays too long (the feedback is appended and echoed): without the cap
+    // each row would get two new answers.
+    let job = job_with(
+        &ws,
+        PROMPT,
+        "regenerate = 2",
+        &format!("\n[budget]\nmax_usd_per_run = 0.0012\n{LEN_ONLY}"),
+    );
+    let out = ws.run(&["run", &job, "--mock", "--quiet", "--json"]);
+    assert_exit(&out, 3);
+    let s = stdout_json(&out);
+    assert_eq!(s["status"], "budget", "{s}");
+    let spent = s["cost_this_run_usd"].as_f64().unwrap();
+    assert!(spent > 0.0 && spent <= 0.0012, "{s}");
+    let regen = s["regeneration_requests"].as_u64().unwrap();
+    assert!(regen > 0 && regen < 60, "{s}");
+    // What the summary counts is what went out: first answers plus new ones.
+    assert_eq!(s["requests"].as_u64().unwrap(), 30 + regen, "{s}");
+    assert_eq!(s["rejected"], 30, "{s}");
+}

@@ -119,6 +119,21 @@ pub struct RunStats {
     pub failed: AtomicU64,
     /// Tokens reported by the API in this run (prompt + completion).
     pub tokens: AtomicU64,
+    /// Regeneration attempts that ended (a new answer, or a failure that kept the old one).
+    pub regenerated: AtomicU64,
+    /// The rows those attempts were for.
+    pub regenerated_rows: Mutex<std::collections::HashSet<u64>>,
+}
+
+impl RunStats {
+    /// Counts one ended regeneration attempt of `row`.
+    fn regenerated(&self, row: u64) {
+        self.regenerated.fetch_add(1, Relaxed);
+        self.regenerated_rows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(row);
+    }
 }
 
 /// Why scheduling ended.
@@ -320,6 +335,7 @@ impl Scheduler {
             return;
         };
         if let Some((of, attempt)) = &item.regen {
+            self.stats.regenerated(item.row);
             if record.status != Status::Ok {
                 // A new attempt that failed keeps the row's last answer (and its check
                 // results): what it cost is spent, and nothing else changes.

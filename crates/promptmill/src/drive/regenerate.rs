@@ -7,6 +7,7 @@
 //! and the output take it as the row's answer; an attempt that fails keeps the last answer.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -26,7 +27,7 @@ use crate::scheduler::{Scheduler, StopReason, UsageGuess, WorkItem};
 pub struct Regenerated {
     /// Rows sent again at least once.
     pub rows: u64,
-    /// New attempts sent.
+    /// New attempts that ended (answered, or failed keeping the old answer).
     pub requests: u64,
     /// What those attempts cost.
     pub cost: Tally,
@@ -45,8 +46,6 @@ pub(super) async fn rounds(
 ) -> anyhow::Result<Regenerated> {
     let mut done = Regenerated::default();
     let before = ledger.this_run();
-    // Rows sent again in any round (their indexes: 8 bytes a row).
-    let mut rows = HashSet::new();
     for _ in 0..job.regenerate {
         if !matches!(stop, StopReason::Completed) {
             break;
@@ -66,13 +65,18 @@ pub(super) async fn rounds(
             .context("regeneration feeder failed")?
             .context("finding rejected rows")?;
         *stop = ended;
-        if sent.is_empty() {
+        if sent == 0 {
             break;
         }
-        done.requests += sent.len() as u64;
-        rows.extend(sent);
     }
-    done.rows = rows.len() as u64;
+    // What the scheduler ended, not what was fed: a round the cap stopped sent less.
+    done.requests = sched.stats.regenerated.load(Ordering::Relaxed);
+    done.rows = sched
+        .stats
+        .regenerated_rows
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .len() as u64;
     let after = ledger.this_run();
     done.cost = Tally {
         priced: after.priced.saturating_sub(before.priced),
@@ -82,8 +86,8 @@ pub(super) async fn rounds(
 }
 
 /// Checks every answered row as the output will (same checks, input order) and sends the
-/// rejected ones that may have another answer. Runs on a blocking thread; returns the
-/// indexes of the rows it sent.
+/// rejected ones that may have another answer. Runs on a blocking thread; returns how many
+/// it fed the scheduler.
 fn feed(
     job: &Job,
     planner: &Planner,
@@ -91,7 +95,7 @@ fn feed(
     spool: &Spool,
     sched: &Scheduler,
     tx: mpsc::Sender<WorkItem>,
-) -> anyhow::Result<Vec<u64>> {
+) -> anyhow::Result<u64> {
     let rows = RowLoop::new(job, planner, price, Tier::Live, None);
     let fields = job
         .model
@@ -109,7 +113,7 @@ fn feed(
     let mut want = spool.wanted()?;
     // Rows with the same identity share one answer: it is regenerated once.
     let mut seen = HashSet::new();
-    let mut sent = Vec::new();
+    let mut sent = 0;
     for row in spool.output_rows()? {
         if sched.stop.is_cancelled() {
             break;
@@ -152,7 +156,7 @@ fn feed(
             },
             regen: Some((base, rec.regenerated + 1)),
         };
-        sent.push(item.row);
+        sent += 1;
         if tx.blocking_send(item).is_err() {
             break;
         }
