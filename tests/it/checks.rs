@@ -346,3 +346,34 @@ fn regeneration_stops_at_the_per_run_cap_and_spends_no_more() {
     assert_eq!(s["requests"].as_u64().unwrap(), 30 + regen, "{s}");
     assert_eq!(s["rejected"], 30, "{s}");
 }
+
+#[test]
+fn the_estimate_lists_the_checks_and_prices_regeneration() {
+    let ws = Workspace::new();
+    rows(&ws);
+    let job = job_with(&ws, PROMPT, "regenerate = 2", CHECKS);
+    let out = ws.run(&["estimate", &job, "--json", "--assume-reject-rate", "0.5"]);
+    assert_exit(&out, 0);
+    let e = stdout_json(&out);
+    assert_eq!(
+        e["checks"],
+        serde_json::json!(["len", "banned", "facts", "dup"])
+    );
+    let g = &e["regeneration"];
+    // 5 requests × (0.5 + 0.25) = 3.75 expected attempts; at most 5 × 2.
+    assert_eq!(e["requests"], 5, "{e}");
+    assert_eq!(g["expected_requests"], 4, "{e}");
+    assert_eq!(g["max_requests"], 10, "{e}");
+    let (exp, max) = (
+        g["expected_usd"].as_f64().unwrap(),
+        g["max_usd"].as_f64().unwrap(),
+    );
+    let first = e["cost"]["expected_usd"].as_f64().unwrap();
+    assert!((exp - first * 0.75).abs() < 1e-9, "{e}");
+    assert!(max >= exp && max > 0.0, "{e}");
+    assert!(stderr(&out).contains("at 50% rejected"), "{}", stderr(&out));
+    // Nothing about regeneration without it.
+    let job = job_with(&ws, PROMPT, "", CHECKS);
+    let e = stdout_json(&ws.run(&["estimate", &job, "--json"]));
+    assert!(e.get("regeneration").is_none(), "{e}");
+}

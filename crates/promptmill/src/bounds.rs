@@ -137,6 +137,15 @@ pub const REGENERATE: Bound = Bound {
     unit: "",
 };
 
+/// `estimate.assume_reject_rate` / `--assume-reject-rate`: a share of answers.
+pub const REJECT_RATE: Bound = Bound {
+    field: "estimate.assume_reject_rate",
+    flag: Some("--assume-reject-rate"),
+    min: 0.0,
+    max: 1.0,
+    unit: "",
+};
+
 /// `--mock-fail-rate` / `mock-server --fail-rate`: a fraction of requests.
 pub const FAIL_RATE: Bound = Bound {
     field: "the mock's failure rate",

@@ -382,6 +382,10 @@ pub struct EstimateConfig {
     /// Expected completion tokens per request (default: half of max_tokens).
     #[serde(default)]
     pub assume_output_tokens: Option<u32>,
+    /// The share of answers the checks are expected to reject, for pricing regeneration
+    /// (default 0.25).
+    #[serde(default)]
+    pub assume_reject_rate: Option<f64>,
 }
 
 /// `[cache]`: the opt-in response cache.
@@ -557,6 +561,7 @@ impl Job {
             (&MAX_IN_FLIGHT, Some(f64::from(self.limits.max_in_flight))),
             (&MAX_RETRIES, Some(f64::from(self.limits.max_retries))),
             (&REGENERATE, Some(f64::from(self.regenerate))),
+            (&REJECT_RATE, self.estimate.assume_reject_rate),
         ];
         for (bound, value) in fields {
             if let Some(v) = value {

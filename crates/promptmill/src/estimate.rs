@@ -86,6 +86,12 @@ pub struct Estimate {
     pub over_context_rows: Vec<RowTokens>,
     /// The job's budget cap (`budget.max_usd`), if any.
     pub budget_usd: Option<f64>,
+    /// The job's checks (`[[checks]]`), by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<String>,
+    /// What regenerating the rows the checks reject may add (with `regenerate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub regeneration: Option<Regeneration>,
     /// The first `--show N` rendered prompts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
@@ -93,6 +99,27 @@ pub struct Estimate {
     #[serde(skip)]
     pub resume: ResumeCounts,
 }
+
+/// What regeneration may add to a run, on top of `requests` and `cost`. Each attempt is
+/// priced like a first one (its feedback lengthens the prompt a little).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Regeneration {
+    /// New answers a rejected row may get (`regenerate`).
+    pub max_attempts: u32,
+    /// The share of answers assumed rejected (`estimate.assume_reject_rate`).
+    pub assumed_reject_rate: f64,
+    /// Attempts expected: each row is rejected with that chance, and so is each new answer.
+    pub expected_requests: u64,
+    /// Attempts if every answer is rejected.
+    pub max_requests: u64,
+    /// Expected cost at live prices; `None` = unknown price.
+    pub expected_usd: Option<f64>,
+    /// Cost if every answer is rejected and uses `max_tokens`: what the cap may have to hold.
+    pub max_usd: Option<f64>,
+}
+
+/// The default share of answers assumed rejected when pricing regeneration.
+pub const DEFAULT_REJECT_RATE: f64 = 0.25;
 
 /// A token total and whether it is what the provider will bill.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -247,6 +274,8 @@ pub fn estimate(
         over_context_window: 0,
         over_context_rows: Vec::new(),
         budget_usd: job.budget.total_cap(),
+        checks: job.checks.iter().map(|c| c.name.clone()).collect(),
+        regeneration: None,
         samples: Vec::new(),
         resume: ResumeCounts::default(),
     };
@@ -314,6 +343,9 @@ pub fn estimate(
         e.cost = Some(range(Tier::Live, false));
         e.batch_cost = Some(range(Tier::Batch, p.batch_derived));
     }
+    if job.regenerate > 0 {
+        e.regeneration = Some(regeneration(&e, job));
+    }
     // The limiter takes prompt + max_tokens per request before sending it.
     e.min_wall_time = wall_time(
         e.requests,
@@ -322,6 +354,39 @@ pub fn estimate(
         job.limits.tokens_per_minute,
     );
     Ok((e, spool))
+}
+
+/// Regeneration's share: with reject rate `r` and `N` attempts, a row expects
+/// `r + r² + … + r^N` new answers; at worst it gets `N`.
+fn regeneration(e: &Estimate, job: &Job) -> Regeneration {
+    let r = job
+        .estimate
+        .assume_reject_rate
+        .unwrap_or(DEFAULT_REJECT_RATE);
+    let n = job.regenerate;
+    let per_row: f64 = (1..=n).map(|k| r.powi(k as i32)).sum();
+    let requests = e.requests as f64;
+    let per_request = |total: f64| {
+        if e.requests == 0 {
+            0.0
+        } else {
+            total / requests
+        }
+    };
+    Regeneration {
+        max_attempts: n,
+        assumed_reject_rate: r,
+        expected_requests: (requests * per_row).round() as u64,
+        max_requests: e.requests.saturating_mul(u64::from(n)),
+        expected_usd: e
+            .cost
+            .as_ref()
+            .map(|c| per_request(c.expected_usd) * requests * per_row),
+        max_usd: e
+            .cost
+            .as_ref()
+            .map(|c| per_request(c.high_usd) * requests * f64::from(n)),
+    }
 }
 
 /// Counts one row into its chunk's figures: only rows to send are priced and counted.
@@ -501,6 +566,28 @@ impl Estimate {
         );
         line("  live", costs(&self.cost));
         line("  batch", costs(&self.batch_cost));
+        if !self.checks.is_empty() {
+            line(
+                "checks",
+                format!("{} ({})", self.checks.len(), self.checks.join(", ")),
+            );
+        }
+        if let Some(g) = &self.regeneration {
+            let money = |v: Option<f64>| v.map_or_else(|| "unknown".to_string(), usd);
+            line(
+                "regeneration",
+                format!(
+                    "up to {} new answers per rejected row: {} requests and {} more expected \
+                     at {:.0}% rejected (--assume-reject-rate), at most {} requests and {}",
+                    g.max_attempts,
+                    thousands(g.expected_requests),
+                    money(g.expected_usd),
+                    g.assumed_reject_rate * 100.0,
+                    thousands(g.max_requests),
+                    money(g.max_usd)
+                ),
+            );
+        }
         let w = &self.min_wall_time;
         line(
             "min wall time",

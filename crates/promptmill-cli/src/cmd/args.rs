@@ -68,6 +68,10 @@ pub struct JobArgs {
     /// estimate.assume_output_tokens).
     #[arg(long, value_name = "N")]
     pub assume_output_tokens: Option<u32>,
+    /// Share of answers the checks are expected to reject, 0 to 1, for pricing regeneration
+    /// in the estimate (overrides estimate.assume_reject_rate; default 0.25).
+    #[arg(long, value_name = "RATE")]
+    pub assume_reject_rate: Option<f64>,
     /// Seconds one request may take in total, including a long generation (overrides
     /// api.timeout_secs; default 600; 0.001 to 86400).
     #[arg(long, value_name = "SECS", value_parser = promptmill::bounds::timeout_secs)]
@@ -144,6 +148,7 @@ impl JobArgs {
             "estimate.assume_output_tokens",
             self.assume_output_tokens.map(i64::from),
         );
+        o.push("estimate.assume_reject_rate", self.assume_reject_rate);
         o.push_path("cache.dir", self.cache.as_deref());
         o.push("input.skip_bad_rows", self.skip_bad_rows.then_some(true));
         o.push(
