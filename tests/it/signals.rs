@@ -261,6 +261,16 @@ fn status_needs_no_key_once_every_batch_is_collected() {
         stdout.contains("completed") && stdout.contains("yes"),
         "{stdout}"
     );
+    // Nor does collecting again: the output is written from the journal.
+    std::fs::remove_file(ws.path("out/result.csv")).unwrap();
+    let out = ws.run_env(&[], &["collect", &job]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::assert_complete_output(&ws, 5);
 }
 
 #[test]
