@@ -6,8 +6,9 @@
 //! (`--fail-rate`, `[[mock:500]]`, `[[mock:fail-first:N]]`) are 529 `overloaded_error`, as
 //! Anthropic answers when it is overloaded.
 
-use super::openai::{unix_now, ChatMessage, Params};
+use super::openai::{unix_now, Params};
 use super::state::Shared;
+use super::text::ChatMessage;
 use super::text::{count_prompt_tokens, mix};
 use axum::body::{Body, Bytes};
 use axum::extract::State;

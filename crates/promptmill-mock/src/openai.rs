@@ -5,7 +5,7 @@
 
 use super::markers::Markers;
 use super::state::{Shared, Ticket};
-use super::text::{self, answer, count_prompt_tokens, mix};
+use super::text::{self, answer, count_prompt_tokens, mix, ChatMessage};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -21,36 +21,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const DEFAULT_LIMIT_MAX_TOKENS: u64 = 16;
 /// OpenAI's `n` upper bound.
 const MAX_N: u32 = 128;
-
-/// One message of a chat request. `content` is a string or an array of content parts.
-#[derive(Debug, Deserialize)]
-pub(crate) struct ChatMessage {
-    role: String,
-    #[serde(default)]
-    content: Option<Value>,
-}
-
-impl ChatMessage {
-    /// The message's role.
-    pub(crate) fn role(&self) -> &str {
-        &self.role
-    }
-
-    /// The message's text: the string content, or its text parts joined by newlines.
-    pub(crate) fn text(&self) -> Cow<'_, str> {
-        match &self.content {
-            Some(Value::String(s)) => Cow::Borrowed(s),
-            Some(Value::Array(parts)) => {
-                let texts: Vec<&str> = parts
-                    .iter()
-                    .filter_map(|p| p.get("text").and_then(Value::as_str))
-                    .collect();
-                Cow::Owned(texts.join("\n"))
-            }
-            _ => Cow::Borrowed(""),
-        }
-    }
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]

@@ -3,8 +3,40 @@
 use std::sync::Mutex;
 
 use super::markers::PREFIX;
-use super::openai::ChatMessage;
 use promptmill::tokens::{ChatTurn, TokenCounter};
+use serde::Deserialize;
+use serde_json::Value;
+use std::borrow::Cow;
+
+/// One message of a chat request. `content` is a string or an array of content parts.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatMessage {
+    pub(crate) role: String,
+    #[serde(default)]
+    pub(crate) content: Option<Value>,
+}
+
+impl ChatMessage {
+    /// The message's role.
+    pub(crate) fn role(&self) -> &str {
+        &self.role
+    }
+
+    /// The message's text: the string content, or its text parts joined by newlines.
+    pub(crate) fn text(&self) -> Cow<'_, str> {
+        match &self.content {
+            Some(Value::String(s)) => Cow::Borrowed(s),
+            Some(Value::Array(parts)) => {
+                let texts: Vec<&str> = parts
+                    .iter()
+                    .filter_map(|p| p.get("text").and_then(Value::as_str))
+                    .collect();
+                Cow::Owned(texts.join("\n"))
+            }
+            _ => Cow::Borrowed(""),
+        }
+    }
+}
 
 /// Prompt tokens of a chat request as OpenAI bills them: exact tiktoken counts with the chat
 /// framing for OpenAI model families (an o200k approximation for others), so that the mock's

@@ -2,6 +2,38 @@
 //! after it. It comes from the `promptmill-mock` crate through the `mock` feature (on by
 //! default); a build without it refuses `--mock` and has no `mock-server` command.
 
+/// `--mock` and how the mock behaves (`--mock-*`), for `run`.
+#[derive(Debug, clap::Args)]
+pub struct MockArgs {
+    /// Start the built-in mock API on 127.0.0.1 and send everything there (no key, no cost).
+    #[arg(long)]
+    pub mock: bool,
+    /// Mock API: latency per answer in milliseconds.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    pub mock_latency_ms: u64,
+    /// Mock API: fraction of requests answered with a 500 (0 to 1).
+    #[arg(long, default_value_t = 0.0, value_name = "RATE", value_parser = promptmill::bounds::fail_rate)]
+    pub mock_fail_rate: f64,
+    /// Mock API: requests per minute it enforces.
+    #[arg(long, value_name = "N")]
+    pub mock_rpm: Option<u32>,
+    /// Mock API: tokens per minute it enforces.
+    #[arg(long, value_name = "N")]
+    pub mock_tpm: Option<u32>,
+}
+
+impl MockArgs {
+    /// How the mock is to behave.
+    pub fn flags(&self) -> MockFlags {
+        MockFlags {
+            rpm: self.mock_rpm,
+            tpm: self.mock_tpm,
+            latency_ms: self.mock_latency_ms,
+            fail_rate: self.mock_fail_rate,
+        }
+    }
+}
+
 /// How the mock behaves: the `--mock-*` flags.
 #[derive(Debug, Clone, Copy, Default)]
 #[cfg_attr(not(feature = "mock"), allow(dead_code))]

@@ -6,7 +6,7 @@ use std::time::Instant;
 use clap::Args;
 
 use super::args::JobArgs;
-use super::mock::{self, MockFlags};
+use super::mock::{self, MockArgs};
 use super::{signals, start_err};
 use promptmill::config::Mode;
 use promptmill::drive::{self, batch, dry_run::DryRunOptions, live::LiveOptions, JobCtx};
@@ -16,21 +16,8 @@ use promptmill::drive::{self, batch, dry_run::DryRunOptions, live::LiveOptions, 
 pub struct RunArgs {
     #[command(flatten)]
     pub job: JobArgs,
-    /// Start the built-in mock API on 127.0.0.1 and send everything there (no key, no cost).
-    #[arg(long)]
-    pub mock: bool,
-    /// Mock API: latency per answer in milliseconds.
-    #[arg(long, default_value_t = 20, value_name = "MS")]
-    pub mock_latency_ms: u64,
-    /// Mock API: fraction of requests answered with a 500 (0 to 1).
-    #[arg(long, default_value_t = 0.0, value_name = "RATE", value_parser = promptmill::bounds::fail_rate)]
-    pub mock_fail_rate: f64,
-    /// Mock API: requests per minute it enforces.
-    #[arg(long, value_name = "N")]
-    pub mock_rpm: Option<u32>,
-    /// Mock API: tokens per minute it enforces.
-    #[arg(long, value_name = "N")]
-    pub mock_tpm: Option<u32>,
+    #[command(flatten)]
+    pub mock: MockArgs,
     /// Only estimate: render and count every row, send nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -69,7 +56,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         // The dry run only reads, so it neither takes the job's lock nor waits for it. With
         // `--mock` it decides rows as a mock run would (mock answers are apart); nothing is
         // sent, so no mock is started.
-        ctx.mock = args.mock;
+        ctx.mock = args.mock.mock;
         let opts = DryRunOptions {
             show: args.show,
             json: args.json,
@@ -81,16 +68,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
     let _lock = drive::claim(&ctx.job)?;
     if args.recheck {
         // Mock answers are told apart by the rows' request hashes: `--mock` picks them.
-        ctx.mock = args.mock;
+        ctx.mock = args.mock.mock;
         return drive::live::recheck(&ctx, args.json, &interrupt).await;
     }
-    let flags = MockFlags {
-        rpm: args.mock_rpm,
-        tpm: args.mock_tpm,
-        latency_ms: args.mock_latency_ms,
-        fail_rate: args.mock_fail_rate,
-    };
-    let mock = mock::attach(&mut ctx, args.mock, flags).await?;
+    let mock = mock::attach(&mut ctx, args.mock.mock, args.mock.flags()).await?;
     let opts = LiveOptions {
         retry_failed: args.retry_failed,
         json: args.json,

@@ -20,9 +20,9 @@ use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::openai::snippet;
 use super::{bad_response, SseEvent};
 use super::{classify, ApiError, Choice, Completion, ErrorKind, Provider, RateLimitInfo, Secret};
+use super::{schema_instruction, snippet};
 use crate::config::ModelConfig;
 use crate::types::{Message, Role, Usage};
 
@@ -32,15 +32,6 @@ pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 /// The Anthropic Messages API shape.
 #[derive(Debug, Clone, Default)]
 pub struct Anthropic;
-
-/// The instruction that asks for JSON following `schema` (Anthropic has no
-/// `response_format`).
-pub fn schema_instruction(schema: &Value) -> String {
-    format!(
-        "Answer with a single JSON object and nothing else (no prose, no code fence). It must \
-         validate against this JSON schema:\n{schema}"
-    )
-}
 
 impl Provider for Anthropic {
     fn name(&self) -> &'static str {

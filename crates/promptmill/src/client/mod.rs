@@ -622,6 +622,25 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
+/// The instruction that asks for JSON following `schema` in the prompt, for APIs (or
+/// `schema_mode = "prompt"`) without a `response_format`.
+pub fn schema_instruction(schema: &serde_json::Value) -> String {
+    format!(
+        "Answer with a single JSON object and nothing else (no prose, no code fence). It must \
+         validate against this JSON schema:\n{schema}"
+    )
+}
+
+/// The start of a body, for error messages, on a char boundary.
+pub(crate) fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].trim().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

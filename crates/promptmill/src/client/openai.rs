@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{bad_response, classify, ApiError, Choice, Completion, Provider, RateLimitInfo};
-use super::{Secret, SseEvent};
+use super::{snippet, Secret, SseEvent};
 use crate::config::{Endpoint, ModelConfig, SchemaMode};
 use crate::types::{Message, Role, Usage};
 
@@ -107,7 +107,7 @@ pub(crate) fn common_params(model: &ModelConfig, body: &mut Map<String, Value>, 
 /// The messages with the schema instruction added to the (first) system message, or put
 /// first as one (`model.schema_mode = "prompt"`).
 fn with_schema_instruction(messages: &[Message], schema: &Value) -> Vec<Message> {
-    let instruction = super::anthropic::schema_instruction(schema);
+    let instruction = super::schema_instruction(schema);
     let mut out = messages.to_vec();
     match out.iter_mut().find(|m| m.role == Role::System) {
         Some(m) => {
@@ -501,16 +501,6 @@ pub(crate) fn parse_openai(
         request_id,
         rate,
     })
-}
-
-/// The start of a body, for error messages, on a char boundary.
-pub(crate) fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut end = text.len().min(200);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].trim().to_string()
 }
 
 #[cfg(test)]
