@@ -72,18 +72,24 @@ impl Planner {
         prompt_tokens: Option<u64>,
     ) -> Result<Planned, RenderError> {
         let messages = self.renderer.render(row)?;
+        Ok(self.planned(messages, prompt_tokens))
+    }
+
+    /// Rendered messages as a request: its body, hash and prompt tokens (counted unless
+    /// given).
+    fn planned(&self, messages: Vec<Message>, prompt_tokens: Option<u64>) -> Planned {
         let body = self.provider.body(&self.job.model, &messages);
         let prompt_tokens = match prompt_tokens {
             Some(n) => n,
             None => self.count(&messages),
         };
         let hash = request_hash(self.provider.name(), &self.url, &body);
-        Ok(Planned {
+        Planned {
             messages,
             body,
             hash,
             prompt_tokens,
-        })
+        }
     }
 
     /// Plans a rejected row's next attempt: `feedback` (the failed checks' reasons) goes
@@ -105,15 +111,7 @@ impl Planner {
                 )),
             }
         }
-        let body = self.provider.body(&self.job.model, &messages);
-        let prompt_tokens = self.count(&messages);
-        let hash = request_hash(self.provider.name(), &self.url, &body);
-        Ok(Planned {
-            messages,
-            body,
-            hash,
-            prompt_tokens,
-        })
+        Ok(self.planned(messages, None))
     }
 
     fn count(&self, messages: &[Message]) -> u64 {
