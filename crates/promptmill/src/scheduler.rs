@@ -44,6 +44,25 @@ pub struct WorkItem {
     pub regen: Option<(String, u32)>,
 }
 
+impl WorkItem {
+    /// The work of sending a request the row loop planned; `regen` as in [`WorkItem::regen`].
+    pub fn of(req: crate::pipeline::rows::Request, regen: Option<(String, u32)>) -> WorkItem {
+        WorkItem {
+            row: req.row,
+            id: req.id,
+            hash: req.hash,
+            body: req.body,
+            limiter_tokens: req.limiter_tokens,
+            worst_cost: req.worst_cost.unwrap_or(Money::ZERO),
+            guess: UsageGuess {
+                prompt_tokens: req.prompt_tokens,
+                worst: req.worst,
+            },
+            regen,
+        }
+    }
+}
+
 /// What a row's answer is counted as when the server sends no `usage`: never zero.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UsageGuess {

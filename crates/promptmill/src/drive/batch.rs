@@ -744,7 +744,7 @@ fn finish_output(
     if let Some(warning) = ctx.spool.as_ref().and_then(Spool::input_changed) {
         eprintln!("{warning}");
     }
-    let code = if totals.failed == 0 && totals.pending == 0 && totals.rejected == 0 {
+    let code = if totals.all_ok() {
         exit::OK
     } else {
         exit::ROWS_FAILED

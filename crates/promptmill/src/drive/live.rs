@@ -26,7 +26,7 @@ use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
 use crate::progress::Progress;
 use crate::resume::{Decision, ResumeCounts};
-use crate::scheduler::{RunStats, Scheduler, StopReason, UsageCounter, UsageGuess, WorkItem};
+use crate::scheduler::{RunStats, Scheduler, StopReason, UsageCounter, WorkItem};
 use crate::sink::{self, OutputTotals};
 use crate::summary::Summary;
 use crate::types::{Money, Usage};
@@ -75,7 +75,7 @@ pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow:
             )
         })
         .or(message);
-    let code = if totals.failed == 0 && totals.pending == 0 && totals.rejected == 0 {
+    let code = if totals.all_ok() {
         exit::OK
     } else {
         exit::ROWS_FAILED
@@ -328,11 +328,7 @@ fn summarize(
     let minutes = (wall / 60.0).max(1e-9);
     let attempts = stats.attempts.load(Relaxed);
     let (status, message, code) = match stop {
-        StopReason::Completed
-            if totals.failed == 0 && totals.pending == 0 && totals.rejected == 0 =>
-        {
-            ("completed", None, exit::OK)
-        }
+        StopReason::Completed if totals.all_ok() => ("completed", None, exit::OK),
         StopReason::Completed => {
             let (status, message) = crate::summary::finished(job, totals);
             (status, message, exit::ROWS_FAILED)
@@ -503,19 +499,7 @@ fn produce(
             };
             out.expected_cost = Some(total.saturating_add(p.cost(&u, Tier::Live)));
         }
-        let item = WorkItem {
-            row: req.row,
-            id: req.id,
-            hash: req.hash,
-            body: req.body,
-            limiter_tokens: req.limiter_tokens,
-            worst_cost: req.worst_cost.unwrap_or(Money::ZERO),
-            guess: UsageGuess {
-                prompt_tokens: req.prompt_tokens,
-                worst: req.worst,
-            },
-            regen: None,
-        };
+        let item = WorkItem::of(req, None);
         out.sent += 1;
         if tx.blocking_send(item).is_err() {
             break; // the scheduler stopped

@@ -20,7 +20,7 @@ use crate::journal::{JournalReader, Status};
 use crate::pipeline::ledger::{Ledger, Tally};
 use crate::pipeline::rows::{RowLoop, Spool};
 use crate::plan::Planner;
-use crate::scheduler::{Scheduler, StopReason, UsageGuess, WorkItem};
+use crate::scheduler::{Scheduler, StopReason, WorkItem};
 
 /// What regeneration did in one run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -143,19 +143,7 @@ fn feed(
                 continue;
             }
         };
-        let item = WorkItem {
-            row: req.row,
-            id: req.id,
-            hash: req.hash,
-            body: req.body,
-            limiter_tokens: req.limiter_tokens,
-            worst_cost: req.worst_cost.unwrap_or_default(),
-            guess: UsageGuess {
-                prompt_tokens: req.prompt_tokens,
-                worst: req.worst,
-            },
-            regen: Some((base, rec.regenerated + 1)),
-        };
+        let item = WorkItem::of(req, Some((base, rec.regenerated + 1)));
         sent += 1;
         if tx.blocking_send(item).is_err() {
             break;

@@ -73,6 +73,13 @@ pub struct OutputTotals {
     pub cost: Tally,
 }
 
+impl OutputTotals {
+    /// Every row has an answer that passed its checks: nothing failed, rejected or pending.
+    pub fn all_ok(&self) -> bool {
+        self.failed == 0 && self.pending == 0 && self.rejected == 0
+    }
+}
+
 /// How the answers fared on one check.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CheckTally {
