@@ -483,12 +483,8 @@ impl Job {
                 .map_err(|m| job.invalid(m))?;
         // Compiling the checks validates them (names, targets, ranges, regexes) before
         // anything runs; the run compiles its own copy.
-        let fields = job
-            .model
-            .schema_json
-            .as_ref()
-            .map(crate::schema::field_names);
-        Checks::new(&job.checks, fields.as_deref()).map_err(|e| job.invalid(e.to_string()))?;
+        job.compile_checks()
+            .map_err(|e| job.invalid(e.to_string()))?;
         if job.regenerate > 0 && job.checks.is_empty() {
             return Err(job.invalid(
                 "regenerate: only rows rejected by [[checks]] are regenerated, and the job has \
@@ -496,6 +492,16 @@ impl Job {
             ));
         }
         Ok(job)
+    }
+
+    /// The job's `[[checks]]`, compiled against its structured output's fields.
+    pub fn compile_checks(&self) -> Result<Checks, crate::checks::CheckConfigError> {
+        let fields = self
+            .model
+            .schema_json
+            .as_ref()
+            .map(crate::schema::field_names);
+        Checks::new(&self.checks, fields.as_deref())
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {

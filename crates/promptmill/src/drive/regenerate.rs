@@ -13,14 +13,15 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 
-use crate::checks::{feedback, Checks};
+use crate::checks::feedback;
 use crate::config::Job;
 use crate::cost::{ModelPrice, Tier};
-use crate::journal::{JournalReader, Status};
+use crate::journal::JournalReader;
 use crate::pipeline::ledger::{Ledger, Tally};
 use crate::pipeline::rows::{RowLoop, Spool};
 use crate::plan::Planner;
 use crate::scheduler::{Scheduler, StopReason, WorkItem};
+use crate::sink;
 
 /// What regeneration did in one run.
 #[derive(Debug, Default, Clone, Copy)]
@@ -97,12 +98,7 @@ fn feed(
     tx: mpsc::Sender<WorkItem>,
 ) -> anyhow::Result<u64> {
     let rows = RowLoop::new(job, planner, price, Tier::Live, None);
-    let fields = job
-        .model
-        .schema_json
-        .as_ref()
-        .map(crate::schema::field_names);
-    let mut checks = Checks::new(&job.checks, fields.as_deref())?;
+    let mut checks = job.compile_checks()?;
     let index = sched
         .journal
         .lock()
@@ -120,15 +116,11 @@ fn feed(
         }
         let Ok(row) = row else { continue };
         let wanted = want(&row);
-        let Some(offset) = index.offset(&wanted.id)? else {
+        let Some(rec) = sink::current_record(Some(&mut reader), &index, &wanted)? else {
             continue;
         };
-        let rec = reader.read_at(offset)?;
-        if rec.status != Status::Ok || !wanted.answered_by(&rec) {
-            continue;
-        }
-        let answer = rec.choices.first().map_or("", |c| c.text.as_str());
-        let results = checks.evaluate(&row, answer, rec.fields.as_ref());
+        // Checked as the output checks it; a failed answer gives no results.
+        let results = sink::check_answer(&mut checks, &row, Some(&rec));
         if results.iter().all(|r| r.passed)
             || rec.regenerated >= job.regenerate
             || !seen.insert(wanted.id.clone())

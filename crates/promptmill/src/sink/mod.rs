@@ -200,11 +200,7 @@ where
         for row in rows {
             let row = row.map_err(SinkError::Input)?;
             let wanted = want(&row);
-            let record = match (reader.as_mut(), index.offset(&wanted.id)?) {
-                (Some(r), Some(offset)) => Some(r.read_at(offset)?),
-                _ => None,
-            };
-            let mut record = record.filter(|r| wanted.answered_by(r));
+            let mut record = current_record(reader.as_mut(), index, &wanted)?;
             let first = written.get(&wanted.id).map_err(io)?;
             if first.is_none() {
                 written.insert(&wanted.id, row.index + 1).map_err(io)?;
@@ -213,13 +209,7 @@ where
                 r.shared_with.get_or_insert_with(|| first.to_string());
             }
             totals.rows += 1;
-            let results = match &record {
-                Some(r) if r.status == Status::Ok && !checks.is_empty() => {
-                    let answer = r.choices.first().map_or("", |c| c.text.as_str());
-                    checks.evaluate(&row, answer, r.fields.as_ref())
-                }
-                _ => Vec::new(),
-            };
+            let results = check_answer(&mut checks, &row, record.as_ref());
             for (tally, result) in totals.checks.iter_mut().zip(&results) {
                 if result.passed {
                     tally.passed += 1;
@@ -268,6 +258,35 @@ where
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(totals)
+}
+
+/// A row's latest journal record, if it answers what `wanted` says the row asks for now.
+pub(crate) fn current_record(
+    reader: Option<&mut JournalReader>,
+    index: &JournalIndex,
+    wanted: &Wanted,
+) -> Result<Option<Record>, JournalError> {
+    let record = match (reader, index.offset(&wanted.id)?) {
+        (Some(r), Some(offset)) => Some(r.read_at(offset)?),
+        _ => None,
+    };
+    Ok(record.filter(|r| wanted.answered_by(r)))
+}
+
+/// The checks' results on a row's answer, one per check: none unless the record is `ok`
+/// (a failed or missing answer is not checked).
+pub(crate) fn check_answer(
+    checks: &mut Checks,
+    row: &Row,
+    record: Option<&Record>,
+) -> Vec<CheckResult> {
+    match record {
+        Some(r) if r.status == Status::Ok && !checks.is_empty() => {
+            let answer = r.choices.first().map_or("", |c| c.text.as_str());
+            checks.evaluate(row, answer, r.fields.as_ref())
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// A format's row writer.
