@@ -744,22 +744,13 @@ fn finish_output(
     if let Some(warning) = ctx.spool.as_ref().and_then(Spool::input_changed) {
         eprintln!("{warning}");
     }
-    let code = if totals.all_ok() {
-        exit::OK
-    } else {
-        exit::ROWS_FAILED
-    };
     let priced = ctx.price.is_some();
-    let (status, failed) = crate::summary::finished(job, &totals);
-    let message = (totals.pending > 0)
-        .then(|| {
-            format!(
-                "{} rows have no result; run `promptmill run {} --mode batch` to submit them",
-                totals.pending,
-                job.file.display()
-            )
-        })
-        .or(failed);
+    let (status, message, code) = super::outcome(job, &totals, |n| {
+        format!(
+            "{n} rows have no result; run `promptmill run {} --mode batch` to submit them",
+            job.file.display()
+        )
+    });
     let provider = if ctx.mock {
         "mock"
     } else {

@@ -171,6 +171,26 @@ pub fn output_rows(
         }))
 }
 
+/// How an output written from the journal ends a command that sent nothing more (`collect`,
+/// `import`, `run --recheck`): its status, message and exit code. Rows with no answer are
+/// what `pending` says to do about them.
+pub(super) fn outcome(
+    job: &Job,
+    totals: &crate::sink::OutputTotals,
+    pending: impl FnOnce(u64) -> String,
+) -> (&'static str, Option<String>, u8) {
+    let (status, message) = crate::summary::finished(job, totals);
+    let message = (totals.pending > 0)
+        .then(|| pending(totals.pending))
+        .or(message);
+    let code = if totals.all_ok() {
+        super::exit::OK
+    } else {
+        super::exit::ROWS_FAILED
+    };
+    (status, message, code)
+}
+
 /// The failed record of a row that could not be read or rendered (the row loop's
 /// `Step::Bad`, which carries the row's identity key): no request, no hash.
 pub fn bad_row_record(row: u64, id: String, error: String, batch: bool) -> Record {

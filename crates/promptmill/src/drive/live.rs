@@ -66,20 +66,9 @@ pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow:
     let index = journal::read_index(&journal_path)?.unwrap_or_default();
     let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
     let totals = sink::write_output(&spec, rows, &index, &journal_path, &mut want)?;
-    let (status, message) = crate::summary::finished(job, &totals);
-    let message = (totals.pending > 0)
-        .then(|| {
-            format!(
-                "{} rows have no answer yet; run without --recheck to send them",
-                totals.pending
-            )
-        })
-        .or(message);
-    let code = if totals.all_ok() {
-        exit::OK
-    } else {
-        exit::ROWS_FAILED
-    };
+    let (status, message, code) = super::outcome(job, &totals, |n| {
+        format!("{n} rows have no answer yet; run without --recheck to send them")
+    });
     let priced = ctx.price.is_some();
     let summary = Summary {
         status: status.into(),

@@ -20,6 +20,7 @@ pub mod live;
 mod regenerate;
 pub mod retry;
 
+use job::outcome;
 pub use job::{
     bad_row_record, cap_names, claim, output_rows, output_spec, planner_for, price_table,
     source_options, wanted, JobCtx,
