@@ -55,6 +55,8 @@ struct Ctx {
     spool: Option<Spool>,
     price: Option<ModelPrice>,
     prices: String,
+    /// The provider's name for the summary (`mock` for the built-in mock).
+    provider: String,
     mock: bool,
 }
 
@@ -85,6 +87,7 @@ impl Ctx {
             spool: None,
             price: jc.price.clone(),
             prices: jc.prices_line(),
+            provider: jc.provider_name(),
             mock: jc.mock,
         })
     }
@@ -751,11 +754,6 @@ fn finish_output(
             job.file.display()
         )
     });
-    let provider = if ctx.mock {
-        "mock"
-    } else {
-        client::provider_for(job).name()
-    };
     let summary = Summary {
         status: status.into(),
         message,
@@ -765,7 +763,7 @@ fn finish_output(
         wall_seconds: started.elapsed().as_secs_f64(),
         requests: got.ok + got.failed,
         prices: format!("{} (batch prices)", ctx.prices),
-        ..Summary::for_output(job, "batch", provider.into(), &totals, priced)
+        ..Summary::for_output(job, "batch", ctx.provider.clone(), &totals, priced)
     };
     summary.publish(job, "note", json)?;
     Ok(code)
