@@ -20,7 +20,7 @@
 mod context;
 mod error;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -215,10 +215,9 @@ impl CompiledMessage {
                 message: describe(&err),
             })?;
 
-        let variables = top_level_variables(&env, &name);
-        let reads_feedback = env
-            .get_template(&name)
-            .is_ok_and(|t| t.undeclared_variables(false).contains(FEEDBACK));
+        let read = undeclared(&env, &name);
+        let reads_feedback = read.contains(FEEDBACK);
+        let variables = top_level_variables(&env, read);
         Ok(CompiledMessage {
             role,
             env,
@@ -284,7 +283,9 @@ impl CompiledMessage {
             return None;
         }
         let missing: Vec<String> = match err.name() {
-            Some(name) if name != self.name => top_level_variables(&self.env, name),
+            Some(name) if name != self.name => {
+                top_level_variables(&self.env, undeclared(&self.env, name))
+            }
             _ => self.variables.clone(),
         }
         .into_iter()
@@ -328,15 +329,18 @@ impl CompiledMessage {
     }
 }
 
-/// The top-level names template `name` reads from the context: its undeclared variables
-/// less globals (`range`, `namespace`…) and the names the renderer provides.
-fn top_level_variables(env: &Environment<'_>, name: &str) -> BTreeSet<String> {
-    let Ok(template) = env.get_template(name) else {
-        return BTreeSet::new();
-    };
-    template
-        .undeclared_variables(false)
-        .into_iter()
+/// The variables template `name` reads that it does not set itself (none for a template
+/// that cannot be loaded).
+fn undeclared(env: &Environment<'_>, name: &str) -> HashSet<String> {
+    env.get_template(name)
+        .map(|t| t.undeclared_variables(false))
+        .unwrap_or_default()
+}
+
+/// The top-level names a template reads from the context (`read`: its undeclared
+/// variables) less globals (`range`, `namespace`…) and the names the renderer provides.
+fn top_level_variables(env: &Environment<'_>, read: HashSet<String>) -> BTreeSet<String> {
+    read.into_iter()
         .filter(|var| {
             !context::RESERVED.contains(&var.as_str())
                 && !env.globals().any(|(global, _)| global == var.as_str())
