@@ -249,6 +249,7 @@ fn recorded_token_counts_are_the_planner_counts() {
         cache: None,
         tier: Tier::Live,
         spool_beside: Some(&beside),
+        judge: None,
     };
     let (e, spool) = estimate(&job, &planner(&job), &opts).unwrap();
     let spool = spool.expect("a spool");

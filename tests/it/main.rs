@@ -11,6 +11,7 @@ mod estimate;
 mod hostile;
 mod identity;
 mod init;
+mod judge;
 mod ledger;
 mod misbehaving_client;
 mod misbehaving_limits;

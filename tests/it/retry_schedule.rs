@@ -172,7 +172,7 @@ fn item(row: u64, user: &str) -> WorkItem {
         limiter_tokens: 10,
         worst_cost: Money::ZERO,
         guess: UsageGuess::default(),
-        regen: None,
+        kind: promptmill::scheduler::Kind::Answer,
     }
 }
 

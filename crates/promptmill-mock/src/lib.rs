@@ -53,6 +53,8 @@
 //!   Anthropic: `stop_reason: "refusal"`), billed like any answer.
 //! - `[[mock:content-filter]]`: `finish_reason: "content_filter"` (Anthropic: `refusal`).
 //! - `[[mock:one-choice]]`: one choice whatever `n` asked for (a server that ignores `n`).
+//! - `[[mock:score:N]]`: a structured answer with a `score` field gets N there (a judge told
+//!   what to say; the last such marker in the prompt wins).
 //!
 //! # Streaming and structured output
 //! `"stream": true` answers with server-sent events in the endpoint's shape (OpenAI chunks

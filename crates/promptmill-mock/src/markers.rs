@@ -22,6 +22,9 @@ pub(crate) struct Markers {
     pub(crate) content_filter: bool,
     /// One choice only, whatever `n` asked for (a server that ignores `n`).
     pub(crate) one_choice: bool,
+    /// A structured answer's `score` field is this (a judge told what to say); the last
+    /// such marker wins.
+    pub(crate) score: Option<i32>,
     /// A `[[mock:...]]` we do not know: answered 400 so a typo in a test cannot pass silently.
     pub(crate) unknown: bool,
 }
@@ -54,10 +57,21 @@ impl Markers {
                 "refusal" => m.refusal = true,
                 "content-filter" => m.content_filter = true,
                 "one-choice" => m.one_choice = true,
-                other => match other.strip_prefix("fail-first:").map(str::parse) {
-                    Some(Ok(n)) => m.fail_first = Some(n),
-                    _ => m.unknown = true,
-                },
+                other => {
+                    if let Some(n) = other.strip_prefix("fail-first:") {
+                        match n.parse() {
+                            Ok(n) => m.fail_first = Some(n),
+                            Err(_) => m.unknown = true,
+                        }
+                    } else if let Some(n) = other.strip_prefix("score:") {
+                        match n.parse() {
+                            Ok(n) => m.score = Some(n),
+                            Err(_) => m.unknown = true,
+                        }
+                    } else {
+                        m.unknown = true;
+                    }
+                }
             }
             rest = &after[end + 2..];
         }
@@ -75,6 +89,9 @@ mod tests {
         let m = Markers::parse("a [[mock:echo]] b [[mock:length]][[mock:fail-first:3]]");
         assert!(m.echo && m.length && !m.unknown);
         assert_eq!(m.fail_first, Some(3));
+        let m = Markers::parse("[[mock:score:3]] x [[mock:score:9]]");
+        assert_eq!(m.score, Some(9));
+        assert!(Markers::parse("[[mock:score:high]]").unknown);
         let m = Markers::parse("[[mock:bad-schema]] [[mock:cut-stream]]");
         assert!(m.bad_schema && m.cut_stream && !m.unknown);
         let m = Markers::parse("[[mock:refusal]][[mock:content-filter]] [[mock:one-choice]]");

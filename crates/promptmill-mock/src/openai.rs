@@ -453,7 +453,13 @@ impl Params<'_> {
             if t.markers.bad_schema && index == 0 && s.first_time("bad-schema", t.prompt_hash) {
                 "Sure! Here is the JSON you asked for: {\"headline\": ".to_owned()
             } else {
-                super::structured::sample(schema, source, hash).to_string()
+                let mut v = super::structured::sample(schema, source, hash);
+                if let (Some(score), Some(o)) = (t.markers.score, v.as_object_mut()) {
+                    if o.contains_key("score") {
+                        o.insert("score".into(), Value::from(score));
+                    }
+                }
+                v.to_string()
             };
         let max_bytes = self.max_tokens.map_or(usize::MAX, |m| {
             usize::try_from(m.saturating_mul(4)).unwrap_or(usize::MAX)

@@ -129,6 +129,14 @@ pub const MAX_RETRIES: Bound = Bound {
 };
 
 /// `regenerate` / `--regenerate`: new answers a rejected row may get.
+pub const JUDGE_TEMPERATURE: Bound = Bound {
+    field: "judge.temperature",
+    flag: None,
+    min: 0.0,
+    max: 2.0,
+    unit: "",
+};
+
 pub const REGENERATE: Bound = Bound {
     field: "regenerate",
     flag: Some("--regenerate"),

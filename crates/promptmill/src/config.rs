@@ -61,6 +61,9 @@ pub struct Job {
     /// feedback, until it passes or has had this many new answers (0 = never).
     #[serde(default)]
     pub regenerate: u32,
+    /// `[judge]`: a second prompt that scores each answer that passed the checks.
+    #[serde(default)]
+    pub judge: Option<JudgeConfig>,
     /// The job file's folder: relative paths in the file resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -116,6 +119,50 @@ pub struct PromptConfig {
     /// A full message list (few-shot examples etc.), instead of system/user.
     #[serde(default)]
     pub messages: Vec<MessageConfig>,
+}
+
+/// `[judge]`: a second prompt that sees the row and its answer (`{{ answer }}`) and returns
+/// a score and a reason, as structured output. With `min_score`, an answer scored below it
+/// is rejected like one that fails a check (and regenerated with the reason as feedback).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeConfig {
+    /// Inline system message template.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// System message template file.
+    #[serde(default)]
+    pub system_template: Option<PathBuf>,
+    /// Inline user message template.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// User message template file.
+    #[serde(default)]
+    pub template: Option<PathBuf>,
+    /// The judge's model (same provider and endpoint); defaults to the job's.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Defaults to 0: a judge should be consistent.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Upper bound on the verdict's tokens (what is reserved per judge request).
+    #[serde(default = "default_judge_max_tokens")]
+    pub max_tokens: u32,
+    /// The lowest and highest score the judge may give (the schema asks for a number in
+    /// between).
+    #[serde(default = "default_judge_scale")]
+    pub scale: [f64; 2],
+    /// Answers scored below this are rejected.
+    #[serde(default)]
+    pub min_score: Option<f64>,
+}
+
+fn default_judge_max_tokens() -> u32 {
+    300
+}
+
+fn default_judge_scale() -> [f64; 2] {
+    [1.0, 10.0]
 }
 
 /// One `[[prompt.messages]]` entry.
@@ -485,13 +532,91 @@ impl Job {
         // anything runs; the run compiles its own copy.
         job.compile_checks()
             .map_err(|e| job.invalid(e.to_string()))?;
-        if job.regenerate > 0 && job.checks.is_empty() {
+        let rejects =
+            !job.checks.is_empty() || job.judge.as_ref().is_some_and(|j| j.min_score.is_some());
+        if job.regenerate > 0 && !rejects {
             return Err(job.invalid(
-                "regenerate: only rows rejected by [[checks]] are regenerated, and the job has \
-                 no checks; add [[checks]] or remove regenerate",
+                "regenerate: only rows rejected by [[checks]] or by the judge's min_score are \
+                 regenerated, and the job has neither; add [[checks]] or [judge] min_score, or \
+                 remove regenerate",
             ));
         }
+        job.check_judge()?;
         Ok(job)
+    }
+
+    /// Refuses a `[judge]` that cannot work: no user template, a scale upside down, a
+    /// `min_score` outside it.
+    fn check_judge(&self) -> Result<(), ConfigError> {
+        let Some(j) = &self.judge else {
+            return Ok(());
+        };
+        if j.user.is_some() && j.template.is_some() {
+            return Err(self.invalid("judge: set user or template, not both"));
+        }
+        if j.user.is_none() && j.template.is_none() {
+            return Err(self.invalid(
+                "judge: needs a user message (user = \"...\" or template = \"file\") that \
+                 shows the answer with {{ answer }}",
+            ));
+        }
+        if j.max_tokens == 0 {
+            return Err(self.invalid("judge.max_tokens: must be at least 1"));
+        }
+        if j.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+            return Err(self.invalid("judge.model: must not be empty"));
+        }
+        let [low, high] = j.scale;
+        if !(low.is_finite() && high.is_finite() && low < high) {
+            return Err(self.invalid(format!(
+                "judge.scale: [{low}, {high}] must be two finite numbers, lowest first"
+            )));
+        }
+        if let Some(min) = j.min_score {
+            if !(low..=high).contains(&min) {
+                return Err(self.invalid(format!(
+                    "judge.min_score: {min} is outside judge.scale [{low}, {high}]"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The job the judge's requests are planned as: this job with the judge's prompt and
+    /// model, asking for a `{score, reason}` object (None without `[judge]`).
+    pub fn judge_job(&self) -> Option<Job> {
+        let j = self.judge.as_ref()?;
+        let mut job = self.clone();
+        job.prompt = PromptConfig {
+            system: j.system.clone(),
+            system_template: j.system_template.clone(),
+            user: j.user.clone(),
+            template: j.template.clone(),
+            messages: Vec::new(),
+        };
+        let m = &self.model;
+        job.model = ModelConfig {
+            name: j.model.clone().unwrap_or_else(|| m.name.clone()),
+            max_tokens: j.max_tokens,
+            temperature: Some(j.temperature.unwrap_or(0.0)),
+            top_p: None,
+            stop: Vec::new(),
+            seed: m.seed,
+            presence_penalty: None,
+            frequency_penalty: None,
+            n: None,
+            stream: false,
+            schema: None,
+            schema_file: None,
+            schema_mode: m.schema_mode,
+            max_tokens_field: m.max_tokens_field.clone(),
+            extra: None,
+            schema_json: Some(crate::judge::schema(j.scale)),
+        };
+        job.checks = Vec::new();
+        job.regenerate = 0;
+        job.judge = None;
+        Some(job)
     }
 
     /// The job's `[[checks]]`, compiled against its structured output's fields.
@@ -540,6 +665,12 @@ impl Job {
         let mut t = self.cache.dir.take();
         r(self, &mut t);
         self.cache.dir = t;
+        let mut judge = self.judge.take();
+        if let Some(j) = judge.as_mut() {
+            r(self, &mut j.template);
+            r(self, &mut j.system_template);
+        }
+        self.judge = judge;
     }
 
     fn invalid(&self, message: impl Into<String>) -> ConfigError {
@@ -568,6 +699,10 @@ impl Job {
             (&MAX_RETRIES, Some(f64::from(self.limits.max_retries))),
             (&REGENERATE, Some(f64::from(self.regenerate))),
             (&REJECT_RATE, self.estimate.assume_reject_rate),
+            (
+                &JUDGE_TEMPERATURE,
+                self.judge.as_ref().and_then(|j| j.temperature),
+            ),
         ];
         for (bound, value) in fields {
             if let Some(v) = value {
@@ -707,6 +842,7 @@ impl Job {
                     })
                 })
                 .collect(),
+            section: None,
         }
     }
 

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::cache::Cache;
 use crate::config::Job;
 use crate::cost::{ModelPrice, Tier};
+use crate::judge::Judge;
 use crate::pipeline::rows::{first_pass, PassOptions, RowLoop, Spool, Step, Stepped};
 use crate::plan::Planner;
 use crate::resume::{Resume, ResumeCounts};
@@ -42,6 +43,8 @@ pub struct EstimateOptions<'a> {
     /// Keep every row and its Step in a spool in the folder of this path, for the send pass
     /// and the output to read instead of the input; `None` = no spool (a dry run).
     pub spool_beside: Option<&'a Path>,
+    /// The job's judge, rendered for every row and priced (live runs only).
+    pub judge: Option<&'a Judge>,
 }
 
 /// Everything the dry run reports. Field names are the `--json` format (see
@@ -92,12 +95,34 @@ pub struct Estimate {
     /// What regenerating the rows the checks reject may add (with `regenerate`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub regeneration: Option<Regeneration>,
+    /// What the judge may add (with `[judge]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeEstimate>,
     /// The first `--show N` rendered prompts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
     /// What an earlier run's journal says about the rows.
     #[serde(skip)]
     pub resume: ResumeCounts,
+}
+
+/// What the judge may add to a run, on top of `requests` and `cost`: one verdict per answer
+/// (regenerated ones too), each prompt being the judge's template with the row and an
+/// answer of the expected length.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JudgeEstimate {
+    pub model: String,
+    /// Judge requests expected: one per answer (including expected regenerations). An
+    /// answer the checks reject is not judged, so this is an upper bound.
+    pub requests: u64,
+    /// Prompt tokens of those requests.
+    pub prompt_tokens: u64,
+    /// Their expected cost at live prices; `None` = unknown price.
+    pub expected_usd: Option<f64>,
+    /// Their cost if every verdict uses the judge's `max_tokens`.
+    pub max_usd: Option<f64>,
+    /// Expected cost per judged answer.
+    pub per_answer_usd: Option<f64>,
 }
 
 /// What regeneration may add to a run, on top of `requests` and `cost`. Each attempt is
@@ -208,6 +233,8 @@ struct ChunkResult {
     prompt_tokens: u64,
     /// Prompt tokens as the budget and limiter reserve them (approximations get a margin).
     reserve_prompt: u64,
+    /// The judge's template tokens of the rows to send.
+    judge_tokens: u64,
     longest: Option<RowTokens>,
     over_context: u64,
     over_context_rows: Vec<RowTokens>,
@@ -226,7 +253,7 @@ pub fn estimate(
 ) -> anyhow::Result<(Estimate, Option<Spool>)> {
     let file = job.input.path.display().to_string();
     let context_window = opts.price.and_then(|p| p.max_input_tokens);
-    let rl = RowLoop::new(job, planner, opts.price, opts.tier, opts.cache);
+    let rl = RowLoop::new(job, planner, opts.price, opts.tier, opts.cache).with_judge(opts.judge);
     let pass = PassOptions {
         resume: opts.resume,
         workers: opts.workers,
@@ -276,10 +303,12 @@ pub fn estimate(
         budget_usd: job.budget.total_cap(),
         checks: job.checks.iter().map(|c| c.name.clone()).collect(),
         regeneration: None,
+        judge: None,
         samples: Vec::new(),
         resume: ResumeCounts::default(),
     };
     let mut reserve_prompt = 0u64;
+    let mut judge_tokens = 0u64;
     for r in results {
         e.rows += r.rows;
         e.bad_rows += r.bad_rows;
@@ -287,6 +316,7 @@ pub fn estimate(
         e.cached += r.cached;
         e.prompt_tokens.total += r.prompt_tokens;
         reserve_prompt += r.reserve_prompt;
+        judge_tokens += r.judge_tokens;
         if let Some(l) = r.longest {
             // Chunks come in input order, so on a tie the earlier row stays.
             if e.longest_prompt
@@ -346,6 +376,9 @@ pub fn estimate(
     if job.regenerate > 0 {
         e.regeneration = Some(regeneration(&e, job));
     }
+    if let Some(j) = opts.judge {
+        e.judge = Some(judge_estimate(&e, j, judge_tokens));
+    }
     // The limiter takes prompt + max_tokens per request before sending it.
     e.min_wall_time = wall_time(
         e.requests,
@@ -354,6 +387,48 @@ pub fn estimate(
         job.limits.tokens_per_minute,
     );
     Ok((e, spool))
+}
+
+/// The judge's share: every answer sent (and every expected new answer) is judged once.
+/// Its prompt is the judge's template for the row (counted in the pass) plus the answer,
+/// assumed as long as the estimate assumes answers are.
+fn judge_estimate(e: &Estimate, judge: &Judge, template_tokens: u64) -> JudgeEstimate {
+    let regenerated = e.regeneration.as_ref().map_or(0, |g| g.expected_requests);
+    let requests = e.requests.saturating_add(regenerated);
+    let per_answer = e.completion_tokens.expected_per_request;
+    // The template's tokens were counted once per row sent; regenerated answers are
+    // judged with the same template.
+    let per_row_template = template_tokens.checked_div(e.requests).unwrap_or(0);
+    let prompt_tokens = template_tokens
+        .saturating_add(per_row_template.saturating_mul(regenerated))
+        .saturating_add(per_answer.saturating_mul(requests));
+    let max_out = u64::from(judge.job.model.max_tokens);
+    // A verdict is a short JSON object: assume half its max_tokens.
+    let expected_out = max_out.div_ceil(2);
+    let at = |out: u64| {
+        judge.price.as_ref().map(|p| {
+            p.cost(
+                &Usage {
+                    prompt_tokens,
+                    completion_tokens: out.saturating_mul(requests),
+                    ..Usage::default()
+                },
+                Tier::Live,
+            )
+            .as_usd()
+        })
+    };
+    let expected = at(expected_out);
+    JudgeEstimate {
+        model: judge.model.clone(),
+        requests,
+        prompt_tokens,
+        expected_usd: expected,
+        max_usd: at(max_out),
+        per_answer_usd: expected
+            .filter(|_| requests > 0)
+            .map(|c| c / requests as f64),
+    }
 }
 
 /// Regeneration's share: with reject rate `r` and `N` attempts, a row expects
@@ -413,6 +488,7 @@ fn count_row(r: &mut ChunkResult, pos: u64, s: &Stepped, show: usize, context_wi
     r.requests += 1;
     r.prompt_tokens += tokens;
     r.reserve_prompt += req.worst.prompt_tokens;
+    r.judge_tokens += s.judge_tokens;
     let here = || RowTokens {
         row: req.row + 1,
         id: req.id.clone(),
@@ -585,6 +661,20 @@ impl Estimate {
                     g.assumed_reject_rate * 100.0,
                     thousands(g.max_requests),
                     money(g.max_usd)
+                ),
+            );
+        }
+        if let Some(j) = &self.judge {
+            let money = |v: Option<f64>| v.map_or_else(|| "unknown".to_string(), usd);
+            line(
+                "judge",
+                format!(
+                    "{} verdicts by {}: {} expected ({} per answer), at most {}",
+                    thousands(j.requests),
+                    j.model,
+                    money(j.expected_usd),
+                    money(j.per_answer_usd),
+                    money(j.max_usd)
                 ),
             );
         }

@@ -18,6 +18,7 @@ pub mod estimate;
 pub mod identity;
 pub mod job_lock;
 pub mod journal;
+pub mod judge;
 pub mod key_table;
 pub mod limit;
 pub mod output_paths;

@@ -114,6 +114,18 @@ impl Planner {
         Ok(self.planned(messages, None))
     }
 
+    /// Plans the judge's request about `answer` (this planner being the judge's; see
+    /// [`crate::judge`]). Its hash covers the answer: a new answer needs a new verdict.
+    pub fn plan_judge(&self, row: &Row, answer: &str) -> Result<Planned, RenderError> {
+        let messages = self.renderer.render_judge(row, answer)?;
+        Ok(self.planned(messages, None))
+    }
+
+    /// Whether the templates read `answer` (see [`Renderer::reads_answer`]).
+    pub fn reads_answer(&self) -> bool {
+        self.renderer.reads_answer()
+    }
+
     fn count(&self, messages: &[Message]) -> u64 {
         // Released: a row the estimate did not count (the input changed under the run) loads
         // the tables again for a moment.

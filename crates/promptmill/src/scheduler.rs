@@ -39,14 +39,27 @@ pub struct WorkItem {
     pub worst_cost: Money,
     /// What an answer without usage is counted as (see [`UsageGuess`]).
     pub guess: UsageGuess,
+    /// What the request is for.
+    pub kind: Kind,
+}
+
+/// What a request is for: the row's answer, a rejected row's new attempt, or the judge's
+/// verdict on an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// The row's answer.
+    Answer,
     /// A rejected row's new attempt: the hash of the row's own request and the attempt's
     /// number (see [`Record::regen_of`]).
-    pub regen: Option<(String, u32)>,
+    Regen { of: String, attempt: u32 },
+    /// The judge's verdict on the row's answer: priced and read with the scheduler's
+    /// [`Scheduler::judge`] profile, and journaled under the judge's own identity.
+    Judge,
 }
 
 impl WorkItem {
-    /// The work of sending a request the row loop planned; `regen` as in [`WorkItem::regen`].
-    pub fn of(req: crate::pipeline::rows::Request, regen: Option<(String, u32)>) -> WorkItem {
+    /// The work of sending a request the row loop planned.
+    pub fn of(req: crate::pipeline::rows::Request, kind: Kind) -> WorkItem {
         WorkItem {
             row: req.row,
             id: req.id,
@@ -58,9 +71,21 @@ impl WorkItem {
                 prompt_tokens: req.prompt_tokens,
                 worst: req.worst,
             },
-            regen,
+            kind,
         }
     }
+}
+
+/// How the answers to one kind of request are priced and read: the job's model, or the
+/// judge's.
+#[derive(Default)]
+pub struct Profile {
+    pub price: Option<ModelPrice>,
+    /// The structured-output schema: answers that do not follow it are retried, and its
+    /// top-level fields are stored in the record (see [`crate::schema`]).
+    pub schema: Option<Value>,
+    /// Counts answers that come without usage; without it they are charged the worst case.
+    pub usage_counter: Option<UsageCounter>,
 }
 
 /// What a row's answer is counted as when the server sends no `usage`: never zero.
@@ -140,6 +165,8 @@ pub struct RunStats {
     pub tokens: AtomicU64,
     /// Regeneration attempts that ended (a new answer, or a failure that kept the old one).
     pub regenerated: AtomicU64,
+    /// Judge requests that ended (a verdict, or a failure).
+    pub judged: AtomicU64,
     /// The rows those attempts were for.
     pub regenerated_rows: Mutex<std::collections::HashSet<u64>>,
 }
@@ -175,7 +202,10 @@ pub struct Scheduler {
     /// Every dollar reserved, settled and released goes through it.
     pub ledger: Arc<Ledger>,
     pub journal: Mutex<JournalWriter>,
-    pub price: Option<ModelPrice>,
+    /// How the rows' answers are priced and read.
+    pub answer: Profile,
+    /// How the judge's verdicts are priced and read ([`Kind::Judge`] items).
+    pub judge: Profile,
     pub tier: Tier,
     /// How long to wait before each retry, and when to give a row up (see
     /// [`crate::drive::retry`]); its seed is random unless the caller sets one.
@@ -189,11 +219,6 @@ pub struct Scheduler {
     pub cancel: CancellationToken,
     /// Where successful responses are also stored (`--cache`), if anywhere.
     pub cache: Option<Cache>,
-    /// The job's structured-output schema: answers that do not follow it are retried, and
-    /// its top-level fields are stored in the record (see [`crate::schema`]).
-    pub schema: Option<Value>,
-    /// Counts answers that come without usage; without it they are charged the worst case.
-    pub usage_counter: Option<UsageCounter>,
     /// Stops the job when failed attempts say it cannot go on (endpoint down, only 429s).
     pub watchdog: Watchdog,
     abort_reason: Mutex<Option<String>>,
@@ -219,7 +244,11 @@ impl Scheduler {
             limiter,
             ledger,
             journal: Mutex::new(journal),
-            price,
+            answer: Profile {
+                price,
+                ..Profile::default()
+            },
+            judge: Profile::default(),
             tier,
             retry: RetryPolicy::new(max_retries, rand::random()),
             max_in_flight: max_in_flight.max(1),
@@ -228,8 +257,6 @@ impl Scheduler {
             stop: CancellationToken::new(),
             cancel: CancellationToken::new(),
             cache: None,
-            schema: None,
-            usage_counter: None,
             watchdog: Watchdog::new(WatchdogLimits {
                 errors: 0,
                 refused: None,
@@ -302,9 +329,7 @@ impl Scheduler {
             }
             // The reservation is journaled before the request can be sent: if this process
             // is killed with it in flight, the next run counts its worst case as spent.
-            let journaled = self
-                .journal()
-                .reserve(item.row, self.priced(item.worst_cost));
+            let journaled = self.journal().reserve(item.row, self.priced(&item));
             let reservation = match journaled {
                 Ok(id) => Held {
                     res: reservation,
@@ -353,7 +378,10 @@ impl Scheduler {
             self.unfinished(&item, wasted, res);
             return;
         };
-        if let Some((of, attempt)) = &item.regen {
+        if item.kind == Kind::Judge {
+            self.stats.judged.fetch_add(1, Relaxed);
+        }
+        if let Kind::Regen { of, attempt } = &item.kind {
             self.stats.regenerated(item.row);
             if record.status != Status::Ok {
                 // A new attempt that failed keeps the row's last answer (and its check
@@ -372,7 +400,9 @@ impl Scheduler {
             record.regenerated = *attempt;
         }
         let ok = record.status == Status::Ok;
-        if ok {
+        if item.kind == Kind::Judge {
+            // A verdict is not a row's answer: the rows were counted when their answers came.
+        } else if ok {
             self.stats.succeeded.fetch_add(1, Relaxed);
         } else {
             self.stats.failed.fetch_add(1, Relaxed);
@@ -397,8 +427,8 @@ impl Scheduler {
                 tracing::warn!("{}: cannot store a response: {e}", c.dir().display());
             }
         }
-        // A regenerated row was counted when its first answer came.
-        if item.regen.is_none() {
+        // A regenerated or judged row was counted when its first answer came.
+        if item.kind == Kind::Answer {
             self.progress.row_done(ok);
         }
     }
@@ -413,7 +443,7 @@ impl Scheduler {
             }
             return;
         };
-        let cost = self.price.as_ref().map(|p| p.cost(&usage, self.tier));
+        let cost = self.cost(item, &usage);
         self.pay(res.res, Some(&usage), Charge::of(true, cost.map(|c| c.0)));
         let spend = Unfinished {
             row: item.row,
@@ -461,8 +491,22 @@ impl Scheduler {
 
     /// A worst case as the journal records it: None when the model has no price (then it
     /// is $0 only because nothing is known, and counts as unpriced if never settled).
-    fn priced(&self, worst: Money) -> Option<u64> {
-        self.price.as_ref().map(|_| worst.0)
+    fn priced(&self, item: &WorkItem) -> Option<u64> {
+        self.profile(item).price.as_ref().map(|_| item.worst_cost.0)
+    }
+
+    /// How `item`'s answer is priced and read.
+    fn profile(&self, item: &WorkItem) -> &Profile {
+        match item.kind {
+            Kind::Judge => &self.judge,
+            _ => &self.answer,
+        }
+    }
+
+    /// What `usage` costs at the price of `item`'s model (None without a price).
+    fn cost(&self, item: &WorkItem, usage: &Usage) -> Option<Money> {
+        let price = self.profile(item).price.as_ref()?;
+        Some(price.cost(usage, self.tier))
     }
 
     fn journal(&self) -> std::sync::MutexGuard<'_, JournalWriter> {
@@ -531,9 +575,9 @@ impl Scheduler {
                             attempts,
                             why,
                         );
-                        return Some(self.paid(failed, add_usage(c.usage, *wasted)));
+                        return Some(self.paid(item, failed, add_usage(c.usage, *wasted)));
                     }
-                    match self.post_process(c, *wasted) {
+                    match self.post_process(item, c, *wasted) {
                         Ok((c, fields)) => return Some(self.success(item, c, attempts, fields)),
                         Err((e, paid)) => {
                             *wasted = paid;
@@ -556,7 +600,7 @@ impl Scheduler {
                     return None;
                 }
                 Action::FailRow => {
-                    return Some(self.paid(self.failure(item, &err, attempts), *wasted))
+                    return Some(self.paid(item, self.failure(item, &err, attempts), *wasted))
                 }
                 Action::Retry => {}
             }
@@ -571,7 +615,7 @@ impl Scheduler {
                 .retry
                 .next_delay(item.row, kind, attempt, err.retry_after)
             else {
-                return Some(self.paid(self.failure(item, &err, attempts), *wasted));
+                return Some(self.paid(item, self.failure(item, &err, attempts), *wasted));
             };
             if kind == RetryKind::RateLimited {
                 self.limiter.rate_limited(charge, &err.message);
@@ -590,7 +634,7 @@ impl Scheduler {
 
     /// The usage of an answer that came without one (see [`UsageCounter::guess`]).
     fn guess_usage(&self, item: &WorkItem, choices: &[crate::client::Choice]) -> Usage {
-        match &self.usage_counter {
+        match &self.profile(item).usage_counter {
             Some(c) => c.guess(&item.guess, choices),
             None => Usage {
                 estimated: true,
@@ -618,11 +662,12 @@ impl Scheduler {
     #[allow(clippy::type_complexity)]
     fn post_process(
         &self,
+        item: &WorkItem,
         mut c: Completion,
         wasted: Option<Usage>,
     ) -> Result<(Completion, Option<Map<String, Value>>), (ApiError, Option<Usage>)> {
         c.usage = add_usage(c.usage, wasted);
-        let Some(schema) = &self.schema else {
+        let Some(schema) = &self.profile(item).schema else {
             return Ok((c, None));
         };
         match crate::schema::structure(schema, &c.choices) {
@@ -638,9 +683,9 @@ impl Scheduler {
     }
 
     /// Adds the usage and cost of rejected answers to a failure record.
-    fn paid(&self, mut r: Record, wasted: Option<Usage>) -> Record {
+    fn paid(&self, item: &WorkItem, mut r: Record, wasted: Option<Usage>) -> Record {
         if let Some(u) = wasted {
-            r.cost_pico = self.price.as_ref().map(|p| p.cost(&u, self.tier).0);
+            r.cost_pico = self.cost(item, &u).map(|m| m.0);
             r.usage = Some(u);
         }
         r
@@ -653,10 +698,11 @@ impl Scheduler {
         attempts: u32,
         fields: Option<Map<String, Value>>,
     ) -> Record {
-        let cost = match (&self.price, &c.usage) {
-            (Some(p), Some(u)) => Some(p.cost(u, self.tier).0),
-            _ => None,
-        };
+        let cost = c
+            .usage
+            .as_ref()
+            .and_then(|u| self.cost(item, u))
+            .map(|m| m.0);
         Record {
             row: item.row,
             id: item.id.clone(),

@@ -87,6 +87,62 @@ pub struct Summary {
     /// What those attempts cost (included in `cost_this_run_usd`).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_usd")]
     pub regeneration_cost_usd: Option<Money>,
+    /// The judge's verdicts in the output (with `[judge]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeSummary>,
+    /// Judge requests that ended in this run.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub judge_requests: u64,
+    /// What they cost (included in `cost_this_run_usd`).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_usd")]
+    pub judge_cost_this_run_usd: Option<Money>,
+}
+
+/// The judge's side of the output: its verdicts, their spread, tokens and cost.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct JudgeSummary {
+    pub model: String,
+    /// Answers with a verdict.
+    pub judged: u64,
+    /// Verdicts below `min_score` (those rows are `rejected`).
+    pub below_min: u64,
+    /// Judge requests that failed (those rows are `failed`).
+    pub errors: u64,
+    /// Answers still waiting for a verdict (those rows are `pending`).
+    pub waiting: u64,
+    pub min_score: Option<f64>,
+    pub score_min: Option<f64>,
+    pub score_median: Option<f64>,
+    pub score_max: Option<f64>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Cost of the verdicts in the output (not in `cost_usd`); None = unknown price.
+    #[serde(serialize_with = "as_usd")]
+    pub cost_usd: Option<Money>,
+}
+
+impl JudgeSummary {
+    fn of(job: &Job, t: &sink::JudgeTotals) -> JudgeSummary {
+        let mut scores = t.scores.clone();
+        let spread = crate::judge::spread(&mut scores);
+        let j = job.judge.as_ref();
+        JudgeSummary {
+            model: j
+                .and_then(|j| j.model.clone())
+                .unwrap_or_else(|| job.model.name.clone()),
+            judged: t.judged,
+            below_min: t.below_min,
+            errors: t.errors,
+            waiting: t.waiting,
+            min_score: j.and_then(|j| j.min_score),
+            score_min: spread.map(|s| s.0),
+            score_median: spread.map(|s| s.1),
+            score_max: spread.map(|s| s.2),
+            prompt_tokens: t.usage.prompt_tokens,
+            completion_tokens: t.usage.completion_tokens,
+            cost_usd: t.cost.known(),
+        }
+    }
 }
 
 /// The status and message of a run that went through all its rows: `completed`, or
@@ -101,9 +157,14 @@ pub fn finished(job: &Job, totals: &OutputTotals) -> (&'static str, Option<Strin
         );
         ("failed", Some(message))
     } else if totals.rejected > 0 {
+        let (by, columns) = match (job.checks.is_empty(), job.judge.is_some()) {
+            (true, true) => ("the judge", "judge_score and judge_reason columns"),
+            (false, true) => ("checks or the judge", "check_ and judge_ columns"),
+            _ => ("checks", "check_ columns"),
+        };
         let message = format!(
-            "{} rows were answered but rejected by checks; each row's reasons are in the \
-             check_ columns of {}",
+            "{} rows were answered but rejected by {by}; each row's reasons are in the \
+             {columns} of {}",
             totals.rejected,
             job.output.path.display()
         );
@@ -164,6 +225,7 @@ impl Summary {
             cost_estimated_rows: totals.estimated,
             budget_usd: job.budget.total_cap().map(Money::from_usd),
             budget_per_run_usd: job.budget.max_usd_per_run.map(Money::from_usd),
+            judge: totals.judge.as_ref().map(|t| JudgeSummary::of(job, t)),
             ..Summary::default()
         }
     }
@@ -208,8 +270,14 @@ impl Summary {
             "{} total: {} succeeded, {} failed, {} pending",
             self.rows, self.succeeded, self.failed, self.pending
         );
-        if !self.checks.is_empty() {
-            rows.push_str(&format!(", {} rejected by checks", self.rejected));
+        match (self.checks.is_empty(), self.judge.is_some()) {
+            (false, false) => rows.push_str(&format!(", {} rejected by checks", self.rejected)),
+            (true, true) => rows.push_str(&format!(", {} rejected by the judge", self.rejected)),
+            (false, true) => rows.push_str(&format!(
+                ", {} rejected by checks or the judge",
+                self.rejected
+            )),
+            (true, false) => {}
         }
         if self.resumed > 0 || self.cached > 0 || self.changed > 0 {
             rows.push_str(&format!(
@@ -233,6 +301,45 @@ impl Summary {
                 })
                 .collect();
             line("checks", each.join("; "));
+        }
+        if let Some(j) = &self.judge {
+            let score = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v}"));
+            let mut text = format!(
+                "{} judged by {}: scores min {} / median {} / max {}",
+                j.judged,
+                j.model,
+                score(j.score_min),
+                score(j.score_median),
+                score(j.score_max)
+            );
+            if let Some(min) = j.min_score {
+                text.push_str(&format!(", {} below {min}", j.below_min));
+            }
+            if j.errors > 0 {
+                text.push_str(&format!(", {} judge requests failed", j.errors));
+            }
+            if j.waiting > 0 {
+                text.push_str(&format!(", {} waiting for a verdict", j.waiting));
+            }
+            line("judge", text);
+            line(
+                "judge cost",
+                format!(
+                    "{} ({} prompt + {} completion tokens){}",
+                    usd(j.cost_usd),
+                    j.prompt_tokens,
+                    j.completion_tokens,
+                    if self.judge_requests > 0 {
+                        format!(
+                            "; this run: {} requests, {}",
+                            self.judge_requests,
+                            usd(self.judge_cost_this_run_usd)
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            );
         }
         if self.regeneration_requests > 0 {
             line(

@@ -205,6 +205,12 @@ pub async fn run(
              reject stay rejected (run them live to regenerate them)"
         );
     }
+    if ctx.job.judge.is_some() {
+        eprintln!(
+            "note: [judge] runs in live mode only: batch answers are not judged (the output \
+             has no judge columns; run the job live to judge them)"
+        );
+    }
     let validated = ctx.validate(jc, interrupt).await.map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
     if !validated || interrupt.requested() {
@@ -733,7 +739,7 @@ fn finish_output(
     let totals = match &ctx.spool {
         Some(spool) => {
             let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
-            sink::write_output(spec, rows, index, &journal_path, &mut want)?
+            sink::write_output(spec, rows, index, &journal_path, &mut want, None)?
         }
         None => {
             let planner = match ctx.planner() {
@@ -741,7 +747,14 @@ fn finish_output(
                 Err(_) => Arc::new(planner_for(job, ctx.mock)?),
             };
             let mut want = wanted(&planner, Identity::of(job));
-            sink::write_output(spec, output_rows(job)?, index, &journal_path, &mut want)?
+            sink::write_output(
+                spec,
+                output_rows(job)?,
+                index,
+                &journal_path,
+                &mut want,
+                None,
+            )?
         }
     };
     if let Some(warning) = ctx.spool.as_ref().and_then(Spool::input_changed) {

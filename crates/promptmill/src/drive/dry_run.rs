@@ -94,6 +94,11 @@ pub(super) async fn first_pass(
     interrupt: &Interrupt,
 ) -> anyhow::Result<Option<(Estimate, Option<Spool>)>> {
     let (job, planner, price) = (ctx.job.clone(), planner.clone(), ctx.price.clone());
+    // The judge runs in live mode only; its templates are checked on every row here.
+    let judge = match pass.tier {
+        Tier::Live => super::judge_for(ctx).map_err(start_err)?,
+        Tier::Batch => None,
+    };
     let task = tokio::task::spawn_blocking(move || {
         // Read-only: the journal is repaired only when the run really starts.
         let path = job.journal_path();
@@ -114,6 +119,7 @@ pub(super) async fn first_pass(
             cache: cache.as_ref(),
             tier: pass.tier,
             spool_beside: pass.keep.then_some(path.as_path()),
+            judge: judge.as_deref(),
         };
         estimate(&job, &planner, &opts)
     });

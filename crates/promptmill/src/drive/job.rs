@@ -12,6 +12,7 @@ use crate::config::Job;
 use crate::cost::{ModelPrice, PriceTable};
 use crate::identity::{Identity, Wanted};
 use crate::journal::Record;
+use crate::judge::Judge;
 use crate::plan::Planner;
 use crate::render::Renderer;
 use crate::sink::OutputSpec;
@@ -84,7 +85,38 @@ pub fn claim(job: &Job) -> anyhow::Result<crate::job_lock::JobLock> {
 /// The planner for a job. Row identity hashes include where requests go, so mock answers are
 /// never taken for real ones; the mock's port changes every run, so it is hashed as `mock:`.
 pub fn planner_for(job: &Job, mock: bool) -> anyhow::Result<Planner> {
-    let renderer = Renderer::new(&job.prompt_spec())?;
+    planner_with(job, &job.prompt_spec(), mock)
+}
+
+/// The job's judge (`[judge]`), if it has one: its planner, priced at the judge model's
+/// price. Checked before anything is sent.
+pub fn judge_for(ctx: &JobCtx) -> anyhow::Result<Option<std::sync::Arc<Judge>>> {
+    let Some(judge_job) = ctx.job.judge_job() else {
+        return Ok(None);
+    };
+    let mut spec = judge_job.prompt_spec();
+    spec.section = Some("judge");
+    let planner = planner_with(&judge_job, &spec, ctx.mock)?;
+    let price = ctx.prices.lookup(&judge_job.model.name).cloned();
+    if ctx.job.budget.any_cap() && price.is_none() {
+        bail!(
+            "{} is set but there is no price for the judge's model '{}', so the cap cannot be \
+             enforced; give a price table with --prices FILE",
+            cap_names(&ctx.job),
+            judge_job.model.name
+        );
+    }
+    Ok(Some(std::sync::Arc::new(Judge::new(
+        &ctx.job, planner, price,
+    )?)))
+}
+
+fn planner_with(
+    job: &Job,
+    spec: &crate::render::PromptSpec,
+    mock: bool,
+) -> anyhow::Result<Planner> {
+    let renderer = Renderer::new(spec)?;
     let provider = client::provider_for(job);
     let identity = if mock {
         "mock:".to_string()
@@ -149,6 +181,8 @@ pub fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
         variants: job.model.n.unwrap_or(1),
         formula_guard: job.output.formula_guard,
         checks: job.checks.clone(),
+        // The judge runs in live mode only.
+        judge: job.judge.is_some() && job.mode == crate::config::Mode::Live,
     };
     spec.check()?;
     Ok(spec)

@@ -9,9 +9,10 @@ use anyhow::{anyhow, bail, Context as _};
 use tokio::sync::mpsc;
 
 use super::dry_run::{first_pass, Pass};
-use super::regenerate::{self, Regenerated};
+use super::regenerate::{self, Review, Reviewed};
 use super::{
-    bad_row_record, cap_names, exit, output_rows, output_spec, planner_for, start_err, wanted,
+    bad_row_record, cap_names, exit, judge_for, output_rows, output_spec, planner_for, start_err,
+    wanted,
 };
 use super::{Interrupt, JobCtx};
 use crate::cache::Cache;
@@ -20,13 +21,14 @@ use crate::config::Job;
 use crate::cost::{ModelPrice, Tier};
 use crate::identity::{Identity, RunRequests};
 use crate::journal::{self, Record, Status};
+use crate::judge::Judge;
 use crate::limit::Limiter;
 use crate::pipeline::ledger::{self, Cap, Caps, Ledger};
 use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
 use crate::progress::Progress;
 use crate::resume::{Decision, ResumeCounts};
-use crate::scheduler::{RunStats, Scheduler, StopReason, UsageCounter, WorkItem};
+use crate::scheduler::{Kind, Profile, RunStats, Scheduler, StopReason, UsageCounter, WorkItem};
 use crate::sink::{self, OutputTotals};
 use crate::summary::Summary;
 use crate::types::{Money, Usage};
@@ -50,6 +52,7 @@ pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow:
     let started = Instant::now();
     let job = &ctx.job;
     let planner = Arc::new(planner_for(job, ctx.mock).map_err(start_err)?);
+    let judge = judge_for(ctx).map_err(start_err)?;
     let spec = output_spec(job).map_err(start_err)?;
     let pass = Pass {
         resume: true,
@@ -65,7 +68,14 @@ pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow:
     let journal_path = job.journal_path();
     let index = journal::read_index(&journal_path)?.unwrap_or_default();
     let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
-    let totals = sink::write_output(&spec, rows, &index, &journal_path, &mut want)?;
+    let totals = sink::write_output(
+        &spec,
+        rows,
+        &index,
+        &journal_path,
+        &mut want,
+        judge.as_deref(),
+    )?;
     let (status, message, code) = super::outcome(job, &totals, |n| {
         format!("{n} rows have no answer yet; run without --recheck to send them")
     });
@@ -99,8 +109,8 @@ struct Produced {
     expected_cost: Option<Money>,
     /// The requests asked for, and the rows waiting for an answer asked for by another row.
     requests: Option<RunRequests>,
-    /// What regenerating rejected rows did.
-    regenerated: Regenerated,
+    /// What the judge and regenerating rejected rows did.
+    reviewed: Reviewed,
 }
 
 /// Runs a job live. `started` is when the command started (for the summary's wall time).
@@ -112,6 +122,7 @@ pub async fn run(
 ) -> anyhow::Result<u8> {
     let (job, price) = (&ctx.job, ctx.price.clone());
     let mut planner = Arc::new(planner_for(job, ctx.mock).map_err(start_err)?);
+    let judge = judge_for(ctx).map_err(start_err)?;
 
     let spec = output_spec(job).map_err(start_err)?;
     let seed = retry_seed().map_err(start_err)?;
@@ -148,12 +159,13 @@ pub async fn run(
     let identity = Identity::of(job);
     // The first pass's copy of the planner is gone with its task. Regeneration plans rows
     // again, so it keeps the tokenizer.
-    if let Some(p) = Arc::get_mut(&mut planner).filter(|_| job.regenerate == 0) {
+    if let Some(p) = Arc::get_mut(&mut planner).filter(|_| job.regenerate == 0 && judge.is_none()) {
         p.release_tokenizer();
     }
 
     let rows = validated.as_ref().map_or(0, |v| v.rows);
-    let (sched, ledger, progress) = scheduler_for(ctx, opts, &planner, cache, seed, rows)?;
+    let (sched, ledger, progress) =
+        scheduler_for(ctx, opts, &planner, judge.as_deref(), cache, seed, rows)?;
     if interrupt.requested() {
         // Stopped before the first request: nothing is sent, rows stay pending.
         sched.interrupt();
@@ -185,11 +197,26 @@ pub async fn run(
         .await
         .context("row producer failed")?
         .context("reading rows")?;
-    // Then the rows the checks reject get new answers, round by round.
-    if let Some(spool) = spool.as_ref().filter(|_| job.regenerate > 0) {
-        let price = price.as_ref();
-        produced.regenerated =
-            regenerate::rounds(job, &planner, price, spool, &sched, &ledger, &mut stop).await?;
+    // Rows that asked for a request another row sent get a copy of its answer (before the
+    // review rounds, which judge and regenerate them like any row).
+    if let Some(requests) = produced.requests.take() {
+        let mut journal = sched.journal.lock().unwrap_or_else(|e| e.into_inner());
+        requests.fan_out(&mut journal, identity)?;
+    }
+    // Then the judge scores the answers, and the rows the checks or the judge reject get
+    // new answers, round by round.
+    if let Some(spool) = spool
+        .as_ref()
+        .filter(|_| job.regenerate > 0 || judge.is_some())
+    {
+        let review = Review {
+            job: job.clone(),
+            planner: planner.clone(),
+            judge: judge.clone(),
+            price: price.clone(),
+            spool: spool.clone(),
+        };
+        produced.reviewed = regenerate::rounds(&review, &sched, &ledger, &mut stop).await?;
     }
     signals.abort();
     let _ = signals.await; // the aborted task must drop its handle on the scheduler
@@ -200,14 +227,10 @@ pub async fn run(
 
     let sched = Arc::try_unwrap(sched).map_err(|_| anyhow!("scheduler still shared"))?;
     let stats = sched.stats;
-    let mut writer = sched
+    let writer = sched
         .journal
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
-    // Rows that asked for a request another row sent get a copy of its answer.
-    if let Some(requests) = produced.requests.take() {
-        requests.fan_out(&mut writer, identity)?;
-    }
     let index = writer.finish()?;
     let journal_path = job.journal_path();
 
@@ -217,7 +240,14 @@ pub async fn run(
     let totals = match &spool {
         Some(spool) => {
             let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
-            let totals = sink::write_output(&spec, rows, &index, &journal_path, &mut want)?;
+            let totals = sink::write_output(
+                &spec,
+                rows,
+                &index,
+                &journal_path,
+                &mut want,
+                judge.as_deref(),
+            )?;
             if let Some(warning) = spool.input_changed() {
                 eprintln!("{warning}");
             }
@@ -226,7 +256,15 @@ pub async fn run(
         // Interrupted before the validation pass ended: the rows as the input holds them.
         None => {
             let mut want = wanted(&planner, identity);
-            sink::write_output(&spec, output_rows(job)?, &index, &journal_path, &mut want)?
+            let rows = output_rows(job)?;
+            sink::write_output(
+                &spec,
+                rows,
+                &index,
+                &journal_path,
+                &mut want,
+                judge.as_deref(),
+            )?
         }
     };
 
@@ -241,6 +279,7 @@ fn scheduler_for(
     ctx: &JobCtx,
     opts: LiveOptions,
     planner: &Planner,
+    judge: Option<&Judge>,
     cache: Option<Cache>,
     seed: Option<u64>,
     rows: u64,
@@ -287,11 +326,18 @@ fn scheduler_for(
         progress.clone(),
     )
     .with_cache(cache.clone());
-    sched.schema = job.model.schema_json.clone();
+    sched.answer.schema = job.model.schema_json.clone();
     if let Some(seed) = seed {
         sched.retry.seed = seed;
     }
-    sched.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));
+    sched.answer.usage_counter = Some(UsageCounter::new(&job.model.name, planner.exact_tokens()));
+    if let Some(j) = judge {
+        sched.judge = Profile {
+            price: j.price.clone(),
+            schema: j.job.model.schema_json.clone(),
+            usage_counter: Some(UsageCounter::new(&j.model, j.planner.exact_tokens())),
+        };
+    }
     sched.watchdog = Watchdog::new(WatchdogLimits {
         errors: job.limits.stop_after_errors,
         refused: (job.limits.stop_after_refused_secs > 0)
@@ -358,12 +404,16 @@ fn summarize(
         requests_per_minute: attempts as f64 / minutes,
         tokens_per_minute: stats.tokens.load(Relaxed) as f64 / minutes,
         prices: ctx.prices_line(),
-        regenerated_rows: produced.regenerated.rows,
-        regeneration_requests: produced.regenerated.requests,
-        regeneration_cost_usd: (produced.regenerated.requests > 0)
-            .then(|| produced.regenerated.cost.known())
+        regenerated_rows: produced.reviewed.regenerated_rows,
+        regeneration_requests: produced.reviewed.regenerated,
+        regeneration_cost_usd: (produced.reviewed.regenerated > 0)
+            .then(|| produced.reviewed.regeneration_cost.known())
             .flatten()
             .filter(|_| priced),
+        judge_requests: produced.reviewed.judged,
+        judge_cost_this_run_usd: (produced.reviewed.judged > 0)
+            .then(|| produced.reviewed.judge_cost.known())
+            .flatten(),
         ..Summary::for_output(job, "live", provider, totals, priced)
     };
     (summary, code)
@@ -488,7 +538,7 @@ fn produce(
             };
             out.expected_cost = Some(total.saturating_add(p.cost(&u, Tier::Live)));
         }
-        let item = WorkItem::of(req, None);
+        let item = WorkItem::of(req, Kind::Answer);
         out.sent += 1;
         if tx.blocking_send(item).is_err() {
             break; // the scheduler stopped

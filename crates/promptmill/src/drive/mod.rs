@@ -22,8 +22,8 @@ pub mod retry;
 
 use job::outcome;
 pub use job::{
-    bad_row_record, cap_names, claim, output_rows, output_spec, planner_for, price_table,
-    source_options, wanted, JobCtx,
+    bad_row_record, cap_names, claim, judge_for, output_rows, output_spec, planner_for,
+    price_table, source_options, wanted, JobCtx,
 };
 
 use tokio_util::sync::CancellationToken;

@@ -51,6 +51,14 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// What was added to this tally since it was `before`.
+    pub fn since(&self, before: Tally) -> Tally {
+        Tally {
+            priced: self.priced.saturating_sub(before.priced),
+            unpriced: self.unpriced.saturating_sub(before.unpriced),
+        }
+    }
+
     /// Adds one charge.
     pub fn add(&mut self, c: Charge) {
         match c {

@@ -25,7 +25,7 @@ use crate::cache::{Cache, Entry};
 use crate::config::Job;
 use crate::cost::{ModelPrice, Tier};
 use crate::identity::{Identity, Wanted};
-use crate::plan::Planner;
+use crate::plan::{Planned, Planner};
 use crate::resume::{Decision, Resume};
 use crate::source::{BadRow, Source, SourceError, SourceOptions};
 use crate::types::{Message, Money, Row, Usage};
@@ -96,6 +96,9 @@ pub struct Stepped {
     pub step: Step,
     /// The rendered messages (empty for a row not planned or read back from a spool).
     pub messages: Vec<Message>,
+    /// The judge's prompt tokens for this row, its answer left out (0 without a judge, or
+    /// read back from a spool).
+    pub judge_tokens: u64,
 }
 
 /// Renders, plans and decides rows for one job.
@@ -105,6 +108,7 @@ pub struct RowLoop<'a> {
     price: Option<&'a ModelPrice>,
     tier: Tier,
     cache: Option<&'a Cache>,
+    judge: Option<&'a crate::judge::Judge>,
     file: String,
 }
 
@@ -124,8 +128,17 @@ impl<'a> RowLoop<'a> {
             price,
             tier,
             cache,
+            judge: None,
             file: job.input.path.display().to_string(),
         }
+    }
+
+    /// Also renders the judge's prompt for every row (an empty answer in place of the
+    /// answer), so a judge template that fails on a row stops the pass before anything is
+    /// sent, and the estimate can price the judge.
+    pub fn with_judge(mut self, judge: Option<&'a crate::judge::Judge>) -> RowLoop<'a> {
+        self.judge = judge;
+        self
     }
 
     /// The one place a row is rendered, planned and decided. An error (the message names
@@ -146,6 +159,7 @@ impl<'a> RowLoop<'a> {
             },
             row,
             messages: Vec::new(),
+            judge_tokens: 0,
         };
         let row = match item {
             Ok(Ok(row)) => row,
@@ -161,6 +175,16 @@ impl<'a> RowLoop<'a> {
                 return Ok(bad(row, reason));
             }
             Err(e) => return Err(format!("{}: {e}", self.file)),
+        };
+        let judge_tokens = match self.judge.map(|j| j.plan(&row, "")) {
+            None => 0,
+            Some(Ok(p)) => p.prompt_tokens,
+            Some(Err(e)) if skip_bad => {
+                let reason = format!("{}: [judge]: {e}", self.file);
+                tracing::warn!("{reason}");
+                return Ok(bad(row, reason));
+            }
+            Some(Err(e)) => return Err(format!("{}: [judge]: {e}", self.file)),
         };
         let (index, id) = (row.index, identity.key(&row));
         let decision = match resume {
@@ -198,6 +222,7 @@ impl<'a> RowLoop<'a> {
             row,
             step,
             messages: planned.messages,
+            judge_tokens,
         })
     }
 
@@ -217,6 +242,19 @@ impl<'a> RowLoop<'a> {
             planned.prompt_tokens,
             Decision::Changed,
         ))
+    }
+
+    /// The judge's request about a row's answer (this loop being the judge's, over
+    /// [`crate::judge::Judge::job`]), priced at its worst case like any request.
+    pub fn judge_request(&self, row: &Row, id: String, planned: Planned) -> Request {
+        self.request(
+            row.index,
+            id,
+            planned.hash,
+            planned.body,
+            planned.prompt_tokens,
+            Decision::New,
+        )
     }
 
     /// A planned row as a request, with what the limiter and the budget take for it.
@@ -727,6 +765,7 @@ impl Record {
             },
             step,
             messages: Vec::new(),
+            judge_tokens: 0,
         }
     }
 }

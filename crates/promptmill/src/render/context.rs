@@ -14,9 +14,13 @@ pub(super) const RESERVED: [&str; 4] = ["row", "row_number", "row_id", FEEDBACK]
 /// (empty otherwise).
 pub const FEEDBACK: &str = "check_feedback";
 
+/// The variable holding the answer in the judge's templates (`[judge]`). It is set only
+/// there, where it shadows a column of the same name (still reachable as `row["answer"]`).
+pub const ANSWER: &str = "answer";
+
 /// Builds the context of `row`: every column at top level, plus `row`, `row_number`,
-/// `row_id` and `check_feedback` (`feedback`, or empty).
-pub(super) fn row_context(row: &Row, feedback: Option<&str>) -> Value {
+/// `row_id` and `check_feedback` (`feedback`, or empty), and `answer` when given.
+pub(super) fn row_context(row: &Row, feedback: Option<&str>, answer: Option<&str>) -> Value {
     Value::from_object(RowContext {
         // One conversion of the row per render; columns are looked up in it lazily, so the
         // context itself costs no copy of the map.
@@ -24,6 +28,7 @@ pub(super) fn row_context(row: &Row, feedback: Option<&str>) -> Value {
         row_number: row.index.saturating_add(1),
         row_id: Value::from(row.id.as_str()),
         feedback: Value::from(feedback.unwrap_or("")),
+        answer: answer.map(Value::from),
     })
 }
 
@@ -34,6 +39,7 @@ struct RowContext {
     row_number: u64,
     row_id: Value,
     feedback: Value,
+    answer: Option<Value>,
 }
 
 impl Object for RowContext {
@@ -43,6 +49,7 @@ impl Object for RowContext {
             "row_number" => Some(Value::from(self.row_number)),
             "row_id" => Some(self.row_id.clone()),
             FEEDBACK => Some(self.feedback.clone()),
+            ANSWER if self.answer.is_some() => self.answer.clone(),
             _ => self
                 .fields
                 .get_item(key)
@@ -53,8 +60,15 @@ impl Object for RowContext {
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
         let mut keys: Vec<Value> = RESERVED.iter().map(|&name| Value::from(name)).collect();
+        let answer = self.answer.is_some();
+        if answer {
+            keys.push(Value::from(ANSWER));
+        }
         if let Ok(columns) = self.fields.try_iter() {
-            keys.extend(columns.filter(|k| !k.as_str().is_some_and(|k| RESERVED.contains(&k))));
+            keys.extend(columns.filter(|k| {
+                !k.as_str()
+                    .is_some_and(|k| RESERVED.contains(&k) || (answer && k == ANSWER))
+            }));
         }
         Enumerator::Values(keys)
     }

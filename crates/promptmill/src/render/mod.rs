@@ -28,7 +28,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 
 use crate::types::{Message, Role, Row};
 
-pub use context::FEEDBACK;
+pub use context::{ANSWER, FEEDBACK};
 pub use error::{RenderError, RenderErrorKind, TemplateError, TemplateLocation};
 
 /// Fuel given to the rendering of one message: about 2 million instructions, or about
@@ -66,6 +66,8 @@ pub struct PromptSpec {
     pub user: Option<TemplateSource>,
     /// An explicit list of messages, in order (excludes `system` and `user`).
     pub messages: Vec<MessageSpec>,
+    /// The job file's section the templates come from, for messages (`prompt` when None).
+    pub section: Option<&'static str>,
 }
 
 /// The compiled templates of a prompt; renders rows into messages. `Send + Sync`: build
@@ -88,18 +90,21 @@ struct CompiledMessage {
     variables: BTreeSet<String>,
     /// The template places `check_feedback` itself.
     reads_feedback: bool,
+    /// The template reads `answer` (a judge's template).
+    reads_answer: bool,
 }
 
 impl Renderer {
     /// Loads and compiles every template of `spec`, once.
     pub fn new(spec: &PromptSpec) -> Result<Renderer, TemplateError> {
         let mut sources: Vec<(Role, &TemplateSource, String)> = Vec::new();
+        let section = spec.section.unwrap_or("prompt");
         if spec.messages.is_empty() {
             if let Some(system) = &spec.system {
-                sources.push((Role::System, system, "prompt.system".to_string()));
+                sources.push((Role::System, system, format!("{section}.system")));
             }
             if let Some(user) = &spec.user {
-                sources.push((Role::User, user, "prompt.user".to_string()));
+                sources.push((Role::User, user, format!("{section}.user")));
             }
         } else {
             if spec.system.is_some() || spec.user.is_some() {
@@ -109,7 +114,7 @@ impl Renderer {
                 sources.push((
                     message.role,
                     &message.source,
-                    format!("prompt.messages[{i}]"),
+                    format!("{section}.messages[{i}]"),
                 ));
             }
         }
@@ -135,7 +140,19 @@ impl Renderer {
         row: &Row,
         feedback: Option<&str>,
     ) -> Result<Vec<Message>, RenderError> {
-        let ctx = context::row_context(row, feedback);
+        self.render_in(context::row_context(row, feedback, None), row)
+    }
+
+    /// Renders the judge's messages for one row, with `answer` set to the row's answer.
+    pub fn render_judge(&self, row: &Row, answer: &str) -> Result<Vec<Message>, RenderError> {
+        self.render_in(context::row_context(row, None, Some(answer)), row)
+    }
+
+    fn render_in(
+        &self,
+        ctx: minijinja::value::Value,
+        row: &Row,
+    ) -> Result<Vec<Message>, RenderError> {
         self.messages
             .iter()
             .map(|message| {
@@ -151,6 +168,11 @@ impl Renderer {
     /// feedback is appended to its last user message).
     pub fn reads_feedback(&self) -> bool {
         self.messages.iter().any(|m| m.reads_feedback)
+    }
+
+    /// Whether some template reads `answer` (a judge that does not sees nothing to judge).
+    pub fn reads_answer(&self) -> bool {
+        self.messages.iter().any(|m| m.reads_answer)
     }
 
     /// Top-level variables the templates read (for checking against the input columns up
@@ -217,6 +239,7 @@ impl CompiledMessage {
 
         let read = undeclared(&env, &name);
         let reads_feedback = read.contains(FEEDBACK);
+        let reads_answer = read.contains(ANSWER);
         let variables = top_level_variables(&env, read);
         Ok(CompiledMessage {
             role,
@@ -225,6 +248,7 @@ impl CompiledMessage {
             dir,
             variables,
             reads_feedback,
+            reads_answer,
         })
     }
 

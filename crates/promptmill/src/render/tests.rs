@@ -57,6 +57,7 @@ fn system_then_user() {
         user: Some(inline("Describe {{ name }}.")),
         system: Some(inline("You write copy.")),
         messages: vec![],
+        section: None,
     })
     .unwrap();
     let messages = renderer.render(&row(json!({"name": "a lamp"}))).unwrap();
@@ -146,6 +147,7 @@ fn syntax_error_in_inline_template_names_the_field() {
         system: Some(inline("{{ oops")),
         user: Some(inline("fine")),
         messages: vec![],
+        section: None,
     })
     .unwrap_err();
     assert!(
@@ -183,6 +185,7 @@ fn variables_lists_what_templates_read() {
              {% if nick is defined %}{{ nick }}{% endif %}",
         )),
         messages: vec![],
+        section: None,
     })
     .unwrap();
     let expected: BTreeSet<String> = ["nick", "specs", "tags", "tone"]

@@ -65,11 +65,12 @@ impl<W: Write> RowWriter for CsvOut<'_, W> {
             let v = row.input.get(c).map(cell).unwrap_or_default();
             self.record.push_field(v.as_bytes());
         }
-        for (name, v) in result_values(self.spec, row.record, row.checks) {
+        for (name, v) in result_values(self.spec, row) {
             let text = cell(&v);
             // Text a server chose. Numbers (a structured field's `-5`) are data a spreadsheet
             // reads as numbers, not formulas: only text is guarded.
             let generated = name.starts_with("output")
+                || name == "judge_reason"
                 || name == "error"
                 || name == "finish_reason"
                 || self.spec.field_columns.contains(&name);

@@ -35,7 +35,7 @@ impl<W: Write> RowWriter for JsonlOut<'_, W> {
         for c in &self.spec.input_columns {
             obj.insert(c.clone(), row.input.get(c).cloned().unwrap_or(Value::Null));
         }
-        for (k, v) in result_values(self.spec, row.record, row.checks) {
+        for (k, v) in result_values(self.spec, row) {
             obj.insert(k, v);
         }
         self.line.clear();

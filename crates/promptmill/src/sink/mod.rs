@@ -17,6 +17,7 @@ use crate::checks::{CheckResult, CheckSpec, Checks};
 use crate::config::OutputFormat;
 use crate::identity::Wanted;
 use crate::journal::{JournalError, JournalIndex, JournalReader, Record, Status};
+use crate::judge::{Judge, Judged, Verdict};
 use crate::key_table::KeyTable;
 use crate::pipeline::ledger::{Charge, Tally};
 use crate::types::{Money, Row, Usage};
@@ -71,6 +72,30 @@ pub struct OutputTotals {
     /// Cost of the rows' recorded responses (unpriced ones counted apart, never as $0).
     #[serde(skip)]
     pub cost: Tally,
+    /// What the judge said about the answers (with `[judge]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge: Option<JudgeTotals>,
+}
+
+/// The judge's verdicts in the output.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct JudgeTotals {
+    /// Answers with a current verdict.
+    pub judged: u64,
+    /// Verdicts below `min_score` (their rows are `rejected`).
+    pub below_min: u64,
+    /// Judge requests that failed (their rows are `failed`).
+    pub errors: u64,
+    /// Answers that passed the checks and wait for a verdict (their rows are `pending`).
+    pub waiting: u64,
+    /// Tokens of the verdicts shown.
+    pub usage: Usage,
+    /// Cost of the verdicts shown (unpriced ones counted apart, never as $0).
+    #[serde(skip)]
+    pub cost: Tally,
+    /// Every score, for the spread.
+    #[serde(skip)]
+    pub scores: Vec<f64>,
 }
 
 impl OutputTotals {
@@ -104,7 +129,18 @@ pub struct OutputSpec {
     /// them and writing the output again re-checks every answer), one `check_<name>`
     /// column each.
     pub checks: Vec<CheckSpec>,
+    /// The job has a judge: its score, reason, tokens and cost get columns.
+    pub judge: bool,
 }
+
+/// The columns of the judge's verdict, after the check columns.
+pub const JUDGE_COLUMNS: &[&str] = &[
+    "judge_score",
+    "judge_reason",
+    "judge_prompt_tokens",
+    "judge_completion_tokens",
+    "judge_cost_usd",
+];
 
 impl OutputSpec {
     /// Every column name of the output, in order.
@@ -116,6 +152,9 @@ impl OutputSpec {
         }
         cols.extend(self.field_columns.iter().cloned());
         cols.extend(self.checks.iter().map(|c| format!("check_{}", c.name)));
+        if self.judge {
+            cols.extend(JUDGE_COLUMNS.iter().map(|s| s.to_string()));
+        }
         cols.extend(RESULT_COLUMNS[1..].iter().map(|s| s.to_string()));
         cols
     }
@@ -141,6 +180,109 @@ pub(crate) struct OutRow<'a> {
     pub record: Option<&'a Record>,
     /// The checks' results on the row's answer (empty when it has none).
     pub checks: &'a [CheckResult],
+    /// The judge's verdict on it, if it was judged.
+    pub judged: Option<&'a Judged>,
+    /// The row's status.
+    pub status: RowStatus,
+}
+
+/// A row's status in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowStatus {
+    Ok,
+    /// Answered, but a check or the judge rejected the answer.
+    Rejected,
+    Failed,
+    /// No answer yet, or an answer the judge has yet to see.
+    Pending,
+}
+
+impl RowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Ok => "ok",
+            RowStatus::Rejected => "rejected",
+            RowStatus::Failed => "failed",
+            RowStatus::Pending => "pending",
+        }
+    }
+}
+
+/// What the checks and the judge make of a row's answer.
+pub(crate) struct Review {
+    pub checks: Vec<CheckResult>,
+    /// The judge's side: None when there is no judge, no answer, or the checks rejected it.
+    pub judged: Option<Judged>,
+}
+
+impl Review {
+    /// The row's status, given its record.
+    pub fn status(&self, record: Option<&Record>, judge: Option<&Judge>) -> RowStatus {
+        match record.map(|r| r.status) {
+            None => RowStatus::Pending,
+            Some(Status::Failed) => RowStatus::Failed,
+            Some(Status::Ok) if self.checks.iter().any(|c| !c.passed) => RowStatus::Rejected,
+            Some(Status::Ok) => match (&self.judged, judge) {
+                (Some(Judged::Missing(_)), _) => RowStatus::Pending,
+                (Some(Judged::Failed(_) | Judged::Unplanned(_)), _) => RowStatus::Failed,
+                (Some(Judged::Scored(v, _)), Some(j)) if !j.passes(v) => RowStatus::Rejected,
+                _ => RowStatus::Ok,
+            },
+        }
+    }
+
+    /// Why the answer was rejected, for the next attempt's prompt: the failed checks'
+    /// reasons, or the judge's.
+    pub fn feedback(&self, judge: Option<&Judge>) -> String {
+        let mut results = self.checks.clone();
+        if let (Some(Judged::Scored(v, _)), Some(j)) = (&self.judged, judge) {
+            if !j.passes(v) {
+                results.push(judge_result(v, j));
+            }
+        }
+        crate::checks::feedback(&results)
+    }
+}
+
+/// A verdict below the bar as a failed check named `judge`.
+fn judge_result(v: &Verdict, j: &Judge) -> CheckResult {
+    CheckResult {
+        name: "judge".into(),
+        passed: false,
+        reason: Some(format!(
+            "score {} below {}: {}",
+            v.score,
+            j.min_score.unwrap_or_default(),
+            v.reason
+        )),
+    }
+}
+
+/// The checks' results on a row's answer and, when it passed them, the judge's verdict.
+pub(crate) fn review(
+    checks: &mut Checks,
+    judge: Option<&Judge>,
+    reader: Option<&mut JournalReader>,
+    index: &JournalIndex,
+    row: &Row,
+    row_id: &str,
+    record: Option<&Record>,
+) -> Result<Review, JournalError> {
+    let results = check_answer(checks, row, record);
+    let judged = match (judge, record) {
+        (Some(j), Some(r)) if r.status == Status::Ok && results.iter().all(|c| c.passed) => {
+            let answer = r.choices.first().map_or("", |c| c.text.as_str());
+            Some(match j.judged(reader, index, row, row_id, answer)? {
+                Ok(judged) => judged,
+                Err(e) => Judged::Unplanned(format!("judge: {e}")),
+            })
+        }
+        _ => None,
+    };
+    Ok(Review {
+        checks: results,
+        judged,
+    })
 }
 
 /// Writes the final output: reads the input again (for the input columns) and, row by row in
@@ -152,6 +294,7 @@ pub fn write_output<I>(
     index: &JournalIndex,
     journal: &Path,
     want: &mut dyn FnMut(&Row) -> Wanted,
+    judge: Option<&Judge>,
 ) -> Result<OutputTotals, SinkError>
 where
     I: Iterator<Item = Result<Row, String>>,
@@ -181,6 +324,7 @@ where
                 ..CheckTally::default()
             })
             .collect(),
+        judge: judge.map(|_| JudgeTotals::default()),
         ..OutputTotals::default()
     };
     // Compiled afresh for each output: `unique` keeps the first of its duplicates in input
@@ -209,40 +353,53 @@ where
                 r.shared_with.get_or_insert_with(|| first.to_string());
             }
             totals.rows += 1;
-            let results = check_answer(&mut checks, &row, record.as_ref());
-            for (tally, result) in totals.checks.iter_mut().zip(&results) {
+            let review = review(
+                &mut checks,
+                judge,
+                reader.as_mut(),
+                index,
+                &row,
+                &wanted.id,
+                record.as_ref(),
+            )?;
+            let status = review.status(record.as_ref(), judge);
+            let results = &review.checks;
+            for (tally, result) in totals.checks.iter_mut().zip(results) {
                 if result.passed {
                     tally.passed += 1;
                 } else {
                     tally.failed += 1;
                 }
             }
-            match &record {
-                Some(r) => {
-                    match r.status {
-                        Status::Ok if results.iter().any(|c| !c.passed) => totals.rejected += 1,
-                        Status::Ok => totals.succeeded += 1,
-                        Status::Failed => totals.failed += 1,
-                    }
-                    if r.cached {
-                        totals.cached += 1;
-                    }
-                    if let Some(u) = &r.usage {
-                        if !r.cached && r.shared_with.is_none() {
-                            if u.estimated {
-                                totals.estimated += 1;
-                            }
-                            totals.usage.add(u);
-                            totals.cost.add(Charge::of(true, r.cost_pico));
+            if let (Some(t), Some(judged)) = (totals.judge.as_mut(), &review.judged) {
+                t.count(judged, judge);
+            }
+            match status {
+                RowStatus::Ok => totals.succeeded += 1,
+                RowStatus::Rejected => totals.rejected += 1,
+                RowStatus::Failed => totals.failed += 1,
+                RowStatus::Pending => totals.pending += 1,
+            }
+            if let Some(r) = &record {
+                if r.cached {
+                    totals.cached += 1;
+                }
+                if let Some(u) = &r.usage {
+                    if !r.cached && r.shared_with.is_none() {
+                        if u.estimated {
+                            totals.estimated += 1;
                         }
+                        totals.usage.add(u);
+                        totals.cost.add(Charge::of(true, r.cost_pico));
                     }
                 }
-                None => totals.pending += 1,
             }
             w.write(&OutRow {
                 input: &row.fields,
                 record: record.as_ref(),
-                checks: &results,
+                checks: results,
+                judged: review.judged.as_ref(),
+                status,
             })
             .map_err(|e| match e {
                 SinkError::Io { source, .. } => io(source),
@@ -323,12 +480,71 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+impl JudgeTotals {
+    fn count(&mut self, judged: &Judged, judge: Option<&Judge>) {
+        match judged {
+            Judged::Missing(_) => self.waiting += 1,
+            Judged::Failed(_) | Judged::Unplanned(_) => self.errors += 1,
+            Judged::Scored(v, r) => {
+                self.judged += 1;
+                if judge.is_some_and(|j| !j.passes(v)) {
+                    self.below_min += 1;
+                }
+                self.scores.push(v.score);
+                if let Some(u) = &r.usage {
+                    if !r.cached {
+                        self.usage.add(u);
+                        self.cost.add(Charge::of(true, r.cost_pico));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A record's cost as an output cell: $0 for an answer served from the cache or shared,
+/// empty when unknown.
+fn cost_cell(record: Option<&Record>) -> Value {
+    match record {
+        Some(r) if r.cached || r.shared_with.is_some() => Value::from(0.0),
+        Some(r) if r.usage.is_some() => r
+            .cost_pico
+            .map(|c| Value::from(Money(c).as_usd()))
+            .unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+/// The judge's columns of a row.
+fn judge_values(judged: Option<&Judged>, out: &mut Vec<(String, Value)>) {
+    let (score, reason, record) = match judged {
+        Some(Judged::Scored(v, r)) => (
+            // The score as the judge wrote it (`9`, not `9.0`).
+            r.fields
+                .as_ref()
+                .and_then(|f| f.get("score"))
+                .cloned()
+                .unwrap_or(Value::Null),
+            Value::String(v.reason.clone()),
+            Some(r),
+        ),
+        Some(Judged::Failed(r)) => (Value::Null, Value::Null, Some(r)),
+        _ => (Value::Null, Value::Null, None),
+    };
+    let usage = record.and_then(|r| r.usage);
+    let values = [
+        score,
+        reason,
+        usage.map_or(Value::Null, |u| Value::from(u.prompt_tokens)),
+        usage.map_or(Value::Null, |u| Value::from(u.completion_tokens)),
+        cost_cell(record),
+    ];
+    out.extend(JUDGE_COLUMNS.iter().map(|c| c.to_string()).zip(values));
+}
+
 /// The result values of a row, as strings for CSV and typed values for JSONL.
-pub(crate) fn result_values(
-    spec: &OutputSpec,
-    record: Option<&Record>,
-    checks: &[CheckResult],
-) -> Vec<(String, Value)> {
+pub(crate) fn result_values(spec: &OutputSpec, row: &OutRow<'_>) -> Vec<(String, Value)> {
+    let (record, checks) = (row.record, row.checks);
     let mut out = Vec::with_capacity(spec.columns().len());
     let variants = spec.variants.max(1) as usize;
     for v in 0..variants {
@@ -359,14 +575,10 @@ pub(crate) fn result_values(
         });
         out.push((format!("check_{}", c.name), cell.unwrap_or(Value::Null)));
     }
-    let rejected = checks.iter().any(|c| !c.passed);
-    let status = match record.map(|r| r.status) {
-        Some(Status::Ok) if rejected => "rejected",
-        Some(Status::Ok) => "ok",
-        Some(Status::Failed) => "failed",
-        None => "pending",
-    };
-    out.push(("status".into(), Value::String(status.into())));
+    if spec.judge {
+        judge_values(row.judged, &mut out);
+    }
+    out.push(("status".into(), Value::String(row.status.as_str().into())));
     let finish = record
         .and_then(|r| r.choices.first())
         .and_then(|c| c.finish_reason.clone())
@@ -386,15 +598,7 @@ pub(crate) fn result_values(
             .map(|u| Value::from(u.completion_tokens))
             .unwrap_or(Value::Null),
     ));
-    let cost = match record {
-        Some(r) if r.cached || r.shared_with.is_some() => Value::from(0.0),
-        Some(r) if r.usage.is_some() => r
-            .cost_pico
-            .map(|c| Value::from(Money(c).as_usd()))
-            .unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
-    out.push(("cost_usd".into(), cost));
+    out.push(("cost_usd".into(), cost_cell(record)));
     // Whether the row's tokens and cost are ours because the server sent no usage.
     let estimated = match record {
         Some(r) if r.cached || r.shared_with.is_some() => Value::Bool(false),
@@ -411,10 +615,17 @@ pub(crate) fn result_values(
             .map(|r| Value::from(r.attempts))
             .unwrap_or(Value::Null),
     ));
+    // A row whose judge request failed says why here.
+    let judge_error = match row.judged {
+        Some(Judged::Failed(r)) => r.error.as_ref().map(|e| format!("judge: {e}")),
+        Some(Judged::Unplanned(e)) => Some(e.clone()),
+        _ => None,
+    };
     out.push((
         "error".into(),
         record
             .and_then(|r| r.error.clone())
+            .or(judge_error)
             .map(Value::String)
             .unwrap_or(Value::Null),
     ));
