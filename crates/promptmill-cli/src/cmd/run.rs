@@ -9,7 +9,9 @@ use super::args::JobArgs;
 use super::mock::{self, MockArgs};
 use super::{signals, start_err};
 use promptmill::config::Mode;
-use promptmill::drive::{self, batch, dry_run::DryRunOptions, live::LiveOptions, JobCtx};
+use promptmill::drive::{
+    self, batch, dry_run::DryRunOptions, live::LiveOptions, preview::Preview, JobCtx,
+};
 
 /// `promptmill run JOB`: run a job (or with `--dry-run`, only estimate it).
 #[derive(Debug, Args)]
@@ -40,6 +42,36 @@ pub struct RunArgs {
     /// No progress bar or periodic progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Preview: send only the first N rows a run would send, print them with their answers
+    /// and project the full cost; the other rows stay pending for the next run.
+    #[arg(long, value_name = "N", value_parser = promptmill::bounds::preview_limit,
+          conflicts_with_all = ["sample", "dry_run", "recheck"])]
+    pub limit: Option<u64>,
+    /// Preview: send N rows picked at random (reproducibly with --seed) from those a run
+    /// would send; otherwise as --limit. 1 to 100000.
+    #[arg(long, value_name = "N", value_parser = promptmill::bounds::preview_sample,
+          conflicts_with_all = ["dry_run", "recheck"])]
+    pub sample: Option<u64>,
+    /// The seed of --sample: the same seed picks the same rows from the same input (default:
+    /// a new seed, printed).
+    #[arg(long, value_name = "S", requires = "sample")]
+    pub seed: Option<u64>,
+}
+
+impl RunArgs {
+    /// The preview asked for, if any (a sample without --seed draws one and says which).
+    fn preview(&self) -> Option<Preview> {
+        if let Some(n) = self.limit {
+            return Some(Preview::Limit(n));
+        }
+        let rows = self.sample?;
+        let seed = self.seed.unwrap_or_else(|| {
+            let seed = rand::random::<u32>().into();
+            eprintln!("sampling {rows} rows with --seed {seed} (give it to pick the same rows)");
+            seed
+        });
+        Some(Preview::Sample { rows, seed })
+    }
 }
 
 /// Runs `promptmill run`.
@@ -71,11 +103,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         ctx.mock = args.mock.mock;
         return drive::live::recheck(&ctx, args.json, &interrupt).await;
     }
+    let preview = args.preview();
+    if preview.is_some() && ctx.job.mode == Mode::Batch {
+        return Err(start_err(anyhow::anyhow!(
+            "--limit and --sample preview a job live; drop --mode batch (or mode = \"batch\") \
+             for the preview"
+        )));
+    }
     let mock = mock::attach(&mut ctx, args.mock.mock, args.mock.flags()).await?;
     let opts = LiveOptions {
         retry_failed: args.retry_failed,
         json: args.json,
         quiet: args.quiet,
+        preview,
     };
     let outcome = match ctx.job.mode {
         Mode::Batch => batch::run(&ctx, args.batch.polling(), opts, &interrupt, started).await,
