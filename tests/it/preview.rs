@@ -1,6 +1,7 @@
 //! Previews (`run --limit N`, `run --sample N --seed S`): only the chosen rows are sent,
 //! shown with their answers, journaled so the full run does not pay for them again; the
-//! other rows stay pending.
+//! other rows stay pending. And pipes: `--input -` reads the rows from stdin, `--output -`
+//! writes the output to stdout (the journal then in `--state DIR`).
 
 use crate::common;
 
@@ -176,5 +177,151 @@ fn limit_and_sample_together_or_a_seed_alone_cannot_start() {
         stderr(&out).contains("drop --mode batch"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// Runs `promptmill ARGS` in `ws` with the test key, `input` on its stdin.
+fn piped(ws: &Workspace, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = ws
+        .command()
+        .env("OPENAI_API_KEY", TEST_KEY)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start promptmill");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// `n` rows of CSV: id,name,color.
+fn csv_text(n: usize) -> String {
+    let mut s = String::from("id,name,color\n");
+    for i in 1..=n {
+        s.push_str(&format!("r{i},item {i},color {}\n", i % 7));
+    }
+    s
+}
+
+#[test]
+fn rows_piped_in_come_out_on_stdout_and_nothing_else_does() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    let job = ws.job(&mock.base_url, "");
+    let args = [
+        "run", &job, "--input", "-", "--format", "csv", "--output", "-", "--state", "state",
+    ];
+    let out = piped(&ws, &args, &csv_text(25));
+    assert_exit(&out, 0);
+    assert_eq!(mock.stat("requests"), 25);
+    // stdout is the output and only that: a CSV with the output's header, then every row.
+    let mut reader = csv::Reader::from_reader(&out.stdout[..]);
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(header[..5], ["id", "name", "color", "output", "status"]);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let ids: Vec<&str> = rows.iter().map(|r| &r[0]).collect();
+    let want: Vec<String> = (1..=25).map(|i| format!("r{i}")).collect();
+    assert_eq!(ids, want);
+    for r in &rows {
+        assert_eq!(&r[4], "ok", "{r:?}");
+        assert!(r[3].starts_with("Mock answer for: Describe"), "{r:?}");
+    }
+    assert!(
+        stderr(&out).contains("25 total: 25 succeeded"),
+        "{}",
+        text(&out)
+    );
+    // The journal is in the state folder: the same rows piped in again are done already.
+    assert!(ws.path("state/result.journal.jsonl").is_file());
+    assert!(
+        !ws.path("out").exists(),
+        "nothing is written beside output.path"
+    );
+    let again = piped(&ws, &args, &csv_text(25));
+    assert_exit(&again, 0);
+    assert_eq!(mock.stat("requests"), 25, "{}", text(&again));
+    assert_eq!(again.stdout, out.stdout);
+    // No copy of stdin is left behind.
+    let left: Vec<_> = std::fs::read_dir(ws.path("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("stdin"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn jsonl_piped_in_is_read_once_and_a_bad_line_names_stdin() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    let job = ws.job(&mock.base_url, "");
+    let lines: String = (1..=4)
+        .map(|i| format!("{{\"id\":\"j{i}\",\"name\":\"n{i}\",\"color\":\"c\"}}\n"))
+        .collect();
+    // The output goes beside output.path as usual; only the rows come from stdin.
+    let out = piped(
+        &ws,
+        &["run", &job, "--input", "-", "--format", "jsonl"],
+        &lines,
+    );
+    assert_exit(&out, 0);
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    assert_eq!(ws.column("out/result.csv", "id"), ["j1", "j2", "j3", "j4"]);
+    assert_eq!(mock.stat("requests"), 4);
+    let bad = format!("{lines}{{\"id\":\"j5\",\n");
+    let out = piped(
+        &ws,
+        &["run", &job, "--input", "-", "--format", "jsonl"],
+        &bad,
+    );
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("error: <stdin>:5:"), "{}", text(&out));
+    assert_eq!(mock.stat("requests"), 4);
+}
+
+#[test]
+fn pipes_without_their_flags_cannot_start() {
+    let ws = Workspace::new();
+    ws.csv_rows(2);
+    let job = ws.job("http://127.0.0.1:9/v1", "");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--input", "-"], "give --format csv, tsv or jsonl"),
+        (&["--output", "-"], "give --state DIR"),
+        (&["--output", "-", "--state", "s", "--json"], "drop --json"),
+        (&["--state", "s"], "drop --state"),
+    ];
+    for (flags, message) in cases {
+        let out = piped(
+            &ws,
+            &[&["run", job.as_str()][..], flags].concat(),
+            &csv_text(2),
+        );
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(message), "{flags:?}: {}", text(&out));
+        assert!(out.stdout.is_empty(), "{flags:?}: {}", text(&out));
+    }
+    let out = ws.run(&["run", &job, "--format", "xlsx2"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("unknown input format"),
+        "{}",
+        text(&out)
+    );
+    let out = piped(&ws, &["estimate", &job, "--input", "-"], "");
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("works with `promptmill run` only"),
+        "{}",
+        text(&out)
     );
 }

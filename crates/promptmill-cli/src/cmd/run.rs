@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::args::JobArgs;
 use super::mock::{self, MockArgs};
+use super::pipes::{PipeFlags, Pipes};
 use super::{signals, start_err};
 use promptmill::config::Mode;
 use promptmill::drive::{
@@ -56,6 +57,9 @@ pub struct RunArgs {
     /// a new seed, printed).
     #[arg(long, value_name = "S", requires = "sample")]
     pub seed: Option<u64>,
+    /// `--input -` / `--output -` (stdin, stdout).
+    #[command(flatten)]
+    pub pipes: PipeFlags,
 }
 
 impl RunArgs {
@@ -75,15 +79,17 @@ impl RunArgs {
 }
 
 /// Runs `promptmill run`.
-pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+pub async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     // Before anything else: a signal from here on is a request to stop, never a kill.
     let interrupt = signals::install().map_err(start_err)?;
+    let mut pipes = Pipes::check(&mut args.job, &args.pipes, args.json)?;
     let mut ctx = args
         .job
         .load()
         .and_then(|job| JobCtx::new(job, args.job.prices.as_deref()))
         .map_err(start_err)?;
+    pipes.attach(&mut ctx.job)?;
     if args.dry_run {
         // The dry run only reads, so it neither takes the job's lock nor waits for it. With
         // `--mock` it decides rows as a mock run would (mock answers are apart); nothing is
@@ -94,15 +100,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             json: args.json,
             retry_failed: args.retry_failed,
         };
-        return drive::dry_run::run(&ctx, opts, &interrupt).await;
+        return pipes.end(drive::dry_run::run(&ctx, opts, &interrupt).await, false);
     }
     // One run of a job at a time, claimed before anything is read or sent.
     let _lock = drive::claim(&ctx.job)?;
-    if args.recheck {
+    pipes.before_run()?;
+    let outcome = if args.recheck {
         // Mock answers are told apart by the rows' request hashes: `--mock` picks them.
         ctx.mock = args.mock.mock;
-        return drive::live::recheck(&ctx, args.json, &interrupt).await;
-    }
+        drive::live::recheck(&ctx, args.json, &interrupt).await
+    } else {
+        send(&args, ctx, &interrupt, started).await
+    };
+    pipes.end(outcome, true)
+}
+
+/// Runs the job live or in batch mode (with the mock when asked).
+async fn send(
+    args: &RunArgs,
+    mut ctx: JobCtx,
+    interrupt: &drive::Interrupt,
+    started: Instant,
+) -> anyhow::Result<u8> {
     let preview = args.preview();
     if preview.is_some() && ctx.job.mode == Mode::Batch {
         return Err(start_err(anyhow::anyhow!(
@@ -118,8 +137,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
         preview,
     };
     let outcome = match ctx.job.mode {
-        Mode::Batch => batch::run(&ctx, args.batch.polling(), opts, &interrupt, started).await,
-        Mode::Live => drive::live::run(&ctx, opts, &interrupt, started).await,
+        Mode::Batch => batch::run(&ctx, args.batch.polling(), opts, interrupt, started).await,
+        Mode::Live => drive::live::run(&ctx, opts, interrupt, started).await,
     };
     mock::detach(mock).await;
     outcome
