@@ -290,6 +290,26 @@ fn jsonl_piped_in_is_read_once_and_a_bad_line_names_stdin() {
 }
 
 #[test]
+fn dev_stdin_as_the_input_path_is_read_once_too() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    let job = ws.job(&mock.base_url, "");
+    let args = ["run", &job, "--input", "/dev/stdin", "--format", "csv"];
+    let out = piped(&ws, &args, &csv_text(3));
+    assert_exit(&out, 0);
+    assert_eq!(ws.column("out/result.csv", "status"), ["ok", "ok", "ok"]);
+    assert_eq!(mock.stat("requests"), 3);
+    // A bad row is named by the path given, not by the copy the run read.
+    let out = piped(&ws, &args, "id,name,color\nr1,a,b\nr2,a\n");
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("error: /dev/stdin:3:"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
 fn pipes_without_their_flags_cannot_start() {
     let ws = Workspace::new();
     ws.csv_rows(2);

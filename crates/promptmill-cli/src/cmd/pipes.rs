@@ -4,7 +4,8 @@
 //! pass; after an interrupt, the output again), and a pipe can be read only once. So stdin is
 //! first copied, as it comes, into a temporary file (in the `--state` folder, else beside the
 //! journal), which the run then reads like any input file: memory stays flat, and the file is
-//! removed when the command ends. Errors name it `<stdin>`.
+//! removed when the command ends. Errors name it `<stdin>`. An input path that is a pipe
+//! (`/dev/stdin`, a named pipe, the shell's `<(command)`) is copied the same way.
 //!
 //! With `--output -` the output, journal, summary and lock live in the `--state` folder (under
 //! the file name of the job's `output.path`, whose extension also picks CSV or JSONL), and
@@ -43,8 +44,9 @@ pub struct PipeFlags {
 pub struct Pipes {
     stdin: bool,
     state: Option<PathBuf>,
-    /// The copy of stdin the run reads.
-    spooled: Option<tempfile::TempPath>,
+    /// The copy of stdin (or of a pipe given as the input) the run reads, and the name
+    /// errors give it.
+    spooled: Option<(tempfile::TempPath, String)>,
     /// The output file in the state folder, copied to stdout at the end.
     to_stdout: Option<PathBuf>,
 }
@@ -125,15 +127,29 @@ impl Pipes {
             job.output.path = dir.join(name);
             self.to_stdout = Some(job.output.path.clone());
         }
-        if self.stdin {
+        // A named pipe, `/dev/stdin` or `<(command)` can be read only once, like stdin.
+        let pipe = !self.stdin
+            && std::fs::metadata(&job.input.path).is_ok_and(|m| !m.is_file() && !m.is_dir());
+        if self.stdin || pipe {
             let journal = job.journal_path();
             let dir = match journal.parent() {
                 Some(d) if d.is_dir() => d.to_path_buf(),
                 _ => std::env::temp_dir(),
             };
-            let spooled = spool_stdin(&dir).map_err(start_err)?;
+            let (spooled, name) = if self.stdin {
+                (spool(&dir, &mut io::stdin().lock()), STDIN.to_string())
+            } else {
+                let path = &job.input.path;
+                let mut file = std::fs::File::open(path)
+                    .with_context(|| format!("{}: cannot open", path.display()))
+                    .map_err(start_err)?;
+                (spool(&dir, &mut file), path.display().to_string())
+            };
+            let spooled = spooled
+                .with_context(|| format!("{name}: cannot read"))
+                .map_err(start_err)?;
             job.input.path = spooled.to_path_buf();
-            self.spooled = Some(spooled);
+            self.spooled = Some((spooled, name));
         }
         Ok(())
     }
@@ -169,10 +185,10 @@ impl Pipes {
 
     /// `e` with stdin's temporary copy named `<stdin>`.
     fn rename(&self, e: anyhow::Error) -> anyhow::Error {
-        let Some(spooled) = &self.spooled else {
+        let Some((spooled, name)) = &self.spooled else {
             return e;
         };
-        let text = format!("{e:#}").replace(&spooled.display().to_string(), STDIN);
+        let text = format!("{e:#}").replace(&spooled.display().to_string(), name);
         if e.downcast_ref::<CannotStart>().is_some() {
             start_err(anyhow!(text))
         } else {
@@ -181,19 +197,19 @@ impl Pipes {
     }
 }
 
-/// Copies stdin to a new temporary file in `dir`, removed when the returned path drops.
-fn spool_stdin(dir: &Path) -> anyhow::Result<tempfile::TempPath> {
+/// Copies `input` (stdin or a pipe) to a new temporary file in `dir`, removed when the
+/// returned path drops.
+fn spool(dir: &Path, input: &mut impl io::Read) -> anyhow::Result<tempfile::TempPath> {
     let mut file = tempfile::Builder::new()
         .prefix(".promptmill-stdin-")
         .tempfile_in(dir)
-        .with_context(|| format!("{}: cannot create a file to hold stdin", dir.display()))?;
-    // Reading stdin blocks; the runtime has other threads for the signal handlers.
+        .with_context(|| format!("{}: cannot create a file to hold the input", dir.display()))?;
+    // Reading a pipe blocks; the runtime has other threads for the signal handlers.
     tokio::task::block_in_place(|| {
         let mut w = io::BufWriter::new(file.as_file_mut());
-        io::copy(&mut io::stdin().lock(), &mut w)?;
+        io::copy(input, &mut w)?;
         w.flush()
-    })
-    .context("cannot read stdin")?;
+    })?;
     Ok(file.into_temp_path())
 }
 
