@@ -45,6 +45,16 @@ fn a_limit_sends_the_first_rows_and_the_full_run_only_the_rest() {
     );
     let summary = ws.summary();
     assert_eq!(summary["status"], "preview", "{summary}");
+    // The projection: the preview's cost per row times the rows still to send.
+    let p = &summary["preview"];
+    assert_eq!(
+        (p["rows"].as_u64(), p["rows_to_send"].as_u64()),
+        (Some(5), Some(15))
+    );
+    let cost = p["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0 && cost == summary["cost_this_run_usd"].as_f64().unwrap());
+    let projected = p["projected_cost_usd"].as_f64().unwrap();
+    assert!((projected - cost * 3.0).abs() < 1e-9, "{p}");
     assert_eq!(
         (summary["pending"].as_u64(), summary["exit_code"].as_i64()),
         (Some(15), Some(0))
@@ -73,6 +83,7 @@ fn sample(mock: &Mock, lines: &[String], seed: &str) -> BTreeSet<String> {
     assert_eq!(mock.stat("requests") - before, 3, "{}", text(&out));
     let (ok, pending) = ok_and_pending(&ws);
     assert_eq!((ok.len(), pending), (3, lines.len() - 3), "{}", text(&out));
+    assert_eq!(ws.summary()["preview"]["seed"].as_u64(), seed.parse().ok());
     ok
 }
 
@@ -141,7 +152,11 @@ fn a_preview_stops_at_the_budget_cap_like_any_run() {
     assert_exit(&out, 3);
     let sent = mock.stat("requests");
     assert!((1..5).contains(&sent), "{sent} sent\n{}", text(&out));
-    assert_eq!(ws.summary()["status"], "budget");
+    let summary = ws.summary();
+    assert_eq!(summary["status"], "budget");
+    let p = &summary["preview"];
+    assert_eq!(p["rows"].as_u64(), Some(sent), "{p}");
+    assert_eq!(p["rows_to_send"].as_u64(), Some(20 - sent), "{p}");
     let err = stderr(&out);
     assert!(
         err.contains("preview: ") && err.contains("rows still to send"),

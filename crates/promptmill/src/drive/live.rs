@@ -251,9 +251,9 @@ pub async fn run(
         summarize(ctx, &stop, &ledger, &stats, &produced, &totals, started);
     if let (Some(selection), Some(spool)) = (&selection, &spool) {
         let sent = preview::print_rows(selection, spool, &index, &journal_path)?;
-        let line = preview::cost_line(selection, sent, ledger.this_run(), price.is_some());
+        let numbers = preview::project(selection, sent, ledger.this_run(), price.is_some());
         let completed = matches!(stop, StopReason::Completed);
-        code = preview::retitle(&mut summary, code, completed, &totals, line);
+        code = preview::retitle(&mut summary, code, completed, &totals, numbers);
     }
     let label = if opts.preview.is_some() && code == exit::OK {
         "note"

@@ -22,7 +22,7 @@ use crate::journal::{JournalIndex, JournalReader, Status};
 use crate::pipeline::ledger::Tally;
 use crate::pipeline::rows::{Spool, Step, Stepped};
 use crate::sink::OutputTotals;
-use crate::summary::Summary;
+use crate::summary::{PreviewSummary, Summary};
 use crate::types::Money;
 
 /// Which rows a preview sends.
@@ -37,6 +37,7 @@ pub enum Preview {
 /// The rows a preview sends, out of those the first pass would send.
 #[derive(Debug)]
 pub(super) struct Selection {
+    preview: Preview,
     chosen: Chosen,
     /// Rows chosen (at most N).
     pub chosen_rows: u64,
@@ -98,6 +99,7 @@ impl Selection {
             }
         };
         Ok(Selection {
+            preview,
             chosen,
             chosen_rows,
             rest: total - chosen_rows,
@@ -227,27 +229,51 @@ pub(super) fn print_rows(
     Ok(answered)
 }
 
-/// The preview's cost line: what the `sent` rows answered in this run cost, per row, and the
+/// The preview's numbers: what the `sent` rows answered in this run cost, per row, and the
 /// projected cost of the rows still to send (the preview's cost per row times their number).
-pub(super) fn cost_line(selection: &Selection, sent: u64, spent: Tally, priced: bool) -> String {
+pub(super) fn project(
+    selection: &Selection,
+    sent: u64,
+    spent: Tally,
+    priced: bool,
+) -> PreviewSummary {
     // Chosen rows left unanswered (a budget cap, an interrupt) are still to send too.
     let rest = selection.rest + selection.chosen_rows.saturating_sub(sent);
     let cost = spent.known().filter(|_| priced);
-    match cost {
-        Some(cost) if sent > 0 => {
-            let per_row = Money(cost.0 / sent);
-            let projected = Money(
-                u64::try_from(u128::from(cost.0) * u128::from(rest) / u128::from(sent))
-                    .unwrap_or(u64::MAX),
-            );
-            format!(
-                "{sent} rows for {cost} ({per_row} a row); projection for the {rest} \
-                 rows still to send: {projected} (preview cost per row × {rest} rows)"
-            )
+    let per_row = cost.filter(|_| sent > 0).map(|c| Money(c.0 / sent));
+    let projected = cost.filter(|_| sent > 0).map(|c| {
+        Money(
+            u64::try_from(u128::from(c.0) * u128::from(rest) / u128::from(sent))
+                .unwrap_or(u64::MAX),
+        )
+    });
+    PreviewSummary {
+        rows: sent,
+        cost_usd: cost,
+        cost_per_row_usd: per_row,
+        rows_to_send: rest,
+        projected_cost_usd: projected,
+        seed: match selection.preview {
+            Preview::Sample { seed, .. } => Some(seed),
+            Preview::Limit(_) => None,
+        },
+    }
+}
+
+/// The preview's cost line, for the summary's status.
+fn cost_line(p: &PreviewSummary) -> String {
+    let (sent, rest) = (p.rows, p.rows_to_send);
+    match (p.cost_usd, p.cost_per_row_usd, p.projected_cost_usd) {
+        (Some(cost), Some(per_row), Some(projected)) => format!(
+            "{sent} rows for {cost} ({per_row} a row); projection for the {rest} rows still to \
+             send: {projected} (preview cost per row × {rest} rows)"
+        ),
+        (Some(cost), _, _) => {
+            format!("{sent} rows for {cost}; {rest} rows still to send, no projection")
         }
         _ => format!(
-            "{sent} rows, cost unknown (no price for this model; see --prices); {rest} \
-             rows still to send, no projection"
+            "{sent} rows, cost unknown (no price for this model; see --prices); {rest} rows \
+             still to send, no projection"
         ),
     }
 }
@@ -262,8 +288,10 @@ pub(super) fn retitle(
     code: u8,
     completed: bool,
     totals: &OutputTotals,
-    line: String,
+    preview: PreviewSummary,
 ) -> u8 {
+    let line = cost_line(&preview);
+    summary.preview = Some(preview);
     if !completed {
         eprintln!("preview: {line}");
         return code;
@@ -304,7 +332,8 @@ mod tests {
 
     #[test]
     fn the_projection_is_the_cost_per_row_times_the_rows_left() {
-        let sel = Selection {
+        let mut sel = Selection {
+            preview: Preview::Limit(5),
             chosen: Chosen::Upto(Some(4)),
             chosen_rows: 5,
             rest: 95,
@@ -314,13 +343,22 @@ mod tests {
             true,
             Some(Money::from_usd(0.5).0),
         ));
-        let line = cost_line(&sel, 5, spent, true);
+        let p = project(&sel, 5, spent, true);
+        assert_eq!(p.cost_per_row_usd, Some(Money::from_usd(0.1)));
+        assert_eq!(p.projected_cost_usd, Some(Money::from_usd(9.5)));
+        let line = cost_line(&p);
         assert!(line.contains("5 rows for $0.50 ($0.10 a row)"), "{line}");
         assert!(line.contains("95 rows still to send: $9.50"), "{line}");
         // Two chosen rows never answered (a budget stop) are still to send.
-        let line = cost_line(&sel, 3, spent, true);
-        assert!(line.contains("97 rows still to send"), "{line}");
-        let line = cost_line(&sel, 5, spent, false);
+        let p = project(&sel, 3, spent, true);
+        assert_eq!((p.rows_to_send, p.seed), (97, None));
+        // Nothing answered: no projection, and never $0 a row.
+        let p = project(&sel, 0, Tally::default(), true);
+        assert_eq!((p.cost_per_row_usd, p.projected_cost_usd), (None, None));
+        assert!(cost_line(&p).contains("no projection"), "{}", cost_line(&p));
+        let line = cost_line(&project(&sel, 5, spent, false));
+        sel.preview = Preview::Sample { rows: 5, seed: 3 };
+        assert_eq!(project(&sel, 5, spent, true).seed, Some(3));
         assert!(
             line.contains("cost unknown") && !line.contains('$'),
             "{line}"
