@@ -137,6 +137,9 @@ impl Pipes {
                 _ => std::env::temp_dir(),
             };
             let (spooled, name) = if self.stdin {
+                if io::IsTerminal::is_terminal(&io::stdin()) {
+                    eprintln!("reading rows from stdin (end with Ctrl-D)");
+                }
                 (spool(&dir, &mut io::stdin().lock()), STDIN.to_string())
             } else {
                 let path = &job.input.path;
