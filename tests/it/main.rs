@@ -19,6 +19,7 @@ mod misbehaving_money;
 mod mock_api;
 mod one_run;
 mod pipeline;
+mod preview;
 mod providers;
 mod ratelimit;
 mod readme;

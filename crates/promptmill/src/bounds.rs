@@ -270,6 +270,44 @@ pub fn batch_max_requests(s: &str) -> Result<u64, String> {
     BATCH_MAX_REQUESTS.check(v as f64).map(|_| v)
 }
 
+/// `run --limit`: the first N rows a run would send.
+pub const PREVIEW_LIMIT: Bound = Bound {
+    field: "the rows a preview sends",
+    flag: Some("--limit"),
+    min: 1.0,
+    max: 1e15,
+    unit: "rows",
+};
+
+/// `run --sample`: the sample is chosen in memory (N entries), so it is kept to a preview's
+/// size.
+pub const PREVIEW_SAMPLE: Bound = Bound {
+    field: "the rows a preview samples",
+    flag: Some("--sample"),
+    min: 1.0,
+    max: 100_000.0,
+    unit: "rows",
+};
+
+/// A whole number of rows in `bound`'s range (value parser).
+fn whole_rows(bound: &Bound, s: &str) -> Result<u64, String> {
+    let v: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    bound.check(v as f64).map(|_| v)
+}
+
+/// `--limit` (value parser).
+pub fn preview_limit(s: &str) -> Result<u64, String> {
+    whole_rows(&PREVIEW_LIMIT, s)
+}
+
+/// `--sample` (value parser).
+pub fn preview_sample(s: &str) -> Result<u64, String> {
+    whole_rows(&PREVIEW_SAMPLE, s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +327,14 @@ mod tests {
         assert_eq!(batch_max_requests("100"), Ok(100));
         assert!(batch_max_requests("0").is_err());
         assert!(batch_max_requests("50001").is_err());
+        assert_eq!(preview_limit("5"), Ok(5));
+        assert!(preview_limit("0")
+            .unwrap_err()
+            .contains("1..=1000000000000000 rows"));
+        assert!(preview_sample("-3")
+            .unwrap_err()
+            .contains("not a whole number"));
+        assert!(preview_sample("100001").is_err());
         let e = TIMEOUT_SECS.check_field(1e30).unwrap_err();
         assert!(
             e.contains("api.timeout_secs (--timeout)") && e.contains("0.001..=86400 seconds"),

@@ -23,6 +23,9 @@ pub struct Summary {
     /// Why the run stopped early, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What a preview (`run --limit`/`--sample`) cost, and the projection for the rest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewSummary>,
     pub exit_code: i32,
     pub rows: u64,
     pub succeeded: u64,
@@ -191,6 +194,27 @@ fn usd(v: Option<Money>) -> String {
         Some(x) => x.to_string(),
         None => "unknown (no price for this model; see --prices)".to_string(),
     }
+}
+
+/// A preview's numbers: the rows it answered, what they cost, and the full run's cost
+/// projected from them (the cost per row times the rows still to send).
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct PreviewSummary {
+    /// Previewed rows answered in this run.
+    pub rows: u64,
+    /// What the preview cost; None = unknown price.
+    #[serde(serialize_with = "as_usd")]
+    pub cost_usd: Option<Money>,
+    #[serde(serialize_with = "as_usd")]
+    pub cost_per_row_usd: Option<Money>,
+    /// Rows a run would still send (not in the preview, or not answered in it).
+    pub rows_to_send: u64,
+    /// `cost_per_row_usd` × `rows_to_send`: a projection, not an estimate of the tokens.
+    #[serde(serialize_with = "as_usd")]
+    pub projected_cost_usd: Option<Money>,
+    /// The seed of a `--sample` preview.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 impl Summary {

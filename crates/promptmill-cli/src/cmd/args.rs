@@ -171,6 +171,11 @@ impl JobArgs {
 
     /// Loads the job with these overrides.
     pub fn load(&self) -> anyhow::Result<Job> {
+        for (flag, path) in [("--input", &self.input), ("--output", &self.output)] {
+            if path.as_deref().is_some_and(|p| p.as_os_str() == "-") {
+                anyhow::bail!("{flag} - (stdin/stdout) works with `promptmill run` only");
+            }
+        }
         Ok(Job::load(&self.job, &self.overrides())?)
     }
 }

@@ -8,6 +8,7 @@ pub mod estimate;
 pub mod export;
 pub mod init;
 pub mod mock;
+pub mod pipes;
 pub mod report;
 pub mod run;
 pub mod signals;

@@ -7,9 +7,12 @@ use clap::Args;
 
 use super::args::JobArgs;
 use super::mock::{self, MockArgs};
+use super::pipes::{PipeFlags, Pipes};
 use super::{signals, start_err};
 use promptmill::config::Mode;
-use promptmill::drive::{self, batch, dry_run::DryRunOptions, live::LiveOptions, JobCtx};
+use promptmill::drive::{
+    self, batch, dry_run::DryRunOptions, live::LiveOptions, preview::Preview, JobCtx,
+};
 
 /// `promptmill run JOB`: run a job (or with `--dry-run`, only estimate it).
 #[derive(Debug, Args)]
@@ -40,18 +43,53 @@ pub struct RunArgs {
     /// No progress bar or periodic progress lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Preview: send only the first N rows a run would send, print them with their answers
+    /// and project the full cost; the other rows stay pending for the next run.
+    #[arg(long, value_name = "N", value_parser = promptmill::bounds::preview_limit,
+          conflicts_with_all = ["sample", "dry_run", "recheck"])]
+    pub limit: Option<u64>,
+    /// Preview: send N rows picked at random (reproducibly with --seed) from those a run
+    /// would send; otherwise as --limit. 1 to 100000.
+    #[arg(long, value_name = "N", value_parser = promptmill::bounds::preview_sample,
+          conflicts_with_all = ["dry_run", "recheck"])]
+    pub sample: Option<u64>,
+    /// The seed of --sample: the same seed picks the same rows from the same input (default:
+    /// a new seed, printed).
+    #[arg(long, value_name = "S", requires = "sample")]
+    pub seed: Option<u64>,
+    /// `--input -` / `--output -` (stdin, stdout).
+    #[command(flatten)]
+    pub pipes: PipeFlags,
+}
+
+impl RunArgs {
+    /// The preview asked for, if any (a sample without --seed draws one and says which).
+    fn preview(&self) -> Option<Preview> {
+        if let Some(n) = self.limit {
+            return Some(Preview::Limit(n));
+        }
+        let rows = self.sample?;
+        let seed = self.seed.unwrap_or_else(|| {
+            let seed = rand::random::<u32>().into();
+            eprintln!("sampling {rows} rows with --seed {seed} (give it to pick the same rows)");
+            seed
+        });
+        Some(Preview::Sample { rows, seed })
+    }
 }
 
 /// Runs `promptmill run`.
-pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
+pub async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     // Before anything else: a signal from here on is a request to stop, never a kill.
     let interrupt = signals::install().map_err(start_err)?;
+    let mut pipes = Pipes::check(&mut args.job, &args.pipes, args.json)?;
     let mut ctx = args
         .job
         .load()
         .and_then(|job| JobCtx::new(job, args.job.prices.as_deref()))
         .map_err(start_err)?;
+    pipes.attach(&mut ctx.job)?;
     if args.dry_run {
         // The dry run only reads, so it neither takes the job's lock nor waits for it. With
         // `--mock` it decides rows as a mock run would (mock answers are apart); nothing is
@@ -62,24 +100,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<u8> {
             json: args.json,
             retry_failed: args.retry_failed,
         };
-        return drive::dry_run::run(&ctx, opts, &interrupt).await;
+        return pipes.end(drive::dry_run::run(&ctx, opts, &interrupt).await, false);
     }
     // One run of a job at a time, claimed before anything is read or sent.
     let _lock = drive::claim(&ctx.job)?;
-    if args.recheck {
+    pipes.before_run()?;
+    let outcome = if args.recheck {
         // Mock answers are told apart by the rows' request hashes: `--mock` picks them.
         ctx.mock = args.mock.mock;
-        return drive::live::recheck(&ctx, args.json, &interrupt).await;
+        drive::live::recheck(&ctx, args.json, &interrupt).await
+    } else {
+        send(&args, ctx, &interrupt, started).await
+    };
+    pipes.end(outcome, true)
+}
+
+/// Runs the job live or in batch mode (with the mock when asked).
+async fn send(
+    args: &RunArgs,
+    mut ctx: JobCtx,
+    interrupt: &drive::Interrupt,
+    started: Instant,
+) -> anyhow::Result<u8> {
+    let preview = args.preview();
+    if preview.is_some() && ctx.job.mode == Mode::Batch {
+        return Err(start_err(anyhow::anyhow!(
+            "--limit and --sample preview a job live; drop --mode batch (or mode = \"batch\") \
+             for the preview"
+        )));
     }
     let mock = mock::attach(&mut ctx, args.mock.mock, args.mock.flags()).await?;
     let opts = LiveOptions {
         retry_failed: args.retry_failed,
         json: args.json,
         quiet: args.quiet,
+        preview,
     };
     let outcome = match ctx.job.mode {
-        Mode::Batch => batch::run(&ctx, args.batch.polling(), opts, &interrupt, started).await,
-        Mode::Live => drive::live::run(&ctx, opts, &interrupt, started).await,
+        Mode::Batch => batch::run(&ctx, args.batch.polling(), opts, interrupt, started).await,
+        Mode::Live => drive::live::run(&ctx, opts, interrupt, started).await,
     };
     mock::detach(mock).await;
     outcome

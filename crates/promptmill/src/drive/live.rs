@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context as _};
 use tokio::sync::mpsc;
 
 use super::dry_run::{first_pass, Pass};
+use super::preview::{self, Preview, Selection};
 use super::regenerate::{self, Review, Reviewed};
 use super::{
     bad_row_record, cap_names, exit, judge_for, output_rows, output_spec, planner_for, start_err,
@@ -43,6 +44,8 @@ pub struct LiveOptions {
     pub json: bool,
     /// No progress bar or periodic progress lines.
     pub quiet: bool,
+    /// Send only these rows of those the run would send (`--limit`, `--sample`).
+    pub preview: Option<Preview>,
 }
 
 /// Writes the output and summary again from the journal, sending nothing and needing no
@@ -163,7 +166,15 @@ pub async fn run(
         p.release_tokenizer();
     }
 
-    let rows = validated.as_ref().map_or(0, |v| v.rows);
+    // A preview sends only the rows it chose; the others stay pending.
+    let selection = match (opts.preview, spool.as_deref()) {
+        (Some(p), Some(spool)) => Some(Arc::new(Selection::of(p, spool).map_err(start_err)?)),
+        _ => None,
+    };
+    let rows = match &selection {
+        Some(s) => s.chosen_rows,
+        None => validated.as_ref().map_or(0, |v| v.rows),
+    };
     let (sched, ledger, progress) =
         scheduler_for(ctx, opts, &planner, judge.as_deref(), cache, seed, rows)?;
     if interrupt.requested() {
@@ -185,9 +196,15 @@ pub async fn run(
     let producer = {
         let (job, planner, sched, price) =
             (job.clone(), planner.clone(), sched.clone(), price.clone());
-        let spool = spool.clone();
+        let (spool, selection) = (spool.clone(), selection.clone());
         tokio::task::spawn_blocking(move || match spool {
-            Some(spool) => produce(&job, &planner, &sched, price.as_ref(), &spool, tx),
+            Some(spool) => {
+                let feed = Feed {
+                    spool: &spool,
+                    selection: selection.as_deref(),
+                };
+                produce(&job, &planner, &sched, price.as_ref(), feed, tx)
+            }
             // Interrupted before the validation pass ended: nothing to send.
             None => Ok(Produced::default()),
         })
@@ -268,8 +285,20 @@ pub async fn run(
         }
     };
 
-    let (summary, code) = summarize(ctx, &stop, &ledger, &stats, &produced, &totals, started);
-    summary.publish(job, "error", opts.json)?;
+    let (mut summary, mut code) =
+        summarize(ctx, &stop, &ledger, &stats, &produced, &totals, started);
+    if let (Some(selection), Some(spool)) = (&selection, &spool) {
+        let sent = preview::print_rows(selection, spool, &index, &journal_path)?;
+        let numbers = preview::project(selection, sent, ledger.this_run(), price.is_some());
+        let completed = matches!(stop, StopReason::Completed);
+        code = preview::retitle(&mut summary, code, completed, &totals, numbers);
+    }
+    let label = if opts.preview.is_some() && code == exit::OK {
+        "note"
+    } else {
+        "error"
+    };
+    summary.publish(job, label, opts.json)?;
     Ok(code)
 }
 
@@ -442,6 +471,12 @@ fn budget_message(cap: Cap, ledger: &Ledger, pending: u64) -> String {
     }
 }
 
+/// The rows [`produce`] reads: the first pass's spool, and in a preview the rows it sends.
+struct Feed<'a> {
+    spool: &'a Spool,
+    selection: Option<&'a Selection>,
+}
+
 /// Feeds the scheduler the rows to send, in input order, from the Steps the validation
 /// pass kept: journals cache hits and bad rows, counts skipped rows. Runs on a blocking
 /// thread.
@@ -450,7 +485,7 @@ fn produce(
     planner: &Planner,
     sched: &Scheduler,
     price: Option<&ModelPrice>,
-    spool: &Spool,
+    feed: Feed<'_>,
     tx: mpsc::Sender<WorkItem>,
 ) -> anyhow::Result<Produced> {
     let mut out = Produced {
@@ -465,11 +500,14 @@ fn produce(
     let requests = out
         .requests
         .insert(RunRequests::new(&job.journal_path()).context("cannot create a temporary file")?);
-    for stepped in spool.read().context("reading the row spool")? {
+    for stepped in feed.spool.read().context("reading the row spool")? {
         if sched.stop.is_cancelled() {
             break;
         }
         let stepped = stepped.context("reading the row spool")?;
+        if feed.selection.is_some_and(|s| !s.admits(&stepped)) {
+            continue; // not in the preview: stays pending
+        }
         let req = match stepped.step {
             Step::Send(req) => req,
             // Bad rows come through only when the job skips them: each becomes a failed

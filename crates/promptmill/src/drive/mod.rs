@@ -5,7 +5,8 @@
 //! ([`crate::pipeline::ledger`]):
 //! - [`live`]: rows → limiter → client → journal, then the output and summary;
 //! - [`batch`]: rows → provider Batch API input files, submit, poll, collect (crash-safe);
-//! - [`dry_run`]: rows → the estimate; nothing is sent.
+//! - [`dry_run`]: rows → the estimate; nothing is sent;
+//! - [`preview`]: a live run that sends only a few rows (`--limit`, `--sample`).
 //!
 //! [`retry`] is the retry policy every request follows: a pure function from a failed
 //! attempt to the wait before the next one (or giving up), with seeded jitter.
@@ -17,6 +18,7 @@ pub mod batch;
 pub mod dry_run;
 mod job;
 pub mod live;
+pub mod preview;
 mod regenerate;
 pub mod retry;
 
