@@ -29,3 +29,4 @@ mod rows;
 mod signals;
 mod snapshots_cli;
 mod token_counts;
+mod xlsx;
