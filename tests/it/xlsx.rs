@@ -206,6 +206,23 @@ fn a_second_sheet_is_chosen_by_name_or_by_index() {
             "sheet = {sheet}"
         );
     }
+    // A CSV input has no sheets: the key is refused rather than ignored.
+    ws.csv_rows(2);
+    let csv_job = ws.write_job(
+        "csv.toml",
+        &JobFile {
+            input: "path = \"rows.csv\"\nsheet = 1",
+            api: &format!("base_url = \"{}\"", mock.base_url),
+            ..JobFile::default()
+        },
+    );
+    let out = ws.run(&["run", &csv_job]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("input.sheet: only a workbook input (.xlsx, .xls, .ods) has sheets"),
+        "{}",
+        text(&out)
+    );
     // From the command line too: a name and an index.
     let job = products_job(&ws, &mock.base_url, "", "out/x.csv");
     let out = ws.run(&["run", &job, "--set", "input.sheet=Nope"]);

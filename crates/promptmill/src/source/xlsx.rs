@@ -1,8 +1,11 @@
 //! Excel and OpenDocument workbooks (`.xlsx`, `.xlsm`, `.xls`, `.ods`), read with calamine.
 //!
-//! Unlike CSV, a sheet is loaded whole when the source opens (calamine has no row-by-row
-//! reader for every format), so memory grows with the sheet: fine for the sizes a
-//! spreadsheet holds (at most 1,048,576 rows), and the run then streams the rows as usual.
+//! Unlike CSV, a sheet is loaded when the source opens (calamine has no row-by-row reader
+//! for every format), so memory grows with the sheet's cells: fine for the sizes a
+//! spreadsheet holds (at most 1,048,576 rows), and rows are dropped as they are handed out.
+//! `.xlsx` sheets are read cell by cell into a sparse map, so a stray value far out in the
+//! sheet costs one cell, not the rectangle up to it; `.xls` and `.ods` come as calamine's
+//! dense range.
 //!
 //! Cells keep the sheet's types so templates see sensible values: numbers stay numbers (a
 //! float with no fraction becomes an integer), booleans stay booleans, dates become ISO text
@@ -12,23 +15,25 @@
 
 use super::{find_id_column, id_from_value, SheetRef, SourceError};
 use crate::types::Row;
-use calamine::{Data, Range, Reader as _};
+use calamine::{Data, Reader as _, Sheets};
 use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+
+/// A sheet's non-blank cells: row → column → value, both 0-based.
+type Cells = BTreeMap<u32, BTreeMap<u32, Data>>;
 
 /// Reads the data rows of one sheet, loaded at open.
 pub(super) struct XlsxReader {
     /// The sheet's name, as written in cell references (quoted when it needs to be).
     sheet: String,
-    range: Range<Data>,
+    /// The rows below the header not handed out yet.
+    rows: Cells,
     /// The sheet's 0-based column of each column kept, in order.
     cols: Vec<u32>,
     /// Header names mapped to `null`: each row clones it and fills the values in.
     template: Map<String, Value>,
     id_column: Option<usize>,
-    /// The 0-based sheet row read next, and the last one there is.
-    next: u32,
-    last: u32,
     /// 0-based index of the next data row (empty rows take none).
     index: u64,
 }
@@ -71,11 +76,17 @@ impl XlsxReader {
                 ))
             })?,
         };
-        let range = book
-            .worksheet_range(&name)
+        let mut rows = read_cells(&mut book, &name)
             .map_err(|e| workbook_err(format!("cannot read sheet {name:?}: {e}")))?;
         let sheet = sheet_ref_name(&name);
-        let (Some(start), Some(end)) = (range.start(), range.end()) else {
+        let (Some(first_row), Some(first_col), Some(last_col)) = (
+            rows.keys().next().copied(),
+            rows.values().filter_map(|r| r.keys().next()).min().copied(),
+            rows.values()
+                .filter_map(|r| r.keys().next_back())
+                .max()
+                .copied(),
+        ) else {
             return Err(workbook_err(format!(
                 "sheet {name:?} is empty: expected a header row"
             )));
@@ -83,31 +94,34 @@ impl XlsxReader {
         // The header is the row asked for, else the first row that holds anything.
         let header = match header_row {
             Some(h) => h.saturating_sub(1),
-            None => start.0,
+            None => first_row,
         };
-        if header < start.0 || header > end.0 || row_is_empty(&range, header, start.1..=end.1) {
+        let Some(header_cells) = rows.remove(&header) else {
             return Err(SourceError::Sheet {
                 path: path.to_path_buf(),
-                cell: format!("{sheet}!{}", header + 1),
+                cell: format!("{sheet}!{}", u64::from(header) + 1),
                 row: u64::from(header) + 1,
                 message: format!(
                     "row {} is empty: expected the header row there (input.header_row)",
-                    header + 1
+                    u64::from(header) + 1
                 ),
             });
-        }
+        };
+        // Rows above the header (a title, notes) are not read.
+        let mut rows = rows.split_off(&header);
+        let with_data: HashSet<u32> = rows.values().flat_map(|r| r.keys().copied()).collect();
         let mut columns = Vec::new();
         let mut cols = Vec::new();
         let mut seen = std::collections::HashMap::new();
-        for col in start.1..=end.1 {
-            let at = || format!("{sheet}!{}{}", column_letters(col), header + 1);
+        for col in first_col..=last_col {
+            let at = || format!("{sheet}!{}{}", column_letters(col), u64::from(header) + 1);
             let header_err = |message: String| SourceError::Sheet {
                 path: path.to_path_buf(),
                 cell: at(),
                 row: u64::from(header) + 1,
                 message,
             };
-            let cell = range.get_value((header, col)).unwrap_or(&Data::Empty);
+            let cell = header_cells.get(&col).unwrap_or(&Data::Empty);
             let name = match cell_value(cell) {
                 Ok(Value::String(s)) => s,
                 Ok(other) => other.to_string(),
@@ -121,7 +135,7 @@ impl XlsxReader {
                 // A column with neither a name nor data is not a column (a sheet's range often
                 // reaches past the table); one with data under a blank name is an error, as
                 // in CSV.
-                if column_is_empty(&range, col, header + 1..=end.0) {
+                if !with_data.contains(&col) {
                     continue;
                 }
                 return Err(header_err(format!(
@@ -140,16 +154,21 @@ impl XlsxReader {
             columns.push(name);
             cols.push(col);
         }
+        // Cells outside the kept columns are blank (a blank-named column with data was
+        // refused above): drop them, and the rows left with nothing.
+        let kept: HashSet<u32> = cols.iter().copied().collect();
+        rows.retain(|_, row| {
+            row.retain(|c, _| kept.contains(c));
+            !row.is_empty()
+        });
         let id_column = find_id_column(path, u64::from(header) + 1, &columns, id_column)?;
         let template = columns.iter().map(|c| (c.clone(), Value::Null)).collect();
         let reader = XlsxReader {
             sheet,
-            range,
+            rows,
             cols,
             template,
             id_column,
-            next: header + 1,
-            last: end.0,
             index: 0,
         };
         Ok((columns, reader))
@@ -161,20 +180,10 @@ impl XlsxReader {
         path: &Path,
         columns: &[String],
     ) -> Option<Result<Row, SourceError>> {
-        loop {
-            if self.next > self.last {
-                return None;
-            }
-            let r = self.next;
-            self.next += 1;
-            let cells = self.cols.iter().map(|&c| self.range.get_value((r, c)));
-            if cells.clone().all(|c| c.is_none_or(is_blank)) {
-                continue;
-            }
-            let index = self.index;
-            self.index += 1;
-            return Some(self.build_row(path, columns, index, r));
-        }
+        let (r, cells) = self.rows.pop_first()?;
+        let index = self.index;
+        self.index += 1;
+        Some(self.build_row(path, columns, index, r, &cells))
     }
 
     /// Sheet row `r` (0-based) as a row: every cell converted, the id checked.
@@ -184,6 +193,7 @@ impl XlsxReader {
         columns: &[String],
         index: u64,
         r: u32,
+        cells: &BTreeMap<u32, Data>,
     ) -> Result<Row, SourceError> {
         let line = u64::from(r) + 1;
         let mut fields = self.template.clone();
@@ -192,11 +202,11 @@ impl XlsxReader {
             let name = columns.get(i).map(String::as_str).unwrap_or_default();
             let row_err = |message: String| SourceError::SheetRow {
                 path: path.to_path_buf(),
-                cell: self.cell_name(r, col),
+                cell: self.cell_name(line, col),
                 row: line,
                 message,
             };
-            let cell = self.range.get_value((r, col)).unwrap_or(&Data::Empty);
+            let cell = cells.get(&col).unwrap_or(&Data::Empty);
             *value = cell_value(cell).map_err(|e| {
                 row_err(format!(
                     "column {name:?} holds the spreadsheet error {e}; fix the cell (or its \
@@ -217,17 +227,51 @@ impl XlsxReader {
         })
     }
 
-    /// `Sheet1!C4` for the 0-based sheet row and column.
-    fn cell_name(&self, r: u32, col: u32) -> String {
-        format!("{}!{}{}", self.sheet, column_letters(col), r + 1)
+    /// `Sheet1!C4` for the 1-based sheet row and 0-based column.
+    fn cell_name(&self, line: u64, col: u32) -> String {
+        format!("{}!{}{line}", self.sheet, column_letters(col))
     }
 
     /// Where row `line`'s (1-based) value of column `column` (0-based among the columns
     /// kept) is, as `Sheet1!C4`.
     pub(super) fn cell_at(&self, line: u64, column: usize) -> String {
-        let col = self.cols.get(column).copied().unwrap_or(0);
-        format!("{}!{}{line}", self.sheet, column_letters(col))
+        self.cell_name(line, self.cols.get(column).copied().unwrap_or(0))
     }
+}
+
+/// The non-blank cells of sheet `name`: an `.xlsx` sheet read cell by cell, the other
+/// formats through calamine's range.
+fn read_cells(
+    book: &mut Sheets<std::io::BufReader<std::fs::File>>,
+    name: &str,
+) -> Result<Cells, String> {
+    let mut cells = Cells::new();
+    let mut put = |(r, c): (u32, u32), value: Data| {
+        if !is_blank(&value) {
+            cells.entry(r).or_default().insert(c, value);
+        }
+    };
+    match book {
+        Sheets::Xlsx(xlsx) => {
+            let mut reader = xlsx
+                .worksheet_cells_reader(name)
+                .map_err(|e| e.to_string())?;
+            while let Some(cell) = reader.next_cell().map_err(|e| e.to_string())? {
+                put(cell.get_position(), Data::from(cell.get_value().clone()));
+            }
+        }
+        other => {
+            let range = other.worksheet_range(name).map_err(|e| e.to_string())?;
+            let (r0, c0) = range.start().unwrap_or((0, 0));
+            for (r, c, value) in range.used_cells() {
+                // `used_cells` counts from the range's corner; the sheet from A1. Sheet
+                // positions are at most 2^20 rows and 2^14 columns, so this never overflows.
+                let at = (r0.saturating_add(r as u32), c0.saturating_add(c as u32));
+                put(at, value.clone());
+            }
+        }
+    }
+    Ok(cells)
 }
 
 /// A cell that counts as nothing when deciding whether a row is empty.
@@ -237,16 +281,6 @@ fn is_blank(cell: &Data) -> bool {
         Data::String(s) => s.is_empty(),
         _ => false,
     }
-}
-
-fn row_is_empty(range: &Range<Data>, r: u32, cols: std::ops::RangeInclusive<u32>) -> bool {
-    cols.into_iter()
-        .all(|c| range.get_value((r, c)).is_none_or(is_blank))
-}
-
-fn column_is_empty(range: &Range<Data>, c: u32, rows: std::ops::RangeInclusive<u32>) -> bool {
-    rows.into_iter()
-        .all(|r| range.get_value((r, c)).is_none_or(is_blank))
 }
 
 /// The sheet's name as a cell reference writes it: `Sheet1`, or `'My sheet'` when it holds
@@ -419,6 +453,103 @@ mod tests {
         }
         assert_eq!(column_letters(16_383), "XFD");
         assert!(!column_letters(u32::MAX).is_empty());
+    }
+
+    /// A value in the sheet's last cell costs one cell, not the 17 billion of the rectangle
+    /// up to it (which would not fit in memory): the blank header above it is the error.
+    #[test]
+    fn a_stray_value_in_the_last_cell_is_one_cell() {
+        use crate::source::{Source, SourceOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("far.xlsx");
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let sheet = book.add_worksheet();
+        sheet.write_string(0, 0, "sku").unwrap();
+        sheet.write_string(1, 0, "a").unwrap();
+        sheet.write_string(1_048_575, 16_383, "stray").unwrap();
+        book.save(&path).unwrap();
+        let err = Source::open(&path, &SourceOptions::default()).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "far.xlsx:Sheet1!XFD1: column XFD of the header has no name, but holds data; \
+                 name it (or, if the header is on another row, set input.header_row)"
+            ),
+            "{err}"
+        );
+        // Far out in a named column, it is just a row with that sheet row number.
+        sheet_with_far_row(&path);
+        let rows: Vec<Row> = Source::open(&path, &SourceOptions::default())
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].line, 1_048_576);
+        assert_eq!(rows[1].fields["sku"], "z");
+        assert_eq!(rows[1].fields["name"], "");
+    }
+
+    fn sheet_with_far_row(path: &std::path::Path) {
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let sheet = book.add_worksheet();
+        sheet.write_string(0, 0, "sku").unwrap();
+        sheet.write_string(0, 16_383, "name").unwrap();
+        sheet.write_string(1, 0, "a").unwrap();
+        sheet.write_string(1_048_575, 0, "z").unwrap();
+        book.save(path).unwrap();
+    }
+
+    /// A real workbook's bytes, cut short or flipped anywhere, and arbitrary bytes named
+    /// `.xlsx`, `.xls` or `.ods`, give an error naming the file, never a panic.
+    #[test]
+    fn broken_workbooks_are_errors_not_panics() {
+        use crate::source::{Source, SourceOptions};
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.xlsx");
+        let mut book = rust_xlsxwriter::Workbook::new();
+        let sheet = book.add_worksheet();
+        sheet.write_string(0, 0, "sku").unwrap();
+        sheet.write_string(0, 1, "price").unwrap();
+        sheet.write_string(1, 0, "a").unwrap();
+        sheet.write_number(1, 1, 2.5).unwrap();
+        book.save(&good).unwrap();
+        let bytes = std::fs::read(&good).unwrap();
+        let rows: Vec<_> = Source::open(&good, &SourceOptions::default())
+            .unwrap()
+            .collect();
+        assert_eq!(rows.len(), 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_130);
+        for case in 0..200 {
+            let mut b = bytes.clone();
+            match case % 3 {
+                0 => b.truncate(rng.random_range(0..bytes.len())),
+                1 => {
+                    for _ in 0..8 {
+                        let at = rng.random_range(0..b.len());
+                        b[at] = rng.random();
+                    }
+                }
+                _ => {
+                    b = (0..rng.random_range(0..600))
+                        .map(|_| rng.random())
+                        .collect()
+                }
+            }
+            for ext in ["xlsx", "xls", "ods"] {
+                let path = dir.path().join(format!("case.{ext}"));
+                std::fs::write(&path, &b).unwrap();
+                match Source::open(&path, &SourceOptions::default()) {
+                    Ok(source) => {
+                        for item in source {
+                            if let Err(e) = item {
+                                assert!(e.to_string().contains("case."), "{e}");
+                            }
+                        }
+                    }
+                    Err(e) => assert!(e.to_string().starts_with(&path.display().to_string())),
+                }
+            }
+        }
     }
 
     #[test]
