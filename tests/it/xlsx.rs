@@ -395,6 +395,14 @@ fn an_answer_that_looks_like_a_formula_stays_text() {
         },
     );
     assert_exit(&ws.run(&["run", &job]), 0);
+    // The review page does not read workbooks: it says so instead of misreading one.
+    let out = ws.run(&["report", &job]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("the review page reads CSV or JSONL outputs, not xlsx"),
+        "{}",
+        text(&out)
+    );
     let (_, rows) = read_xlsx(&ws, "out/x.data");
     let header: Vec<String> = rows[0].iter().map(text_of).collect();
     let at = header.iter().position(|h| h == "output").unwrap();

@@ -35,8 +35,8 @@ pub enum ReportError {
     },
     /// The output is in a format the page does not read.
     #[error(
-        "{path}: the review page reads CSV or JSONL outputs, not {format}; run the job with \
-         output.format = \"csv\" (or \"jsonl\") to review it"
+        "{path}: the review page reads CSV or JSONL outputs, not {format}; to review a job, \
+         give it an output.path ending in .csv or .jsonl"
     )]
     Unsupported {
         path: PathBuf,
