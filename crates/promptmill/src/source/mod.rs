@@ -719,6 +719,10 @@ mod tests {
             ("a.Tab", Some(Format::Tsv)),
             ("a.jsonl", Some(Format::Jsonl)),
             ("a.NDJSON", Some(Format::Jsonl)),
+            ("a.xlsx", Some(Format::Xlsx)),
+            ("A.XLSM", Some(Format::Xlsx)),
+            ("a.xls", Some(Format::Xls)),
+            ("a.ods", Some(Format::Ods)),
             ("a.json", None),
             ("a.txt", None),
             ("csv", None),
@@ -733,6 +737,9 @@ mod tests {
         assert_eq!("CSV".parse::<Format>(), Ok(Format::Csv));
         assert_eq!("tsv".parse::<Format>(), Ok(Format::Tsv));
         assert_eq!("jsonl".parse::<Format>(), Ok(Format::Jsonl));
+        assert_eq!("XLSX".parse::<Format>(), Ok(Format::Xlsx));
+        assert_eq!("ods".parse::<Format>(), Ok(Format::Ods));
+        assert!(Format::Xls.is_workbook() && !Format::Csv.is_workbook());
         assert_eq!(
             "xlsb".parse::<Format>().unwrap_err().to_string(),
             "unknown input format \"xlsb\": expected csv, tsv, jsonl, xlsx, xls or ods"
