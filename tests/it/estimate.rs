@@ -232,7 +232,7 @@ fn recorded_token_counts_are_the_planner_counts() {
     use promptmill::pipeline::rows::Step;
     use promptmill::plan::Planner;
     use promptmill::render::Renderer;
-    use promptmill::source::{Source, SourceOptions};
+    use promptmill::source::Source;
 
     let (ws, job) = Workspace::with_job(600, "http://127.0.0.1:9", "");
     let job = Job::load(std::path::Path::new(&job), &Overrides::default()).unwrap();
@@ -254,14 +254,7 @@ fn recorded_token_counts_are_the_planner_counts() {
     let (e, spool) = estimate(&job, &planner(&job), &opts).unwrap();
     let spool = spool.expect("a spool");
     let counting = planner(&job);
-    let source = Source::open(
-        &job.input.path,
-        &SourceOptions {
-            format: job.input_format(),
-            id_column: job.input.id.clone(),
-        },
-    )
-    .unwrap();
+    let source = Source::open(&job.input.path, &job.source_options()).unwrap();
     let mut kept = spool.read().unwrap();
     let (mut rows, mut total) = (0, 0);
     for row in source {

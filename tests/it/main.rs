@@ -31,3 +31,4 @@ mod rows;
 mod signals;
 mod snapshots_cli;
 mod token_counts;
+mod xlsx;

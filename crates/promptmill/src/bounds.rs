@@ -154,6 +154,15 @@ pub const REJECT_RATE: Bound = Bound {
     unit: "",
 };
 
+/// `input.header_row`: a sheet row, as Excel numbers them (1 to 1,048,576).
+pub const HEADER_ROW: Bound = Bound {
+    field: "input.header_row",
+    flag: None,
+    min: 1.0,
+    max: 1_048_576.0,
+    unit: "",
+};
+
 /// `--mock-fail-rate` / `mock-server --fail-rate`: a fraction of requests.
 pub const FAIL_RATE: Bound = Bound {
     field: "the mock's failure rate",

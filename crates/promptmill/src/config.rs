@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checks::{CheckSpec, Checks};
 use crate::render::{MessageSpec, PromptSpec, TemplateSource};
-use crate::source::Format;
+use crate::source::{Format, SheetRef, SourceOptions};
 use crate::types::Role;
 
 /// Everything that can go wrong reading a job file or its overrides.
@@ -87,7 +87,7 @@ pub enum Mode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
-    /// CSV, TSV or JSONL file.
+    /// CSV, TSV, JSONL, or Excel/OpenDocument workbook file.
     pub path: PathBuf,
     /// Overrides the format guessed from the extension.
     #[serde(default)]
@@ -98,6 +98,12 @@ pub struct InputConfig {
     /// Record unreadable rows as failed rows instead of refusing to start.
     #[serde(default)]
     pub skip_bad_rows: bool,
+    /// Workbooks: the sheet to read, by name or 0-based index (default: the first).
+    #[serde(default)]
+    pub sheet: Option<SheetRef>,
+    /// Workbooks: the 1-based row holding the header (default: the first non-empty row).
+    #[serde(default)]
+    pub header_row: Option<u32>,
 }
 
 /// `[prompt]`: how a row becomes messages.
@@ -408,8 +414,11 @@ impl BudgetConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
-    /// `.csv` or `.jsonl`; the journal and summary are written beside it.
+    /// `.csv`, `.jsonl` or `.xlsx`; the journal and summary are written beside it.
     pub path: PathBuf,
+    /// Overrides the format told by the extension.
+    #[serde(default)]
+    pub format: Option<OutputFormat>,
     /// Input columns to copy into the output (default: all).
     #[serde(default)]
     pub columns: Option<Vec<String>>,
@@ -703,6 +712,7 @@ impl Job {
                 &JUDGE_TEMPERATURE,
                 self.judge.as_ref().and_then(|j| j.temperature),
             ),
+            (&HEADER_ROW, self.input.header_row.map(f64::from)),
         ];
         for (bound, value) in fields {
             if let Some(v) = value {
@@ -753,7 +763,7 @@ impl Job {
             Some(_) => {}
             None => {
                 return Err(self.invalid(format!(
-                    "output.path: {} must end in .csv or .jsonl",
+                    "output.path: {} must end in .csv, .jsonl or .xlsx (or set output.format)",
                     self.output.path.display()
                 )))
             }
@@ -761,9 +771,22 @@ impl Job {
         if self.input.format.is_none() && Format::from_path(&self.input.path).is_none() {
             return Err(self.invalid(format!(
                 "input.path: cannot tell the format of {} from its extension; set input.format \
-                 to \"csv\", \"tsv\" or \"jsonl\"",
+                 to \"csv\", \"tsv\", \"jsonl\", \"xlsx\", \"xls\" or \"ods\"",
                 self.input.path.display()
             )));
+        }
+        let workbook = self.input_format().is_some_and(Format::is_workbook);
+        for (key, set) in [
+            ("input.sheet", self.input.sheet.is_some()),
+            ("input.header_row", self.input.header_row.is_some()),
+        ] {
+            if set && !workbook {
+                return Err(self.invalid(format!(
+                    "{key}: only a workbook input (.xlsx, .xls, .ods) has sheets; {} is read as {}",
+                    self.input.path.display(),
+                    self.input_format().map_or("?".into(), |f| f.to_string())
+                )));
+            }
         }
         let p = &self.prompt;
         if p.system.is_some() && p.system_template.is_some() {
@@ -799,12 +822,26 @@ impl Job {
             .or_else(|| Format::from_path(&self.input.path))
     }
 
-    /// The output format, from the extension.
+    /// How the input is read: its format, id column and (workbooks) sheet and header row.
+    pub fn source_options(&self) -> SourceOptions {
+        SourceOptions {
+            format: self.input_format(),
+            id_column: self.input.id.clone(),
+            sheet: self.input.sheet.clone(),
+            header_row: self.input.header_row,
+        }
+    }
+
+    /// The output format, from `output.format` or the extension.
     pub fn output_format(&self) -> Option<OutputFormat> {
+        if let Some(format) = self.output.format {
+            return Some(format);
+        }
         let ext = self.output.path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "csv" => Some(OutputFormat::Csv),
             "jsonl" | "ndjson" => Some(OutputFormat::Jsonl),
+            "xlsx" => Some(OutputFormat::Xlsx),
             _ => None,
         }
     }
@@ -883,10 +920,14 @@ fn sibling(output: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Output file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     Csv,
+    #[serde(alias = "ndjson")]
     Jsonl,
+    /// An Excel workbook of one sheet.
+    Xlsx,
 }
 
 impl fmt::Display for OutputFormat {
@@ -894,6 +935,7 @@ impl fmt::Display for OutputFormat {
         f.write_str(match self {
             OutputFormat::Csv => "csv",
             OutputFormat::Jsonl => "jsonl",
+            OutputFormat::Xlsx => "xlsx",
         })
     }
 }
@@ -1015,9 +1057,9 @@ path = "out/result.csv"
             "{err}"
         );
         let mut ov = Overrides::default();
-        ov.set.push("output.path=\"x.xlsx\"".into());
+        ov.set.push("output.path=\"x.ods\"".into());
         let err = load(MINIMAL, &ov).unwrap_err().to_string();
-        assert!(err.contains("must end in .csv or .jsonl"), "{err}");
+        assert!(err.contains("must end in .csv, .jsonl or .xlsx"), "{err}");
         let mut ov = Overrides::default();
         ov.set.push("nonsense".into());
         assert!(load(MINIMAL, &ov)

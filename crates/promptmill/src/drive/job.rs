@@ -128,10 +128,7 @@ fn planner_with(
 
 /// How the job's input is read.
 pub fn source_options(job: &Job) -> SourceOptions {
-    SourceOptions {
-        format: job.input_format(),
-        id_column: job.input.id.clone(),
-    }
+    job.source_options()
 }
 
 /// The names of the caps a job sets, for messages.
@@ -167,7 +164,7 @@ pub fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
         path: job.output.path.clone(),
         format: job.output_format().ok_or_else(|| {
             anyhow!(
-                "{}: output must be .csv or .jsonl",
+                "{}: output must be .csv, .jsonl or .xlsx",
                 job.output.path.display()
             )
         })?,

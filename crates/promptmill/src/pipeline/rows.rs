@@ -27,7 +27,7 @@ use crate::cost::{ModelPrice, Tier};
 use crate::identity::{Identity, Wanted};
 use crate::plan::{Planned, Planner};
 use crate::resume::{Decision, Resume};
-use crate::source::{BadRow, Source, SourceError, SourceOptions};
+use crate::source::{BadRow, Source, SourceError};
 use crate::types::{Message, Money, Row, Usage};
 
 /// Rows per chunk handed to a worker: large enough that channel traffic is negligible,
@@ -327,13 +327,7 @@ where
     let job = rl.job;
     let input = job.input.path.clone();
     let seen = Stamp::of(&input);
-    let source = Source::open(
-        &input,
-        &SourceOptions {
-            format: job.input_format(),
-            id_column: job.input.id.clone(),
-        },
-    )?;
+    let source = Source::open(&input, &job.source_options())?;
     let mut spool = match opts.spool_beside {
         Some(beside) => Some(BufWriter::new(
             crate::slots::temp_file_beside(beside)
@@ -841,14 +835,7 @@ mod tests {
 
     /// Every row stepped one by one, in order, on this thread.
     fn stepped_in_order(rl: &RowLoop<'_>, job: &Job) -> Result<Vec<Stepped>, String> {
-        let source = Source::open(
-            &job.input.path,
-            &SourceOptions {
-                format: job.input_format(),
-                id_column: job.input.id.clone(),
-            },
-        )
-        .unwrap();
+        let source = Source::open(&job.input.path, &job.source_options()).unwrap();
         source
             .keep_bad_rows()
             .map(|item| rl.step(item, None))

@@ -33,6 +33,15 @@ pub enum ReportError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The output is in a format the page does not read.
+    #[error(
+        "{path}: the review page reads CSV or JSONL outputs, not {format}; to review a job, \
+         give it an output.path ending in .csv or .jsonl"
+    )]
+    Unsupported {
+        path: PathBuf,
+        format: crate::config::OutputFormat,
+    },
     /// A line of the output or summary that cannot be read.
     #[error("{path}: line {line}: {message}")]
     Parse {

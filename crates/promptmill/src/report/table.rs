@@ -15,7 +15,13 @@ pub(super) fn stream(job: &Job, sink: &mut RowSink<'_>) -> Result<Vec<Column>, R
     let path = &job.output.path;
     let names = match job.output_format() {
         Some(OutputFormat::Jsonl) => jsonl(path, sink)?,
-        // The job file accepts only .csv or .jsonl outputs.
+        Some(OutputFormat::Xlsx) => {
+            return Err(ReportError::Unsupported {
+                path: path.to_path_buf(),
+                format: OutputFormat::Xlsx,
+            })
+        }
+        // The job file accepts only .csv, .jsonl or .xlsx outputs.
         _ => csv(path, sink)?,
     };
     Ok(kinds(names))

@@ -1,5 +1,6 @@
-//! The sink stage: the final output file, built from the journal in input order, written to a
-//! temporary file and renamed so that no reader ever sees half an output.
+//! The sink stage: the final output file (CSV, JSONL or Excel), built from the journal in
+//! input order, written to a temporary file and renamed so that no reader ever sees half an
+//! output.
 //!
 //! Each row shows its latest record only when that record answers the request the current
 //! job would send (same identity, same request hash): an answer to an older template, model
@@ -7,6 +8,7 @@
 
 mod csv_out;
 mod jsonl_out;
+mod xlsx_out;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ pub enum SinkError {
     Journal(#[from] JournalError),
     #[error("{path}: {message}")]
     Csv { path: PathBuf, message: String },
+    #[error("{}: {message}", .path.display())]
+    Xlsx { path: PathBuf, message: String },
     #[error("{0}")]
     Input(String),
 }
@@ -340,6 +344,7 @@ where
         let mut w: Box<dyn RowWriter + '_> = match spec.format {
             OutputFormat::Csv => Box::new(csv_out::CsvOut::new(buf, spec)?),
             OutputFormat::Jsonl => Box::new(jsonl_out::JsonlOut::new(buf, spec)),
+            OutputFormat::Xlsx => Box::new(xlsx_out::XlsxOut::new(buf, spec)?),
         };
         for row in rows {
             let row = row.map_err(SinkError::Input)?;

@@ -477,7 +477,7 @@ mod tests {
         let (_dir, path) = file("data.txt", b"a\tb\n1\t2\n");
         let opts = SourceOptions {
             format: Some(Format::Tsv),
-            id_column: None,
+            ..SourceOptions::default()
         };
         let source = Source::open(&path, &opts).unwrap();
         assert_eq!(source.columns(), ["a", "b"]);

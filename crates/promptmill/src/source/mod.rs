@@ -1,18 +1,21 @@
-//! The `source` stage: streams [`Row`]s out of a CSV, TSV or JSONL file.
+//! The `source` stage: streams [`Row`]s out of a CSV, TSV or JSONL file, or a sheet of an
+//! Excel or OpenDocument workbook.
 //!
 //! A [`Source`] reads one record at a time through a buffered reader, so memory stays flat
-//! however many rows the file holds. Problems are split in two: a fatal [`SourceError`]
+//! however many rows the file holds (a workbook's sheet is the exception: it is loaded
+//! whole, see `xlsx.rs`). Problems are split in two: a fatal [`SourceError`]
 //! (cannot open, no header, bad header…) ends the stream, while a row error
 //! ([`SourceError::is_row_error`]) spoils only that record and reading carries on, so the
 //! caller can choose to skip bad rows or stop at the first one.
 //!
-//! Every error message starts with `file:line[:column]:`, like a compiler's, so a user can
-//! jump straight to the offending record.
+//! Every error message starts with `file:line[:column]:`, like a compiler's (for a sheet,
+//! `file:Sheet1!C4:`), so a user can jump straight to the offending record.
 
 mod csv;
 mod jsonl;
 #[cfg(test)]
 mod test_files;
+mod xlsx;
 
 use crate::key_table::KeyTable;
 use crate::types::Row;
@@ -33,17 +36,35 @@ pub enum Format {
     /// One JSON object per line (also known as NDJSON).
     #[serde(alias = "ndjson")]
     Jsonl,
+    /// An Excel workbook (`.xlsx`, `.xlsm`): one sheet of it, with a header row.
+    #[serde(alias = "xlsm")]
+    Xlsx,
+    /// An Excel 97-2003 workbook (`.xls`).
+    Xls,
+    /// An OpenDocument spreadsheet (`.ods`).
+    Ods,
+}
+
+impl Format {
+    /// True for the workbook formats, read a sheet at a time (`input.sheet`,
+    /// `input.header_row`).
+    pub fn is_workbook(self) -> bool {
+        matches!(self, Format::Xlsx | Format::Xls | Format::Ods)
+    }
 }
 
 impl Format {
     /// Guesses the format from the file extension (`.csv`, `.tsv`/`.tab`, `.jsonl`/`.ndjson`,
-    /// any case); `None` when the extension says nothing.
+    /// `.xlsx`/`.xlsm`, `.xls`, `.ods`, any case); `None` when the extension says nothing.
     pub fn from_path(path: &Path) -> Option<Format> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "csv" => Some(Format::Csv),
             "tsv" | "tab" => Some(Format::Tsv),
             "jsonl" | "ndjson" => Some(Format::Jsonl),
+            "xlsx" | "xlsm" => Some(Format::Xlsx),
+            "xls" => Some(Format::Xls),
+            "ods" => Some(Format::Ods),
             _ => None,
         }
     }
@@ -55,24 +76,31 @@ impl fmt::Display for Format {
             Format::Csv => "csv",
             Format::Tsv => "tsv",
             Format::Jsonl => "jsonl",
+            Format::Xlsx => "xlsx",
+            Format::Xls => "xls",
+            Format::Ods => "ods",
         })
     }
 }
 
-/// The error of parsing a [`Format`] name that is not `csv`, `tsv` or `jsonl`.
+/// The error of parsing a [`Format`] name that is not one of ours.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
-#[error("unknown input format \"{0}\": expected csv, tsv or jsonl")]
+#[error("unknown input format \"{0}\": expected csv, tsv, jsonl, xlsx, xls or ods")]
 pub struct ParseFormatError(pub String);
 
 impl FromStr for Format {
     type Err = ParseFormatError;
 
-    /// Parses `csv`, `tsv` or `jsonl` (also `ndjson`), ignoring case.
+    /// Parses `csv`, `tsv`, `jsonl` (also `ndjson`), `xlsx` (also `xlsm`), `xls` or `ods`,
+    /// ignoring case.
     fn from_str(s: &str) -> Result<Format, ParseFormatError> {
         match s.to_ascii_lowercase().as_str() {
             "csv" => Ok(Format::Csv),
             "tsv" => Ok(Format::Tsv),
             "jsonl" | "ndjson" => Ok(Format::Jsonl),
+            "xlsx" | "xlsm" => Ok(Format::Xlsx),
+            "xls" => Ok(Format::Xls),
+            "ods" => Ok(Format::Ods),
             _ => Err(ParseFormatError(s.to_owned())),
         }
     }
@@ -85,6 +113,30 @@ pub struct SourceOptions {
     pub format: Option<Format>,
     /// The column (JSONL: key) whose value becomes `Row::id`; `None` uses the 1-based row number.
     pub id_column: Option<String>,
+    /// Workbooks: the sheet to read; `None` reads the first.
+    pub sheet: Option<SheetRef>,
+    /// Workbooks: the 1-based sheet row that holds the header; `None` takes the sheet's
+    /// first row that holds anything.
+    pub header_row: Option<u32>,
+}
+
+/// A sheet of a workbook, by name or by 0-based position (`input.sheet = "Prices"` or `1`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SheetRef {
+    /// The sheet's name, exactly as its tab shows it.
+    Name(String),
+    /// The sheet's position, counting from 0.
+    Index(usize),
+}
+
+impl fmt::Display for SheetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SheetRef::Name(name) => write!(f, "{name:?}"),
+            SheetRef::Index(i) => write!(f, "{i}"),
+        }
+    }
 }
 
 /// Why a file cannot be read, or why one of its records is bad.
@@ -103,7 +155,8 @@ pub enum SourceError {
     },
     /// No format was given and the extension does not tell one. Fatal.
     #[error(
-        "{}: cannot tell the input format from the file name; set the format to csv, tsv or jsonl",
+        "{}: cannot tell the input format from the file name; set the format to csv, tsv, jsonl, \
+         xlsx, xls or ods",
         .path.display()
     )]
     UnknownFormat {
@@ -267,6 +320,38 @@ pub enum SourceError {
         /// The JSON type found: "array", "string", "number", "boolean" or "null".
         found: &'static str,
     },
+    /// A workbook cannot be read, or has no sheet or header where the job says. Fatal.
+    #[error("{}: {message}", .path.display())]
+    Workbook {
+        /// The input file.
+        path: PathBuf,
+        /// What is wrong, naming the setting to change where one would help.
+        message: String,
+    },
+    /// A sheet's header (or a repeated id) makes the sheet unusable. Fatal.
+    #[error("{}:{cell}: {message}", .path.display())]
+    Sheet {
+        /// The input file.
+        path: PathBuf,
+        /// Where, as Excel writes it: `Sheet1!C1` (a whole row: `Sheet1!1`).
+        cell: String,
+        /// The sheet's 1-based row.
+        row: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A sheet's row cannot be used (an error cell such as `#N/A`, a bad id). Row error.
+    #[error("{}:{cell}: {message}", .path.display())]
+    SheetRow {
+        /// The input file.
+        path: PathBuf,
+        /// Where, as Excel writes it: `Sheet1!C4`.
+        cell: String,
+        /// The sheet's 1-based row.
+        row: u64,
+        /// What is wrong.
+        message: String,
+    },
     /// A record's id value is missing, empty or of an unusable type. Row error.
     #[error("{}: id column \"{name}\" {problem}", Location(.path, *.line, *.column))]
     BadId {
@@ -308,6 +393,7 @@ impl SourceError {
                 | SourceError::InvalidJson { .. }
                 | SourceError::NotAnObject { .. }
                 | SourceError::BadId { .. }
+                | SourceError::SheetRow { .. }
         )
     }
 
@@ -316,7 +402,9 @@ impl SourceError {
         match self {
             SourceError::Open { .. }
             | SourceError::UnknownFormat { .. }
-            | SourceError::Empty { .. } => None,
+            | SourceError::Empty { .. }
+            | SourceError::Workbook { .. } => None,
+            SourceError::Sheet { row, .. } | SourceError::SheetRow { row, .. } => Some(*row),
             SourceError::Read { line, .. }
             | SourceError::DuplicateColumn { line, .. }
             | SourceError::EmptyColumnName { line, .. }
@@ -352,6 +440,7 @@ impl fmt::Debug for Source {
         let format = match self.reader {
             Reader::Csv(_) => "csv/tsv",
             Reader::Jsonl(_) => "jsonl",
+            Reader::Xlsx(_) => "workbook",
         };
         f.debug_struct("Source")
             .field("path", &self.path)
@@ -365,6 +454,7 @@ impl fmt::Debug for Source {
 enum Reader {
     Csv(self::csv::CsvReader),
     Jsonl(jsonl::JsonlReader),
+    Xlsx(Box<xlsx::XlsxReader>),
 }
 
 impl Source {
@@ -394,6 +484,12 @@ impl Source {
             Format::Jsonl => {
                 let (columns, reader) = jsonl::JsonlReader::open(file, path, id_column)?;
                 (columns, Reader::Jsonl(reader))
+            }
+            Format::Xlsx | Format::Xls | Format::Ods => {
+                drop(file);
+                let (columns, reader) =
+                    xlsx::XlsxReader::open(path, opts.sheet.as_ref(), opts.header_row, id_column)?;
+                (columns, Reader::Xlsx(Box::new(reader)))
             }
         };
         let ids = match id_column {
@@ -437,9 +533,25 @@ impl Iterator for Source {
         let mut item = match &mut self.reader {
             Reader::Csv(reader) => reader.next_row(&self.path, &self.columns),
             Reader::Jsonl(reader) => reader.next_row(&self.path),
+            Reader::Xlsx(reader) => reader.next_row(&self.path, &self.columns),
         };
         if let (Some(Ok(row)), Some((name, ids))) = (&item, &mut self.ids) {
-            if let Err(e) = check_unique_id(&self.path, &self.columns, name, ids, row) {
+            if let Err(mut e) = check_unique_id(&self.path, &self.columns, name, ids, row) {
+                // In a sheet, the place is a cell and the first row a sheet row.
+                if let (Reader::Xlsx(reader), SourceError::DuplicateId { column, first, .. }) =
+                    (&self.reader, &e)
+                {
+                    e = SourceError::Sheet {
+                        path: self.path.clone(),
+                        cell: reader.cell_at(row.line, (*column as usize).saturating_sub(1)),
+                        row: row.line,
+                        message: format!(
+                            "duplicate id {:?} in column {name:?}: row {first} has the same id; \
+                             each row's id (input.id) must be unique",
+                            row.id
+                        ),
+                    };
+                }
                 item = Some(Err(e));
             }
         }
@@ -607,6 +719,10 @@ mod tests {
             ("a.Tab", Some(Format::Tsv)),
             ("a.jsonl", Some(Format::Jsonl)),
             ("a.NDJSON", Some(Format::Jsonl)),
+            ("a.xlsx", Some(Format::Xlsx)),
+            ("A.XLSM", Some(Format::Xlsx)),
+            ("a.xls", Some(Format::Xls)),
+            ("a.ods", Some(Format::Ods)),
             ("a.json", None),
             ("a.txt", None),
             ("csv", None),
@@ -621,9 +737,12 @@ mod tests {
         assert_eq!("CSV".parse::<Format>(), Ok(Format::Csv));
         assert_eq!("tsv".parse::<Format>(), Ok(Format::Tsv));
         assert_eq!("jsonl".parse::<Format>(), Ok(Format::Jsonl));
+        assert_eq!("XLSX".parse::<Format>(), Ok(Format::Xlsx));
+        assert_eq!("ods".parse::<Format>(), Ok(Format::Ods));
+        assert!(Format::Xls.is_workbook() && !Format::Csv.is_workbook());
         assert_eq!(
-            "xlsx".parse::<Format>().unwrap_err().to_string(),
-            "unknown input format \"xlsx\": expected csv, tsv or jsonl"
+            "xlsb".parse::<Format>().unwrap_err().to_string(),
+            "unknown input format \"xlsb\": expected csv, tsv, jsonl, xlsx, xls or ods"
         );
         let f: Format = serde_json::from_str("\"jsonl\"").unwrap();
         assert_eq!(f, Format::Jsonl);
@@ -658,14 +777,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "{}: cannot tell the input format from the file name; set the format to csv, tsv or jsonl",
+                "{}: cannot tell the input format from the file name; set the format to csv, tsv, \
+                 jsonl, xlsx, xls or ods",
                 path.display()
             )
         );
         // An explicit format wins over the extension.
         let opts = SourceOptions {
             format: Some(Format::Csv),
-            id_column: None,
+            ..SourceOptions::default()
         };
         let rows: Vec<_> = Source::open(&path, &opts).unwrap().collect();
         assert_eq!(rows.len(), 1);
@@ -683,6 +803,7 @@ mod tests {
             let opts = SourceOptions {
                 format: None,
                 id_column: Some("id".into()),
+                ..SourceOptions::default()
             };
             let items: Vec<_> = Source::open(&path, &opts).unwrap().collect();
             assert_eq!(items.len(), 3, "{name}: the stream ends at the duplicate");
@@ -725,7 +846,7 @@ mod tests {
         file.flush().unwrap();
         let opts = SourceOptions {
             format: Some(format),
-            id_column: None,
+            ..SourceOptions::default()
         };
         match Source::open(file.path(), &opts) {
             Ok(source) => source.collect(),
@@ -759,6 +880,7 @@ mod tests {
             let opts = SourceOptions {
                 format: None,
                 id_column: Some("sku".into()),
+                ..SourceOptions::default()
             };
             let start = std::time::Instant::now();
             let mut n = 0u64;
@@ -804,7 +926,7 @@ mod tests {
             for format in [Format::Csv, Format::Jsonl] {
                 let mut file = tempfile::NamedTempFile::new().unwrap();
                 file.write_all(&bytes).unwrap();
-                let opts = SourceOptions { format: Some(format), id_column: None };
+                let opts = SourceOptions { format: Some(format), ..SourceOptions::default() };
                 let Ok(source) = Source::open(file.path(), &opts) else { continue };
                 for (expected, item) in (0u64..).zip(source.keep_bad_rows()) {
                     let index = match item {

@@ -17,6 +17,7 @@ pub(super) fn open(path: &Path, id: Option<&str>) -> Result<Source, SourceError>
     let opts = SourceOptions {
         format: None,
         id_column: id.map(str::to_owned),
+        ..SourceOptions::default()
     };
     Source::open(path, &opts)
 }
