@@ -163,6 +163,22 @@ pub struct JudgeConfig {
     pub min_score: Option<f64>,
 }
 
+impl JudgeConfig {
+    /// The structured output the judge must return: a score on `scale` and a reason.
+    pub fn schema(&self) -> serde_json::Value {
+        let [low, high] = self.scale;
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                "score": {"type": "number", "minimum": low, "maximum": high},
+                "reason": {"type": "string"}
+            },
+            "required": ["score", "reason"],
+            "additionalProperties": false
+        })
+    }
+}
+
 fn default_judge_max_tokens() -> u32 {
     300
 }
@@ -620,7 +636,7 @@ impl Job {
             schema_mode: m.schema_mode,
             max_tokens_field: m.max_tokens_field.clone(),
             extra: None,
-            schema_json: Some(crate::judge::schema(j.scale)),
+            schema_json: Some(j.schema()),
         };
         job.checks = Vec::new();
         job.regenerate = 0;

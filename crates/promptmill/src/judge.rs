@@ -8,7 +8,7 @@
 //! template or its model changes, the old verdict no longer answers the request the job
 //! would send and is ignored, like any stale answer.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::config::Job;
 use crate::cost::ModelPrice;
@@ -23,19 +23,6 @@ const ID_PREFIX: &str = "judge\u{1f}";
 /// The journal identity of the verdict on the answer of the row whose identity is `row_id`.
 pub fn id(row_id: &str) -> String {
     format!("{ID_PREFIX}{row_id}")
-}
-
-/// The structured output a judge must return: a score on `scale` and a reason.
-pub fn schema(scale: [f64; 2]) -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "score": {"type": "number", "minimum": scale[0], "maximum": scale[1]},
-            "reason": {"type": "string"}
-        },
-        "required": ["score", "reason"],
-        "additionalProperties": false
-    })
 }
 
 /// The judge of a job: its planner (the judge's templates and model), its price and its
@@ -161,6 +148,7 @@ pub fn spread(scores: &mut [f64]) -> Option<(f64, f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn verdicts_are_read_from_fields() {

@@ -70,15 +70,7 @@ pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow:
     };
     let journal_path = job.journal_path();
     let index = journal::read_index(&journal_path)?.unwrap_or_default();
-    let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
-    let totals = sink::write_output(
-        &spec,
-        rows,
-        &index,
-        &journal_path,
-        &mut want,
-        judge.as_deref(),
-    )?;
+    let totals = write_from_spool(&spec, &spool, &index, &journal_path, judge.as_deref())?;
     let (status, message, code) = super::outcome(job, &totals, |n| {
         format!("{n} rows have no answer yet; run without --recheck to send them")
     });
@@ -255,21 +247,7 @@ pub async fn run(
     // validation pass read them.
     // A row shows an answer only if it answers the request the job would send now.
     let totals = match &spool {
-        Some(spool) => {
-            let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
-            let totals = sink::write_output(
-                &spec,
-                rows,
-                &index,
-                &journal_path,
-                &mut want,
-                judge.as_deref(),
-            )?;
-            if let Some(warning) = spool.input_changed() {
-                eprintln!("{warning}");
-            }
-            totals
-        }
+        Some(spool) => write_from_spool(&spec, spool, &index, &journal_path, judge.as_deref())?,
         // Interrupted before the validation pass ended: the rows as the input holds them.
         None => {
             let mut want = wanted(&planner, identity);
@@ -300,6 +278,23 @@ pub async fn run(
     };
     summary.publish(job, label, opts.json)?;
     Ok(code)
+}
+
+/// Writes the output from the journal, with the rows as the validation pass kept them in
+/// `spool`; warns when the input changed on disk meanwhile.
+fn write_from_spool(
+    spec: &sink::OutputSpec,
+    spool: &Spool,
+    index: &journal::JournalIndex,
+    journal_path: &std::path::Path,
+    judge: Option<&Judge>,
+) -> anyhow::Result<OutputTotals> {
+    let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
+    let totals = sink::write_output(spec, rows, index, journal_path, &mut want, judge)?;
+    if let Some(warning) = spool.input_changed() {
+        eprintln!("{warning}");
+    }
+    Ok(totals)
 }
 
 /// The scheduler of a live run, with the ledger it adds money to (the spend before this run
