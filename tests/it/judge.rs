@@ -254,3 +254,42 @@ fn verdicts_are_paid_under_the_budget_cap_like_answers() {
     let answers = sum(&ws, "cost_usd");
     assert!(answers + sum(&ws, "judge_cost_usd") <= spent + 1e-9, "{s}");
 }
+
+#[test]
+fn rows_asking_the_judge_the_same_thing_share_one_verdict_paid_once() {
+    let ws = Workspace::new();
+    ws.write(
+        "rows.csv",
+        "id,copy,score\n\
+         r1,Trail shoe with a grippy sole,8\n\
+         r2,Rain jacket in three colours,7\n\
+         r3,Trail shoe with a grippy sole,8\n",
+    );
+    let job = job(&ws, "", JUDGE);
+    let out = ws.run(&["run", &job, "--mock", "--quiet", "--json"]);
+    assert_exit(&out, 0);
+    let s = stdout_json(&out);
+    // r3 asks what r1 asks, of the model and then of the judge: one request each.
+    assert_eq!(
+        (s["requests"].as_u64(), s["judge_requests"].as_u64()),
+        (Some(4), Some(2)),
+        "{s}"
+    );
+    assert_eq!(s["judge"]["judged"], 3, "{s}");
+    let (header, table) = ws.csv("out/result.csv");
+    let r3 = table
+        .iter()
+        .find(|r| r[col(&header, "id")] == "r3")
+        .unwrap();
+    assert_eq!(r3[col(&header, "judge_score")], "8");
+    assert_eq!(r3[col(&header, "judge_cost_usd")].parse::<f64>().unwrap(), 0.0);
+    let verdicts = sum(&ws, "judge_cost_usd");
+    assert!(
+        (s["judge_cost_this_run_usd"].as_f64().unwrap() - verdicts).abs() < 1e-9,
+        "{s}"
+    );
+    assert!(
+        (s["judge"]["cost_usd"].as_f64().unwrap() - verdicts).abs() < 1e-9,
+        "{s}"
+    );
+}

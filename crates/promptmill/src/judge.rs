@@ -103,11 +103,26 @@ impl Judge {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        let record = match (reader, index.offset(&id(row_id))?) {
-            (Some(r), Some(at)) => Some(r.read_at(at)?),
-            _ => None,
+        let Some(reader) = reader else {
+            return Ok(Ok(Judged::Missing(planned)));
         };
-        Ok(Ok(match record.filter(|r| r.hash == planned.hash) {
+        let own = id(row_id);
+        let mut record = match index.offset(&own)? {
+            Some(at) => Some(reader.read_at(at)?).filter(|r| r.hash == planned.hash),
+            None => None,
+        };
+        if record.is_none() {
+            // Another row asked the judge the very same thing (same row cells the judge
+            // reads, same answer): its verdict stands for this row too, paid once.
+            if let Some(at) = index.offset_of_request(&planned.hash)? {
+                let mut shared = reader.read_at(at)?;
+                if shared.id != own {
+                    shared.shared_with = Some(shared.id.trim_start_matches(ID_PREFIX).into());
+                }
+                record = Some(shared);
+            }
+        }
+        Ok(Ok(match record {
             None => Judged::Missing(planned),
             Some(r) if r.status != Status::Ok => Judged::Failed(r),
             Some(r) => match verdict(r.fields.as_ref()) {

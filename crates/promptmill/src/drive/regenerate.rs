@@ -155,6 +155,8 @@ fn feed(
     let mut want = review.spool.wanted()?;
     // Rows with the same identity share one answer: it is judged or regenerated once.
     let mut seen = HashSet::new();
+    // Judge requests fed in this round, by hash.
+    let mut asked = HashSet::new();
     let mut sent = 0;
     for row in review.spool.output_rows()? {
         if sched.stop.is_cancelled() {
@@ -180,7 +182,9 @@ fn feed(
                 else {
                     continue;
                 };
-                if !seen.insert(wanted.id.clone()) {
+                // The same request asked for another row in this round: its verdict will
+                // stand for this row too.
+                if !seen.insert(wanted.id.clone()) || !asked.insert(planned.hash.clone()) {
                     continue;
                 }
                 let req = loop_.judge_request(&row, judge::id(&wanted.id), planned);

@@ -497,7 +497,8 @@ impl JudgeTotals {
                 }
                 self.scores.push(v.score);
                 if let Some(u) = &r.usage {
-                    if !r.cached {
+                    // A verdict shared with another row was paid (and is counted) there.
+                    if !r.cached && r.shared_with.is_none() {
                         self.usage.add(u);
                         self.cost.add(Charge::of(true, r.cost_pico));
                     }
