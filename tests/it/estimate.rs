@@ -281,3 +281,49 @@ fn recorded_token_counts_are_the_planner_counts() {
     assert!(kept.next().is_none(), "more steps than rows");
     assert_eq!((rows, total), (e.requests, e.prompt_tokens.total));
 }
+
+/// Rows asking the very same thing are one request in a live run (the others get a copy of
+/// its answer): the estimate counts and prices that one request, and the run sends as many
+/// requests as the estimate said.
+#[test]
+fn identical_requests_are_estimated_once_like_the_run_sends_them() {
+    let ws = Workspace::new();
+    let mut csv = String::from("id,name,color\n");
+    for i in 0..12 {
+        // Four distinct prompts, each asked by three rows.
+        csv.push_str(&format!("r{i},item {},red\n", i % 4));
+    }
+    ws.write("rows.csv", &csv);
+    let job = ws
+        .write("job.toml", &JobFile::default().toml())
+        .to_string_lossy()
+        .into_owned();
+    let out = estimate(&ws, &[&job, "--json"]);
+    assert_exit(&out, 0);
+    let e = stdout_json(&out);
+    assert_eq!(
+        (e["rows"].as_u64(), e["requests"].as_u64()),
+        (Some(12), Some(4)),
+        "{e}"
+    );
+    assert_eq!(e["shared"], 8, "{e}");
+    assert!(
+        stderr(&out).contains("8 asking what another row asks"),
+        "{}",
+        stderr(&out)
+    );
+    let run = ws.run(&["run", &job, "--mock", "--quiet", "--json"]);
+    assert_exit(&run, 0);
+    assert_eq!(stdout_json(&run)["requests"], 4);
+    // A new row asking what a done row asked gets that answer: nothing to send.
+    csv.push_str("r12,item 0,red\n");
+    ws.write("rows.csv", &csv);
+    let dry = ws.run(&["run", &job, "--mock", "--dry-run", "--json"]);
+    assert_exit(&dry, 0);
+    let e = stdout_json(&dry);
+    assert_eq!(
+        (e["requests"].as_u64(), e["shared"].as_u64()),
+        (Some(0), Some(1)),
+        "{e}"
+    );
+}

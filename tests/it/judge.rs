@@ -282,7 +282,10 @@ fn rows_asking_the_judge_the_same_thing_share_one_verdict_paid_once() {
         .find(|r| r[col(&header, "id")] == "r3")
         .unwrap();
     assert_eq!(r3[col(&header, "judge_score")], "8");
-    assert_eq!(r3[col(&header, "judge_cost_usd")].parse::<f64>().unwrap(), 0.0);
+    assert_eq!(
+        r3[col(&header, "judge_cost_usd")].parse::<f64>().unwrap(),
+        0.0
+    );
     let verdicts = sum(&ws, "judge_cost_usd");
     assert!(
         (s["judge_cost_this_run_usd"].as_f64().unwrap() - verdicts).abs() < 1e-9,

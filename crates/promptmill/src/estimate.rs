@@ -19,7 +19,7 @@ use crate::cost::{ModelPrice, Tier};
 use crate::judge::Judge;
 use crate::pipeline::rows::{first_pass, PassOptions, RowLoop, Spool, Step, Stepped};
 use crate::plan::Planner;
-use crate::resume::{Resume, ResumeCounts};
+use crate::resume::{Decision, Resume, ResumeCounts};
 use crate::types::{Message, Money, Usage};
 
 /// Rows over the context window listed by name (the rest are only counted).
@@ -69,6 +69,9 @@ pub struct Estimate {
     pub changed: u64,
     /// Rows answered from the response cache (not sent).
     pub cached: u64,
+    /// Rows asking the very same thing as an earlier row (same request hash): the run
+    /// sends it once and the row gets a copy of the answer. Not among `requests`.
+    pub shared: u64,
     /// Prompt tokens of all requests.
     pub prompt_tokens: TokenCount,
     /// Completion tokens assumed.
@@ -228,18 +231,44 @@ pub struct Sample {
 struct ChunkResult {
     rows: u64,
     bad_rows: u64,
-    requests: u64,
     cached: u64,
-    prompt_tokens: u64,
-    /// Prompt tokens as the budget and limiter reserve them (approximations get a margin).
-    reserve_prompt: u64,
-    /// The judge's template tokens of the rows to send.
-    judge_tokens: u64,
+    /// Every request asked, in input order, for finding the ones asked twice.
+    asks: Vec<Ask>,
     longest: Option<RowTokens>,
     over_context: u64,
     over_context_rows: Vec<RowTokens>,
     samples: Vec<Sample>,
     resume: ResumeCounts,
+}
+
+/// One row's request as the estimate counts it: its hash (the first 128 bits) and, for a
+/// row to send, what it adds; `None` for a row done already (a later row asking the same
+/// gets a copy of that answer).
+struct Ask {
+    key: u128,
+    sends: Option<Sends>,
+}
+
+/// What one request adds to the estimate.
+struct Sends {
+    prompt_tokens: u64,
+    /// Prompt tokens as the budget and limiter reserve them (approximations get a margin).
+    reserve_prompt: u64,
+    /// The judge's template tokens.
+    judge_tokens: u64,
+}
+
+impl Ask {
+    fn key(hash: &str) -> u128 {
+        hash.get(..32)
+            .and_then(|h| u128::from_str_radix(h, 16).ok())
+            .unwrap_or_else(|| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                hash.hash(&mut h);
+                u128::from(h.finish())
+            })
+    }
 }
 
 /// Renders, counts and checks every row of `job` (the one row loop, [`first_pass`]), then
@@ -276,6 +305,7 @@ pub fn estimate(
         kept_failed: 0,
         changed: 0,
         cached: 0,
+        shared: 0,
         prompt_tokens: TokenCount {
             total: 0,
             exact: planner.exact_tokens(),
@@ -309,14 +339,26 @@ pub fn estimate(
     };
     let mut reserve_prompt = 0u64;
     let mut judge_tokens = 0u64;
+    // A live run sends a request once however many rows ask it (see `identity`): the
+    // estimate counts it once too.
+    let mut asked = std::collections::HashSet::new();
     for r in results {
         e.rows += r.rows;
         e.bad_rows += r.bad_rows;
-        e.requests += r.requests;
         e.cached += r.cached;
-        e.prompt_tokens.total += r.prompt_tokens;
-        reserve_prompt += r.reserve_prompt;
-        judge_tokens += r.judge_tokens;
+        for ask in r.asks {
+            let first = asked.insert(ask.key);
+            match ask.sends {
+                Some(_) if !first => e.shared += 1,
+                Some(s) => {
+                    e.requests += 1;
+                    e.prompt_tokens.total += s.prompt_tokens;
+                    reserve_prompt += s.reserve_prompt;
+                    judge_tokens += s.judge_tokens;
+                }
+                None => {}
+            }
+        }
         if let Some(l) = r.longest {
             // Chunks come in input order, so on a tie the earlier row stays.
             if e.longest_prompt
@@ -472,8 +514,14 @@ fn count_row(r: &mut ChunkResult, pos: u64, s: &Stepped, show: usize, context_wi
             r.bad_rows += 1;
             return;
         }
-        Step::Skip { decision, .. } => {
+        Step::Skip { decision, hash, .. } => {
             r.resume.add(*decision);
+            if *decision == Decision::Done {
+                r.asks.push(Ask {
+                    key: Ask::key(hash),
+                    sends: None,
+                });
+            }
             return;
         }
         Step::Cached { decision, .. } => {
@@ -485,10 +533,14 @@ fn count_row(r: &mut ChunkResult, pos: u64, s: &Stepped, show: usize, context_wi
     };
     r.resume.add(req.decision);
     let tokens = req.prompt_tokens;
-    r.requests += 1;
-    r.prompt_tokens += tokens;
-    r.reserve_prompt += req.worst.prompt_tokens;
-    r.judge_tokens += s.judge_tokens;
+    r.asks.push(Ask {
+        key: Ask::key(&req.hash),
+        sends: Some(Sends {
+            prompt_tokens: tokens,
+            reserve_prompt: req.worst.prompt_tokens,
+            judge_tokens: s.judge_tokens,
+        }),
+    });
     let here = || RowTokens {
         row: req.row + 1,
         id: req.id.clone(),
@@ -589,6 +641,7 @@ impl Estimate {
             (self.done, "done already"),
             (self.kept_failed, "failed and kept as failed"),
             (self.cached, "answered from the cache"),
+            (self.shared, "asking what another row asks (sent once)"),
         ] {
             if n > 0 {
                 rows.push_str(&format!(", {} {what}", thousands(n)));
