@@ -250,6 +250,8 @@ fn recorded_token_counts_are_the_planner_counts() {
         tier: Tier::Live,
         spool_beside: Some(&beside),
         judge: None,
+        prices: None,
+        outputs: &[],
     };
     let (e, spool) = estimate(&job, &planner(&job), &opts).unwrap();
     let spool = spool.expect("a spool");

@@ -209,7 +209,10 @@ fn piped(ws: &Workspace, args: &[&str], input: &str) -> std::process::Output {
         .spawn()
         .expect("start promptmill");
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).unwrap();
+    if let Err(e) = stdin.write_all(input.as_bytes()) {
+        // A command that refuses to start may exit before reading its stdin.
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     drop(stdin);
     child.wait_with_output().unwrap()
 }

@@ -173,6 +173,7 @@ fn item(row: u64, user: &str) -> WorkItem {
         worst_cost: Money::ZERO,
         guess: UsageGuess::default(),
         kind: promptmill::scheduler::Kind::Answer,
+        model: None,
     }
 }
 

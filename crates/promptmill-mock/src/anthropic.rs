@@ -36,6 +36,8 @@ struct Request {
     stop_sequences: Vec<String>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    temperature: Option<f64>,
 }
 
 /// `POST /v1/messages`.
@@ -117,6 +119,7 @@ async fn message(s: &Shared, seq: u64, body: &[u8]) -> Response {
     let params = Params {
         model,
         max_tokens: Some(max_tokens),
+        temperature: req.temperature,
         n: 1,
         stop,
         schema: schema.as_ref(),

@@ -44,6 +44,8 @@
 //! - `[[mock:slow-body]]`: sends the headers and half the body, then stalls.
 //! - `[[mock:length]]`: `finish_reason` is `"length"`.
 //! - `[[mock:echo]]`: the answer is the whole last user message (markers included).
+//! - `[[mock:settings]]`: the answer is the request's `model=… temperature=… max_tokens=…`
+//!   (`-` for one not sent).
 //!
 //! - `[[mock:bad-schema]]`: the first structured (JSON-schema) answer to this prompt is
 //!   not JSON; later attempts are.

@@ -12,6 +12,8 @@ pub(crate) struct Markers {
     pub(crate) slow_body: bool,
     pub(crate) length: bool,
     pub(crate) echo: bool,
+    /// The answer is the request's settings: `model=… temperature=… max_tokens=…`.
+    pub(crate) settings: bool,
     /// The first structured answer to this prompt is not JSON.
     pub(crate) bad_schema: bool,
     /// The first streamed answer to this prompt is cut off half-way.
@@ -52,6 +54,7 @@ impl Markers {
                 "slow-body" => m.slow_body = true,
                 "length" => m.length = true,
                 "echo" => m.echo = true,
+                "settings" => m.settings = true,
                 "bad-schema" => m.bad_schema = true,
                 "cut-stream" => m.cut_stream = true,
                 "refusal" => m.refusal = true,

@@ -53,6 +53,8 @@ struct Request {
     stream_options: Option<Value>,
     #[serde(default)]
     response_format: Option<Value>,
+    #[serde(default)]
+    temperature: Option<f64>,
 }
 
 impl Request {
@@ -305,6 +307,8 @@ async fn complete(s: &Shared, seq: u64, body: &[u8]) -> Response {
 pub(crate) struct Params<'a> {
     pub(crate) model: &'a str,
     pub(crate) max_tokens: Option<u64>,
+    /// The request's `temperature`, for `[[mock:settings]]`.
+    pub(crate) temperature: Option<f64>,
     pub(crate) n: u32,
     pub(crate) stop: Vec<&'a str>,
     /// A JSON schema the answer must follow (structured output).
@@ -345,6 +349,7 @@ impl<'a> Params<'a> {
         Ok(Params {
             model,
             max_tokens,
+            temperature: c.temperature,
             n,
             stop,
             schema: None,
@@ -412,6 +417,18 @@ impl<'a> Params<'a> {
             let text = a.text[..cut].to_owned();
             let tokens = text::count_text_tokens(&text);
             return (text, tokens, "content_filter");
+        }
+        if t.markers.settings {
+            let text = format!(
+                "model={} temperature={} max_tokens={}",
+                self.model,
+                self.temperature
+                    .map_or_else(|| "-".into(), |v| v.to_string()),
+                self.max_tokens
+                    .map_or_else(|| "-".into(), |v| v.to_string()),
+            );
+            let tokens = text::count_text_tokens(&text);
+            return (text, tokens, "stop");
         }
         if let Some(schema) = self.schema {
             return self.structured(s, t, schema, source, hash, index);

@@ -64,6 +64,9 @@ pub struct Job {
     /// `[judge]`: a second prompt that scores each answer that passed the checks.
     #[serde(default)]
     pub judge: Option<JudgeConfig>,
+    /// `[[outputs]]`: more named outputs per row, each its own prompt and request.
+    #[serde(default)]
+    pub outputs: Vec<OutputPrompt>,
     /// The job file's folder: relative paths in the file resolve against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -187,6 +190,37 @@ fn default_judge_scale() -> [f64; 2] {
     [1.0, 10.0]
 }
 
+/// One `[[outputs]]` entry: another text per row, from its own prompt, in its own column.
+/// Each is its own request (own model settings, own cost) sharing the row's identity,
+/// journal and budget; the output keeps one row per input row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputPrompt {
+    /// The output column (letters, digits and `_`).
+    pub name: String,
+    /// Inline system message template.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// System message template file.
+    #[serde(default)]
+    pub system_template: Option<PathBuf>,
+    /// Inline user message template.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// User message template file.
+    #[serde(default)]
+    pub template: Option<PathBuf>,
+    /// Its model (same provider and endpoint); defaults to the job's.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Defaults to the job's `model.temperature`.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Defaults to the job's `model.max_tokens`.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+}
+
 /// One `[[prompt.messages]]` entry.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,6 +282,30 @@ pub struct ModelConfig {
     /// The JSON schema from `schema` or `schema_file`, loaded when the job is loaded.
     #[serde(skip)]
     pub schema_json: Option<serde_json::Value>,
+    /// An input column naming each row's model (an empty cell: `name`). Live mode only.
+    #[serde(default)]
+    pub name_column: Option<String>,
+    /// An input column giving each row's temperature, 0 to 2 (an empty cell:
+    /// `temperature`). Live mode only.
+    #[serde(default)]
+    pub temperature_column: Option<String>,
+    /// An input column giving each row's `max_tokens`, at least 1 (an empty cell:
+    /// `max_tokens`). Live mode only.
+    #[serde(default)]
+    pub max_tokens_column: Option<String>,
+}
+
+impl ModelConfig {
+    /// The `*_column` settings that are set, as (key, column) pairs.
+    pub fn row_columns(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("model.name_column", &self.name_column),
+            ("model.temperature_column", &self.temperature_column),
+            ("model.max_tokens_column", &self.max_tokens_column),
+        ]
+        .into_iter()
+        .filter_map(|(k, c)| c.as_deref().map(|c| (k, c)))
+    }
 }
 
 fn default_max_tokens() -> u32 {
@@ -567,6 +625,7 @@ impl Job {
             ));
         }
         job.check_judge()?;
+        job.check_outputs()?;
         Ok(job)
     }
 
@@ -607,6 +666,100 @@ impl Job {
         Ok(())
     }
 
+    fn check_outputs(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for o in &self.outputs {
+            let what = format!("outputs '{}'", o.name);
+            let ok_name = !o.name.is_empty()
+                && o.name.len() <= 64
+                && o.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok_name {
+                return Err(self.invalid(format!(
+                    "outputs.name: {:?} must be 1 to 64 letters, digits or '_'",
+                    o.name
+                )));
+            }
+            let taken = o.name == "output"
+                || o.name.starts_with("output_")
+                || o.name.starts_with("check_")
+                || o.name.starts_with("judge_")
+                || crate::sink::RESULT_COLUMNS.contains(&o.name.as_str());
+            if taken || !seen.insert(o.name.clone()) {
+                return Err(self.invalid(format!(
+                    "{what}: the name is taken (by another output or a column promptmill \
+                     writes); choose another"
+                )));
+            }
+            if o.user.is_some() == o.template.is_some() {
+                return Err(self.invalid(format!(
+                    "{what}: set a user message, user = \"...\" or template = \"file\" (one \
+                     of them)"
+                )));
+            }
+            if o.system.is_some() && o.system_template.is_some() {
+                return Err(
+                    self.invalid(format!("{what}: set system or system_template, not both"))
+                );
+            }
+            if o.model.as_deref().is_some_and(|m| m.trim().is_empty()) {
+                return Err(self.invalid(format!("{what}: model must not be empty")));
+            }
+            if o.max_tokens == Some(0) {
+                return Err(self.invalid(format!("{what}: max_tokens must be at least 1")));
+            }
+            let b = crate::bounds::TEMPERATURE;
+            if o.temperature.is_some_and(|t| !(b.min..=b.max).contains(&t)) {
+                return Err(self.invalid(format!(
+                    "{what}: temperature must be from {} to {}",
+                    b.min, b.max
+                )));
+            }
+        }
+        if !self.outputs.is_empty() && self.mode == Mode::Batch {
+            return Err(self.invalid(
+                "outputs: [[outputs]] work in live mode only for now; run with --mode live",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The job an `[[outputs]]` entry's requests are planned as: this job with its prompt
+    /// and model settings, answering in plain text (no schema, checks, judge or
+    /// regeneration).
+    pub fn output_job(&self, o: &OutputPrompt) -> Job {
+        let mut job = self.clone();
+        job.prompt = PromptConfig {
+            system: o.system.clone(),
+            system_template: o.system_template.clone(),
+            user: o.user.clone(),
+            template: o.template.clone(),
+            messages: Vec::new(),
+        };
+        let m = &mut job.model;
+        if let Some(name) = &o.model {
+            m.name = name.clone();
+        }
+        if o.temperature.is_some() {
+            m.temperature = o.temperature;
+        }
+        if let Some(t) = o.max_tokens {
+            m.max_tokens = t;
+        }
+        m.schema = None;
+        m.schema_file = None;
+        m.schema_json = None;
+        m.name_column = None;
+        m.temperature_column = None;
+        m.max_tokens_column = None;
+        job.checks = Vec::new();
+        job.regenerate = 0;
+        job.judge = None;
+        job.outputs = Vec::new();
+        job
+    }
+
     /// The job the judge's requests are planned as: this job with the judge's prompt and
     /// model, asking for a `{score, reason}` object (None without `[judge]`).
     pub fn judge_job(&self) -> Option<Job> {
@@ -637,10 +790,14 @@ impl Job {
             max_tokens_field: m.max_tokens_field.clone(),
             extra: None,
             schema_json: Some(j.schema()),
+            name_column: None,
+            temperature_column: None,
+            max_tokens_column: None,
         };
         job.checks = Vec::new();
         job.regenerate = 0;
         job.judge = None;
+        job.outputs = Vec::new();
         Some(job)
     }
 
@@ -759,6 +916,17 @@ impl Job {
                 return Err(self.invalid(format!(
                     "budget: max_usd ({a}) and max_usd_total ({b}) are two names for the same \
                      cap; keep one"
+                )));
+            }
+        }
+        for (key, column) in self.model.row_columns() {
+            if column.trim().is_empty() {
+                return Err(self.invalid(format!("{key}: must name an input column")));
+            }
+            if self.mode == Mode::Batch {
+                return Err(self.invalid(format!(
+                    "{key}: per-row model settings work in live mode only (a Batch API input \
+                     file takes one model); remove it or run with --mode live"
                 )));
             }
         }

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::cache::Cache;
 use crate::config::Job;
-use crate::cost::{ModelPrice, Tier};
+use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::judge::Judge;
 use crate::pipeline::rows::{first_pass, PassOptions, RowLoop, Spool, Step, Stepped};
 use crate::plan::Planner;
@@ -45,6 +45,11 @@ pub struct EstimateOptions<'a> {
     pub spool_beside: Option<&'a Path>,
     /// The job's judge, rendered for every row and priced (live runs only).
     pub judge: Option<&'a Judge>,
+    /// Where rows' own models (`model.name_column`) and outputs' models are priced; `None`
+    /// = unknown prices.
+    pub prices: Option<&'a PriceTable>,
+    /// The job's `[[outputs]]`, planned and priced for every row.
+    pub outputs: &'a [crate::outputs::Extra],
 }
 
 /// Everything the dry run reports. Field names are the `--json` format (see
@@ -101,12 +106,30 @@ pub struct Estimate {
     /// What the judge may add (with `[judge]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge: Option<JudgeEstimate>,
+    /// The requests per model, when rows take their model from a column
+    /// (`model.name_column`) or the job has `[[outputs]]`; empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelCost>,
+    /// `[[outputs]]` requests that would be sent (besides `requests`, the rows' answers);
+    /// their tokens and cost are in the totals.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub output_requests: u64,
     /// The first `--show N` rendered prompts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
     /// What an earlier run's journal says about the rows.
     #[serde(skip)]
     pub resume: ResumeCounts,
+}
+
+/// One model's share of the requests, when rows take their model from a column.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelCost {
+    pub model: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    /// At live prices with the expected output; `None` = no price for the model.
+    pub expected_usd: Option<f64>,
 }
 
 /// What the judge may add to a run, on top of `requests` and `cost`: one verdict per answer
@@ -256,6 +279,22 @@ struct Sends {
     reserve_prompt: u64,
     /// The judge's template tokens.
     judge_tokens: u64,
+    /// The row's own model (`model.name_column`), when it is not the job's.
+    model: Option<String>,
+    /// The most it may generate (the row's `max_tokens` × variants).
+    max_out: u64,
+    /// An `[[outputs]]` request, not the row's answer.
+    output: bool,
+}
+
+/// The requests sent to one model, for pricing.
+#[derive(Default)]
+struct ModelGroup {
+    requests: u64,
+    prompt_tokens: u64,
+    reserve_prompt: u64,
+    max_out: u64,
+    expected_out: u64,
 }
 
 impl Ask {
@@ -282,7 +321,10 @@ pub fn estimate(
 ) -> anyhow::Result<(Estimate, Option<Spool>)> {
     let file = job.input.path.display().to_string();
     let context_window = opts.price.and_then(|p| p.max_input_tokens);
-    let rl = RowLoop::new(job, planner, opts.price, opts.tier, opts.cache).with_judge(opts.judge);
+    let rl = RowLoop::new(job, planner, opts.price, opts.tier, opts.cache)
+        .with_judge(opts.judge)
+        .with_prices(opts.prices)
+        .with_outputs(opts.outputs);
     let pass = PassOptions {
         resume: opts.resume,
         workers: opts.workers,
@@ -334,10 +376,13 @@ pub fn estimate(
         checks: job.checks.iter().map(|c| c.name.clone()).collect(),
         regeneration: None,
         judge: None,
+        models: Vec::new(),
+        output_requests: 0,
         samples: Vec::new(),
         resume: ResumeCounts::default(),
     };
-    let mut reserve_prompt = 0u64;
+    let assumed = job.estimate.assume_output_tokens.map(u64::from);
+    let mut groups = std::collections::BTreeMap::<String, ModelGroup>::new();
     let mut judge_tokens = 0u64;
     // A live run sends a request once however many rows ask it (see `identity`): the
     // estimate counts it once too.
@@ -351,10 +396,20 @@ pub fn estimate(
             match ask.sends {
                 Some(_) if !first => e.shared += 1,
                 Some(s) => {
-                    e.requests += 1;
+                    if s.output {
+                        e.output_requests += 1;
+                    } else {
+                        e.requests += 1;
+                    }
                     e.prompt_tokens.total += s.prompt_tokens;
-                    reserve_prompt += s.reserve_prompt;
                     judge_tokens += s.judge_tokens;
+                    let model = s.model.unwrap_or_else(|| job.model.name.clone());
+                    let g = groups.entry(model).or_default();
+                    g.requests += 1;
+                    g.prompt_tokens += s.prompt_tokens;
+                    g.reserve_prompt += s.reserve_prompt;
+                    g.max_out += s.max_out;
+                    g.expected_out += assumed.map_or(s.max_out, |a| a.min(s.max_out));
                 }
                 None => {}
             }
@@ -383,37 +438,59 @@ pub fn estimate(
     }
 
     let ct = &mut e.completion_tokens;
-    let assumed = job.estimate.assume_output_tokens.map(u64::from);
     ct.expected_is_upper_bound = assumed.is_none();
     ct.expected_per_request = assumed.unwrap_or(ct.max_per_request);
-    ct.max_total = ct.max_per_request.saturating_mul(e.requests);
-    ct.expected_total = ct.expected_per_request.saturating_mul(e.requests);
+    ct.max_total = groups.values().map(|g| g.max_out).sum();
+    ct.expected_total = groups.values().map(|g| g.expected_out).sum();
+    let reserve_prompt: u64 = groups.values().map(|g| g.reserve_prompt).sum();
 
-    if let Some(p) = opts.price {
+    // Each model's requests at its own price; one model without a price leaves the total
+    // unknown (never $0).
+    let price_of = |model: &String| match *model == job.model.name {
+        false => opts.prices.and_then(|t| t.lookup(model)),
+        true => opts.price,
+    };
+    let priced: Option<Vec<(&ModelGroup, &ModelPrice)>> = if opts.price.is_none() {
+        None
+    } else {
+        groups
+            .iter()
+            .map(|(m, g)| price_of(m).map(|p| (g, p)))
+            .collect()
+    };
+    if let Some(priced) = priced {
         // Prices are linear in tokens, so pricing the totals equals summing per-row costs.
         // The high figure prices prompts as the budget reserves them (approximate counts
         // get a margin), so it is the most the cap can let through.
-        let range = |tier: Tier, derived: bool| {
-            let at = |prompt: u64, out: u64| {
-                p.cost(
-                    &Usage {
-                        prompt_tokens: prompt,
-                        completion_tokens: out,
-                        ..Usage::default()
-                    },
-                    tier,
-                )
-                .as_usd()
-            };
-            CostRange {
-                low_usd: at(e.prompt_tokens.total, 0),
-                expected_usd: at(e.prompt_tokens.total, ct.expected_total),
-                high_usd: at(reserve_prompt, ct.max_total),
-                derived,
-            }
+        let range = |tier: Tier| CostRange {
+            low_usd: priced
+                .iter()
+                .map(|(g, p)| at(p, tier, g.prompt_tokens, 0))
+                .sum(),
+            expected_usd: priced
+                .iter()
+                .map(|(g, p)| at(p, tier, g.prompt_tokens, g.expected_out))
+                .sum(),
+            high_usd: priced
+                .iter()
+                .map(|(g, p)| at(p, tier, g.reserve_prompt, g.max_out))
+                .sum(),
+            derived: tier == Tier::Batch && priced.iter().any(|(_, p)| p.batch_derived),
         };
-        e.cost = Some(range(Tier::Live, false));
-        e.batch_cost = Some(range(Tier::Batch, p.batch_derived));
+        e.cost = Some(range(Tier::Live));
+        e.batch_cost = Some(range(Tier::Batch));
+    }
+    if job.model.name_column.is_some() || !opts.outputs.is_empty() {
+        e.models = groups
+            .iter()
+            .map(|(m, g)| ModelCost {
+                model: m.clone(),
+                requests: g.requests,
+                prompt_tokens: g.prompt_tokens,
+                expected_usd: price_of(m)
+                    .map(|p| at(p, Tier::Live, g.prompt_tokens, g.expected_out)),
+            })
+            .collect();
     }
     if job.regenerate > 0 {
         e.regeneration = Some(regeneration(&e, job));
@@ -423,12 +500,29 @@ pub fn estimate(
     }
     // The limiter takes prompt + max_tokens per request before sending it.
     e.min_wall_time = wall_time(
-        e.requests,
+        e.requests + e.output_requests,
         reserve_prompt.saturating_add(e.completion_tokens.max_total),
         job.limits.requests_per_minute,
         job.limits.tokens_per_minute,
     );
     Ok((e, spool))
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What `prompt` and `out` tokens cost at `p`'s `tier` prices, in USD.
+fn at(p: &ModelPrice, tier: Tier, prompt: u64, out: u64) -> f64 {
+    p.cost(
+        &Usage {
+            prompt_tokens: prompt,
+            completion_tokens: out,
+            ..Usage::default()
+        },
+        tier,
+    )
+    .as_usd()
 }
 
 /// The judge's share: every answer sent (and every expected new answer) is judged once.
@@ -509,6 +603,30 @@ fn regeneration(e: &Estimate, job: &Job) -> Regeneration {
 /// Counts one row into its chunk's figures: only rows to send are priced and counted.
 fn count_row(r: &mut ChunkResult, pos: u64, s: &Stepped, show: usize, context_window: Option<u64>) {
     r.rows += 1;
+    for o in &s.outputs {
+        match o {
+            Step::Skip {
+                decision: Decision::Done,
+                hash,
+                ..
+            } => r.asks.push(Ask {
+                key: Ask::key(hash),
+                sends: None,
+            }),
+            Step::Send(req) => r.asks.push(Ask {
+                key: Ask::key(&req.hash),
+                sends: Some(Sends {
+                    prompt_tokens: req.prompt_tokens,
+                    reserve_prompt: req.worst.prompt_tokens,
+                    judge_tokens: 0,
+                    model: req.model.clone(),
+                    max_out: req.worst.completion_tokens,
+                    output: true,
+                }),
+            }),
+            _ => {}
+        }
+    }
     let req = match &s.step {
         Step::Bad { .. } => {
             r.bad_rows += 1;
@@ -539,6 +657,9 @@ fn count_row(r: &mut ChunkResult, pos: u64, s: &Stepped, show: usize, context_wi
             prompt_tokens: tokens,
             reserve_prompt: req.worst.prompt_tokens,
             judge_tokens: s.judge_tokens,
+            model: req.model.clone(),
+            max_out: req.worst.completion_tokens,
+            output: false,
         }),
     });
     let here = || RowTokens {
@@ -647,6 +768,12 @@ impl Estimate {
                 rows.push_str(&format!(", {} {what}", thousands(n)));
             }
         }
+        if self.output_requests > 0 {
+            rows.push_str(&format!(
+                "; and {} [[outputs]] requests",
+                thousands(self.output_requests)
+            ));
+        }
         rows.push(')');
         line("rows", rows);
         let pt = &self.prompt_tokens;
@@ -695,6 +822,22 @@ impl Estimate {
         );
         line("  live", costs(&self.cost));
         line("  batch", costs(&self.batch_cost));
+        if !self.models.is_empty() {
+            line("by model", "(at live prices)".into());
+            for m in &self.models {
+                line(
+                    &format!("  {}", m.model),
+                    format!(
+                        "{} request{}, {} prompt tokens, {} expected",
+                        thousands(m.requests),
+                        if m.requests == 1 { "" } else { "s" },
+                        thousands(m.prompt_tokens),
+                        m.expected_usd
+                            .map_or_else(|| "unknown: no price for this model".into(), usd)
+                    ),
+                );
+            }
+        }
         if !self.checks.is_empty() {
             line(
                 "checks",

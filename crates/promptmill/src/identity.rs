@@ -89,6 +89,9 @@ impl Identity {
 pub struct Wanted {
     pub id: String,
     pub hash: Option<String>,
+    /// The hashes of the row's `[[outputs]]` requests now, in the job's order (empty when
+    /// the job has none, or they are not known: then no output text shows as current).
+    pub outputs: Vec<Option<String>>,
 }
 
 impl Wanted {
@@ -256,6 +259,7 @@ mod tests {
     fn an_answer_is_current_only_for_the_same_row_and_request() {
         let rec = Record::failed(0, "a".into(), "h".into(), 1, "x".into());
         let want = |id: &str, hash: Option<&str>| Wanted {
+            outputs: Vec::new(),
             id: id.into(),
             hash: hash.map(Into::into),
         };

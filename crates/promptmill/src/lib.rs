@@ -22,6 +22,7 @@ pub mod judge;
 pub mod key_table;
 pub mod limit;
 pub mod output_paths;
+pub mod outputs;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

@@ -10,8 +10,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::client::Provider;
-use crate::config::{Endpoint, Job};
-use crate::render::{RenderError, Renderer};
+use crate::config::{Endpoint, Job, ModelConfig};
+use crate::render::{RenderError, RenderErrorKind, Renderer};
 use crate::tokens::TokenCounter;
 use crate::types::{Message, Row};
 
@@ -24,6 +24,12 @@ pub struct Planned {
     pub hash: String,
     /// Prompt tokens as the API will bill them (exact for OpenAI model families).
     pub prompt_tokens: u64,
+    /// The row's own model (`model.name_column`), when it is not the job's.
+    pub model: Option<String>,
+    /// Tokens the request may generate in all (the row's `max_tokens` × variants).
+    pub max_completion_tokens: u64,
+    /// Whether `prompt_tokens` is exact for the model it is sent to.
+    pub exact: bool,
 }
 
 /// Plans rows for one job.
@@ -36,6 +42,10 @@ pub struct Planner {
     provider: Box<dyn Provider>,
     job: Job,
     url: String,
+    /// What request identities are hashed with as the base URL.
+    base_url: String,
+    /// Token counters of row models (`model.name_column`) other than the job's.
+    row_counters: std::sync::Mutex<std::collections::HashMap<String, TokenCounter>>,
 }
 
 impl Planner {
@@ -56,6 +66,8 @@ impl Planner {
             provider,
             job: job.clone(),
             url,
+            base_url: base_url.to_string(),
+            row_counters: Default::default(),
         }
     }
 
@@ -71,31 +83,106 @@ impl Planner {
         row: &Row,
         prompt_tokens: Option<u64>,
     ) -> Result<Planned, RenderError> {
+        let model = self.row_model(row)?;
         let messages = self.renderer.render(row)?;
-        Ok(self.planned(messages, prompt_tokens))
+        Ok(self.planned(messages, prompt_tokens, model))
     }
 
     /// Rendered messages as a request: its body, hash and prompt tokens (counted unless
-    /// given).
-    fn planned(&self, messages: Vec<Message>, prompt_tokens: Option<u64>) -> Planned {
-        let body = self.provider.body(&self.job.model, &messages);
-        let prompt_tokens = match prompt_tokens {
-            Some(n) => n,
-            None => self.count(&messages),
+    /// given), sent with the row's own model settings when it has any.
+    fn planned(
+        &self,
+        messages: Vec<Message>,
+        prompt_tokens: Option<u64>,
+        model: Option<ModelConfig>,
+    ) -> Planned {
+        let m = model.as_ref().unwrap_or(&self.job.model);
+        let body = self.provider.body(m, &messages);
+        let other = model.as_ref().filter(|m| m.name != self.job.model.name);
+        let (count, exact) = match other {
+            None => (
+                prompt_tokens.unwrap_or_else(|| self.count(&messages)),
+                self.exact,
+            ),
+            Some(m) => self.count_for(&m.name, &messages),
         };
-        let hash = request_hash(self.provider.name(), &self.url, &body);
+        let hash = match model {
+            Some(ref m) if m.name != self.job.model.name => request_hash(
+                self.provider.name(),
+                &self.provider.url(&self.base_url, m),
+                &body,
+            ),
+            _ => request_hash(self.provider.name(), &self.url, &body),
+        };
         Planned {
             messages,
             body,
             hash,
-            prompt_tokens,
+            prompt_tokens: count,
+            model: other.map(|m| m.name.clone()),
+            max_completion_tokens: u64::from(m.max_tokens) * u64::from(m.n.unwrap_or(1).max(1)),
+            exact,
         }
+    }
+
+    /// The row's model settings when the job takes any from its columns
+    /// (`model.name_column`, `model.temperature_column`, `model.max_tokens_column`) and the
+    /// row's cells set one; `None` = the job's. A cell that cannot be used is the row's
+    /// error, naming the column.
+    fn row_model(&self, row: &Row) -> Result<Option<ModelConfig>, RenderError> {
+        let job = &self.job.model;
+        let mut model: Option<ModelConfig> = None;
+        let err = |key: &'static str, column: &str, message: String| {
+            RenderError::new(
+                row,
+                RenderErrorKind::Setting {
+                    key,
+                    column: column.to_string(),
+                    message,
+                },
+            )
+        };
+        for (key, column) in job.row_columns() {
+            let cell = match row.fields.get(column) {
+                None => {
+                    return Err(err(key, column, "the input has no such column".into()));
+                }
+                Some(Value::Null) => continue,
+                Some(Value::String(s)) if s.trim().is_empty() => continue,
+                Some(v) => v,
+            };
+            let m = model.get_or_insert_with(|| job.clone());
+            match key {
+                "model.name_column" => {
+                    m.name = row_model_name(cell).map_err(|e| err(key, column, e))?
+                }
+                "model.temperature_column" => {
+                    m.temperature = Some(row_temperature(cell).map_err(|e| err(key, column, e))?)
+                }
+                _ => m.max_tokens = row_max_tokens(cell).map_err(|e| err(key, column, e))?,
+            }
+        }
+        Ok(model)
+    }
+
+    /// Counts `messages` for a row model other than the job's, with that model's tokenizer
+    /// (loaded once per model): the count and whether it is exact.
+    fn count_for(&self, model: &str, messages: &[Message]) -> (u64, bool) {
+        let counter = {
+            let mut counters = self.row_counters.lock().unwrap_or_else(|e| e.into_inner());
+            counters
+                .entry(model.to_string())
+                .or_insert_with(|| TokenCounter::for_model(model))
+                .clone()
+        };
+        (self.count_with(&counter, messages), counter.is_exact())
     }
 
     /// Plans a rejected row's next attempt: `feedback` (the failed checks' reasons) goes
     /// where the template puts `check_feedback`, or, when no template reads it, after the
     /// last user message, under [`crate::checks::FEEDBACK_HEADER`].
     pub fn plan_with_feedback(&self, row: &Row, feedback: &str) -> Result<Planned, RenderError> {
+        let model = self.row_model(row)?;
         let mut messages = self.renderer.render_with(row, Some(feedback))?;
         if !self.renderer.reads_feedback() {
             let note = format!("\n\n{}\n{feedback}", crate::checks::FEEDBACK_HEADER);
@@ -111,14 +198,14 @@ impl Planner {
                 )),
             }
         }
-        Ok(self.planned(messages, None))
+        Ok(self.planned(messages, None, model))
     }
 
     /// Plans the judge's request about `answer` (this planner being the judge's; see
     /// [`crate::judge`]). Its hash covers the answer: a new answer needs a new verdict.
     pub fn plan_judge(&self, row: &Row, answer: &str) -> Result<Planned, RenderError> {
         let messages = self.renderer.render_judge(row, answer)?;
-        Ok(self.planned(messages, None))
+        Ok(self.planned(messages, None, None))
     }
 
     /// Whether the templates read `answer` (see [`Renderer::reads_answer`]).
@@ -137,6 +224,10 @@ impl Planner {
                 &loaded
             }
         };
+        self.count_with(counter, messages)
+    }
+
+    fn count_with(&self, counter: &TokenCounter, messages: &[Message]) -> u64 {
         match self.job.api.endpoint {
             Endpoint::Chat => counter.count_chat(messages),
             Endpoint::Completions => {
@@ -162,7 +253,8 @@ impl Planner {
         self.encoding
     }
 
-    /// Tokens a request may generate in total (max_tokens × variants).
+    /// Tokens a request with the job's model settings may generate in total (max_tokens ×
+    /// variants); a row with its own `max_tokens` says so in [`Planned`].
     pub fn max_completion_tokens(&self) -> u64 {
         self.job.model.max_tokens as u64 * self.job.model.n.unwrap_or(1).max(1) as u64
     }
@@ -170,17 +262,61 @@ impl Planner {
     /// The prompt-token count to reserve for budget and rate limits: exact counts as they
     /// are, approximations with a 25% margin so the cap holds even when they run low.
     pub fn prompt_tokens_to_reserve(&self, counted: u64) -> u64 {
-        if self.exact {
-            counted
-        } else {
-            counted + counted / 4 + 8
-        }
+        reserve(counted, self.exact)
     }
 
     /// The renderer (for its variable list).
     pub fn renderer(&self) -> &Renderer {
         &self.renderer
     }
+}
+
+/// A prompt count with its margin when it is approximate (see
+/// [`Planner::prompt_tokens_to_reserve`]).
+pub fn reserve(counted: u64, exact: bool) -> u64 {
+    if exact {
+        counted
+    } else {
+        counted + counted / 4 + 8
+    }
+}
+
+/// A model name from a `model.name_column` cell.
+fn row_model_name(cell: &Value) -> Result<String, String> {
+    let Value::String(s) = cell else {
+        return Err(format!("{cell} is not a model name"));
+    };
+    let name = s.trim();
+    if name.len() > 256 || name.chars().any(char::is_control) {
+        return Err("not a model name (too long, or it holds control characters)".into());
+    }
+    Ok(name.to_string())
+}
+
+/// A number from a cell: a number, or text that reads as one.
+fn cell_number(cell: &Value) -> Option<f64> {
+    match cell {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }
+    .filter(|v| v.is_finite())
+}
+
+/// A temperature from a `model.temperature_column` cell, in the range `--temperature` takes.
+fn row_temperature(cell: &Value) -> Result<f64, String> {
+    let b = crate::bounds::TEMPERATURE;
+    cell_number(cell)
+        .filter(|v| (b.min..=b.max).contains(v))
+        .ok_or_else(|| format!("{cell} is not a temperature from {} to {}", b.min, b.max))
+}
+
+/// A `max_tokens` from a `model.max_tokens_column` cell: a whole number, at least 1.
+fn row_max_tokens(cell: &Value) -> Result<u32, String> {
+    cell_number(cell)
+        .filter(|v| v.fract() == 0.0 && *v >= 1.0 && *v <= f64::from(u32::MAX))
+        .map(|v| v as u32)
+        .ok_or_else(|| format!("{cell} is not a max_tokens (a whole number, at least 1)"))
 }
 
 /// The identity of a request: SHA-256 over provider, URL and canonical body JSON.

@@ -41,6 +41,9 @@ pub struct WorkItem {
     pub guess: UsageGuess,
     /// What the request is for.
     pub kind: Kind,
+    /// The row's own model (`model.name_column`), priced from [`Scheduler::prices`];
+    /// `None`: the kind's [`Profile`] price.
+    pub model: Option<String>,
 }
 
 /// What a request is for: the row's answer, a rejected row's new attempt, or the judge's
@@ -55,12 +58,16 @@ pub enum Kind {
     /// The judge's verdict on the row's answer: priced and read with the scheduler's
     /// [`Scheduler::judge`] profile, and journaled under the judge's own identity.
     Judge,
+    /// An `[[outputs]]` text for the row: plain text (no schema), priced at its model's
+    /// price, journaled under the output's own identity.
+    Output,
 }
 
 impl WorkItem {
     /// The work of sending a request the row loop planned.
     pub fn of(req: crate::pipeline::rows::Request, kind: Kind) -> WorkItem {
         WorkItem {
+            model: req.model,
             row: req.row,
             id: req.id,
             hash: req.hash,
@@ -206,6 +213,11 @@ pub struct Scheduler {
     pub answer: Profile,
     /// How the judge's verdicts are priced and read ([`Kind::Judge`] items).
     pub judge: Profile,
+    /// How `[[outputs]]` answers are read: plain text, priced by their model
+    /// ([`WorkItem::model`]).
+    pub plain: Profile,
+    /// Where rows' own models (`model.name_column`) are priced.
+    pub prices: std::borrow::Cow<'static, crate::cost::PriceTable>,
     pub tier: Tier,
     /// How long to wait before each retry, and when to give a row up (see
     /// [`crate::drive::retry`]); its seed is random unless the caller sets one.
@@ -249,6 +261,8 @@ impl Scheduler {
                 ..Profile::default()
             },
             judge: Profile::default(),
+            plain: Profile::default(),
+            prices: std::borrow::Cow::Borrowed(crate::cost::PriceTable::builtin()),
             tier,
             retry: RetryPolicy::new(max_retries, rand::random()),
             max_in_flight: max_in_flight.max(1),
@@ -400,8 +414,8 @@ impl Scheduler {
             record.regenerated = *attempt;
         }
         let ok = record.status == Status::Ok;
-        if item.kind == Kind::Judge {
-            // A verdict is not a row's answer: the rows were counted when their answers came.
+        if matches!(item.kind, Kind::Judge | Kind::Output) {
+            // Not a row's answer: the rows are counted when their answers come.
         } else if ok {
             self.stats.succeeded.fetch_add(1, Relaxed);
         } else {
@@ -492,21 +506,29 @@ impl Scheduler {
     /// A worst case as the journal records it: None when the model has no price (then it
     /// is $0 only because nothing is known, and counts as unpriced if never settled).
     fn priced(&self, item: &WorkItem) -> Option<u64> {
-        self.profile(item).price.as_ref().map(|_| item.worst_cost.0)
+        self.price(item).map(|_| item.worst_cost.0)
+    }
+
+    /// The price `item` is paid at: its row's own model's, or its kind's.
+    fn price<'s>(&'s self, item: &'s WorkItem) -> Option<&'s ModelPrice> {
+        match &item.model {
+            Some(m) => self.prices.lookup(m),
+            None => self.profile(item).price.as_ref(),
+        }
     }
 
     /// How `item`'s answer is priced and read.
     fn profile(&self, item: &WorkItem) -> &Profile {
         match item.kind {
             Kind::Judge => &self.judge,
+            Kind::Output => &self.plain,
             _ => &self.answer,
         }
     }
 
     /// What `usage` costs at the price of `item`'s model (None without a price).
     fn cost(&self, item: &WorkItem, usage: &Usage) -> Option<Money> {
-        let price = self.profile(item).price.as_ref()?;
-        Some(price.cost(usage, self.tier))
+        Some(self.price(item)?.cost(usage, self.tier))
     }
 
     fn journal(&self) -> std::sync::MutexGuard<'_, JournalWriter> {

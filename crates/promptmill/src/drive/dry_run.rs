@@ -94,6 +94,8 @@ pub(super) async fn first_pass(
     interrupt: &Interrupt,
 ) -> anyhow::Result<Option<(Estimate, Option<Spool>)>> {
     let (job, planner, price) = (ctx.job.clone(), planner.clone(), ctx.price.clone());
+    let prices = ctx.prices.clone();
+    let outputs = super::job::outputs_for(ctx).map_err(start_err)?;
     // The judge runs in live mode only; its templates are checked on every row here.
     let judge = match pass.tier {
         Tier::Live => super::judge_for(ctx).map_err(start_err)?,
@@ -120,6 +122,8 @@ pub(super) async fn first_pass(
             tier: pass.tier,
             spool_beside: pass.keep.then_some(path.as_path()),
             judge: judge.as_deref(),
+            prices: Some(&prices),
+            outputs: &outputs,
         };
         estimate(&job, &planner, &opts)
     });

@@ -111,6 +111,34 @@ pub fn judge_for(ctx: &JobCtx) -> anyhow::Result<Option<std::sync::Arc<Judge>>> 
     )?)))
 }
 
+/// The job's `[[outputs]]`, each with its planner. Checked before anything is sent: every
+/// template compiles, and with a budget cap every output's model has a price.
+pub fn outputs_for(ctx: &JobCtx) -> anyhow::Result<std::sync::Arc<Vec<crate::outputs::Extra>>> {
+    let mut extras = Vec::with_capacity(ctx.job.outputs.len());
+    for o in &ctx.job.outputs {
+        let job = ctx.job.output_job(o);
+        let mut spec = job.prompt_spec();
+        spec.section = Some("outputs");
+        let planner = planner_with(&job, &spec, ctx.mock)?;
+        if ctx.job.budget.any_cap() && ctx.prices.lookup(&job.model.name).is_none() {
+            bail!(
+                "{} is set but there is no price for model '{}' of output '{}', so the cap \
+                 cannot be enforced; give a price table with --prices FILE",
+                cap_names(&ctx.job),
+                job.model.name,
+                o.name
+            );
+        }
+        extras.push(crate::outputs::Extra {
+            name: o.name.clone(),
+            model: job.model.name.clone(),
+            job,
+            planner,
+        });
+    }
+    Ok(std::sync::Arc::new(extras))
+}
+
 fn planner_with(
     job: &Job,
     spec: &crate::render::PromptSpec,
@@ -180,6 +208,7 @@ pub fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
         checks: job.checks.clone(),
         // The judge runs in live mode only.
         judge: job.judge.is_some() && job.mode == crate::config::Mode::Live,
+        extra: job.outputs.iter().map(|o| o.name.clone()).collect(),
     };
     spec.check()?;
     Ok(spec)
@@ -239,6 +268,7 @@ pub fn wanted(
     identity: Identity,
 ) -> impl FnMut(&crate::types::Row) -> Wanted + '_ {
     move |row| Wanted {
+        outputs: Vec::new(),
         id: identity.key(row),
         hash: planner.plan_counted(row, Some(0)).ok().map(|p| p.hash),
     }

@@ -186,8 +186,7 @@ pub async fn run(
     // there are.
     let (tx, rx) = mpsc::channel::<WorkItem>(256);
     let producer = {
-        let (job, planner, sched, price) =
-            (job.clone(), planner.clone(), sched.clone(), price.clone());
+        let (job, sched, price) = (job.clone(), sched.clone(), price.clone());
         let (spool, selection) = (spool.clone(), selection.clone());
         tokio::task::spawn_blocking(move || match spool {
             Some(spool) => {
@@ -195,7 +194,7 @@ pub async fn run(
                     spool: &spool,
                     selection: selection.as_deref(),
                 };
-                produce(&job, &planner, &sched, price.as_ref(), feed, tx)
+                produce(&job, &sched, price.as_ref(), feed, tx)
             }
             // Interrupted before the validation pass ended: nothing to send.
             None => Ok(Produced::default()),
@@ -351,6 +350,7 @@ fn scheduler_for(
     )
     .with_cache(cache.clone());
     sched.answer.schema = job.model.schema_json.clone();
+    sched.prices = ctx.prices.clone();
     if let Some(seed) = seed {
         sched.retry.seed = seed;
     }
@@ -477,7 +477,6 @@ struct Feed<'a> {
 /// thread.
 fn produce(
     job: &Job,
-    planner: &Planner,
     sched: &Scheduler,
     price: Option<&ModelPrice>,
     feed: Feed<'_>,
@@ -487,11 +486,7 @@ fn produce(
         expected_cost: price.map(|_| Money::ZERO),
         ..Produced::default()
     };
-    let expected_out = job
-        .estimate
-        .assume_output_tokens
-        .map(u64::from)
-        .unwrap_or(planner.max_completion_tokens());
+    let assumed_out = job.estimate.assume_output_tokens.map(u64::from);
     let requests = out
         .requests
         .insert(RunRequests::new(&job.journal_path()).context("cannot create a temporary file")?);
@@ -499,9 +494,40 @@ fn produce(
         if sched.stop.is_cancelled() {
             break;
         }
-        let stepped = stepped.context("reading the row spool")?;
+        let mut stepped = stepped.context("reading the row spool")?;
         if feed.selection.is_some_and(|s| !s.admits(&stepped)) {
             continue; // not in the preview: stays pending
+        }
+        // The row's `[[outputs]]` go first, each like a row's answer of its own.
+        for o in std::mem::take(&mut stepped.outputs) {
+            let req = match o {
+                Step::Send(req) => req,
+                Step::Skip { decision, hash, .. } => {
+                    if decision == Decision::Done {
+                        requests.note(&hash)?;
+                    }
+                    continue;
+                }
+                Step::Cached {
+                    row,
+                    id,
+                    hash,
+                    entry,
+                    ..
+                } => {
+                    record_cached(sched, row, id, hash, entry)?;
+                    continue;
+                }
+                Step::Bad { .. } => continue,
+            };
+            if !requests.send_or_wait(req.row, &req.id, &req.hash)? {
+                continue;
+            }
+            let price = req.model.as_deref().and_then(|m| sched.prices.lookup(m));
+            out.expected_cost = expect(out.expected_cost, &req, price, assumed_out);
+            if tx.blocking_send(WorkItem::of(req, Kind::Output)).is_err() {
+                return Ok(out); // the scheduler stopped
+            }
         }
         let req = match stepped.step {
             Step::Send(req) => req,
@@ -531,28 +557,7 @@ fn produce(
                 decision,
             } => {
                 out.resume.add(decision);
-                let rec = Record {
-                    row,
-                    id,
-                    hash,
-                    status: Status::Ok,
-                    choices: entry.choices,
-                    usage: entry.usage,
-                    cost_pico: Some(0),
-                    attempts: 0,
-                    error: None,
-                    cached: true,
-                    batch: false,
-                    fields: entry.fields,
-                    shared_with: None,
-                    regen_of: None,
-                    regenerated: 0,
-                };
-                sched
-                    .journal
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .append(&rec)?;
+                record_cached(sched, row, id, hash, entry)?;
                 out.cached += 1;
                 sched.progress.row_done(true);
                 continue;
@@ -563,14 +568,11 @@ fn produce(
             // Asked for already in this run: the row gets that answer when the run ends.
             continue;
         }
-        if let (Some(total), Some(p)) = (out.expected_cost, price) {
-            let u = Usage {
-                prompt_tokens: req.prompt_tokens,
-                completion_tokens: expected_out,
-                ..Usage::default()
-            };
-            out.expected_cost = Some(total.saturating_add(p.cost(&u, Tier::Live)));
-        }
+        let price = match &req.model {
+            Some(m) => sched.prices.lookup(m),
+            None => price,
+        };
+        out.expected_cost = expect(out.expected_cost, &req, price, assumed_out);
         let item = WorkItem::of(req, Kind::Answer);
         out.sent += 1;
         if tx.blocking_send(item).is_err() {
@@ -578,6 +580,58 @@ fn produce(
         }
     }
     Ok(out)
+}
+
+/// `total` plus what `req` is expected to cost at `price` (`None`, unknown, once any
+/// request has no price).
+fn expect(
+    total: Option<Money>,
+    req: &crate::pipeline::rows::Request,
+    price: Option<&ModelPrice>,
+    assumed_out: Option<u64>,
+) -> Option<Money> {
+    let (total, p) = (total?, price?);
+    let max = req.worst.completion_tokens;
+    let u = Usage {
+        prompt_tokens: req.prompt_tokens,
+        completion_tokens: assumed_out.map_or(max, |a| a.min(max)),
+        ..Usage::default()
+    };
+    Some(total.saturating_add(p.cost(&u, Tier::Live)))
+}
+
+/// Journals a cached answer to the very same request, at no cost: no request, rate limit or
+/// budget is used for it.
+fn record_cached(
+    sched: &Scheduler,
+    row: u64,
+    id: String,
+    hash: String,
+    entry: crate::cache::Entry,
+) -> anyhow::Result<()> {
+    let rec = Record {
+        row,
+        id,
+        hash,
+        status: Status::Ok,
+        choices: entry.choices,
+        usage: entry.usage,
+        cost_pico: Some(0),
+        attempts: 0,
+        error: None,
+        cached: true,
+        batch: false,
+        fields: entry.fields,
+        shared_with: None,
+        regen_of: None,
+        regenerated: 0,
+    };
+    sched
+        .journal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .append(&rec)?;
+    Ok(())
 }
 
 /// Journals a row that could not be read or rendered as failed, with the reason.

@@ -141,7 +141,8 @@ fn feed(
         review.price.as_ref(),
         Tier::Live,
         None,
-    );
+    )
+    .with_prices(Some(&sched.prices));
     let judge_rows =
         judge.map(|j| RowLoop::new(&j.job, &j.planner, j.price.as_ref(), Tier::Live, None));
     let mut checks = job.compile_checks()?;

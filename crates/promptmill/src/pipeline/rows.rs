@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::cache::{Cache, Entry};
 use crate::config::Job;
-use crate::cost::{ModelPrice, Tier};
+use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::identity::{Identity, Wanted};
 use crate::plan::{Planned, Planner};
 use crate::resume::{Decision, Resume};
@@ -55,6 +55,9 @@ pub struct Request {
     pub worst_cost: Option<Money>,
     /// Why it is sent: new, changed since, or a failed row sent again.
     pub decision: Decision,
+    /// The row's own model (`model.name_column`), when it is not the job's: the request is
+    /// priced at that model's price.
+    pub model: Option<String>,
 }
 
 /// What to do with one row.
@@ -99,6 +102,8 @@ pub struct Stepped {
     /// The judge's prompt tokens for this row, its answer left out (0 without a judge, or
     /// read back from a spool).
     pub judge_tokens: u64,
+    /// The row's `[[outputs]]` requests, in the job's order (empty for a bad row).
+    pub outputs: Vec<Step>,
 }
 
 /// Renders, plans and decides rows for one job.
@@ -109,6 +114,10 @@ pub struct RowLoop<'a> {
     tier: Tier,
     cache: Option<&'a Cache>,
     judge: Option<&'a crate::judge::Judge>,
+    /// Where rows' own models are priced (`model.name_column`); `None` = unknown prices.
+    prices: Option<&'a PriceTable>,
+    /// The job's `[[outputs]]`.
+    outputs: &'a [crate::outputs::Extra],
     file: String,
 }
 
@@ -129,8 +138,27 @@ impl<'a> RowLoop<'a> {
             tier,
             cache,
             judge: None,
+            prices: None,
+            outputs: &[],
             file: job.input.path.display().to_string(),
         }
+    }
+
+    /// Also plans every row's `[[outputs]]` requests (priced from [`Self::with_prices`]).
+    pub fn with_outputs(mut self, outputs: &'a [crate::outputs::Extra]) -> RowLoop<'a> {
+        self.outputs = outputs;
+        self
+    }
+
+    /// Prices rows whose model comes from a column (`model.name_column`) from `prices`.
+    pub fn with_prices(mut self, prices: Option<&'a PriceTable>) -> RowLoop<'a> {
+        self.prices = prices;
+        self
+    }
+
+    /// The price of a row's own model; `None` when unknown.
+    fn row_price(&self, model: &str) -> Option<&'a ModelPrice> {
+        self.prices.and_then(|t| t.lookup(model))
     }
 
     /// Also renders the judge's prompt for every row (an empty answer in place of the
@@ -160,6 +188,7 @@ impl<'a> RowLoop<'a> {
             row,
             messages: Vec::new(),
             judge_tokens: 0,
+            outputs: Vec::new(),
         };
         let row = match item {
             Ok(Ok(row)) => row,
@@ -167,7 +196,7 @@ impl<'a> RowLoop<'a> {
             Ok(Err(b)) => return Err(b.error.to_string()),
             Err(e) => return Err(e.to_string()),
         };
-        let planned = match self.planner.plan(&row) {
+        let mut planned = match self.planner.plan(&row) {
             Ok(p) => p,
             Err(e) if skip_bad => {
                 let reason = format!("{}: {e}", self.file);
@@ -176,6 +205,24 @@ impl<'a> RowLoop<'a> {
             }
             Err(e) => return Err(format!("{}: {e}", self.file)),
         };
+        if let Some(model) = &planned.model {
+            if self.job.budget.any_cap() && self.row_price(model).is_none() {
+                let column = self.job.model.name_column.as_deref().unwrap_or_default();
+                let reason = format!(
+                    "{}: row {} (line {}, id {:?}): column '{column}' (model.name_column): there \
+                     is no price for model '{model}', so the budget cap cannot be enforced; give \
+                     a price table with --prices FILE",
+                    self.file,
+                    row.index.saturating_add(1),
+                    row.line,
+                    row.id
+                );
+                if !skip_bad {
+                    return Err(reason);
+                }
+                return Ok(bad(row, reason));
+            }
+        }
         let judge_tokens = match self.judge.map(|j| j.plan(&row, "")) {
             None => 0,
             Some(Ok(p)) => p.prompt_tokens,
@@ -186,14 +233,56 @@ impl<'a> RowLoop<'a> {
             }
             Some(Err(e)) => return Err(format!("{}: [judge]: {e}", self.file)),
         };
+        let mut extra = Vec::with_capacity(self.outputs.len());
+        for o in self.outputs {
+            match o.planner.plan(&row) {
+                Ok(mut p) => {
+                    p.model = Some(o.model.clone());
+                    extra.push((crate::outputs::id(&o.name, &identity.key(&row)), p));
+                }
+                Err(e) => {
+                    let reason = format!("{}: [[outputs]] {}: {e}", self.file, o.name);
+                    if !skip_bad {
+                        return Err(reason);
+                    }
+                    tracing::warn!("{reason}");
+                    return Ok(bad(row, reason));
+                }
+            }
+        }
         let (index, id) = (row.index, identity.key(&row));
+        let mut resume = resume;
+        let mut outputs = Vec::with_capacity(extra.len());
+        for (out_id, p) in extra {
+            outputs.push(self.decide(index, out_id, p, resume.as_deref_mut())?);
+        }
+        let messages = std::mem::take(&mut planned.messages);
+        let step = self.decide(index, id, planned, resume)?;
+        Ok(Stepped {
+            row,
+            step,
+            messages,
+            judge_tokens,
+            outputs,
+        })
+    }
+
+    /// What to do with one planned request of row `index` under identity `id`: skip it (the
+    /// journal has its answer, or its failure kept), take the cached answer, or send it.
+    fn decide(
+        &self,
+        index: u64,
+        id: String,
+        planned: Planned,
+        resume: Option<&mut Resume>,
+    ) -> Result<Step, String> {
         let decision = match resume {
             Some(r) => r
                 .decide_key(&id, &planned.hash)
                 .map_err(|e| e.to_string())?,
             None => Decision::New,
         };
-        let step = if !decision.send() {
+        Ok(if !decision.send() {
             Step::Skip {
                 row: index,
                 id,
@@ -209,20 +298,7 @@ impl<'a> RowLoop<'a> {
                 decision,
             }
         } else {
-            Step::Send(self.request(
-                index,
-                id,
-                planned.hash,
-                planned.body,
-                planned.prompt_tokens,
-                decision,
-            ))
-        };
-        Ok(Stepped {
-            row,
-            step,
-            messages: planned.messages,
-            judge_tokens,
+            Step::Send(self.request(index, id, planned, decision))
         })
     }
 
@@ -234,56 +310,39 @@ impl<'a> RowLoop<'a> {
             .planner
             .plan_with_feedback(row, feedback)
             .map_err(|e| e.to_string())?;
-        Ok(self.request(
-            row.index,
-            id,
-            planned.hash,
-            planned.body,
-            planned.prompt_tokens,
-            Decision::Changed,
-        ))
+        Ok(self.request(row.index, id, planned, Decision::Changed))
     }
 
     /// The judge's request about a row's answer (this loop being the judge's, over
     /// [`crate::judge::Judge::job`]), priced at its worst case like any request.
     pub fn judge_request(&self, row: &Row, id: String, planned: Planned) -> Request {
-        self.request(
-            row.index,
-            id,
-            planned.hash,
-            planned.body,
-            planned.prompt_tokens,
-            Decision::New,
-        )
+        self.request(row.index, id, planned, Decision::New)
     }
 
     /// A planned row as a request, with what the limiter and the budget take for it.
-    fn request(
-        &self,
-        index: u64,
-        id: String,
-        hash: String,
-        body: Value,
-        prompt_tokens: u64,
-        decision: Decision,
-    ) -> Request {
-        let reserve_prompt = self.planner.prompt_tokens_to_reserve(prompt_tokens);
-        let max_out = self.planner.max_completion_tokens();
+    fn request(&self, index: u64, id: String, planned: Planned, decision: Decision) -> Request {
+        let reserve_prompt = crate::plan::reserve(planned.prompt_tokens, planned.exact);
+        let max_out = planned.max_completion_tokens;
         let worst = Usage {
             prompt_tokens: reserve_prompt,
             completion_tokens: max_out,
             ..Usage::default()
         };
+        let price = match &planned.model {
+            Some(m) => self.row_price(m),
+            None => self.price,
+        };
         Request {
             row: index,
             id,
-            hash,
-            body,
-            prompt_tokens,
+            hash: planned.hash,
+            body: planned.body,
+            prompt_tokens: planned.prompt_tokens,
             limiter_tokens: reserve_prompt.saturating_add(max_out),
-            worst_cost: self.price.map(|p| p.cost(&worst, self.tier)),
+            worst_cost: price.map(|p| p.cost(&worst, self.tier)),
             worst,
             decision,
+            model: planned.model,
         }
     }
 }
@@ -540,10 +599,16 @@ impl Spool {
         let mut steps = self.read()?;
         Ok(move |row: &Row| match steps.next() {
             Some(Ok(s)) if s.row.index == row.index => Wanted {
+                outputs: s
+                    .outputs
+                    .iter()
+                    .map(|o| o.hash().map(str::to_string))
+                    .collect(),
                 id: s.step.id().to_string(),
                 hash: s.step.hash().map(str::to_string),
             },
             _ => Wanted {
+                outputs: Vec::new(),
                 id: String::new(),
                 hash: None,
             },
@@ -620,6 +685,9 @@ struct Record {
     key: String,
     fields: Map<String, Value>,
     step: StepRecord,
+    /// The row's `[[outputs]]` requests: (identity, step).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    outputs: Vec<(String, StepRecord)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -632,6 +700,9 @@ enum StepRecord {
         worst: Usage,
         worst_cost: Option<u64>,
         decision: u8,
+        /// The row's own model, when it is not the job's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
     },
     Cached {
         hash: String,
@@ -669,7 +740,27 @@ fn decision_of(c: u8) -> Decision {
 
 fn write_record(out: &mut Vec<u8>, s: Stepped) -> serde_json::Result<()> {
     let key = s.step.id().to_string();
-    let step = match s.step {
+    let rec = Record {
+        index: s.row.index,
+        line: s.row.line,
+        id: s.row.id,
+        key,
+        fields: s.row.fields,
+        step: step_record(s.step),
+        outputs: s
+            .outputs
+            .into_iter()
+            .map(|o| (o.id().to_string(), step_record(o)))
+            .collect(),
+    };
+    serde_json::to_writer(&mut *out, &rec)?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// A Step as the spool keeps it (its row and id are kept beside it).
+fn step_record(step: Step) -> StepRecord {
+    match step {
         Step::Send(r) => StepRecord::Send {
             hash: r.hash,
             body: r.body,
@@ -678,6 +769,7 @@ fn write_record(out: &mut Vec<u8>, s: Stepped) -> serde_json::Result<()> {
             worst: r.worst,
             worst_cost: r.worst_cost.map(|m| m.0),
             decision: decision_code(r.decision),
+            model: r.model,
         },
         Step::Cached {
             hash,
@@ -694,62 +786,58 @@ fn write_record(out: &mut Vec<u8>, s: Stepped) -> serde_json::Result<()> {
             decision: decision_code(decision),
         },
         Step::Bad { reason, .. } => StepRecord::Bad { reason },
-    };
-    let rec = Record {
-        index: s.row.index,
-        line: s.row.line,
-        id: s.row.id,
-        key,
-        fields: s.row.fields,
-        step,
-    };
-    serde_json::to_writer(&mut *out, &rec)?;
-    out.push(b'\n');
-    Ok(())
+    }
+}
+
+/// A spooled Step of row `row` under identity `id`.
+fn step_of(row: u64, id: String, rec: StepRecord) -> Step {
+    match rec {
+        StepRecord::Send {
+            hash,
+            body,
+            prompt_tokens,
+            limiter_tokens,
+            worst,
+            worst_cost,
+            decision,
+            model,
+        } => Step::Send(Request {
+            row,
+            id,
+            hash,
+            body,
+            prompt_tokens,
+            limiter_tokens,
+            worst,
+            worst_cost: worst_cost.map(Money),
+            decision: decision_of(decision),
+            model,
+        }),
+        StepRecord::Cached {
+            hash,
+            entry,
+            decision,
+        } => Step::Cached {
+            row,
+            id,
+            hash,
+            entry,
+            decision: decision_of(decision),
+        },
+        StepRecord::Skip { hash, decision } => Step::Skip {
+            row,
+            id,
+            hash,
+            decision: decision_of(decision),
+        },
+        StepRecord::Bad { reason } => Step::Bad { row, id, reason },
+    }
 }
 
 impl Record {
     fn into_stepped(self) -> Stepped {
-        let (row, id) = (self.index, self.key);
-        let step = match self.step {
-            StepRecord::Send {
-                hash,
-                body,
-                prompt_tokens,
-                limiter_tokens,
-                worst,
-                worst_cost,
-                decision,
-            } => Step::Send(Request {
-                row,
-                id,
-                hash,
-                body,
-                prompt_tokens,
-                limiter_tokens,
-                worst,
-                worst_cost: worst_cost.map(Money),
-                decision: decision_of(decision),
-            }),
-            StepRecord::Cached {
-                hash,
-                entry,
-                decision,
-            } => Step::Cached {
-                row,
-                id,
-                hash,
-                entry,
-                decision: decision_of(decision),
-            },
-            StepRecord::Skip { hash, decision } => Step::Skip {
-                row,
-                id,
-                hash,
-                decision: decision_of(decision),
-            },
-            StepRecord::Bad { reason } => Step::Bad { row, id, reason },
-        };
+        let step = step_of(self.index, self.key, self.step);
+        let index = self.index;
         Stepped {
             row: Row {
                 index: self.index,
@@ -760,6 +848,11 @@ impl Record {
             step,
             messages: Vec::new(),
             judge_tokens: 0,
+            outputs: self
+                .outputs
+                .into_iter()
+                .map(|(id, rec)| step_of(index, id, rec))
+                .collect(),
         }
     }
 }
@@ -1072,6 +1165,7 @@ mod tests {
                 worst: Usage::default(),
                 worst_cost: None,
                 decision: Decision::New,
+                model: None,
             })
         };
         let dir = tempfile::tempdir().unwrap();

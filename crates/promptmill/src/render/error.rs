@@ -98,6 +98,16 @@ pub enum RenderErrorKind {
         /// The template that produced it.
         template: String,
     },
+    /// A per-row model setting's cell (`model.*_column`) that cannot be used.
+    #[error("column '{column}' ({key}): {message}")]
+    Setting {
+        /// The job-file key naming the column (`model.temperature_column`).
+        key: &'static str,
+        /// The input column.
+        column: String,
+        /// What is wrong with the cell.
+        message: String,
+    },
     /// Any other template error at render time (bad operand types, unknown filter, …).
     #[error("{message} in {location}")]
     Template {
@@ -120,7 +130,7 @@ pub struct RenderError {
 }
 
 impl RenderError {
-    pub(super) fn new(row: &Row, kind: RenderErrorKind) -> RenderError {
+    pub(crate) fn new(row: &Row, kind: RenderErrorKind) -> RenderError {
         RenderError {
             row_index: row.index,
             line: row.line,

@@ -73,7 +73,8 @@ impl<W: Write> RowWriter for CsvOut<'_, W> {
                 || name == "judge_reason"
                 || name == "error"
                 || name == "finish_reason"
-                || self.spec.field_columns.contains(&name);
+                || self.spec.field_columns.contains(&name)
+                || self.spec.extra.contains(&name);
             if self.spec.formula_guard && generated && v.is_string() {
                 self.record.push_field(guard_formula(&text).as_bytes());
             } else {

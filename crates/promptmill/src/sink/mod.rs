@@ -135,6 +135,9 @@ pub struct OutputSpec {
     pub checks: Vec<CheckSpec>,
     /// The job has a judge: its score, reason, tokens and cost get columns.
     pub judge: bool,
+    /// The job's `[[outputs]]` names: a text column each after the answer's, and a
+    /// `<name>_cost_usd` column each after `cost_usd`.
+    pub extra: Vec<String>,
 }
 
 /// The columns of the judge's verdict, after the check columns.
@@ -155,11 +158,17 @@ impl OutputSpec {
             cols.push(format!("output_{v}"));
         }
         cols.extend(self.field_columns.iter().cloned());
+        cols.extend(self.extra.iter().cloned());
         cols.extend(self.checks.iter().map(|c| format!("check_{}", c.name)));
         if self.judge {
             cols.extend(JUDGE_COLUMNS.iter().map(|s| s.to_string()));
         }
-        cols.extend(RESULT_COLUMNS[1..].iter().map(|s| s.to_string()));
+        for c in &RESULT_COLUMNS[1..] {
+            cols.push(c.to_string());
+            if *c == "cost_usd" {
+                cols.extend(self.extra.iter().map(|n| format!("{n}_cost_usd")));
+            }
+        }
         cols
     }
 
@@ -186,6 +195,8 @@ pub(crate) struct OutRow<'a> {
     pub checks: &'a [CheckResult],
     /// The judge's verdict on it, if it was judged.
     pub judged: Option<&'a Judged>,
+    /// The row's `[[outputs]]` records (current ones only), in the job's order.
+    pub extras: &'a [Option<Record>],
     /// The row's status.
     pub status: RowStatus,
 }
@@ -367,7 +378,16 @@ where
                 &wanted.id,
                 record.as_ref(),
             )?;
-            let status = review.status(record.as_ref(), judge);
+            let extras = extra_records(spec, reader.as_mut(), index, &wanted)?;
+            let status = with_extras(review.status(record.as_ref(), judge), &extras);
+            for r in extras.iter().flatten() {
+                if let Some(u) = &r.usage {
+                    if !r.cached && r.shared_with.is_none() {
+                        totals.usage.add(u);
+                        totals.cost.add(Charge::of(true, r.cost_pico));
+                    }
+                }
+            }
             let results = &review.checks;
             for (tally, result) in totals.checks.iter_mut().zip(results) {
                 if result.passed {
@@ -404,6 +424,7 @@ where
                 record: record.as_ref(),
                 checks: results,
                 judged: review.judged.as_ref(),
+                extras: &extras,
                 status,
             })
             .map_err(|e| match e {
@@ -420,6 +441,45 @@ where
     tmp.as_file().sync_all().map_err(io)?;
     tmp.persist(path).map_err(|e| io(e.error))?;
     Ok(totals)
+}
+
+/// The current records of a row's `[[outputs]]`, in the job's order.
+fn extra_records(
+    spec: &OutputSpec,
+    mut reader: Option<&mut JournalReader>,
+    index: &JournalIndex,
+    wanted: &Wanted,
+) -> Result<Vec<Option<Record>>, JournalError> {
+    let mut out = Vec::with_capacity(spec.extra.len());
+    for (i, name) in spec.extra.iter().enumerate() {
+        let w = Wanted {
+            id: crate::outputs::id(name, &wanted.id),
+            hash: wanted.outputs.get(i).cloned().flatten(),
+            outputs: Vec::new(),
+        };
+        // Without the request it would send now, no record is current.
+        let rec = match w.hash {
+            Some(_) => current_record(reader.as_deref_mut(), index, &w)?,
+            None => None,
+        };
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// A row's status with its `[[outputs]]`: failed when one of them failed, pending while one
+/// has no answer; otherwise the answer's.
+fn with_extras(status: RowStatus, extras: &[Option<Record>]) -> RowStatus {
+    if status == RowStatus::Failed {
+        return status;
+    }
+    if extras.iter().flatten().any(|r| r.status == Status::Failed) {
+        return RowStatus::Failed;
+    }
+    if extras.iter().any(Option::is_none) {
+        return RowStatus::Pending;
+    }
+    status
 }
 
 /// A row's latest journal record, if it answers what `wanted` says the row asks for now.
@@ -573,6 +633,17 @@ pub(crate) fn result_values(spec: &OutputSpec, row: &OutRow<'_>) -> Vec<(String,
             .unwrap_or(Value::Null);
         out.push((f.clone(), v));
     }
+    for (i, name) in spec.extra.iter().enumerate() {
+        let text = row
+            .extras
+            .get(i)
+            .and_then(Option::as_ref)
+            .filter(|r| r.status == Status::Ok)
+            .and_then(|r| r.choices.first())
+            .map(|c| Value::String(c.text.clone()))
+            .unwrap_or(Value::Null);
+        out.push((name.clone(), text));
+    }
     for (i, c) in spec.checks.iter().enumerate() {
         let cell = checks.get(i).map(|r| match (&r.reason, r.passed) {
             (_, true) => Value::String("pass".into()),
@@ -605,6 +676,10 @@ pub(crate) fn result_values(spec: &OutputSpec, row: &OutRow<'_>) -> Vec<(String,
             .unwrap_or(Value::Null),
     ));
     out.push(("cost_usd".into(), cost_cell(record)));
+    for (i, name) in spec.extra.iter().enumerate() {
+        let r = row.extras.get(i).and_then(Option::as_ref);
+        out.push((format!("{name}_cost_usd"), cost_cell(r)));
+    }
     // Whether the row's tokens and cost are ours because the server sent no usage.
     let estimated = match record {
         Some(r) if r.cached || r.shared_with.is_some() => Value::Bool(false),
@@ -627,11 +702,20 @@ pub(crate) fn result_values(spec: &OutputSpec, row: &OutRow<'_>) -> Vec<(String,
         Some(Judged::Unplanned(e)) => Some(e.clone()),
         _ => None,
     };
+    // A row whose `[[outputs]]` request failed says which, and why.
+    let extra_error = spec.extra.iter().zip(row.extras).find_map(|(name, r)| {
+        let r = r.as_ref().filter(|r| r.status == Status::Failed)?;
+        Some(format!(
+            "{name}: {}",
+            r.error.as_deref().unwrap_or("failed")
+        ))
+    });
     out.push((
         "error".into(),
         record
             .and_then(|r| r.error.clone())
             .or(judge_error)
+            .or(extra_error)
             .map(Value::String)
             .unwrap_or(Value::Null),
     ));

@@ -89,6 +89,7 @@ fn is_generated_text(spec: &OutputSpec, name: &str) -> bool {
             .is_some_and(|n| n.parse::<u32>().is_ok())
         || name == "judge_reason"
         || spec.field_columns.iter().any(|f| f == name)
+        || spec.extra.iter().any(|f| f == name)
 }
 
 fn col_num(i: usize) -> Result<u16, XlsxError> {
