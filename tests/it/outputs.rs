@@ -179,3 +179,45 @@ fn bad_outputs_are_refused_before_anything_is_sent() {
         assert!(!ws.path("out/result.csv").exists());
     }
 }
+
+#[test]
+fn checks_read_an_output_by_name_and_reject_its_row() {
+    let ws = Workspace::new();
+    let checks = "\n[[checks]]\nname = \"meta_short\"\non = \"meta\"\nmax_chars = 12\n\
+                  \n[[checks]]\nname = \"meta_names_it\"\non = \"meta\"\nmust_contain = [\"mock\"]\n";
+    let job = job(&ws, &["boots", "socks"], checks);
+    let out = ws.run(&["run", &job, "--mock", "--quiet"]);
+    assert_exit(&out, 1);
+    assert_eq!(
+        ws.column("out/result.csv", "status"),
+        ["rejected", "rejected"]
+    );
+    let short = ws.column("out/result.csv", "check_meta_short");
+    assert!(short.iter().all(|c| c.starts_with("fail: ")), "{short:?}");
+    // The mock's answers start "Mock answer for:", so the word check passes on the output.
+    assert_eq!(
+        ws.column("out/result.csv", "check_meta_names_it"),
+        ["pass", "pass"]
+    );
+
+    // A check on an output cannot be regenerated (regenerate re-sends the answer): refused.
+    let text = ws.read("job.toml");
+    ws.write("job.toml", &format!("regenerate = 1\n{text}"));
+    let out = ws.run(&["run", &job, "--mock", "--quiet"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("checks 'meta_short'"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A check on a name that is neither a field nor an output is refused, naming both.
+    ws.write("job.toml", &text.replace("on = \"meta\"", "on = \"metta\""));
+    let out = ws.run(&["run", &job, "--mock", "--quiet"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("nor an [[outputs]] name"),
+        "{}",
+        stderr(&out)
+    );
+}

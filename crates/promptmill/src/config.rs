@@ -626,6 +626,20 @@ impl Job {
         }
         job.check_judge()?;
         job.check_outputs()?;
+        if job.regenerate > 0 {
+            let on_output = job.checks.iter().find(|c| {
+                c.on.as_deref()
+                    .is_some_and(|on| job.outputs.iter().any(|o| o.name == on))
+            });
+            if let Some(c) = on_output {
+                return Err(job.invalid(format!(
+                    "checks '{}': a check on an [[outputs]] text rejects the row, but \
+                     regenerate re-sends only the row's answer; remove regenerate, or check \
+                     the answer instead",
+                    c.name
+                )));
+            }
+        }
         Ok(job)
     }
 
@@ -803,12 +817,15 @@ impl Job {
 
     /// The job's `[[checks]]`, compiled against its structured output's fields.
     pub fn compile_checks(&self) -> Result<Checks, crate::checks::CheckConfigError> {
-        let fields = self
+        // Checks read the schema's fields and the `[[outputs]]` texts by name.
+        let mut fields = self
             .model
             .schema_json
             .as_ref()
-            .map(crate::schema::field_names);
-        Checks::new(&self.checks, fields.as_deref())
+            .map(crate::schema::field_names)
+            .unwrap_or_default();
+        fields.extend(self.outputs.iter().map(|o| o.name.clone()));
+        Checks::new(&self.checks, (!fields.is_empty()).then_some(&fields[..]))
     }
 
     fn resolve(&self, p: &Path) -> PathBuf {

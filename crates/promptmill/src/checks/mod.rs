@@ -253,7 +253,8 @@ fn target(spec: &CheckSpec, schema_fields: Option<&[String]>) -> Result<Option<S
              use on = \"output\" (the default) or add a schema"
         )),
         Some(fields) if !fields.iter().any(|f| f == on) => Err(format!(
-            "on: {on:?} is not a field of model.schema; allowed: \"output\" or one of {}",
+            "on: {on:?} is neither a field of model.schema nor an [[outputs]] name; allowed: \
+             \"output\" or one of {}",
             fields
                 .iter()
                 .map(|f| format!("{f:?}"))

@@ -352,7 +352,7 @@ fn bad_checks_are_refused_naming_the_entry_and_the_key() {
         ("name = \"x\"\nunique = true\nthreshold = nan", None, "checks[0] (x): threshold: NaN is outside the allowed range"),
         ("name = \"x\"\nunique = true\nthreshold = 0.0", None, "checks[0] (x): threshold: 0 is outside the allowed range"),
         ("name = \"x\"\non = \"headline\"\nmax_chars = 3", None, "checks[0] (x): on: \"headline\" would be a structured-output field, but the job has no model.schema"),
-        ("name = \"x\"\non = \"title\"\nmax_chars = 3", Some(&fields), "checks[0] (x): on: \"title\" is not a field of model.schema; allowed: \"output\" or one of \"headline\""),
+        ("name = \"x\"\non = \"title\"\nmax_chars = 3", Some(&fields), "checks[0] (x): on: \"title\" is neither a field of model.schema nor an [[outputs]] name; allowed: \"output\" or one of \"headline\""),
     ];
     for (body, schema, want) in cases {
         let got = err(&format!("[[checks]]\n{body}\n"), *schema);

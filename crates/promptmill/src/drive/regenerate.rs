@@ -154,6 +154,7 @@ fn feed(
         .clone();
     let mut reader = JournalReader::open(&job.journal_path())?;
     let mut want = review.spool.wanted()?;
+    let outputs: Vec<String> = job.outputs.iter().map(|o| o.name.clone()).collect();
     // Rows with the same identity share one answer: it is judged or regenerated once.
     let mut seen = HashSet::new();
     // Judge requests fed in this round, by hash.
@@ -168,6 +169,7 @@ fn feed(
         let Some(rec) = sink::current_record(Some(&mut reader), &index, &wanted)? else {
             continue;
         };
+        let extras = sink::extra_records(&outputs, Some(&mut reader), &index, &wanted)?;
         let verdict = sink::review(
             &mut checks,
             judge,
@@ -175,7 +177,10 @@ fn feed(
             &index,
             &row,
             &wanted.id,
-            Some(&rec),
+            sink::Answered {
+                record: Some(&rec),
+                extra: sink::extra_texts(&outputs, &extras).as_ref(),
+            },
         )?;
         let item = match round {
             Round::Judge => {

@@ -281,9 +281,10 @@ pub(crate) fn review(
     index: &JournalIndex,
     row: &Row,
     row_id: &str,
-    record: Option<&Record>,
+    answered: Answered<'_>,
 ) -> Result<Review, JournalError> {
-    let results = check_answer(checks, row, record);
+    let Answered { record, extra } = answered;
+    let results = check_answer(checks, row, record, extra);
     let judged = match (judge, record) {
         (Some(j), Some(r)) if r.status == Status::Ok && results.iter().all(|c| c.passed) => {
             let answer = r.choices.first().map_or("", |c| c.text.as_str());
@@ -344,7 +345,14 @@ where
     };
     // Compiled afresh for each output: `unique` keeps the first of its duplicates in input
     // order, whatever order the answers came in.
-    let schema_fields = (!spec.field_columns.is_empty()).then_some(&spec.field_columns[..]);
+    // Checks read the schema's fields and the `[[outputs]]` texts by name.
+    let targets: Vec<String> = spec
+        .field_columns
+        .iter()
+        .chain(&spec.extra)
+        .cloned()
+        .collect();
+    let schema_fields = (!targets.is_empty()).then_some(&targets[..]);
     let mut checks =
         Checks::new(&spec.checks, schema_fields).map_err(|e| SinkError::Input(e.to_string()))?;
     // Rows of this file already written, by identity: a later row with the same identity
@@ -369,6 +377,8 @@ where
                 r.shared_with.get_or_insert_with(|| first.to_string());
             }
             totals.rows += 1;
+            let extras = extra_records(&spec.extra, reader.as_mut(), index, &wanted)?;
+            let texts = extra_texts(&spec.extra, &extras);
             let review = review(
                 &mut checks,
                 judge,
@@ -376,9 +386,11 @@ where
                 index,
                 &row,
                 &wanted.id,
-                record.as_ref(),
+                Answered {
+                    record: record.as_ref(),
+                    extra: texts.as_ref(),
+                },
             )?;
-            let extras = extra_records(spec, reader.as_mut(), index, &wanted)?;
             let status = with_extras(review.status(record.as_ref(), judge), &extras);
             for r in extras.iter().flatten() {
                 if let Some(u) = &r.usage {
@@ -443,15 +455,22 @@ where
     Ok(totals)
 }
 
-/// The current records of a row's `[[outputs]]`, in the job's order.
-fn extra_records(
-    spec: &OutputSpec,
+/// A row's answer, and its `[[outputs]]` texts by name (see [`extra_texts`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Answered<'a> {
+    pub record: Option<&'a Record>,
+    pub extra: Option<&'a Map<String, Value>>,
+}
+
+/// The current records of a row's `[[outputs]]` (named `names`, in the job's order).
+pub(crate) fn extra_records(
+    names: &[String],
     mut reader: Option<&mut JournalReader>,
     index: &JournalIndex,
     wanted: &Wanted,
 ) -> Result<Vec<Option<Record>>, JournalError> {
-    let mut out = Vec::with_capacity(spec.extra.len());
-    for (i, name) in spec.extra.iter().enumerate() {
+    let mut out = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
         let w = Wanted {
             id: crate::outputs::id(name, &wanted.id),
             hash: wanted.outputs.get(i).cloned().flatten(),
@@ -465,6 +484,28 @@ fn extra_records(
         out.push(rec);
     }
     Ok(out)
+}
+
+/// The texts of a row's answered `[[outputs]]` by name, for checks that read them (`on =
+/// "<name>"`); `None` when the job has none.
+pub(crate) fn extra_texts(
+    names: &[String],
+    records: &[Option<Record>],
+) -> Option<Map<String, Value>> {
+    if names.is_empty() {
+        return None;
+    }
+    let mut texts = Map::new();
+    for (name, r) in names.iter().zip(records) {
+        let text = r
+            .as_ref()
+            .filter(|r| r.status == Status::Ok)
+            .and_then(|r| r.choices.first());
+        if let Some(c) = text {
+            texts.insert(name.clone(), Value::String(c.text.clone()));
+        }
+    }
+    Some(texts)
 }
 
 /// A row's status with its `[[outputs]]`: failed when one of them failed, pending while one
@@ -501,11 +542,20 @@ pub(crate) fn check_answer(
     checks: &mut Checks,
     row: &Row,
     record: Option<&Record>,
+    extra: Option<&Map<String, Value>>,
 ) -> Vec<CheckResult> {
     match record {
         Some(r) if r.status == Status::Ok && !checks.is_empty() => {
             let answer = r.choices.first().map_or("", |c| c.text.as_str());
-            checks.evaluate(row, answer, r.fields.as_ref())
+            match extra {
+                // Checks on `[[outputs]]` read their texts beside the schema's fields.
+                Some(extra) => {
+                    let mut fields = r.fields.clone().unwrap_or_default();
+                    fields.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    checks.evaluate(row, answer, Some(&fields))
+                }
+                None => checks.evaluate(row, answer, r.fields.as_ref()),
+            }
         }
         _ => Vec::new(),
     }
