@@ -28,6 +28,7 @@ mod report;
 mod resume;
 mod retry_schedule;
 mod rows;
+mod shard;
 mod signals;
 mod snapshots_cli;
 mod token_counts;
