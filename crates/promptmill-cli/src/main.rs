@@ -29,8 +29,7 @@ enum Command {
     Export(Box<export::ExportArgs>),
     /// Read Batch API output/error files into the job's journal and output.
     Import(Box<export::ImportArgs>),
-    /// Write the one output of a job run as shards (`run --shard K/N`) from every shard's
-    /// journal: each input row once, in input order; nothing is sent.
+    /// Write the one output of a job run as shards (`run --shard K/N`); nothing is sent.
     Merge(Box<merge::MergeArgs>),
     /// Write a page to review the job's output in a browser (one self-contained HTML file).
     Report(Box<report::ReportArgs>),
