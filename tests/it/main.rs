@@ -30,6 +30,7 @@ mod resume;
 mod retry_schedule;
 mod row_settings;
 mod rows;
+mod shard;
 mod signals;
 mod snapshots_cli;
 mod token_counts;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 mod cmd;
 
-use cmd::{batch, completions, estimate, exit, export, init, report, run};
+use cmd::{batch, completions, estimate, exit, export, init, merge, report, run};
 
 /// Turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 #[derive(Debug, Parser)]
@@ -29,6 +29,8 @@ enum Command {
     Export(Box<export::ExportArgs>),
     /// Read Batch API output/error files into the job's journal and output.
     Import(Box<export::ImportArgs>),
+    /// Write the one output of a job run as shards (`run --shard K/N`); nothing is sent.
+    Merge(Box<merge::MergeArgs>),
     /// Write a page to review the job's output in a browser (one self-contained HTML file).
     Report(Box<report::ReportArgs>),
     /// Write a commented starter job, template and sample input into DIR.
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
             Command::Status(args) => batch::status(*args).await,
             Command::Export(args) => export::export(*args).await,
             Command::Import(args) => export::import(*args).await,
+            Command::Merge(args) => merge::run(*args).await,
             Command::Report(args) => report::run(*args).await,
             Command::Init(args) => init::run(args).await,
             // Answered above, before the runtime starts.

@@ -73,6 +73,10 @@ pub struct Job {
     /// The job file itself.
     #[serde(skip)]
     pub file: PathBuf,
+    /// `run --shard K/N`: only this shard's rows, into the shard's own files (see
+    /// [`Job::into_shard`]).
+    #[serde(skip)]
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// How rows are sent.
@@ -1108,6 +1112,27 @@ impl Job {
     /// Where Batch API state (uploaded files, batch ids) lives: beside the output.
     pub fn batch_state_path(&self) -> PathBuf {
         sibling(&self.output.path, "batches.json")
+    }
+
+    /// This job as shard `shard` of its rows: only the rows that hash into it, and an output
+    /// of its own (`copy.csv` → `copy.shard-2-of-4.csv`) from which its journal, summary,
+    /// lock and batch state are named (see [`crate::shard`]).
+    pub fn into_shard(mut self, shard: crate::shard::Shard) -> Job {
+        let ext = match self.output_format() {
+            Some(OutputFormat::Csv) => "csv",
+            Some(OutputFormat::Jsonl) => "jsonl",
+            Some(OutputFormat::Xlsx) => "xlsx",
+            None => "out",
+        };
+        self.output.path = shard.output(&self.output.path, ext);
+        self.shard = Some(shard);
+        self
+    }
+
+    /// Whether the row whose identity is `id` is one this job sends (every row, or its
+    /// shard's).
+    pub fn holds(&self, id: &str) -> bool {
+        self.shard.is_none_or(|s| s.holds(id))
     }
 }
 

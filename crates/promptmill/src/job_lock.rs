@@ -36,12 +36,74 @@ pub struct JobLock {
     #[allow(dead_code)]
     file: File,
     path: PathBuf,
+    /// A shard's shared hold on the job's own lock (see [`acquire`]).
+    #[allow(dead_code)]
+    shared: Option<File>,
 }
 
 /// Takes the job's lock without waiting, then records this process's PID and start time in
 /// the lock file (for the message another run shows).
+///
+/// A shard (`run --shard K/N`) takes its own lock (`<stem>.shard-K-of-N.lock`), and holds
+/// the job's own lock shared: shards run side by side, but not beside an unsharded run or a
+/// `merge` of the job, which hold the job's lock alone and would read the shards' journals
+/// while they grow. When the job's own lock is taken, the message names the shard holding it.
 pub fn acquire(job: &Job) -> Result<JobLock, LockError> {
-    acquire_at(&job.lock_path())
+    let journal = job.journal_path();
+    if job.shard.is_some() {
+        let mut own = acquire_at(&job.lock_path())?;
+        if let Some(path) = crate::shard::file_at(&journal, None, ".lock") {
+            own.shared = Some(share_at(&path)?);
+        }
+        return Ok(own);
+    }
+    match acquire_at(&job.lock_path()) {
+        Err(LockError::Held { path, holder }) => {
+            Err(held_by_shard(&journal).unwrap_or(LockError::Held { path, holder }))
+        }
+        other => other,
+    }
+}
+
+/// A shard of the job whose own journal is `journal` that is running, if any.
+fn held_by_shard(journal: &Path) -> Option<LockError> {
+    crate::shard::companions(journal)
+        .into_iter()
+        .find_map(|(s, _)| {
+            let path = crate::shard::file_at(journal, Some(s), ".lock")?;
+            let mut file = OpenOptions::new().read(true).write(true).open(&path).ok()?;
+            match file.try_lock() {
+                Err(TryLockError::WouldBlock) => Some(LockError::Held {
+                    holder: format!("shard {s}: {}", holder(&mut file)),
+                    path,
+                }),
+                // Free (dropping the file releases it), or not lockable: not a running shard.
+                _ => None,
+            }
+        })
+}
+
+/// Holds the lock at `path` shared with other holders, without waiting.
+fn share_at(path: &Path) -> Result<File, LockError> {
+    let err = |source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err)?;
+    match file.try_lock_shared() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(LockError::Held {
+            path: path.to_path_buf(),
+            holder: holder(&mut file),
+        }),
+        Err(TryLockError::Error(e)) => Err(err(e)),
+    }
 }
 
 fn acquire_at(path: &Path) -> Result<JobLock, LockError> {
@@ -95,6 +157,7 @@ fn acquire_at(path: &Path) -> Result<JobLock, LockError> {
     Ok(JobLock {
         file,
         path: path.to_path_buf(),
+        shared: None,
     })
 }
 

@@ -10,7 +10,7 @@
 //! truncated last line; opening the journal detects it, cuts it off, and goes on.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -154,6 +154,8 @@ pub struct JournalIndex {
     /// Money spent on every response recorded (superseded ones too: they were paid for),
     /// per endpoint, with the reservations no answer settled.
     pub spent: Spent,
+    /// The reservations read from companion journals: theirs to compact, not this one's.
+    foreign_rsv: std::collections::HashSet<u64>,
 }
 
 /// The offset tables and the journal they index (for error messages).
@@ -332,7 +334,7 @@ pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
         .create(true)
         .open(path)
         .map_err(&err)?;
-    let (index, good_end) = scan(&mut file, path)?;
+    let (index, good_end) = scan(Some(&mut file), path)?;
     if index.repaired_tail {
         file.set_len(good_end).map_err(&err)?;
         tracing::warn!(
@@ -356,21 +358,65 @@ pub fn open(path: &Path) -> Result<JournalWriter, JournalError> {
 /// left in place but not indexed, as [`open`] would drop it). None when there is no journal.
 pub fn read_index(path: &Path) -> Result<Option<JournalIndex>, JournalError> {
     let mut file = match File::open(path) {
-        Ok(f) => f,
+        Ok(f) => Some(f),
+        // No journal of its own yet, but its companions' records count (see [`scan`]).
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && !crate::shard::companions_at(path).is_empty() =>
+        {
+            None
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let (index, _) = scan(&mut file, path)?;
+    let (index, _) = scan(file.as_mut(), path)?;
     Ok(Some(index))
 }
 
 /// Reads every record from the start of `file`: the index (`records` = rows with a record),
-/// and where the last good line ends.
-fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalError> {
-    let err = io_err(path);
+/// and where the last good line ends. The journal's companions (see
+/// [`crate::shard::companions`]: the shards' journals beside the job's own, or the job's own
+/// beside a shard's) are read first, so their records and spend count too, and a record of
+/// the journal itself, read last, wins over theirs.
+fn scan(file: Option<&mut File>, path: &Path) -> Result<(JournalIndex, u64), JournalError> {
     let slots = Slots::new(path)?;
     let mut index = JournalIndex::default();
+    for (place, other) in crate::shard::companions_at(path) {
+        let mut f = match File::open(&other) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&other)(e)),
+        };
+        read_reservations(&other, &mut index.spent)?;
+        // A companion's truncated tail is left alone: its own run cuts it off.
+        scan_lines(&mut f, &other, Some(place), &slots, &mut index)?;
+    }
+    index.foreign_rsv = index
+        .spent
+        .open_reservations()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    index.repaired_tail = false;
     read_reservations(path, &mut index.spent)?;
+    let good_end = match file {
+        Some(file) => scan_lines(file, path, None, &slots, &mut index)?,
+        None => 0,
+    };
+    index.slots = Some(Arc::new(slots));
+    Ok((index, good_end))
+}
+
+/// Reads the lines of one journal into `slots` and `index`, offsets tagged with `place`
+/// when it is a companion's (see [`tag`]); returns where the last good line ends.
+fn scan_lines(
+    file: &mut File,
+    path: &Path,
+    place: Option<crate::shard::Place>,
+    slots: &Slots,
+    index: &mut JournalIndex,
+) -> Result<u64, JournalError> {
+    let err = io_err(path);
     let mut good_end = 0u64;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut line = Vec::new();
@@ -385,8 +431,18 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
         match serde_json::from_slice::<RowOnly>(&line) {
             Ok(r) if complete => {
                 // A line without a status is an [`Unfinished`] spend, not the row's record.
-                if r.status.is_some() && slots.set(&r.id, &r.hash, offset)? {
-                    index.records += 1;
+                if r.status.is_some() {
+                    let at = match place {
+                        None => offset,
+                        Some(p) => tag(p, offset).ok_or_else(|| {
+                            err(std::io::Error::other(
+                                "a shard journal past 2 TiB cannot be read with others",
+                            ))
+                        })?,
+                    };
+                    if slots.set(&r.id, &r.hash, at)? {
+                        index.records += 1;
+                    }
                 }
                 index.count_spend(&SpendFields {
                     cost_pico: r.cost_pico,
@@ -412,8 +468,32 @@ fn scan(file: &mut File, path: &Path) -> Result<(JournalIndex, u64), JournalErro
     if offset != good_end {
         index.repaired_tail = true;
     }
-    index.slots = Some(Arc::new(slots));
-    Ok((index, good_end))
+    Ok(good_end)
+}
+
+/// The high bit of an offset into a companion journal (see [`tag`]).
+const COMPANION: u64 = 1 << 63;
+/// Bits of a companion journal's offsets kept below its place.
+const COMPANION_OFFSET_BITS: u32 = 41;
+
+/// An offset into the companion journal at `place`, as the index keeps it: the high bit set,
+/// then N (0: the job's own journal) and K in 11 bits each, then the byte offset in 41 bits.
+/// None past 2 TiB.
+fn tag(place: crate::shard::Place, offset: u64) -> Option<u64> {
+    let (k, n) = place.map_or((0, 0), |s| (u64::from(s.k), u64::from(s.n)));
+    (offset < 1 << COMPANION_OFFSET_BITS)
+        .then_some(COMPANION | n << 52 | k << COMPANION_OFFSET_BITS | offset)
+}
+
+/// Where an indexed offset points: the journal itself (`None`) or a companion's place, and
+/// the byte offset in that file.
+fn untag(at: u64) -> (Option<crate::shard::Place>, u64) {
+    if at & COMPANION == 0 {
+        return (None, at);
+    }
+    let field = |shift: u32| ((at >> shift) & 0x7ff) as u32;
+    let place = crate::shard::Shard::new(field(COMPANION_OFFSET_BITS), field(52));
+    (Some(place), at & ((1 << COMPANION_OFFSET_BITS) - 1))
 }
 
 /// The part of a record the opening scan needs: the row, and the money side.
@@ -562,7 +642,8 @@ impl JournalWriter {
         let path = reservations_path(&self.path);
         let err = io_err(&path);
         self.reservations = None;
-        let open = self.index.spent.open_reservations();
+        let mut open = self.index.spent.open_reservations();
+        open.retain(|(id, _, _)| !self.index.foreign_rsv.contains(id));
         if open.is_empty() {
             return match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(e)),
@@ -641,40 +722,64 @@ impl JournalWriter {
     }
 }
 
-/// Reads records by offset (random access into the journal file).
+/// Reads records by offset (random access into the journal file, and into its companions
+/// for the offsets an index found there).
 pub struct JournalReader {
-    reader: BufReader<File>,
+    /// None when the journal has no file of its own yet (its companions have records).
+    reader: Option<BufReader<File>>,
     path: PathBuf,
     line: Vec<u8>,
+    /// The companion journals opened so far, by place.
+    companions: Vec<(crate::shard::Place, PathBuf, BufReader<File>)>,
 }
 
 impl JournalReader {
-    /// Opens a journal for reading.
+    /// Opens a journal for reading (one that does not exist yet is an error only when a
+    /// record of its own is read: its companions may have records).
     pub fn open(path: &Path) -> Result<JournalReader, JournalError> {
-        let file = File::open(path).map_err(io_err(path))?;
+        let reader = match File::open(path) {
+            Ok(file) => Some(BufReader::with_capacity(8192, file)),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && !crate::shard::companions_at(path).is_empty() =>
+            {
+                None
+            }
+            Err(e) => return Err(io_err(path)(e)),
+        };
         Ok(JournalReader {
-            reader: BufReader::with_capacity(8192, file),
+            reader,
             path: path.to_path_buf(),
             line: Vec::with_capacity(1024),
+            companions: Vec::new(),
         })
     }
 
     /// The record at `offset` (from a [`JournalIndex`]).
     pub fn read_at(&mut self, offset: u64) -> Result<Record, JournalError> {
-        let err = io_err(&self.path);
-        self.reader.seek(SeekFrom::Start(offset)).map_err(&err)?;
-        self.line.clear();
-        (&mut self.reader)
-            .take(u64::MAX)
-            .read_until(b'\n', &mut self.line)
-            .map_err(&err)?;
-        serde_json::from_slice(&self.line).map_err(|e| JournalError::Io {
-            path: self.path.clone(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("record at byte {offset}: {e}"),
-            ),
-        })
+        let (place, at) = untag(offset);
+        let Some(place) = place else {
+            return match self.reader.as_mut() {
+                Some(reader) => read_line(reader, &self.path, &mut self.line, at),
+                None => Err(io_err(&self.path)(std::io::ErrorKind::NotFound.into())),
+            };
+        };
+        let i = match self.companions.iter().position(|(p, _, _)| *p == place) {
+            Some(i) => i,
+            None => {
+                let path = crate::shard::journal_at(&self.path, place).ok_or_else(|| {
+                    io_err(&self.path)(std::io::Error::other(format!(
+                        "record at byte {at} of a companion journal this journal has none of"
+                    )))
+                })?;
+                let file = File::open(&path).map_err(io_err(&path))?;
+                self.companions
+                    .push((place, path, BufReader::with_capacity(8192, file)));
+                self.companions.len() - 1
+            }
+        };
+        let (_, path, reader) = &mut self.companions[i];
+        read_line(reader, path, &mut self.line, at)
     }
 
     /// The latest record of the row whose identity is `id`, if any.
@@ -684,6 +789,26 @@ impl JournalReader {
             None => Ok(None),
         }
     }
+}
+
+/// The record on the line at `offset` of the journal `path` that `reader` reads.
+fn read_line(
+    reader: &mut BufReader<File>,
+    path: &Path,
+    line: &mut Vec<u8>,
+    offset: u64,
+) -> Result<Record, JournalError> {
+    let err = io_err(path);
+    reader.seek(SeekFrom::Start(offset)).map_err(&err)?;
+    line.clear();
+    reader.read_until(b'\n', line).map_err(&err)?;
+    serde_json::from_slice(line).map_err(|e| JournalError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("record at byte {offset}: {e}"),
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -806,6 +931,59 @@ mod tests {
         let idx = w.finish().unwrap();
         assert_eq!(idx.spent.on("api").known(), Some(Money(12)));
         assert!(!reservations_path(&path).exists());
+    }
+
+    #[test]
+    fn shard_journals_count_as_the_job_s_own_and_their_reservations_stay_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("copy.journal.jsonl");
+        let shard = dir.path().join("copy.shard-2-of-3.journal.jsonl");
+        let mut s = open(&shard).unwrap();
+        s.set_endpoint("api");
+        s.append(&rec(1, Status::Ok)).unwrap();
+        s.append(&rec(5, Status::Failed)).unwrap();
+        let _in_flight = s.reserve(7, Some(40)).unwrap();
+        drop(s); // killed with row 7 in flight
+                 // Nothing of its own yet: the index and the reader are the shard's.
+        let idx = read_index(&own).unwrap().unwrap();
+        assert_eq!(idx.records, 2);
+        assert_eq!(idx.spent.on("api").known(), Some(Money(12 + 12 + 40)));
+        let mut r = JournalReader::open(&own).unwrap();
+        assert_eq!(r.get(&idx, "id-1").unwrap().unwrap().row, 1);
+        // The job's own record of a row wins over the shard's.
+        let mut w = open(&own).unwrap();
+        w.set_endpoint("api");
+        w.append(&rec(5, Status::Ok)).unwrap();
+        let idx = w.finish().unwrap();
+        assert_eq!(idx.records, 2);
+        assert!(
+            !reservations_path(&own).exists(),
+            "the shard's reservation is not copied"
+        );
+        let idx = read_index(&own).unwrap().unwrap();
+        let mut r = JournalReader::open(&own).unwrap();
+        assert_eq!(r.get(&idx, "id-5").unwrap().unwrap().status, Status::Ok);
+        assert_eq!(r.get(&idx, "id-1").unwrap().unwrap().status, Status::Ok);
+        assert_eq!(idx.spent.on("api").known(), Some(Money(3 * 12 + 40)));
+        // The shard, in turn, sees the job's own journal.
+        let idx = read_index(&shard).unwrap().unwrap();
+        let mut r = JournalReader::open(&shard).unwrap();
+        assert_eq!(r.get(&idx, "id-5").unwrap().unwrap().status, Status::Failed);
+        assert_eq!(idx.spent.on("api").known(), Some(Money(3 * 12 + 40)));
+    }
+
+    #[test]
+    fn a_companion_offset_keeps_its_place() {
+        for place in [
+            None,
+            crate::shard::Shard::new(3, 4),
+            crate::shard::Shard::new(1024, 1024),
+        ] {
+            let at = tag(place, 12345).unwrap();
+            assert_eq!(untag(at), (Some(place), 12345));
+        }
+        assert_eq!(untag(99), (None, 99));
+        assert_eq!(tag(None, 1 << 41), None);
     }
 
     #[test]

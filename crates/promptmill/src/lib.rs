@@ -31,6 +31,7 @@ pub mod report;
 pub mod resume;
 pub mod scheduler;
 pub mod schema;
+pub mod shard;
 pub mod sink;
 pub mod slots;
 pub mod source;

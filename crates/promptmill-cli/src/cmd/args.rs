@@ -179,3 +179,22 @@ impl JobArgs {
         Ok(Job::load(&self.job, &self.overrides())?)
     }
 }
+
+/// `job` as the shard `--shard` asks for, if any (see [`promptmill::shard`]). Shards run
+/// live (`sending`): batch mode is refused.
+pub fn sharded(
+    job: Job,
+    shard: Option<promptmill::shard::Shard>,
+    sending: bool,
+) -> anyhow::Result<Job> {
+    let Some(shard) = shard else {
+        return Ok(job);
+    };
+    if sending && job.mode == promptmill::config::Mode::Batch {
+        anyhow::bail!(
+            "--shard {shard} splits a live run across processes; batch mode (--mode batch or \
+             mode = \"batch\") already hands the whole job to the provider: drop one of them"
+        );
+    }
+    Ok(job.into_shard(shard))
+}

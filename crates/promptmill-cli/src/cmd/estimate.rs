@@ -19,6 +19,9 @@ pub struct EstimateArgs {
     /// Print the estimate as JSON on stdout (the table still goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Estimate only shard K of N of the rows (as `run --shard K/N` sends them).
+    #[arg(long, value_name = "K/N", value_parser = promptmill::shard::Shard::parse)]
+    pub shard: Option<promptmill::shard::Shard>,
 }
 
 /// Runs `promptmill estimate`.
@@ -27,6 +30,7 @@ pub async fn run(args: EstimateArgs) -> anyhow::Result<u8> {
     let ctx = args
         .job
         .load()
+        .and_then(|job| super::args::sharded(job, args.shard, false))
         .and_then(|job| JobCtx::new(job, args.job.prices.as_deref()))
         .map_err(start_err)?;
     let opts = dry_run::DryRunOptions {

@@ -7,6 +7,7 @@ pub mod completions;
 pub mod estimate;
 pub mod export;
 pub mod init;
+pub mod merge;
 pub mod mock;
 pub mod pipes;
 pub mod report;

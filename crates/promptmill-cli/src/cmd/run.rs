@@ -13,6 +13,7 @@ use promptmill::config::Mode;
 use promptmill::drive::{
     self, batch, dry_run::DryRunOptions, live::LiveOptions, preview::Preview, JobCtx,
 };
+use promptmill::shard::Shard;
 
 /// `promptmill run JOB`: run a job (or with `--dry-run`, only estimate it).
 #[derive(Debug, Args)]
@@ -60,6 +61,11 @@ pub struct RunArgs {
     /// `--input -` / `--output -` (stdin, stdout).
     #[command(flatten)]
     pub pipes: PipeFlags,
+    /// Send only shard K of N of the rows (1 <= K <= N <= 1024), chosen by a hash of each
+    /// row's identity, with the shard's own journal, summary, lock and output
+    /// (`<output stem>.shard-K-of-N.*`); `promptmill merge JOB` writes the one output.
+    #[arg(long, value_name = "K/N", value_parser = promptmill::shard::Shard::parse)]
+    pub shard: Option<Shard>,
 }
 
 impl RunArgs {
@@ -83,10 +89,23 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<u8> {
     let started = Instant::now();
     // Before anything else: a signal from here on is a request to stop, never a kill.
     let interrupt = signals::install().map_err(start_err)?;
+    if args.shard.is_some()
+        && args
+            .job
+            .output
+            .as_deref()
+            .is_some_and(|o| o.as_os_str() == "-")
+    {
+        return Err(start_err(anyhow::anyhow!(
+            "--shard writes the shard's own output beside its journal; --output - does not \
+             fit it (run the shards to files, then `promptmill merge JOB`)"
+        )));
+    }
     let mut pipes = Pipes::check(&mut args.job, &args.pipes, args.json)?;
     let mut ctx = args
         .job
         .load()
+        .and_then(|job| super::args::sharded(job, args.shard, true))
         .and_then(|job| JobCtx::new(job, args.job.prices.as_deref()))
         .map_err(start_err)?;
     pipes.attach(&mut ctx.job)?;

@@ -221,8 +221,15 @@ pub fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
 pub fn output_rows(
     job: &Job,
 ) -> anyhow::Result<impl Iterator<Item = Result<crate::types::Row, String>> + '_> {
+    let identity = Identity::of(job);
     Ok(Source::open(&job.input.path, &source_options(job))?
         .keep_bad_rows()
+        // A shard's output holds its own rows only.
+        .filter(move |r| match r {
+            Ok(Ok(row)) => job.holds(&identity.key(row)),
+            Ok(Err(bad)) => job.holds(&identity.key(&bad.row)),
+            Err(_) => true,
+        })
         .map(|r| match r {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(bad)) if job.input.skip_bad_rows => Ok(bad.row),

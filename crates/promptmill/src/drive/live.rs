@@ -52,6 +52,34 @@ pub struct LiveOptions {
 /// key: every answer is checked against the job's checks as they are now (`run
 /// --recheck`, after editing `[[checks]]`). Rows with no answer stay `pending`.
 pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow::Result<u8> {
+    from_journals(ctx, json, interrupt, "recheck", |n| {
+        format!("{n} rows have no answer yet; run without --recheck to send them")
+    })
+    .await
+}
+
+/// Writes the job's one output and summary from its own journal and every shard's beside it
+/// (`promptmill merge`, see [`crate::shard`]), sending nothing and needing no key: each input
+/// row once, in input order, its answer from whichever journal has it; the spend is theirs
+/// together. Rows in no journal stay `pending`.
+pub async fn merge(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow::Result<u8> {
+    from_journals(ctx, json, interrupt, "merge", |n| {
+        format!(
+            "{n} rows have no answer in any journal; run their shards (or the job without \
+             --shard) to send them"
+        )
+    })
+    .await
+}
+
+/// The output and summary written from the journal (and its companions) alone.
+async fn from_journals(
+    ctx: &JobCtx,
+    json: bool,
+    interrupt: &Interrupt,
+    mode: &str,
+    pending: impl FnOnce(u64) -> String,
+) -> anyhow::Result<u8> {
     let started = Instant::now();
     let job = &ctx.job;
     let planner = Arc::new(planner_for(job, ctx.mock).map_err(start_err)?);
@@ -71,9 +99,7 @@ pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow:
     let journal_path = job.journal_path();
     let index = journal::read_index(&journal_path)?.unwrap_or_default();
     let totals = write_from_spool(&spec, &spool, &index, &journal_path, judge.as_deref())?;
-    let (status, message, code) = super::outcome(job, &totals, |n| {
-        format!("{n} rows have no answer yet; run without --recheck to send them")
-    });
+    let (status, message, code) = super::outcome(job, &totals, pending);
     let priced = ctx.price.is_some();
     let summary = Summary {
         status: status.into(),
@@ -87,7 +113,7 @@ pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow:
         cost_this_run_usd: Some(Money::ZERO).filter(|_| priced),
         wall_seconds: started.elapsed().as_secs_f64(),
         prices: ctx.prices_line(),
-        ..Summary::for_output(job, "recheck", ctx.provider_name(), &totals, priced)
+        ..Summary::for_output(job, mode, ctx.provider_name(), &totals, priced)
     };
     summary.publish(job, "note", json)?;
     Ok(code)

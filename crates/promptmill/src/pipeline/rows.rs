@@ -169,6 +169,18 @@ impl<'a> RowLoop<'a> {
         self
     }
 
+    /// Whether the job sends this row at all: a shard (`run --shard`) leaves out the rows of
+    /// other shards, before they are rendered. An unreadable record stays, to be reported.
+    fn holds(&self, item: &Result<Result<Row, BadRow>, SourceError>) -> bool {
+        let row = match item {
+            _ if self.job.shard.is_none() => return true,
+            Ok(Ok(row)) => row,
+            Ok(Err(bad)) => &bad.row,
+            Err(_) => return true,
+        };
+        self.job.holds(&Identity::of(self.job).key(row))
+    }
+
     /// The one place a row is rendered, planned and decided. An error (the message names
     /// file, line and column) stops the pass; with `input.skip_bad_rows` a bad row is a
     /// [`Step::Bad`] instead. Without `resume` every good row is new.
@@ -516,6 +528,9 @@ fn step_chunk<A: Default>(
         error: None,
     };
     for (pos, item) in items {
+        if !rl.holds(&item) {
+            continue;
+        }
         match rl.step(item, resume.as_deref_mut()) {
             Ok(s) => {
                 fold(&mut out.acc, pos, &s);
