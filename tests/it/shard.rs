@@ -287,6 +287,17 @@ fn a_missing_shard_journal_is_named_and_allow_missing_leaves_its_rows_pending() 
     }
     assert!(pending > 0);
     assert_eq!(ws.summary()["pending"], pending);
+
+    // The job run whole sends only the missing shard's rows, then writes the one output.
+    let out = ws.run(&["run", &job, "--mock", "--quiet"]);
+    assert_exit(&out, 0);
+    let summary = ws.summary();
+    assert_eq!(summary["requests"], pending, "{summary}");
+    assert_eq!(ids(&ws, "out/result.csv"), expected);
+    assert!(ws
+        .column("out/result.csv", "status")
+        .iter()
+        .all(|s| s == "ok"));
 }
 
 #[test]
