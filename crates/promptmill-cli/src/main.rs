@@ -22,6 +22,9 @@ enum Command {
     /// Estimate a job: rows, exact prompt tokens, cost and minimum time; nothing is sent.
     Estimate(Box<estimate::EstimateArgs>),
     /// Batch mode: poll the job's batches, collect finished ones, write the output.
+    ///
+    /// Once every answer is in, also submits the job's review rounds (the judge's verdicts,
+    /// new attempts of rejected rows), each when the one before it is in.
     Collect(Box<batch::CollectArgs>),
     /// Batch mode: each batch's id, status, request counts and times.
     Status(Box<batch::StatusArgs>),

@@ -277,6 +277,12 @@ struct ReservationLine {
     worst_pico: Option<u64>,
 }
 
+/// A new reservation id. Random: unique across runs without a counter that would have to
+/// survive crashes; 53 bits, so it fits a JSON number exactly.
+pub fn new_reservation_id() -> u64 {
+    rand::random::<u64>() >> 11
+}
+
 /// Where the reservations of a journal's requests are written (see [`ReservationLine`]).
 pub fn reservations_path(journal: &Path) -> PathBuf {
     let mut name = journal.file_name().unwrap_or_default().to_os_string();
@@ -587,8 +593,20 @@ impl JournalWriter {
     /// Journals a request's worst case before it is sent (`worst_pico` None: unpriced);
     /// returns the reservation's id, which the line that settles it carries.
     pub fn reserve(&mut self, row: u64, worst_pico: Option<u64>) -> Result<u64, JournalError> {
-        // Random ids: unique across runs without a counter that would have to survive crashes.
-        let id = rand::random::<u64>() >> 11; // fits a JSON number exactly
+        let id = new_reservation_id();
+        self.reserve_as(id, row, worst_pico)?;
+        Ok(id)
+    }
+
+    /// Journals the reservation `id` (from [`new_reservation_id`], kept by the caller before
+    /// this is called): writing the same id again after a crash holds one reservation, not
+    /// two.
+    pub fn reserve_as(
+        &mut self,
+        id: u64,
+        row: u64,
+        worst_pico: Option<u64>,
+    ) -> Result<(), JournalError> {
         let line = ReservationLine {
             id: Some(id),
             row: Some(row),
@@ -601,7 +619,7 @@ impl JournalWriter {
         self.index
             .spent
             .reserved(id, self.endpoint.as_deref(), worst);
-        Ok(id)
+        Ok(())
     }
 
     /// Journals that the reservation `rsv` of `row` was given back unspent.

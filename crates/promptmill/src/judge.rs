@@ -8,6 +8,7 @@
 //! template or its model changes, the old verdict no longer answers the request the job
 //! would send and is ignored, like any stale answer.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::Job;
@@ -23,6 +24,17 @@ const ID_PREFIX: &str = "judge\u{1f}";
 /// The journal identity of the verdict on the answer of the row whose identity is `row_id`.
 pub fn id(row_id: &str) -> String {
     format!("{ID_PREFIX}{row_id}")
+}
+
+/// What one review round sends (see `drive::regenerate`): the judge's verdicts on answers
+/// it has yet to see, or new answers for the rows the checks or the judge rejected. Live
+/// runs feed a round to the scheduler; batch mode submits it as batches (and records its
+/// kind in the batch state, hence the names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Round {
+    Judge,
+    Regenerate,
 }
 
 /// The judge of a job: its planner (the judge's templates and model), its price and its

@@ -37,7 +37,8 @@ impl BatchFlags {
     }
 }
 
-/// `promptmill collect JOB`: poll the job's batches and collect finished ones (never submits).
+/// `promptmill collect JOB`: poll the job's batches, collect finished ones and submit the next
+/// review round (judge, regeneration); never submits the rows' own requests.
 #[derive(Debug, Args)]
 pub struct CollectArgs {
     #[command(flatten)]

@@ -102,6 +102,11 @@ impl Splitter {
         Ok(())
     }
 
+    /// How many files were started so far: the last line pushed is in the last of them.
+    pub fn files(&self) -> usize {
+        self.done.len() + usize::from(self.current.is_some())
+    }
+
     fn close(&mut self) -> std::io::Result<()> {
         if let Some((f, w)) = self.current.take() {
             f.into_inner().map_err(|e| e.into_error())?.sync_all()?;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::judge::Round;
 use crate::sink::write_atomic;
 
 /// Errors reading or writing the state file.
@@ -82,6 +83,39 @@ pub struct Chunk {
     /// The batch's results are in the journal.
     #[serde(default)]
     pub collected: bool,
+    /// A review round's chunk: what its requests are (None: the rows' own answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Round>,
+    /// A review chunk's worst case, reserved in the journal before it is submitted and
+    /// released once its results are in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Held>,
+    /// The journal's length when reading a review chunk's results began: a read that a
+    /// crash cut short starts again and skips what was journaled since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest_from: Option<u64>,
+}
+
+/// A chunk's reservation: its id is chosen (and saved) before it is written, so writing it
+/// again after a crash is the same reservation, never a second one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub id: u64,
+    /// The worst case in picodollars; None when unpriced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worst_pico: Option<u64>,
+    /// The reservation is in the journal's reservations file.
+    #[serde(default)]
+    pub written: bool,
+}
+
+/// One review round as submitted (its chunks carry the same `round`); a round with nothing
+/// to send has no chunk, and is recorded all the same so the rounds after it follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewStep {
+    pub round: u32,
+    pub kind: Round,
+    pub requests: u64,
 }
 
 /// Everything submitted for one job.
@@ -91,6 +125,9 @@ pub struct BatchState {
     pub id: String,
     pub job: String,
     pub chunks: Vec<Chunk>,
+    /// The review rounds (judge, regeneration) submitted, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<ReviewStep>,
 }
 
 /// Statuses after which a batch changes no more.
@@ -110,6 +147,7 @@ impl BatchState {
                 id: format!("{:016x}", rand::random::<u64>()),
                 job: job.to_string(),
                 chunks: Vec::new(),
+                reviews: Vec::new(),
             }),
             Err(source) => Err(StateError::Read {
                 path: path.to_path_buf(),
@@ -133,9 +171,30 @@ impl BatchState {
         self.chunks.iter().filter(|c| !c.collected)
     }
 
-    /// The last submission round (0 when nothing was submitted).
+    /// The last submission round (0 when nothing was submitted), review rounds included.
     pub fn last_round(&self) -> u32 {
-        self.chunks.iter().map(|c| c.round).max().unwrap_or(0)
+        let chunks = self.chunks.iter().map(|c| c.round);
+        chunks
+            .chain(self.reviews.iter().map(|r| r.round))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The review rounds about the answers as they are now: those after the last round of
+    /// answers (a later round of answers starts the review again).
+    pub fn current_reviews(&self) -> Vec<(Round, u64)> {
+        let answers = self
+            .chunks
+            .iter()
+            .filter(|c| c.review.is_none())
+            .map(|c| c.round)
+            .max()
+            .unwrap_or(0);
+        self.reviews
+            .iter()
+            .filter(|r| r.round > answers)
+            .map(|r| (r.kind, r.requests))
+            .collect()
     }
 }
 
@@ -157,11 +216,43 @@ mod tests {
             create_started: true,
             ..Chunk::default()
         });
+        s.reviews.push(ReviewStep {
+            round: 2,
+            kind: Round::Judge,
+            requests: 0,
+        });
+        s.chunks.push(Chunk {
+            key: "k3".into(),
+            round: 3,
+            review: Some(Round::Regenerate),
+            reservation: Some(Held {
+                id: 7,
+                worst_pico: Some(9),
+                written: true,
+            }),
+            ..Chunk::default()
+        });
+        s.reviews.push(ReviewStep {
+            round: 3,
+            kind: Round::Regenerate,
+            requests: 1,
+        });
         s.save(&path).unwrap();
         let back = BatchState::load(&path, "other").unwrap();
         assert_eq!(back, s);
-        assert_eq!(back.in_flight().count(), 1);
-        assert_eq!(back.last_round(), 1);
+        assert_eq!(back.in_flight().count(), 2);
+        assert_eq!(back.last_round(), 3);
+        assert_eq!(
+            back.current_reviews(),
+            [(Round::Judge, 0), (Round::Regenerate, 1)]
+        );
+        // A later round of answers starts the review again.
+        s.chunks.push(Chunk {
+            round: 4,
+            ..Chunk::default()
+        });
+        assert!(s.current_reviews().is_empty());
+        assert_eq!(s.last_round(), 4);
         std::fs::write(&path, "{oops").unwrap();
         let err = BatchState::load(&path, "job").unwrap_err().to_string();
         assert!(err.contains("x.batches.json"), "{err}");

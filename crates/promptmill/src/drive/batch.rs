@@ -31,6 +31,7 @@ use crate::config::{Endpoint, Job};
 use crate::cost::{ModelPrice, Tier};
 use crate::identity::Identity;
 use crate::journal::{self, JournalReader, JournalWriter, Record, Status};
+use crate::judge::Judge;
 use crate::pipeline::ledger::{self, Cap, Caps, Charge, Ledger, Spent, Tally};
 use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
@@ -40,6 +41,8 @@ use crate::slots::TextSlots;
 use crate::source::Source;
 use crate::summary::Summary;
 use crate::types::Money;
+
+mod review;
 
 /// What a command learned about one job, shared by all the batch commands.
 struct Ctx {
@@ -52,7 +55,11 @@ struct Ctx {
     /// Every row and its Step as the validation pass made them, so that writing the input
     /// lines and the output reads neither the input again nor renders a row twice (nor keeps
     /// the tokenizer loaded).
-    spool: Option<Spool>,
+    spool: Option<Arc<Spool>>,
+    /// The job's judge (`[judge]`), once [`Ctx::load_judge`] made it.
+    judge: Option<Arc<Judge>>,
+    /// The context the command was given (prices, mock), for the judge and review rounds.
+    jc: JobCtx,
     price: Option<ModelPrice>,
     prices: String,
     /// The provider's name for the summary (`mock` for the built-in mock).
@@ -85,11 +92,24 @@ impl Ctx {
             job: jc.job.clone(),
             planner: None,
             spool: None,
+            judge: None,
+            jc: jc.clone(),
             price: jc.price.clone(),
             prices: jc.prices_line(),
             provider: jc.provider_name(),
             mock: jc.mock,
         })
+    }
+
+    /// Makes the job's judge, if it has one (checking its templates and price).
+    fn load_judge(mut self) -> anyhow::Result<Ctx> {
+        self.judge = super::judge_for(&self.jc)?;
+        Ok(self)
+    }
+
+    /// Whether the job reviews its answers (a judge, or regeneration).
+    fn reviews(&self) -> bool {
+        self.job.judge.is_some() || self.job.regenerate > 0
     }
 
     /// The same context with a planner, for the commands that write input lines.
@@ -154,7 +174,7 @@ impl Ctx {
         let Some((_, spool)) = first_pass(jc, self.planner()?, None, pass, interrupt).await? else {
             return Ok(false);
         };
-        self.spool = spool;
+        self.spool = spool.map(Arc::new);
         // The rows are counted: the tokenizer's tables can go (the validation task's copy
         // of the planner ended with it).
         if let Some(p) = self.planner.as_mut().and_then(Arc::get_mut) {
@@ -197,20 +217,9 @@ pub async fn run(
 ) -> anyhow::Result<u8> {
     let mut ctx = Ctx::new(jc)
         .and_then(Ctx::with_planner)
+        .and_then(Ctx::load_judge)
         .map_err(start_err)?;
     let spec = output_spec(&ctx.job).map_err(start_err)?;
-    if ctx.job.regenerate > 0 {
-        eprintln!(
-            "note: regenerate is applied in live mode only: in batch mode rows the checks \
-             reject stay rejected (run them live to regenerate them)"
-        );
-    }
-    if ctx.job.judge.is_some() {
-        eprintln!(
-            "note: [judge] runs in live mode only: batch answers are not judged (the output \
-             has no judge columns; run the job live to judge them)"
-        );
-    }
     let validated = ctx.validate(jc, interrupt).await.map_err(start_err)?;
     let api = ctx.api().map_err(start_err)?;
     if !validated || interrupt.requested() {
@@ -231,8 +240,9 @@ pub async fn run(
     drive(&mut ctx, &api, &spec, &polling, how, started, interrupt).await
 }
 
-/// Polls the job's batches and collects finished ones (never submits); writes the output
-/// once nothing is in flight.
+/// Polls the job's batches and collects finished ones; once every answer is in, writes and
+/// submits the job's next review round (judge, regeneration), if any (the rows' own
+/// answers are never submitted here). Writes the output once nothing is in flight.
 pub async fn collect(
     jc: &JobCtx,
     polling: Polling,
@@ -240,7 +250,7 @@ pub async fn collect(
     interrupt: &Interrupt,
     started: Instant,
 ) -> anyhow::Result<u8> {
-    let mut ctx = Ctx::new(jc).map_err(start_err)?;
+    let mut ctx = Ctx::new(jc).and_then(Ctx::load_judge).map_err(start_err)?;
     let _lock = claim(&ctx.job)?;
     let spec = output_spec(&ctx.job).map_err(start_err)?;
     if !ctx.state_path().exists() {
@@ -253,7 +263,7 @@ pub async fn collect(
     // Every batch collected already: nothing to ask the provider (and so no key needed);
     // the output is written again from the journal.
     let state = BatchState::load(&ctx.state_path(), &ctx.job.display_name())?;
-    if state.in_flight().next().is_none() {
+    if state.in_flight().next().is_none() && !review::due(&ctx, &state) {
         let index = ctx.open_journal()?.finish()?;
         return finish_output(&ctx, &spec, &index, &Collected::default(), json, started);
     }
@@ -280,8 +290,18 @@ struct Drive {
 struct Collected {
     ok: u64,
     failed: u64,
+    /// Everything collected: answers, verdicts and new attempts.
     cost: Tally,
     submitted: u64,
+    /// Verdicts collected (answered or failed), and what they cost.
+    judged: u64,
+    judge_cost: Tally,
+    /// New attempts of rejected rows collected, the rows they were for, what they cost.
+    regenerated: u64,
+    regenerated_rows: std::collections::HashSet<u64>,
+    regeneration_cost: Tally,
+    /// The budget cap left no room for the next review round.
+    budget: Option<Cap>,
 }
 
 /// How often, at most, the line showing each batch's counts is printed while waiting.
@@ -310,6 +330,7 @@ async fn drive(
     let mut ids: Option<TextSlots> = None;
     let mut got = Collected::default();
     let mut new_round_done = false;
+    let mut review_over = false;
     let mut last_line: Option<Instant> = None;
     'drive: loop {
         for i in 0..state.chunks.len() {
@@ -320,6 +341,7 @@ async fn drive(
                 continue;
             }
             if state.chunks[i].batch_id.is_none() {
+                review::reserve(&mut state, i, &state_path, &mut writer)?;
                 tokio::select! {
                     biased;
                     _ = interrupt.wait() => break 'drive,
@@ -359,6 +381,36 @@ async fn drive(
                     eprintln!("batch: {added} requests written; submitting");
                 }
                 continue;
+            }
+        }
+        // Every answer is in: the review rounds (judge, regeneration) go as batches of their
+        // own, one round after the other.
+        let answers_done = !how.submit || new_round_done;
+        if answers_done && !review_over && state.in_flight().next().is_none() && ctx.reviews() {
+            match review::next_round(ctx, &mut state, &mut writer, flags, &state_path)? {
+                review::Next::Written {
+                    round,
+                    requests,
+                    cut,
+                } => {
+                    got.submitted += requests;
+                    if !how.quiet {
+                        eprintln!(
+                            "batch: {round} round of {requests} requests written; submitting"
+                        );
+                    }
+                    if let Some(cap) = cut {
+                        // As a live run stops at the cap: no round after this one here.
+                        review_over = true;
+                        got.budget = Some(cap);
+                    }
+                    continue;
+                }
+                review::Next::Over => review_over = true,
+                review::Next::Budget(cap) => {
+                    review_over = true;
+                    got.budget = Some(cap);
+                }
             }
         }
         if state.in_flight().next().is_none() || !flags.wait {
@@ -495,6 +547,25 @@ async fn poll_chunk(
         *ids = Some(ctx.row_ids()?);
     }
     let ids = ids.as_ref().ok_or_else(|| anyhow!("row ids not loaded"))?;
+    if let Some(kind) = state.chunks[i].review {
+        review::read_results(ctx, api, state, i, path, writer, ids, got, &b, kind).await?;
+        writer.sync()?;
+        crash_point("after-review-ingest");
+        state.chunks[i].collected = true;
+        state.save(path)?;
+        if b.status != "completed" {
+            eprintln!(
+                "batch {id} ({} round) ended {}: kept {} finished requests; the next round \
+                 asks again for what it lacks",
+                review::name(kind),
+                b.status,
+                b.request_counts
+                    .map(|c| c.completed + c.failed)
+                    .unwrap_or(0)
+            );
+        }
+        return Ok(());
+    }
     for file in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
         let lines = api.download(file, &state.chunks[i].input).await?;
         ingest(ctx, ids, BufReader::new(lines), writer, got)
@@ -739,7 +810,14 @@ fn finish_output(
     let totals = match &ctx.spool {
         Some(spool) => {
             let (rows, mut want) = (spool.output_rows()?, spool.wanted()?);
-            sink::write_output(spec, rows, index, &journal_path, &mut want, None)?
+            sink::write_output(
+                spec,
+                rows,
+                index,
+                &journal_path,
+                &mut want,
+                ctx.judge.as_deref(),
+            )?
         }
         None => {
             let planner = match ctx.planner() {
@@ -753,11 +831,11 @@ fn finish_output(
                 index,
                 &journal_path,
                 &mut want,
-                None,
+                ctx.judge.as_deref(),
             )?
         }
     };
-    if let Some(warning) = ctx.spool.as_ref().and_then(Spool::input_changed) {
+    if let Some(warning) = ctx.spool.as_deref().and_then(Spool::input_changed) {
         eprintln!("{warning}");
     }
     let priced = ctx.price.is_some();
@@ -767,6 +845,14 @@ fn finish_output(
             job.file.display()
         )
     });
+    let (status, message, code) = match got.budget {
+        Some(cap) => (
+            "budget",
+            Some(review::budget_message(ctx, cap, index, totals.pending)),
+            exit::STOPPED,
+        ),
+        None => (status, message, code),
+    };
     let summary = Summary {
         status: status.into(),
         message,
@@ -774,8 +860,16 @@ fn finish_output(
         cost_this_run_usd: got.cost.known().filter(|_| priced),
         spent_total_usd: index.spent.on(ctx.ledger()).known().filter(|_| priced),
         wall_seconds: started.elapsed().as_secs_f64(),
-        requests: got.ok + got.failed,
+        requests: got.ok + got.failed + got.judged + got.regenerated,
         prices: format!("{} (batch prices)", ctx.prices),
+        regenerated_rows: got.regenerated_rows.len() as u64,
+        regeneration_requests: got.regenerated,
+        regeneration_cost_usd: (got.regenerated > 0)
+            .then(|| got.regeneration_cost.known())
+            .flatten()
+            .filter(|_| priced),
+        judge_requests: got.judged,
+        judge_cost_this_run_usd: (got.judged > 0).then(|| got.judge_cost.known()).flatten(),
         ..Summary::for_output(job, "batch", ctx.provider.clone(), &totals, priced)
     };
     summary.publish(job, "note", json)?;
@@ -962,7 +1056,7 @@ pub async fn import(
     json: bool,
     started: Instant,
 ) -> anyhow::Result<u8> {
-    let ctx = Ctx::new(jc).map_err(start_err)?;
+    let ctx = Ctx::new(jc).and_then(Ctx::load_judge).map_err(start_err)?;
     let _lock = claim(&ctx.job)?;
     let spec = output_spec(&ctx.job).map_err(start_err)?;
     let ids = ctx.row_ids().map_err(start_err)?;

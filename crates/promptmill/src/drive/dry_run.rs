@@ -96,11 +96,8 @@ pub(super) async fn first_pass(
     let (job, planner, price) = (ctx.job.clone(), planner.clone(), ctx.price.clone());
     let prices = ctx.prices.clone();
     let outputs = super::job::outputs_for(ctx).map_err(start_err)?;
-    // The judge runs in live mode only; its templates are checked on every row here.
-    let judge = match pass.tier {
-        Tier::Live => super::judge_for(ctx).map_err(start_err)?,
-        Tier::Batch => None,
-    };
+    // The judge's templates are checked on every row here.
+    let judge = super::judge_for(ctx).map_err(start_err)?;
     let task = tokio::task::spawn_blocking(move || {
         // Read-only: the journal is repaired only when the run really starts.
         let path = job.journal_path();

@@ -206,8 +206,7 @@ pub fn output_spec(job: &Job) -> anyhow::Result<OutputSpec> {
         variants: job.model.n.unwrap_or(1),
         formula_guard: job.output.formula_guard,
         checks: job.checks.clone(),
-        // The judge runs in live mode only.
-        judge: job.judge.is_some() && job.mode == crate::config::Mode::Live,
+        judge: job.judge.is_some(),
         extra: job.outputs.iter().map(|o| o.name.clone()).collect(),
     };
     spec.check()?;

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::dry_run::{first_pass, Pass};
 use super::preview::{self, Preview, Selection};
-use super::regenerate::{self, Review, Reviewed};
+use super::regenerate::{self, Review, ReviewRows, Reviewed};
 use super::{
     bad_row_record, cap_names, exit, judge_for, output_rows, output_spec, planner_for, start_err,
     wanted,
@@ -248,7 +248,9 @@ pub async fn run(
             planner: planner.clone(),
             judge: judge.clone(),
             price: price.clone(),
-            spool: spool.clone(),
+            rows: ReviewRows::Spool(spool.clone()),
+            tier: Tier::Live,
+            prices: ctx.prices.clone(),
         };
         produced.reviewed = regenerate::rounds(&review, &sched, &ledger, &mut stop).await?;
     }
