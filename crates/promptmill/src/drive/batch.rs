@@ -387,7 +387,7 @@ async fn drive(
         // own, one round after the other.
         let answers_done = !how.submit || new_round_done;
         if answers_done && !review_over && state.in_flight().next().is_none() && ctx.reviews() {
-            match review::next_round(ctx, &mut state, &mut writer, flags, &state_path)? {
+            match review::next_round(ctx, &mut state, &mut writer, flags, &state_path, interrupt)? {
                 review::Next::Written {
                     round,
                     requests,
@@ -407,6 +407,7 @@ async fn drive(
                     continue;
                 }
                 review::Next::Over => review_over = true,
+                review::Next::Stopped => break,
                 review::Next::Budget(cap) => {
                     review_over = true;
                     got.budget = Some(cap);

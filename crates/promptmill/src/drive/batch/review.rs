@@ -24,7 +24,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::{Collected, Ctx, Polling};
+use super::{Collected, Ctx, Interrupt, Polling};
 use crate::batch::api::BatchObject;
 use crate::batch::backend::{self, Backend};
 use crate::batch::crash_point;
@@ -77,6 +77,8 @@ pub(super) enum Next {
     Over,
     /// The cap leaves no room for the next round's first request.
     Budget(Cap),
+    /// A stop was requested while the round was being written: nothing of it was kept.
+    Stopped,
 }
 
 /// Writes the next review round with something to send (recording those with nothing to
@@ -87,13 +89,12 @@ pub(super) fn next_round(
     writer: &mut JournalWriter,
     flags: &Polling,
     path: &Path,
+    interrupt: &Interrupt,
 ) -> anyhow::Result<Next> {
     let job = &ctx.job;
-    // Review rounds plan rows again (with feedback, or the judge's prompt about the answer).
-    let planner = match &ctx.planner {
-        Some(p) => p.clone(),
-        None => Arc::new(planner_for(job, ctx.mock)?),
-    };
+    // Review rounds plan rows again (with feedback, or the judge's prompt about the answer),
+    // counting their tokens: a planner of their own, since the run's let its tokenizer go.
+    let planner = Arc::new(planner_for(job, ctx.mock)?);
     let review = Review {
         job: job.clone(),
         planner,
@@ -123,6 +124,7 @@ pub(super) fn next_round(
             url: ctx.endpoint(),
             worst: Vec::new(),
             cut: None,
+            interrupt: interrupt.clone(),
         };
         let index = writer.index().clone();
         let requests = plan_round(&review, &index, kind, &mut sink)?;
@@ -132,6 +134,10 @@ pub(super) fn next_round(
         let files = split
             .finish()
             .with_context(|| format!("{}: cannot write batch input", dir.display()))?;
+        if interrupt.requested() {
+            // The round may be missing rows: it is written again, whole, next time.
+            return Ok(Next::Stopped);
+        }
         if requests == 0 {
             if let Some(cap) = cut {
                 return Ok(Next::Budget(cap));
@@ -186,9 +192,14 @@ struct ToBatch {
     worst: Vec<Money>,
     /// The cap that refused a request, if one did.
     cut: Option<Cap>,
+    interrupt: Interrupt,
 }
 
 impl RoundSink for ToBatch {
+    fn stopped(&self) -> bool {
+        self.interrupt.requested()
+    }
+
     fn send(&mut self, item: WorkItem) -> anyhow::Result<bool> {
         match self.ledger.reserve(item.worst_cost) {
             Ok(_) => {}
@@ -394,12 +405,12 @@ impl Journaled<'_> {
                         tracing::warn!(
                             "row {}: a new attempt came back for a row with no answer; kept \
                              out of the output",
-                            rec.row + 1
+                            rec.row.saturating_add(1)
                         );
                         return Ok(());
                     };
                     rec.regen_of = Some(prev.answers().to_string());
-                    rec.regenerated = prev.regenerated + 1;
+                    rec.regenerated = prev.regenerated.saturating_add(1);
                     writer.append(&rec)?;
                 } else if let Some(usage) = rec.usage {
                     // A failed attempt keeps the row's last answer; what it cost is spent.
