@@ -20,6 +20,7 @@ mod mock_api;
 mod one_run;
 mod pipeline;
 mod preview;
+mod prices;
 mod providers;
 mod ratelimit;
 mod readme;

@@ -53,6 +53,12 @@ pub struct EstimateOptions<'a> {
 pub struct Estimate {
     /// The model priced and counted for.
     pub model: String,
+    /// The price data: its origin, source and date (filled in by the dry run).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prices: String,
+    /// Warnings about the price data's age or the model's deprecation date.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub price_warnings: Vec<String>,
     /// Data rows in the input, bad ones included.
     pub rows: u64,
     /// Rows that cannot be sent (skipped because `input.skip_bad_rows` is on).
@@ -297,6 +303,8 @@ pub fn estimate(
     )?;
 
     let mut e = Estimate {
+        prices: String::new(),
+        price_warnings: Vec::new(),
         model: job.model.name.clone(),
         rows: 0,
         bad_rows: 0,
@@ -395,7 +403,7 @@ pub fn estimate(
         // get a margin), so it is the most the cap can let through.
         let range = |tier: Tier, derived: bool| {
             let at = |prompt: u64, out: u64| {
-                p.cost(
+                p.cost_of_many(
                     &Usage {
                         prompt_tokens: prompt,
                         completion_tokens: out,
@@ -449,7 +457,7 @@ fn judge_estimate(e: &Estimate, judge: &Judge, template_tokens: u64) -> JudgeEst
     let expected_out = max_out.div_ceil(2);
     let at = |out: u64| {
         judge.price.as_ref().map(|p| {
-            p.cost(
+            p.cost_of_many(
                 &Usage {
                     prompt_tokens,
                     completion_tokens: out.saturating_mul(requests),
@@ -802,6 +810,12 @@ impl Estimate {
                     .to_string(),
             };
             line("budget cap", format!("{} ({verdict})", usd(cap)));
+        }
+        if !self.prices.is_empty() {
+            line("prices", self.prices.clone());
+        }
+        for w in &self.price_warnings {
+            s.push_str(&format!("warning: {w}\n"));
         }
         for sample in &self.samples {
             s.push_str(&format!(

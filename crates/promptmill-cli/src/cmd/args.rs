@@ -95,7 +95,7 @@ pub struct JobArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// A price table in LiteLLM's model_prices_and_context_window.json format, over the
-    /// built-in one.
+    /// built-in or cached one.
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
     /// Response cache folder (overrides cache.dir): identical requests are answered from it

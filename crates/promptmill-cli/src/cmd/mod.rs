@@ -9,6 +9,7 @@ pub mod export;
 pub mod init;
 pub mod mock;
 pub mod pipes;
+pub mod prices;
 pub mod report;
 pub mod run;
 pub mod signals;

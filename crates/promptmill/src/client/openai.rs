@@ -391,6 +391,9 @@ pub(crate) struct WireUsage {
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
+    /// Prompt tokens written to the cache, on models that charge for writes.
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -406,14 +409,12 @@ impl WireUsage {
         if self.prompt_tokens.is_none() && self.completion_tokens.is_none() {
             return None;
         }
+        let details = self.prompt_tokens_details.unwrap_or_default();
         Some(Usage {
             prompt_tokens: self.prompt_tokens.unwrap_or(0),
             completion_tokens: self.completion_tokens.unwrap_or(0),
-            cached_tokens: self
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-            cache_write_tokens: 0,
+            cached_tokens: details.cached_tokens.unwrap_or(0),
+            cache_write_tokens: details.cache_write_tokens.unwrap_or(0),
             reasoning_tokens: self
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
@@ -550,7 +551,7 @@ mod tests {
     fn parses_a_chat_completion_with_usage_details() {
         let body = br#"{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],
             "usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,
-            "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+            "prompt_tokens_details":{"cached_tokens":4,"cache_write_tokens":3},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
         let c = parse_openai(200, &HeaderMap::new(), body).unwrap();
         assert_eq!(c.choices[0].text, "Hello");
         assert_eq!(c.choices[0].finish_reason.as_deref(), Some("stop"));
@@ -560,9 +561,10 @@ mod tests {
                 u.prompt_tokens,
                 u.completion_tokens,
                 u.cached_tokens,
+                u.cache_write_tokens,
                 u.reasoning_tokens
             ),
-            (10, 5, 4, 2)
+            (10, 5, 4, 3, 2)
         );
     }
 

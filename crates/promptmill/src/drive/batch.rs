@@ -55,6 +55,8 @@ struct Ctx {
     spool: Option<Spool>,
     price: Option<ModelPrice>,
     prices: String,
+    /// Warnings about the price data's age and the model's deprecation date.
+    price_warnings: Vec<String>,
     /// The provider's name for the summary (`mock` for the built-in mock).
     provider: String,
     mock: bool,
@@ -87,6 +89,7 @@ impl Ctx {
             spool: None,
             price: jc.price.clone(),
             prices: jc.prices_line(),
+            price_warnings: jc.price_warnings(),
             provider: jc.provider_name(),
             mock: jc.mock,
         })
@@ -776,6 +779,7 @@ fn finish_output(
         wall_seconds: started.elapsed().as_secs_f64(),
         requests: got.ok + got.failed,
         prices: format!("{} (batch prices)", ctx.prices),
+        price_warnings: ctx.price_warnings.clone(),
         ..Summary::for_output(job, "batch", ctx.provider.clone(), &totals, priced)
     };
     summary.publish(job, "note", json)?;

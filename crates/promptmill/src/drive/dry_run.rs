@@ -53,6 +53,9 @@ pub async fn run(ctx: &JobCtx, opts: DryRunOptions, interrupt: &Interrupt) -> an
     if let Some(line) = estimate.resume.line(Identity::of(job)) {
         eprintln!("{line}");
     }
+    let mut estimate = estimate;
+    estimate.prices = ctx.prices_line();
+    estimate.price_warnings = ctx.price_warnings();
     eprint!("{}", estimate.render());
     if job.budget.any_cap() && ctx.price.is_none() {
         eprintln!(
@@ -96,7 +99,7 @@ pub(super) async fn first_pass(
     let (job, planner, price) = (ctx.job.clone(), planner.clone(), ctx.price.clone());
     // The judge runs in live mode only; its templates are checked on every row here.
     let judge = match pass.tier {
-        Tier::Live => super::judge_for(ctx).map_err(start_err)?,
+        Tier::Live | Tier::Flex | Tier::Priority => super::judge_for(ctx).map_err(start_err)?,
         Tier::Batch => None,
     };
     let task = tokio::task::spawn_blocking(move || {

@@ -50,9 +50,19 @@ impl JobCtx {
         self.mock = true;
     }
 
-    /// Where the prices come from, for the summary.
+    /// Where the prices come from and their date, for the summary.
     pub fn prices_line(&self) -> String {
-        format!("{} ({})", self.prices.source(), self.prices.as_of())
+        crate::cost::fresh::describe(&self.prices)
+    }
+
+    /// Warnings about the price data's age and the model's deprecation date, today.
+    pub fn price_warnings(&self) -> Vec<String> {
+        crate::cost::fresh::warnings(
+            &self.prices,
+            &self.job.model.name,
+            self.price.as_ref(),
+            &crate::cost::update::today(),
+        )
     }
 
     /// The provider's name for the summary (`mock` for the built-in mock).
@@ -65,11 +75,14 @@ impl JobCtx {
     }
 }
 
-/// The price table: the built-in one, or a user file over it.
+/// The price table: the file `prices update` cached, else the built-in snapshot; with
+/// `prices` (a user file) over it.
 pub fn price_table(prices: Option<&Path>) -> anyhow::Result<Cow<'static, PriceTable>> {
+    let cache = crate::cost::update::cache_file();
+    let base = PriceTable::base(cache.as_deref());
     Ok(match prices {
-        Some(p) => Cow::Owned(PriceTable::merged_over_builtin(p)?),
-        None => Cow::Borrowed(PriceTable::builtin()),
+        Some(p) => Cow::Owned(PriceTable::merged_over(&base, p)?),
+        None => base,
     })
 }
 

@@ -87,6 +87,7 @@ pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow:
         cost_this_run_usd: Some(Money::ZERO).filter(|_| priced),
         wall_seconds: started.elapsed().as_secs_f64(),
         prices: ctx.prices_line(),
+        price_warnings: ctx.price_warnings(),
         ..Summary::for_output(job, "recheck", ctx.provider_name(), &totals, priced)
     };
     summary.publish(job, "note", json)?;
@@ -428,6 +429,7 @@ fn summarize(
         requests_per_minute: attempts as f64 / minutes,
         tokens_per_minute: stats.tokens.load(Relaxed) as f64 / minutes,
         prices: ctx.prices_line(),
+        price_warnings: ctx.price_warnings(),
         regenerated_rows: produced.reviewed.regenerated_rows,
         regeneration_requests: produced.reviewed.regenerated,
         regeneration_cost_usd: (produced.reviewed.regenerated > 0)
