@@ -280,3 +280,126 @@ fn estimate_and_summary_name_the_price_date_and_warn() {
         .contains("dated 2026-11-20"));
     assert_eq!(summary["price_warnings"].as_array().map(Vec::len), Some(2));
 }
+
+/// The journal's answered records: (row id, prompt tokens, completion tokens, cost).
+fn answers(ws: &Workspace) -> Vec<(String, u64, u64, u64)> {
+    let mut out: Vec<(String, u64, u64, u64)> = ws
+        .jsonl("out/result.journal.jsonl")
+        .into_iter()
+        .filter(|r| r["status"] == "ok")
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["usage"]["prompt_tokens"].as_u64().unwrap(),
+                r["usage"]["completion_tokens"].as_u64().unwrap(),
+                r["cost_pico"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn flex_resource_unavailable_is_retried_unbilled_and_falls_back() {
+    let mock = crate::common::Mock::start(&[]);
+    let (ws, job) = Workspace::with_job(0, &mock.base_url, "");
+    ws.named_rows(
+        &[
+            "a [[mock:flex-unavailable:1]]",
+            "b",
+            "c [[mock:flex-unavailable:1000]]",
+        ],
+        "red",
+    );
+    let out = ws.run(&[
+        "run",
+        &job,
+        "--model",
+        "gpt-5-mini",
+        "--service-tier",
+        "flex",
+        "--flex-fallback-after",
+        "1",
+    ]);
+    assert_exit(&out, 0);
+    let stats = mock.stats();
+    // Row a met one (its retry comes within a second, so it stays at flex), row c at least
+    // two (it waits 0.5 s or more after the first) before it fell back; none of them is a
+    // rate limit.
+    assert!(stats["flex_unavailable"].as_u64().unwrap() >= 3, "{stats}");
+    assert_eq!(stats["rate_limited"], 0, "{stats}");
+    assert_eq!(stats["ok"], 3, "{stats}");
+    let summary = ws.summary();
+    assert_eq!(summary["rate_limited"], 0, "{summary}");
+    assert_eq!(summary["succeeded"], 3, "{summary}");
+
+    // gpt-5-mini in the shipped snapshot: flex 1.25e-07 / 1e-06 per token, standard
+    // 2.5e-07 / 2e-06. Rows a and b were served at flex, row c at the standard tier after
+    // its fallback; the refused attempts cost nothing.
+    let rows = answers(&ws);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let mut total = 0;
+    for (id, prompt, completion, cost) in &rows {
+        let (input, output) = if id == "r3" {
+            (250_000, 2_000_000)
+        } else {
+            (125_000, 1_000_000)
+        };
+        assert_eq!(
+            *cost,
+            prompt * input + completion * output,
+            "{id}: {rows:?} {stats}"
+        );
+        total += cost;
+    }
+    let cost_usd = summary["cost_usd"].as_f64().unwrap();
+    assert!((cost_usd - total as f64 / 1e12).abs() < 1e-12, "{summary}");
+}
+
+#[test]
+fn flex_without_fallback_keeps_waiting_and_priority_is_billed_as_priority() {
+    let mock = crate::common::Mock::start(&[]);
+    let (ws, job) = Workspace::with_job(0, &mock.base_url, "");
+    ws.named_rows(&["a [[mock:flex-unavailable:3]]"], "red");
+    let out = ws.run(&[
+        "run",
+        &job,
+        "--model",
+        "gpt-5-mini",
+        "--service-tier",
+        "flex",
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(mock.stats()["flex_unavailable"], 3);
+    let (_, p, c, cost) = answers(&ws).remove(0);
+    assert_eq!(cost, p * 125_000 + c * 1_000_000);
+    // The summary counts them as neither rate limits nor server errors.
+    let summary = ws.summary();
+    assert_eq!(summary["rate_limited"], 0, "{summary}");
+    assert_eq!(summary["server_errors"], 0, "{summary}");
+
+    // Priority: 4.5e-07 / 3.6e-06 per token.
+    let mock = crate::common::Mock::start(&[]);
+    let (ws, job) = Workspace::with_job(1, &mock.base_url, "");
+    let out = ws.run(&[
+        "run",
+        &job,
+        "--model",
+        "gpt-5-mini",
+        "--service-tier",
+        "priority",
+    ]);
+    assert_exit(&out, 0);
+    let (_, p, c, cost) = answers(&ws).remove(0);
+    assert_eq!(cost, p * 450_000 + c * 3_600_000);
+
+    // A fallback without flex is refused before anything is sent.
+    let out = ws.run(&["run", &job, "--flex-fallback-after", "5"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("model.flex_fallback_after_secs: only with"),
+        "{}",
+        stderr(&out)
+    );
+}

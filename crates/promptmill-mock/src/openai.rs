@@ -53,6 +53,20 @@ struct Request {
     stream_options: Option<Value>,
     #[serde(default)]
     response_format: Option<Value>,
+    /// OpenAI's processing tier; echoed in the answer (`auto` is served as `default`).
+    #[serde(default)]
+    service_tier: Option<String>,
+}
+
+impl Request {
+    /// The tier the answer says it was served at, as OpenAI reports it.
+    fn served_tier(&self) -> &str {
+        match self.service_tier.as_deref() {
+            Some("flex") => "flex",
+            Some("priority") => "priority",
+            _ => "default",
+        }
+    }
 }
 
 impl Request {
@@ -74,6 +88,7 @@ struct ChatCompletion<'a> {
     choices: Vec<ChatChoice>,
     usage: UsageBody,
     system_fingerprint: &'static str,
+    service_tier: &'a str,
 }
 
 #[derive(Serialize)]
@@ -207,6 +222,11 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
     params.schema =
         super::structured::openai_schema(req.response_format.as_ref()).or(instructed.as_ref());
     let ticket = params.ticket(seq, &last_user, hasher.finish(), prompt_tokens);
+    if req.service_tier.as_deref() == Some("flex") {
+        if let Some(r) = s.refuse_flex(&ticket) {
+            return r;
+        }
+    }
     if let Some(r) = s.refuse(&ticket).await {
         return r;
     }
@@ -237,6 +257,7 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
         choices,
         usage: UsageBody::new(prompt_tokens, completion_tokens),
         system_fingerprint: "fp_mock",
+        service_tier: req.served_tier(),
     };
     finish(s, &ticket, prompt_tokens, completion_tokens, &out, &req)
 }

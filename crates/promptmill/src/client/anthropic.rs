@@ -116,6 +116,7 @@ impl Provider for Anthropic {
             usage: ok.usage.and_then(WireUsage::into_usage),
             request_id: request_id(headers).or(ok.id),
             rate,
+            service_tier: None,
         })
     }
 
@@ -185,6 +186,7 @@ impl Provider for Anthropic {
             usage: usage.into_usage(),
             request_id: request_id(headers).or(id),
             rate,
+            service_tier: None,
         })
     }
 }

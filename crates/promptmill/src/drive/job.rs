@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail};
 use super::start_err;
 use crate::client;
 use crate::config::Job;
-use crate::cost::{ModelPrice, PriceTable};
+use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::identity::{Identity, Wanted};
 use crate::journal::Record;
 use crate::judge::Judge;
@@ -63,6 +63,31 @@ impl JobCtx {
             self.price.as_ref(),
             &crate::cost::update::today(),
         )
+    }
+
+    /// The live tier the job asks for: `model.service_tier` (or a `service_tier` in
+    /// `model.extra`), standard when unset.
+    pub fn asked_tier(&self) -> Tier {
+        match self.job.model.service_tier {
+            Some(t) => Tier::from_served(t.name()),
+            None => self
+                .job
+                .model
+                .extra
+                .as_ref()
+                .and_then(|e| e.get("service_tier"))
+                .and_then(|v| v.as_str())
+                .map_or(Tier::Live, Tier::from_served),
+        }
+    }
+
+    /// The tier a live row's worst case is reserved at: priority when asked (it costs
+    /// more), else standard (flex costs less, and a flex row may fall back to standard).
+    pub fn reserve_tier(&self) -> Tier {
+        match self.asked_tier() {
+            Tier::Priority => Tier::Priority,
+            _ => Tier::Live,
+        }
     }
 
     /// The provider's name for the summary (`mock` for the built-in mock).

@@ -62,7 +62,7 @@ pub async fn recheck(ctx: &JobCtx, json: bool, interrupt: &Interrupt) -> anyhow:
         retry_failed: false,
         show: 0,
         keep: true,
-        tier: Tier::Live,
+        tier: ctx.reserve_tier(),
     };
     let Some((_, Some(spool))) = first_pass(ctx, &planner, None, pass, interrupt).await? else {
         eprintln!("interrupted: nothing was written");
@@ -145,7 +145,7 @@ pub async fn run(
         retry_failed: opts.retry_failed,
         show: 0,
         keep: true,
-        tier: Tier::Live,
+        tier: ctx.reserve_tier(),
     };
     let (validated, spool) = match first_pass(ctx, &planner, cache.clone(), pass, interrupt).await?
     {
@@ -350,7 +350,13 @@ fn scheduler_for(
         job.limits.max_in_flight,
         progress.clone(),
     )
-    .with_cache(cache.clone());
+    .with_cache(cache.clone())
+    .with_service_tier(
+        ctx.asked_tier(),
+        job.model
+            .flex_fallback_after_secs
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+    );
     sched.answer.schema = job.model.schema_json.clone();
     if let Some(seed) = seed {
         sched.retry.seed = seed;
@@ -571,7 +577,7 @@ fn produce(
                 completion_tokens: expected_out,
                 ..Usage::default()
             };
-            out.expected_cost = Some(total.saturating_add(p.cost(&u, Tier::Live)));
+            out.expected_cost = Some(total.saturating_add(p.cost(&u, sched.asked_tier())));
         }
         let item = WorkItem::of(req, Kind::Answer);
         out.sent += 1;

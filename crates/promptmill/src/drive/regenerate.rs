@@ -139,7 +139,7 @@ fn feed(
         job,
         &review.planner,
         review.price.as_ref(),
-        Tier::Live,
+        sched.reserve_tier(),
         None,
     );
     let judge_rows =
