@@ -22,6 +22,7 @@ mod one_run;
 mod outputs;
 mod pipeline;
 mod preview;
+mod prices;
 mod providers;
 mod ratelimit;
 mod readme;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 mod cmd;
 
-use cmd::{batch, completions, estimate, exit, export, init, merge, report, run};
+use cmd::{batch, completions, estimate, exit, export, init, merge, prices, report, run};
 
 /// Turn a spreadsheet into thousands of LLM calls and back into a spreadsheet.
 #[derive(Debug, Parser)]
@@ -36,6 +36,8 @@ enum Command {
     Merge(Box<merge::MergeArgs>),
     /// Write a page to review the job's output in a browser (one self-contained HTML file).
     Report(Box<report::ReportArgs>),
+    /// Show every price known for a model, or `prices update` to refresh the price data.
+    Prices(prices::PricesArgs),
     /// Write a commented starter job, template and sample input into DIR.
     Init(init::InitArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) on stdout.
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
             Command::Merge(args) => merge::run(*args).await,
             Command::Report(args) => report::run(*args).await,
             Command::Init(args) => init::run(args).await,
+            Command::Prices(args) => prices::run(args).await,
             // Answered above, before the runtime starts.
             Command::Completions(_) => Ok(exit::OK),
             #[cfg(feature = "mock")]

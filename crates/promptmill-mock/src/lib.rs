@@ -38,6 +38,10 @@
 //! - `[[mock:500]]`: always 500 `server_error`.
 //! - `[[mock:fail-first:N]]`: 500 for the first N admitted attempts of this exact prompt
 //!   (model + messages), then success. Rate-limited attempts do not count.
+//! - `[[mock:flex-unavailable:N]]`: the first N requests of this prompt sent with
+//!   `service_tier: "flex"` get OpenAI's flex 429 (`code: "resource_unavailable"`), then
+//!   success; requests at another tier are answered as usual. Every chat answer echoes
+//!   `service_tier` (`flex`, `priority`, else `default`).
 //! - `[[mock:hang]]`: never answers (sleeps an hour, or until the server shuts down: 503).
 //! - `[[mock:bad-json]]`: 200 with a body that is not JSON.
 //! - `[[mock:no-choices]]`: 200 with `{"choices":[]}`.

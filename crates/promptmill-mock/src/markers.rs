@@ -6,6 +6,9 @@ pub(crate) struct Markers {
     pub(crate) bad_request: bool,
     pub(crate) always_500: bool,
     pub(crate) fail_first: Option<u32>,
+    /// The first N requests for this prompt sent with `service_tier: "flex"` are answered
+    /// 429 "resource unavailable", as OpenAI's flex tier does when it has no capacity.
+    pub(crate) flex_unavailable: Option<u32>,
     pub(crate) hang: bool,
     pub(crate) bad_json: bool,
     pub(crate) no_choices: bool,
@@ -66,6 +69,11 @@ impl Markers {
                             Ok(n) => m.fail_first = Some(n),
                             Err(_) => m.unknown = true,
                         }
+                    } else if let Some(n) = other.strip_prefix("flex-unavailable:") {
+                        match n.parse() {
+                            Ok(n) => m.flex_unavailable = Some(n),
+                            Err(_) => m.unknown = true,
+                        }
                     } else if let Some(n) = other.strip_prefix("score:") {
                         match n.parse() {
                             Ok(n) => m.score = Some(n),
@@ -92,6 +100,11 @@ mod tests {
         let m = Markers::parse("a [[mock:echo]] b [[mock:length]][[mock:fail-first:3]]");
         assert!(m.echo && m.length && !m.unknown);
         assert_eq!(m.fail_first, Some(3));
+        assert_eq!(
+            Markers::parse("[[mock:flex-unavailable:2]]").flex_unavailable,
+            Some(2)
+        );
+        assert!(Markers::parse("[[mock:flex-unavailable:]]").unknown);
         let m = Markers::parse("[[mock:score:3]] x [[mock:score:9]]");
         assert_eq!(m.score, Some(9));
         assert!(Markers::parse("[[mock:score:high]]").unknown);

@@ -55,6 +55,20 @@ struct Request {
     response_format: Option<Value>,
     #[serde(default)]
     temperature: Option<f64>,
+    /// OpenAI's processing tier; echoed in the answer (`auto` is served as `default`).
+    #[serde(default)]
+    service_tier: Option<String>,
+}
+
+impl Request {
+    /// The tier the answer says it was served at, as OpenAI reports it.
+    fn served_tier(&self) -> &str {
+        match self.service_tier.as_deref() {
+            Some("flex") => "flex",
+            Some("priority") => "priority",
+            _ => "default",
+        }
+    }
 }
 
 impl Request {
@@ -76,6 +90,7 @@ struct ChatCompletion<'a> {
     choices: Vec<ChatChoice>,
     usage: UsageBody,
     system_fingerprint: &'static str,
+    service_tier: &'a str,
 }
 
 #[derive(Serialize)]
@@ -209,6 +224,11 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
     params.schema =
         super::structured::openai_schema(req.response_format.as_ref()).or(instructed.as_ref());
     let ticket = params.ticket(seq, &last_user, hasher.finish(), prompt_tokens);
+    if req.service_tier.as_deref() == Some("flex") {
+        if let Some(r) = s.refuse_flex(&ticket) {
+            return r;
+        }
+    }
     if let Some(r) = s.refuse(&ticket).await {
         return r;
     }
@@ -239,6 +259,7 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
         choices,
         usage: UsageBody::new(prompt_tokens, completion_tokens),
         system_fingerprint: "fp_mock",
+        service_tier: req.served_tier(),
     };
     finish(s, &ticket, prompt_tokens, completion_tokens, &out, &req)
 }

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     quota_used: AtomicU64,
     /// Attempts seen per prompt hash, for `[[mock:fail-first:N]]`.
     fail_first: Mutex<HashMap<u64, u32>>,
+    /// Flex attempts seen per prompt hash, for `[[mock:flex-unavailable:N]]`.
+    flex_seen: Mutex<HashMap<u64, u32>>,
     /// (marker, prompt hash) pairs already misbehaved once: `bad-schema`, `cut-stream`.
     once: Mutex<std::collections::HashSet<(&'static str, u64)>>,
     /// Request sequence number: request ids and the `--fail-rate` draws.
@@ -59,6 +61,7 @@ impl Shared {
             stats: Stats::default(),
             quota_used: AtomicU64::new(0),
             fail_first: Mutex::new(HashMap::new()),
+            flex_seen: Mutex::new(HashMap::new()),
             once: Mutex::new(std::collections::HashSet::new()),
             seq: AtomicU64::new(0),
             shutdown,
@@ -110,7 +113,7 @@ impl Shared {
         if t.markers.unknown {
             return Some(self.bad_request(
                 "Unknown [[mock:...]] marker in the last user message (mock markers: 400, 500, \
-                 fail-first:N, hang, bad-json, no-choices, slow-body, length, echo, bad-schema, cut-stream, \
+                 fail-first:N, flex-unavailable:N, hang, bad-json, no-choices, slow-body, length, echo, bad-schema, cut-stream, \
                  refusal, content-filter, one-choice).",
             ));
         }
@@ -200,6 +203,27 @@ impl Shared {
                 reply::rate_limited(&message, "tokens", Duration::from_secs(60))
             }
         })
+    }
+
+    /// `[[mock:flex-unavailable:N]]` on a flex request: the 429 OpenAI's flex tier sends when
+    /// it has no capacity (not billed, not a rate limit), for the prompt's first N flex
+    /// requests.
+    pub(crate) fn refuse_flex(&self, t: &Ticket<'_>) -> Option<Response> {
+        let n = t.markers.flex_unavailable?;
+        let mut seen = self.flex_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let attempts = seen.entry(t.prompt_hash).or_insert(0);
+        *attempts = attempts.saturating_add(1);
+        if *attempts > n {
+            return None;
+        }
+        bump(&self.stats.flex_unavailable);
+        Some(reply::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Resource unavailable: flex processing has no capacity for this request right \
+             now. Please retry later, or use the default service tier.",
+            "resource_unavailable",
+            Some("resource_unavailable"),
+        ))
     }
 
     fn fails_first(&self, t: &Ticket<'_>) -> bool {
@@ -308,6 +332,10 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.once.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.flex_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         if let Some(l) = &self.limiter {
             *l.lock().unwrap_or_else(|e| e.into_inner()) =
                 RateLimiter::new(self.cfg.rpm, self.cfg.tpm, Instant::now());

@@ -16,6 +16,9 @@ pub struct MockStatsSnapshot {
     pub rate_limited: u64,
     /// Requests answered 429 `insufficient_quota`.
     pub quota_exceeded: u64,
+    /// Flex requests answered 429 "resource unavailable" (`[[mock:flex-unavailable:N]]`).
+    #[serde(default)]
+    pub flex_unavailable: u64,
     /// Requests answered 500 (`--fail-rate`, `[[mock:500]]`, `[[mock:fail-first:N]]`).
     pub server_errors: u64,
     /// Requests answered 401 (missing or wrong API key).
@@ -38,6 +41,7 @@ pub(crate) struct Stats {
     pub(crate) requests: AtomicU64,
     pub(crate) rate_limited: AtomicU64,
     pub(crate) quota_exceeded: AtomicU64,
+    pub(crate) flex_unavailable: AtomicU64,
     pub(crate) server_errors: AtomicU64,
     pub(crate) unauthorized: AtomicU64,
     pub(crate) bad_requests: AtomicU64,
@@ -81,6 +85,7 @@ impl Stats {
             ok: get(&self.ok),
             rate_limited: get(&self.rate_limited),
             quota_exceeded: get(&self.quota_exceeded),
+            flex_unavailable: get(&self.flex_unavailable),
             server_errors: get(&self.server_errors),
             unauthorized: get(&self.unauthorized),
             bad_requests: get(&self.bad_requests),
@@ -98,6 +103,7 @@ impl Stats {
             &self.ok,
             &self.rate_limited,
             &self.quota_exceeded,
+            &self.flex_unavailable,
             &self.server_errors,
             &self.unauthorized,
             &self.bad_requests,

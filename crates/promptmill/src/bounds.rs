@@ -181,6 +181,20 @@ pub const TOKEN_FACTOR: Bound = Bound {
     unit: "",
 };
 
+/// `model.flex_fallback_after_secs` / `--flex-fallback-after`.
+pub const FLEX_FALLBACK_AFTER_SECS: Bound = Bound {
+    field: "model.flex_fallback_after_secs",
+    flag: Some("--flex-fallback-after"),
+    min: 0.0,
+    max: 86_400.0,
+    unit: "seconds",
+};
+
+/// `--flex-fallback-after` (value parser).
+pub fn flex_fallback_after_secs(s: &str) -> Result<f64, String> {
+    FLEX_FALLBACK_AFTER_SECS.parse(s)
+}
+
 /// `--batch-max-requests`: requests per batch input file (the API allows 50,000).
 pub const BATCH_MAX_REQUESTS: Bound = Bound {
     field: "requests per batch file",

@@ -283,6 +283,14 @@ pub struct ModelConfig {
     /// Extra fields merged into every request body, for provider-specific settings.
     #[serde(default)]
     pub extra: Option<toml::Table>,
+    /// OpenAI's processing tier, sent as `service_tier`; each answer is priced at the tier
+    /// it says it was served at (else this one).
+    #[serde(default)]
+    pub service_tier: Option<ServiceTier>,
+    /// With `service_tier = "flex"`: a row that has been answered "resource unavailable"
+    /// for this many seconds is sent at the standard tier instead (off when unset).
+    #[serde(default)]
+    pub flex_fallback_after_secs: Option<f64>,
     /// The JSON schema from `schema` or `schema_file`, loaded when the job is loaded.
     #[serde(skip)]
     pub schema_json: Option<serde_json::Value>,
@@ -314,6 +322,32 @@ impl ModelConfig {
 
 fn default_max_tokens() -> u32 {
     1024
+}
+
+/// OpenAI's processing tiers (`model.service_tier`, `--service-tier`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceTier {
+    /// The project's default (usually standard).
+    Auto,
+    /// Standard processing.
+    Default,
+    /// Cheaper, slower, sometimes "resource unavailable".
+    Flex,
+    /// Dearer, faster.
+    Priority,
+}
+
+impl ServiceTier {
+    /// The value sent as `service_tier`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceTier::Auto => "auto",
+            ServiceTier::Default => "default",
+            ServiceTier::Flex => "flex",
+            ServiceTier::Priority => "priority",
+        }
+    }
 }
 
 /// How a structured-output schema is put in the request (`model.schema_mode`).
@@ -807,6 +841,9 @@ impl Job {
             schema_mode: m.schema_mode,
             max_tokens_field: m.max_tokens_field.clone(),
             extra: None,
+            // The judge is asked at the standard tier.
+            service_tier: None,
+            flex_fallback_after_secs: None,
             schema_json: Some(j.schema()),
             name_column: None,
             temperature_column: None,
@@ -907,6 +944,7 @@ impl Job {
                 self.judge.as_ref().and_then(|j| j.temperature),
             ),
             (&HEADER_ROW, self.input.header_row.map(f64::from)),
+            (&FLEX_FALLBACK_AFTER_SECS, m.flex_fallback_after_secs),
         ];
         for (bound, value) in fields {
             if let Some(v) = value {
@@ -932,6 +970,20 @@ impl Job {
             return Err(self.invalid("model.max_tokens: must be at least 1"));
         }
         self.check_numbers()?;
+        if self.model.flex_fallback_after_secs.is_some()
+            && self.model.service_tier != Some(ServiceTier::Flex)
+        {
+            return Err(self.invalid(
+                "model.flex_fallback_after_secs: only with model.service_tier = \"flex\" \
+                 (it says when a flex row falls back to the standard tier)",
+            ));
+        }
+        if self.model.service_tier.is_some() && self.api.provider == ProviderKind::Anthropic {
+            return Err(self.invalid(
+                "model.service_tier: flex and priority processing are OpenAI's; remove it for \
+                 api.provider = \"anthropic\"",
+            ));
+        }
         if let (Some(a), Some(b)) = (self.budget.max_usd, self.budget.max_usd_total) {
             if a != b {
                 return Err(self.invalid(format!(

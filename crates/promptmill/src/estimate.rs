@@ -58,6 +58,12 @@ pub struct EstimateOptions<'a> {
 pub struct Estimate {
     /// The model priced and counted for.
     pub model: String,
+    /// The price data: its origin, source and date (filled in by the dry run).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub prices: String,
+    /// Warnings about the price data's age or the model's deprecation date.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub price_warnings: Vec<String>,
     /// Data rows in the input, bad ones included.
     pub rows: u64,
     /// Rows that cannot be sent (skipped because `input.skip_bad_rows` is on).
@@ -339,6 +345,8 @@ pub fn estimate(
     )?;
 
     let mut e = Estimate {
+        prices: String::new(),
+        price_warnings: Vec::new(),
         model: job.model.name.clone(),
         rows: 0,
         bad_rows: 0,
@@ -514,7 +522,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// What `prompt` and `out` tokens cost at `p`'s `tier` prices, in USD.
 fn at(p: &ModelPrice, tier: Tier, prompt: u64, out: u64) -> f64 {
-    p.cost(
+    p.cost_of_many(
         &Usage {
             prompt_tokens: prompt,
             completion_tokens: out,
@@ -543,7 +551,7 @@ fn judge_estimate(e: &Estimate, judge: &Judge, template_tokens: u64) -> JudgeEst
     let expected_out = max_out.div_ceil(2);
     let at = |out: u64| {
         judge.price.as_ref().map(|p| {
-            p.cost(
+            p.cost_of_many(
                 &Usage {
                     prompt_tokens,
                     completion_tokens: out.saturating_mul(requests),
@@ -945,6 +953,12 @@ impl Estimate {
                     .to_string(),
             };
             line("budget cap", format!("{} ({verdict})", usd(cap)));
+        }
+        if !self.prices.is_empty() {
+            line("prices", self.prices.clone());
+        }
+        for w in &self.price_warnings {
+            s.push_str(&format!("warning: {w}\n"));
         }
         for sample in &self.samples {
             s.push_str(&format!(

@@ -9,6 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -219,6 +220,12 @@ pub struct Scheduler {
     /// Where rows' own models (`model.name_column`) are priced.
     pub prices: std::borrow::Cow<'static, crate::cost::PriceTable>,
     pub tier: Tier,
+    /// The live tier asked for (`model.service_tier`): answers that do not say which tier
+    /// served them are priced at it.
+    asked: Tier,
+    /// With flex: how long a row may meet "resource unavailable" before it is sent at the
+    /// standard tier (`model.flex_fallback_after_secs`).
+    flex_fallback: Option<Duration>,
     /// How long to wait before each retry, and when to give a row up (see
     /// [`crate::drive::retry`]); its seed is random unless the caller sets one.
     pub retry: RetryPolicy,
@@ -264,6 +271,8 @@ impl Scheduler {
             plain: Profile::default(),
             prices: std::borrow::Cow::Borrowed(crate::cost::PriceTable::builtin()),
             tier,
+            asked: tier,
+            flex_fallback: None,
             retry: RetryPolicy::new(max_retries, rand::random()),
             max_in_flight: max_in_flight.max(1),
             stats: RunStats::default(),
@@ -284,6 +293,31 @@ impl Scheduler {
     pub fn with_cache(mut self, cache: Option<Cache>) -> Scheduler {
         self.cache = cache;
         self
+    }
+
+    /// Asks for `asked` (a live tier: standard, flex or priority) and, with flex, falls back
+    /// to the standard tier after `flex_fallback` of "resource unavailable" answers.
+    pub fn with_service_tier(mut self, asked: Tier, flex_fallback: Option<Duration>) -> Scheduler {
+        if self.tier != Tier::Batch {
+            self.asked = asked;
+            self.flex_fallback = flex_fallback.filter(|_| asked == Tier::Flex);
+        }
+        self
+    }
+
+    /// The tier answers are priced at when they do not name one.
+    pub fn asked_tier(&self) -> Tier {
+        self.asked
+    }
+
+    /// The tier a row's worst case is reserved at: priority when asked, else standard (or
+    /// batch).
+    pub fn reserve_tier(&self) -> Tier {
+        match (self.tier, self.asked) {
+            (Tier::Batch, _) => Tier::Batch,
+            (_, Tier::Priority) => Tier::Priority,
+            _ => Tier::Live,
+        }
     }
 
     /// Marks the run as interrupted by a signal (the first one stops scheduling).
@@ -457,7 +491,7 @@ impl Scheduler {
             }
             return;
         };
-        let cost = self.cost(item, &usage);
+        let cost = self.cost(item, &usage, self.served(self.asked, None));
         self.pay(res.res, Some(&usage), Charge::of(true, cost.map(|c| c.0)));
         let spend = Unfinished {
             row: item.row,
@@ -527,8 +561,18 @@ impl Scheduler {
     }
 
     /// What `usage` costs at the price of `item`'s model (None without a price).
-    fn cost(&self, item: &WorkItem, usage: &Usage) -> Option<Money> {
-        Some(self.price(item)?.cost(usage, self.tier))
+    fn cost(&self, item: &WorkItem, usage: &Usage, tier: Tier) -> Option<Money> {
+        Some(self.price(item)?.cost(usage, tier))
+    }
+
+    /// The tier an answer is billed at: batch in batch mode; else the tier the server says
+    /// it served (`service_tier`), else the one asked for.
+    fn served(&self, asked: Tier, said: Option<&str>) -> Tier {
+        match (self.tier, said) {
+            (Tier::Batch, _) => Tier::Batch,
+            (_, Some(t)) => Tier::from_served(t),
+            (_, None) => asked,
+        }
     }
 
     fn journal(&self) -> std::sync::MutexGuard<'_, JournalWriter> {
@@ -550,7 +594,16 @@ impl Scheduler {
     async fn attempts(&self, item: &WorkItem, wasted: &mut Option<Usage>) -> Option<Record> {
         let mut rate_limit_retries = 0u32;
         let mut transient_retries = 0u32;
+        let mut unavailable_retries = 0u32;
         let mut attempts = 0u32;
+        // The tier this row asks for; a flex row that waited too long for capacity is sent
+        // again at the standard tier, with this body.
+        let mut asked = match item.kind {
+            Kind::Judge => Tier::Live,
+            _ => self.asked,
+        };
+        let mut standard_body: Option<Value> = None;
+        let mut unavailable_since: Option<tokio::time::Instant> = None;
         loop {
             // Once the run is stopped (Ctrl-C), nothing new goes out: a row still waiting for
             // the limiter or for its next retry stays pending and is sent on resume.
@@ -575,8 +628,10 @@ impl Scheduler {
                 self.stats.retries.fetch_add(1, Relaxed);
                 self.progress.retried();
             }
-            let err = match self.client.send(&item.body).await {
+            let body = standard_body.as_ref().unwrap_or(&item.body);
+            let err = match self.client.send(body).await {
                 Ok(mut c) => {
+                    let tier = self.served(asked, c.service_tier.as_deref());
                     self.watchdog.success();
                     self.limiter.learn(&c.rate);
                     match &c.usage {
@@ -597,10 +652,12 @@ impl Scheduler {
                             attempts,
                             why,
                         );
-                        return Some(self.paid(item, failed, add_usage(c.usage, *wasted)));
+                        return Some(self.paid(item, failed, add_usage(c.usage, *wasted), tier));
                     }
                     match self.post_process(item, c, *wasted) {
-                        Ok((c, fields)) => return Some(self.success(item, c, attempts, fields)),
+                        Ok((c, fields)) => {
+                            return Some(self.success(item, c, attempts, fields, tier))
+                        }
                         Err((e, paid)) => {
                             *wasted = paid;
                             e
@@ -609,7 +666,12 @@ impl Scheduler {
                 }
                 Err(e) => e,
             };
-            self.limiter.learn(&err.rate);
+            let unavailable = err.kind == ErrorKind::ResourceUnavailable;
+            if !unavailable {
+                // Flex's "no capacity" says nothing about our rate: its headers are not
+                // learned from.
+                self.limiter.learn(&err.rate);
+            }
             tracing::debug!(row = item.row, attempt = attempts, "attempt failed: {err}");
             self.count_failure(err.kind);
             if let Some(why) = self.watchdog.failure(&err, tokio::time::Instant::now()) {
@@ -622,22 +684,51 @@ impl Scheduler {
                     return None;
                 }
                 Action::FailRow => {
-                    return Some(self.paid(item, self.failure(item, &err, attempts), *wasted))
+                    return Some(self.paid(
+                        item,
+                        self.failure(item, &err, attempts),
+                        *wasted,
+                        asked,
+                    ))
                 }
                 Action::Retry => {}
             }
-            let (kind, attempt) = if err.kind == ErrorKind::RateLimited {
-                rate_limit_retries += 1;
-                (RetryKind::RateLimited, rate_limit_retries)
-            } else {
-                transient_retries += 1;
-                (RetryKind::Transient, transient_retries)
+            if let (true, Some(after)) = (unavailable && asked == Tier::Flex, self.flex_fallback) {
+                let now = tokio::time::Instant::now();
+                let since = *unavailable_since.get_or_insert(now);
+                if now.saturating_duration_since(since) >= after {
+                    tracing::info!(
+                        row = item.row,
+                        "flex had no capacity for {after:?}: sending at the standard tier"
+                    );
+                    let mut body = item.body.clone();
+                    if let Some(o) = body.as_object_mut() {
+                        o.insert("service_tier".into(), Value::from("default"));
+                    }
+                    standard_body = Some(body);
+                    asked = Tier::Live;
+                    continue;
+                }
+            }
+            let (kind, attempt) = match err.kind {
+                ErrorKind::RateLimited => {
+                    rate_limit_retries += 1;
+                    (RetryKind::RateLimited, rate_limit_retries)
+                }
+                ErrorKind::ResourceUnavailable => {
+                    unavailable_retries += 1;
+                    (RetryKind::Unavailable, unavailable_retries)
+                }
+                _ => {
+                    transient_retries += 1;
+                    (RetryKind::Transient, transient_retries)
+                }
             };
             let Some(delay) = self
                 .retry
                 .next_delay(item.row, kind, attempt, err.retry_after)
             else {
-                return Some(self.paid(item, self.failure(item, &err, attempts), *wasted));
+                return Some(self.paid(item, self.failure(item, &err, attempts), *wasted, asked));
             };
             if kind == RetryKind::RateLimited {
                 self.limiter.rate_limited(charge, &err.message);
@@ -705,9 +796,9 @@ impl Scheduler {
     }
 
     /// Adds the usage and cost of rejected answers to a failure record.
-    fn paid(&self, item: &WorkItem, mut r: Record, wasted: Option<Usage>) -> Record {
+    fn paid(&self, item: &WorkItem, mut r: Record, wasted: Option<Usage>, tier: Tier) -> Record {
         if let Some(u) = wasted {
-            r.cost_pico = self.cost(item, &u).map(|m| m.0);
+            r.cost_pico = self.cost(item, &u, tier).map(|m| m.0);
             r.usage = Some(u);
         }
         r
@@ -719,11 +810,12 @@ impl Scheduler {
         c: Completion,
         attempts: u32,
         fields: Option<Map<String, Value>>,
+        tier: Tier,
     ) -> Record {
         let cost = c
             .usage
             .as_ref()
-            .and_then(|u| self.cost(item, u))
+            .and_then(|u| self.cost(item, u, tier))
             .map(|m| m.0);
         Record {
             row: item.row,

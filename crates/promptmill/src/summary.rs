@@ -80,7 +80,11 @@ pub struct Summary {
     pub timeouts: u64,
     pub requests_per_minute: f64,
     pub tokens_per_minute: f64,
+    /// The price data: its origin, source and date.
     pub prices: String,
+    /// Warnings about the price data's age or the model's deprecation date.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub price_warnings: Vec<String>,
     /// Rows the checks rejected that were sent again in this run (`regenerate`).
     #[serde(skip_serializing_if = "is_zero")]
     pub regenerated_rows: u64,
@@ -438,6 +442,12 @@ impl Summary {
             ),
         );
         line("output", self.output.clone());
+        if !self.prices.is_empty() {
+            line("prices", self.prices.clone());
+        }
+        for w in &self.price_warnings {
+            s.push_str(&format!("warning: {w}\n"));
+        }
         s
     }
 }

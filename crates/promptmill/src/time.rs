@@ -34,6 +34,27 @@ pub fn utc_seconds(secs: u64) -> String {
     timestamp(secs).strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
+/// Today's date in UTC, `YYYY-MM-DD`.
+pub fn today_utc() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    timestamp(secs).strftime("%Y-%m-%d").to_string()
+}
+
+/// Parses a `YYYY-MM-DD` date.
+pub fn parse_date(s: &str) -> Option<jiff::civil::Date> {
+    s.trim().parse().ok()
+}
+
+/// Whole days from `from` to `to` (`YYYY-MM-DD` each; negative if `to` is earlier), or
+/// `None` if either is not a date.
+pub fn days_between(from: &str, to: &str) -> Option<i64> {
+    let (a, b) = (parse_date(from)?, parse_date(to)?);
+    let span = a.until((jiff::Unit::Day, b)).ok()?;
+    Some(i64::from(span.get_days()))
+}
+
 /// Unix seconds as a timestamp, clamped to the range jiff can represent.
 fn timestamp(secs: u64) -> Timestamp {
     let max = Timestamp::MAX.as_second();
@@ -43,6 +64,16 @@ fn timestamp(secs: u64) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_between_dates() {
+        assert_eq!(days_between("2026-11-20", "2026-12-01"), Some(11));
+        assert_eq!(days_between("2026-12-01", "2026-11-20"), Some(-11));
+        assert_eq!(days_between("2024-02-28", "2024-03-01"), Some(2));
+        assert_eq!(days_between("2026-13-01", "2026-12-01"), None);
+        assert_eq!(days_between("soon", "2026-12-01"), None);
+        assert_eq!(today_utc().len(), 10);
+    }
 
     #[test]
     fn rfc3339_parses_offsets_and_fractions() {

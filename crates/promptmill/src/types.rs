@@ -70,6 +70,10 @@ pub struct Usage {
     /// Tokens written to the provider's prompt cache (Anthropic bills these separately).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_write_tokens: u64,
+    /// Subset of `cache_write_tokens` written with the 1-hour lifetime (Anthropic's
+    /// `cache_creation.ephemeral_1h_input_tokens`); the rest are 5-minute writes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h_tokens: u64,
     /// Subset of `completion_tokens` spent on hidden reasoning.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reasoning_tokens: u64,
@@ -100,6 +104,9 @@ impl Usage {
         self.cache_write_tokens = self
             .cache_write_tokens
             .saturating_add(other.cache_write_tokens);
+        self.cache_write_1h_tokens = self
+            .cache_write_1h_tokens
+            .saturating_add(other.cache_write_1h_tokens);
         self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
         self.estimated |= other.estimated;
     }

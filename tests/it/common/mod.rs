@@ -39,6 +39,13 @@ pub fn promptmill() -> Command {
     ] {
         c.env_remove(var);
     }
+    // Prices come from the built-in snapshot, never from a developer's `prices update`, and
+    // "today" is fixed so price-date warnings do not change with the calendar.
+    c.env(
+        "PROMPTMILL_CACHE_DIR",
+        std::env::temp_dir().join("promptmill-tests-no-price-cache"),
+    );
+    c.env("PROMPTMILL_TODAY", "2026-12-01");
     c
 }
 

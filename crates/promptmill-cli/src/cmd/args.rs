@@ -27,6 +27,14 @@ pub struct JobArgs {
     /// Sampling temperature, 0 to 2 (overrides model.temperature).
     #[arg(long, value_parser = promptmill::bounds::temperature)]
     pub temperature: Option<f64>,
+    /// OpenAI's processing tier, sent as `service_tier` and priced (overrides
+    /// model.service_tier).
+    #[arg(long, value_enum)]
+    pub service_tier: Option<promptmill::config::ServiceTier>,
+    /// With --service-tier flex: send a row at the standard tier after this many seconds
+    /// of "resource unavailable" answers (overrides model.flex_fallback_after_secs).
+    #[arg(long, value_name = "SECS", value_parser = promptmill::bounds::flex_fallback_after_secs)]
+    pub flex_fallback_after: Option<f64>,
     /// Requests per minute (overrides limits.requests_per_minute).
     #[arg(long)]
     pub rpm: Option<u32>,
@@ -95,7 +103,7 @@ pub struct JobArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// A price table in LiteLLM's model_prices_and_context_window.json format, over the
-    /// built-in one.
+    /// built-in or cached one.
     #[arg(long, value_name = "FILE")]
     pub prices: Option<PathBuf>,
     /// Response cache folder (overrides cache.dir): identical requests are answered from it
@@ -113,6 +121,11 @@ impl JobArgs {
         o.push("model.name", self.model.clone());
         o.push("model.max_tokens", self.max_tokens.map(i64::from));
         o.push("model.temperature", self.temperature);
+        o.push(
+            "model.service_tier",
+            self.service_tier.map(|t| t.name().to_string()),
+        );
+        o.push("model.flex_fallback_after_secs", self.flex_fallback_after);
         o.push("limits.requests_per_minute", self.rpm.map(i64::from));
         o.push("limits.tokens_per_minute", self.tpm.map(i64::from));
         o.push("limits.max_in_flight", self.max_in_flight.map(i64::from));

@@ -10,6 +10,7 @@ pub mod init;
 pub mod merge;
 pub mod mock;
 pub mod pipes;
+pub mod prices;
 pub mod report;
 pub mod run;
 pub mod signals;

@@ -116,6 +116,7 @@ impl Provider for Anthropic {
             usage: ok.usage.and_then(WireUsage::into_usage),
             request_id: request_id(headers).or(ok.id),
             rate,
+            service_tier: None,
         })
     }
 
@@ -185,6 +186,7 @@ impl Provider for Anthropic {
             usage: usage.into_usage(),
             request_id: request_id(headers).or(id),
             rate,
+            service_tier: None,
         })
     }
 }
@@ -291,6 +293,18 @@ struct WireUsage {
     cache_creation_input_tokens: Option<u64>,
     #[serde(default)]
     cache_read_input_tokens: Option<u64>,
+    /// The cache writes split by lifetime (sent when the request used `ttl`).
+    #[serde(default)]
+    cache_creation: Option<CacheCreation>,
+}
+
+/// Anthropic's `usage.cache_creation`: the cache writes by lifetime.
+#[derive(Deserialize, Default)]
+struct CacheCreation {
+    #[serde(default)]
+    ephemeral_5m_input_tokens: Option<u64>,
+    #[serde(default)]
+    ephemeral_1h_input_tokens: Option<u64>,
 }
 
 impl WireUsage {
@@ -301,7 +315,15 @@ impl WireUsage {
         if self.input_tokens.is_none() && self.output_tokens.is_none() {
             return None;
         }
-        let write = self.cache_creation_input_tokens.unwrap_or(0);
+        let split = self.cache_creation.unwrap_or_default();
+        let write_1h = split.ephemeral_1h_input_tokens.unwrap_or(0);
+        // The total is authoritative; when only the split is sent, it is the sum.
+        let write = self.cache_creation_input_tokens.unwrap_or_else(|| {
+            split
+                .ephemeral_5m_input_tokens
+                .unwrap_or(0)
+                .saturating_add(write_1h)
+        });
         let read = self.cache_read_input_tokens.unwrap_or(0);
         Some(Usage {
             prompt_tokens: self
@@ -312,6 +334,7 @@ impl WireUsage {
             completion_tokens: self.output_tokens.unwrap_or(0),
             cached_tokens: read,
             cache_write_tokens: write,
+            cache_write_1h_tokens: write_1h.min(write),
             ..Usage::default()
         })
     }
@@ -380,6 +403,47 @@ mod tests {
             ),
             (1110, 1000, 100, 5)
         );
+    }
+
+    #[test]
+    fn cache_writes_are_split_by_lifetime() {
+        let body = br#"{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"x"}],
+            "stop_reason":"end_turn","usage":{"input_tokens":10,"output_tokens":5,
+            "cache_creation_input_tokens":300,"cache_read_input_tokens":0,
+            "cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":200}}}"#;
+        let u = Anthropic
+            .parse(200, &HeaderMap::new(), body)
+            .unwrap()
+            .usage
+            .unwrap();
+        assert_eq!(
+            (
+                u.prompt_tokens,
+                u.cache_write_tokens,
+                u.cache_write_1h_tokens
+            ),
+            (310, 300, 200)
+        );
+        // Only the split sent: the writes are its sum; a 1-hour count above the total is
+        // capped at it.
+        let only_split = br#"{"id":"m","type":"message","role":"assistant","content":[],
+            "usage":{"input_tokens":1,"output_tokens":1,
+            "cache_creation":{"ephemeral_5m_input_tokens":7,"ephemeral_1h_input_tokens":3}}}"#;
+        let u = Anthropic
+            .parse(200, &HeaderMap::new(), only_split)
+            .unwrap()
+            .usage
+            .unwrap();
+        assert_eq!((u.cache_write_tokens, u.cache_write_1h_tokens), (10, 3));
+        let lying = br#"{"id":"m","type":"message","role":"assistant","content":[],
+            "usage":{"input_tokens":1,"output_tokens":1,"cache_creation_input_tokens":5,
+            "cache_creation":{"ephemeral_1h_input_tokens":50}}}"#;
+        let u = Anthropic
+            .parse(200, &HeaderMap::new(), lying)
+            .unwrap()
+            .usage
+            .unwrap();
+        assert_eq!((u.cache_write_tokens, u.cache_write_1h_tokens), (5, 5));
     }
 
     #[test]

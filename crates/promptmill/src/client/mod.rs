@@ -47,6 +47,9 @@ pub struct Completion {
     /// Why this whole, paid answer still cannot be used (a refusal, a content filter, fewer
     /// variants than `model.n` asked for): the row fails with this reason, its cost kept.
     pub unusable: Option<String>,
+    /// The processing tier the server says it served the request at (OpenAI's
+    /// `service_tier`), if it said.
+    pub service_tier: Option<String>,
 }
 
 /// What the scheduler does about a failed attempt.
@@ -66,6 +69,9 @@ pub enum Action {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     RateLimited,
+    /// OpenAI's flex tier has no capacity now (429 "resource unavailable"): not billed,
+    /// and not a sign that we send too fast.
+    ResourceUnavailable,
     InsufficientQuota,
     Auth,
     NotFound,
@@ -139,6 +145,13 @@ pub fn classify(
                 | "project_spend_limit_exceeded"
         )
     });
+    let unavailable = [error_type, error_code]
+        .iter()
+        .flatten()
+        .any(|s| s.eq_ignore_ascii_case("resource_unavailable"))
+        || message
+            .to_ascii_lowercase()
+            .contains("resource unavailable");
     if (300..400).contains(&status) {
         return ApiError {
             action: Action::AbortJob,
@@ -151,6 +164,7 @@ pub fn classify(
     }
     let (action, kind) = match status {
         429 if quota => (Action::AbortJob, ErrorKind::InsufficientQuota),
+        429 if unavailable => (Action::Retry, ErrorKind::ResourceUnavailable),
         429 => (Action::Retry, ErrorKind::RateLimited),
         401 | 403 => (Action::AbortJob, ErrorKind::Auth),
         404 => (Action::AbortJob, ErrorKind::NotFound),
@@ -668,6 +682,31 @@ mod tests {
             RateLimitInfo::default(),
         );
         assert_eq!(q.kind, ErrorKind::InsufficientQuota);
+        // Flex's "no capacity": retried, and not a rate limit (by code, type or message).
+        for (t, code, msg) in [
+            (None, Some("resource_unavailable"), "m"),
+            (Some("resource_unavailable"), None, "m"),
+            (None, None, "Resource Unavailable: try later"),
+        ] {
+            let e = classify(429, t, code, msg.into(), &h, RateLimitInfo::default());
+            assert_eq!(
+                (e.action, e.kind),
+                (Action::Retry, ErrorKind::ResourceUnavailable)
+            );
+        }
+        // Only a 429 is read that way.
+        assert_eq!(
+            classify(
+                500,
+                None,
+                Some("resource_unavailable"),
+                "m".into(),
+                &h,
+                RateLimitInfo::default()
+            )
+            .kind,
+            ErrorKind::Server
+        );
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub(crate) fn common_params(model: &ModelConfig, body: &mut Map<String, Value>, 
     if let Some(n) = model.n.filter(|n| *n > 1) {
         body.insert("n".into(), json!(n));
     }
+    if let Some(t) = model.service_tier {
+        body.insert("service_tier".into(), json!(t.name()));
+    }
     if model.stream {
         body.insert("stream".into(), json!(true));
         // Without this the usage of a streamed answer is never sent.
@@ -203,6 +206,8 @@ struct Chunk {
     usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<ErrorBody>,
+    #[serde(default)]
+    service_tier: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -228,6 +233,7 @@ pub(crate) fn parse_openai_stream(
     let mut refusals: Vec<Option<String>> = Vec::new();
     let mut usage = None;
     let mut id = None;
+    let mut service_tier = None;
     let mut done = false;
     for ev in events {
         let data = ev.data.trim();
@@ -246,6 +252,7 @@ pub(crate) fn parse_openai_stream(
             ));
         }
         id = id.or(chunk.id);
+        service_tier = service_tier.or(chunk.service_tier);
         if let Some(u) = chunk.usage {
             if let Some(u) = u.into_usage() {
                 usage = Some(u);
@@ -300,6 +307,7 @@ pub(crate) fn parse_openai_stream(
         usage,
         request_id,
         rate,
+        service_tier,
     })
 }
 
@@ -354,6 +362,9 @@ struct OkBody {
     usage: Option<WireUsage>,
     #[serde(default)]
     id: Option<String>,
+    /// The tier OpenAI says it served the request at.
+    #[serde(default)]
+    service_tier: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -391,6 +402,9 @@ pub(crate) struct WireUsage {
 struct PromptDetails {
     #[serde(default)]
     cached_tokens: Option<u64>,
+    /// Prompt tokens written to the cache, on models that charge for writes.
+    #[serde(default)]
+    cache_write_tokens: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -406,14 +420,12 @@ impl WireUsage {
         if self.prompt_tokens.is_none() && self.completion_tokens.is_none() {
             return None;
         }
+        let details = self.prompt_tokens_details.unwrap_or_default();
         Some(Usage {
             prompt_tokens: self.prompt_tokens.unwrap_or(0),
             completion_tokens: self.completion_tokens.unwrap_or(0),
-            cached_tokens: self
-                .prompt_tokens_details
-                .and_then(|d| d.cached_tokens)
-                .unwrap_or(0),
-            cache_write_tokens: 0,
+            cached_tokens: details.cached_tokens.unwrap_or(0),
+            cache_write_tokens: details.cache_write_tokens.unwrap_or(0),
             reasoning_tokens: self
                 .completion_tokens_details
                 .and_then(|d| d.reasoning_tokens)
@@ -500,6 +512,7 @@ pub(crate) fn parse_openai(
         usage: ok.usage.and_then(WireUsage::into_usage),
         request_id,
         rate,
+        service_tier: ok.service_tier,
     })
 }
 
@@ -550,19 +563,24 @@ mod tests {
     fn parses_a_chat_completion_with_usage_details() {
         let body = br#"{"id":"c1","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],
             "usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,
-            "prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+            "prompt_tokens_details":{"cached_tokens":4,"cache_write_tokens":3},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
         let c = parse_openai(200, &HeaderMap::new(), body).unwrap();
         assert_eq!(c.choices[0].text, "Hello");
         assert_eq!(c.choices[0].finish_reason.as_deref(), Some("stop"));
+        assert_eq!(c.service_tier, None);
+        let served = br#"{"id":"c1","service_tier":"flex","choices":[{"index":0,"message":{"role":"assistant","content":"x"},"finish_reason":"stop"}]}"#;
+        let flex = parse_openai(200, &HeaderMap::new(), served).unwrap();
+        assert_eq!(flex.service_tier.as_deref(), Some("flex"));
         let u = c.usage.unwrap();
         assert_eq!(
             (
                 u.prompt_tokens,
                 u.completion_tokens,
                 u.cached_tokens,
+                u.cache_write_tokens,
                 u.reasoning_tokens
             ),
-            (10, 5, 4, 2)
+            (10, 5, 4, 3, 2)
         );
     }
 
@@ -642,6 +660,10 @@ mod stream_tests {
         assert_eq!(b["response_format"]["json_schema"]["strict"], true);
         let b = OpenAi::new(Endpoint::Completions).body(&m, &msgs);
         assert!(b.get("response_format").is_none());
+        assert!(b.get("service_tier").is_none());
+        let m: ModelConfig = toml::from_str("name = \"o3\"\nservice_tier = \"flex\"").unwrap();
+        let b = OpenAi::new(Endpoint::Chat).body(&m, &msgs);
+        assert_eq!(b["service_tier"], "flex");
     }
 
     #[test]

@@ -62,6 +62,8 @@ struct Ctx {
     jc: JobCtx,
     price: Option<ModelPrice>,
     prices: String,
+    /// Warnings about the price data's age and the model's deprecation date.
+    price_warnings: Vec<String>,
     /// The provider's name for the summary (`mock` for the built-in mock).
     provider: String,
     mock: bool,
@@ -96,6 +98,7 @@ impl Ctx {
             jc: jc.clone(),
             price: jc.price.clone(),
             prices: jc.prices_line(),
+            price_warnings: jc.price_warnings(),
             provider: jc.provider_name(),
             mock: jc.mock,
         })
@@ -871,6 +874,7 @@ fn finish_output(
             .filter(|_| priced),
         judge_requests: got.judged,
         judge_cost_this_run_usd: (got.judged > 0).then(|| got.judge_cost.known()).flatten(),
+        price_warnings: ctx.price_warnings.clone(),
         ..Summary::for_output(job, "batch", ctx.provider.clone(), &totals, priced)
     };
     summary.publish(job, "note", json)?;

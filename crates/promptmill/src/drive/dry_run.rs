@@ -53,6 +53,9 @@ pub async fn run(ctx: &JobCtx, opts: DryRunOptions, interrupt: &Interrupt) -> an
     if let Some(line) = estimate.resume.line(Identity::of(job)) {
         eprintln!("{line}");
     }
+    let mut estimate = estimate;
+    estimate.prices = ctx.prices_line();
+    estimate.price_warnings = ctx.price_warnings();
     eprint!("{}", estimate.render());
     if job.budget.any_cap() && ctx.price.is_none() {
         eprintln!(

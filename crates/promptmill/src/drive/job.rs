@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail};
 use super::start_err;
 use crate::client;
 use crate::config::Job;
-use crate::cost::{ModelPrice, PriceTable};
+use crate::cost::{ModelPrice, PriceTable, Tier};
 use crate::identity::{Identity, Wanted};
 use crate::journal::Record;
 use crate::judge::Judge;
@@ -50,9 +50,44 @@ impl JobCtx {
         self.mock = true;
     }
 
-    /// Where the prices come from, for the summary.
+    /// Where the prices come from and their date, for the summary.
     pub fn prices_line(&self) -> String {
-        format!("{} ({})", self.prices.source(), self.prices.as_of())
+        crate::cost::fresh::describe(&self.prices)
+    }
+
+    /// Warnings about the price data's age and the model's deprecation date, today.
+    pub fn price_warnings(&self) -> Vec<String> {
+        crate::cost::fresh::warnings(
+            &self.prices,
+            &self.job.model.name,
+            self.price.as_ref(),
+            &crate::cost::update::today(),
+        )
+    }
+
+    /// The live tier the job asks for: `model.service_tier` (or a `service_tier` in
+    /// `model.extra`), standard when unset.
+    pub fn asked_tier(&self) -> Tier {
+        match self.job.model.service_tier {
+            Some(t) => Tier::from_served(t.name()),
+            None => self
+                .job
+                .model
+                .extra
+                .as_ref()
+                .and_then(|e| e.get("service_tier"))
+                .and_then(|v| v.as_str())
+                .map_or(Tier::Live, Tier::from_served),
+        }
+    }
+
+    /// The tier a live row's worst case is reserved at: priority when asked (it costs
+    /// more), else standard (flex costs less, and a flex row may fall back to standard).
+    pub fn reserve_tier(&self) -> Tier {
+        match self.asked_tier() {
+            Tier::Priority => Tier::Priority,
+            _ => Tier::Live,
+        }
     }
 
     /// The provider's name for the summary (`mock` for the built-in mock).
@@ -65,11 +100,14 @@ impl JobCtx {
     }
 }
 
-/// The price table: the built-in one, or a user file over it.
+/// The price table: the file `prices update` cached, else the built-in snapshot; with
+/// `prices` (a user file) over it.
 pub fn price_table(prices: Option<&Path>) -> anyhow::Result<Cow<'static, PriceTable>> {
+    let cache = crate::cost::update::cache_file();
+    let base = PriceTable::base(cache.as_deref());
     Ok(match prices {
-        Some(p) => Cow::Owned(PriceTable::merged_over_builtin(p)?),
-        None => Cow::Borrowed(PriceTable::builtin()),
+        Some(p) => Cow::Owned(PriceTable::merged_over(&base, p)?),
+        None => base,
     })
 }
 

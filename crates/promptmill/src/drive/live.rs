@@ -90,7 +90,7 @@ async fn from_journals(
         retry_failed: false,
         show: 0,
         keep: true,
-        tier: Tier::Live,
+        tier: ctx.reserve_tier(),
     };
     let Some((_, Some(spool))) = first_pass(ctx, &planner, None, pass, interrupt).await? else {
         eprintln!("interrupted: nothing was written");
@@ -113,6 +113,7 @@ async fn from_journals(
         cost_this_run_usd: Some(Money::ZERO).filter(|_| priced),
         wall_seconds: started.elapsed().as_secs_f64(),
         prices: ctx.prices_line(),
+        price_warnings: ctx.price_warnings(),
         ..Summary::for_output(job, mode, ctx.provider_name(), &totals, priced)
     };
     summary.publish(job, "note", json)?;
@@ -170,7 +171,7 @@ pub async fn run(
         retry_failed: opts.retry_failed,
         show: 0,
         keep: true,
-        tier: Tier::Live,
+        tier: ctx.reserve_tier(),
     };
     let (validated, spool) = match first_pass(ctx, &planner, cache.clone(), pass, interrupt).await?
     {
@@ -249,7 +250,7 @@ pub async fn run(
             judge: judge.clone(),
             price: price.clone(),
             rows: ReviewRows::Spool(spool.clone()),
-            tier: Tier::Live,
+            tier: sched.reserve_tier(),
             prices: ctx.prices.clone(),
         };
         produced.reviewed = regenerate::rounds(&review, &sched, &ledger, &mut stop).await?;
@@ -376,7 +377,13 @@ fn scheduler_for(
         job.limits.max_in_flight,
         progress.clone(),
     )
-    .with_cache(cache.clone());
+    .with_cache(cache.clone())
+    .with_service_tier(
+        ctx.asked_tier(),
+        job.model
+            .flex_fallback_after_secs
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+    );
     sched.answer.schema = job.model.schema_json.clone();
     sched.prices = ctx.prices.clone();
     if let Some(seed) = seed {
@@ -456,6 +463,7 @@ fn summarize(
         requests_per_minute: attempts as f64 / minutes,
         tokens_per_minute: stats.tokens.load(Relaxed) as f64 / minutes,
         prices: ctx.prices_line(),
+        price_warnings: ctx.price_warnings(),
         regenerated_rows: produced.reviewed.regenerated_rows,
         regeneration_requests: produced.reviewed.regenerated,
         regeneration_cost_usd: (produced.reviewed.regenerated > 0)
@@ -552,7 +560,13 @@ fn produce(
                 continue;
             }
             let price = req.model.as_deref().and_then(|m| sched.prices.lookup(m));
-            out.expected_cost = expect(out.expected_cost, &req, price, assumed_out);
+            out.expected_cost = expect(
+                out.expected_cost,
+                &req,
+                price,
+                assumed_out,
+                sched.asked_tier(),
+            );
             if tx.blocking_send(WorkItem::of(req, Kind::Output)).is_err() {
                 return Ok(out); // the scheduler stopped
             }
@@ -600,7 +614,13 @@ fn produce(
             Some(m) => sched.prices.lookup(m),
             None => price,
         };
-        out.expected_cost = expect(out.expected_cost, &req, price, assumed_out);
+        out.expected_cost = expect(
+            out.expected_cost,
+            &req,
+            price,
+            assumed_out,
+            sched.asked_tier(),
+        );
         let item = WorkItem::of(req, Kind::Answer);
         out.sent += 1;
         if tx.blocking_send(item).is_err() {
@@ -617,6 +637,7 @@ fn expect(
     req: &crate::pipeline::rows::Request,
     price: Option<&ModelPrice>,
     assumed_out: Option<u64>,
+    tier: Tier,
 ) -> Option<Money> {
     let (total, p) = (total?, price?);
     let max = req.worst.completion_tokens;
@@ -625,7 +646,7 @@ fn expect(
         completion_tokens: assumed_out.map_or(max, |a| a.min(max)),
         ..Usage::default()
     };
-    Some(total.saturating_add(p.cost(&u, Tier::Live)))
+    Some(total.saturating_add(p.cost(&u, tier)))
 }
 
 /// Journals a cached answer to the very same request, at no cost: no request, rate limit or

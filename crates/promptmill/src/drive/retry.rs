@@ -41,6 +41,10 @@ pub enum RetryKind {
     RateLimited,
     /// A fault that may pass (5xx, timeout, reset, an answer that cannot be used).
     Transient,
+    /// Flex capacity is short ("resource unavailable"): back off like a transient fault,
+    /// but without slowing anyone else and without counting against `max_retries` (a row
+    /// gives up after [`MAX_RATE_LIMIT_RETRIES`]).
+    Unavailable,
 }
 
 /// The retry policy of one run: its limits and the seed of its jitter.
@@ -78,8 +82,12 @@ impl RetryPolicy {
                 let d = Self::cooldown(attempt, retry_after);
                 Some(jittered(d, jitter))
             }
-            RetryKind::Transient => {
-                if attempt > self.max_retries {
+            RetryKind::Transient | RetryKind::Unavailable => {
+                let limit = match kind {
+                    RetryKind::Transient => self.max_retries,
+                    _ => MAX_RATE_LIMIT_RETRIES,
+                };
+                if attempt > limit {
                     return None;
                 }
                 let d = Self::backoff(attempt);
@@ -110,6 +118,7 @@ impl RetryPolicy {
         let kind = match kind {
             RetryKind::RateLimited => 1u64,
             RetryKind::Transient => 2,
+            RetryKind::Unavailable => 3,
         };
         // Spread the inputs over the seed's bits (SplitMix64 constants) so that neighbouring
         // rows and attempts start their generators far apart.
@@ -163,6 +172,26 @@ mod tests {
         assert_eq!(p.next_delay(0, RetryKind::Transient, 1, None), None);
         // 429s are not counted against max_retries.
         assert!(p.next_delay(0, RetryKind::RateLimited, 1, None).is_some());
+    }
+
+    #[test]
+    fn flex_unavailable_backs_off_without_counting_against_max_retries() {
+        let p = RetryPolicy::new(0, 5);
+        for (attempt, base) in [(1, 500), (2, 1000), (3, 2000), (7, 20_000), (64, 20_000)] {
+            let d = p
+                .next_delay(2, RetryKind::Unavailable, attempt, None)
+                .unwrap();
+            assert!(d >= ms(base) && d < ms(2 * base), "{attempt}: {d:?}");
+        }
+        assert_eq!(
+            p.next_delay(2, RetryKind::Unavailable, MAX_RATE_LIMIT_RETRIES + 1, None),
+            None
+        );
+        // Never sooner than the server's retry-after.
+        assert_eq!(
+            p.next_delay(2, RetryKind::Unavailable, 1, Some(9 * S)),
+            Some(9 * S)
+        );
     }
 
     #[test]
