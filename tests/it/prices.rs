@@ -403,3 +403,29 @@ fn flex_without_fallback_keeps_waiting_and_priority_is_billed_as_priority() {
         stderr(&out)
     );
 }
+
+#[test]
+fn cached_prompt_tokens_are_billed_at_the_cache_read_price() {
+    let mock = crate::common::Mock::start(&[]);
+    let (ws, job) = Workspace::with_job(0, &mock.base_url, "");
+    ws.named_rows(&["a [[mock:cached:8]]", "b"], "red");
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    // gpt-4o-mini in the shipped snapshot: input 1.5e-07, cache read 7.5e-08, output 6e-07.
+    let rows = answers(&ws);
+    let (_, p, c, cost) = &rows[0];
+    assert!(*p > 8, "{rows:?}");
+    assert_eq!(
+        *cost,
+        (p - 8) * 150_000 + 8 * 75_000 + c * 600_000,
+        "{rows:?}"
+    );
+    let (_, p, c, cost) = &rows[1];
+    assert_eq!(*cost, p * 150_000 + c * 600_000, "{rows:?}");
+    let journal = ws.jsonl("out/result.journal.jsonl");
+    let a = journal
+        .iter()
+        .find(|r| r["id"] == "r1" && r["status"] == "ok")
+        .unwrap();
+    assert_eq!(a["usage"]["cached_tokens"], 8, "{a}");
+}

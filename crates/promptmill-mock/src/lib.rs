@@ -42,6 +42,8 @@
 //!   `service_tier: "flex"` get OpenAI's flex 429 (`code: "resource_unavailable"`), then
 //!   success; requests at another tier are answered as usual. Every chat answer echoes
 //!   `service_tier` (`flex`, `priority`, else `default`).
+//! - `[[mock:cached:N]]`: the chat answer reports N of its prompt tokens (at most all) as
+//!   read from the prompt cache (`usage.prompt_tokens_details.cached_tokens`).
 //! - `[[mock:hang]]`: never answers (sleeps an hour, or until the server shuts down: 503).
 //! - `[[mock:bad-json]]`: 200 with a body that is not JSON.
 //! - `[[mock:no-choices]]`: 200 with `{"choices":[]}`.

@@ -9,6 +9,9 @@ pub(crate) struct Markers {
     /// The first N requests for this prompt sent with `service_tier: "flex"` are answered
     /// 429 "resource unavailable", as OpenAI's flex tier does when it has no capacity.
     pub(crate) flex_unavailable: Option<u32>,
+    /// Report this many prompt tokens as read from the prompt cache (at most the prompt):
+    /// `prompt_tokens_details.cached_tokens`.
+    pub(crate) cached: Option<u64>,
     pub(crate) hang: bool,
     pub(crate) bad_json: bool,
     pub(crate) no_choices: bool,
@@ -74,6 +77,11 @@ impl Markers {
                             Ok(n) => m.flex_unavailable = Some(n),
                             Err(_) => m.unknown = true,
                         }
+                    } else if let Some(n) = other.strip_prefix("cached:") {
+                        match n.parse() {
+                            Ok(n) => m.cached = Some(n),
+                            Err(_) => m.unknown = true,
+                        }
                     } else if let Some(n) = other.strip_prefix("score:") {
                         match n.parse() {
                             Ok(n) => m.score = Some(n),
@@ -105,6 +113,8 @@ mod tests {
             Some(2)
         );
         assert!(Markers::parse("[[mock:flex-unavailable:]]").unknown);
+        assert_eq!(Markers::parse("[[mock:cached:64]]").cached, Some(64));
+        assert!(Markers::parse("[[mock:cached:-1]]").unknown);
         let m = Markers::parse("[[mock:score:3]] x [[mock:score:9]]");
         assert_eq!(m.score, Some(9));
         assert!(Markers::parse("[[mock:score:high]]").unknown);

@@ -149,6 +149,12 @@ struct CompletionDetails {
 }
 
 impl UsageBody {
+    /// Reports `n` of the prompt tokens (at most all of them) as read from the cache.
+    fn cached(mut self, n: u64) -> Self {
+        self.prompt_tokens_details.cached_tokens = n.min(self.prompt_tokens);
+        self
+    }
+
     fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
         UsageBody {
             prompt_tokens,
@@ -257,7 +263,8 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
         created: unix_now(),
         model: params.model,
         choices,
-        usage: UsageBody::new(prompt_tokens, completion_tokens),
+        usage: UsageBody::new(prompt_tokens, completion_tokens)
+            .cached(ticket.markers.cached.unwrap_or(0)),
         system_fingerprint: "fp_mock",
         service_tier: req.served_tier(),
     };

@@ -113,7 +113,7 @@ impl Shared {
         if t.markers.unknown {
             return Some(self.bad_request(
                 "Unknown [[mock:...]] marker in the last user message (mock markers: 400, 500, \
-                 fail-first:N, flex-unavailable:N, hang, bad-json, no-choices, slow-body, length, echo, bad-schema, cut-stream, \
+                 fail-first:N, flex-unavailable:N, cached:N, hang, bad-json, no-choices, slow-body, length, echo, bad-schema, cut-stream, \
                  refusal, content-filter, one-choice).",
             ));
         }
