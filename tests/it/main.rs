@@ -21,6 +21,7 @@ mod one_run;
 mod outputs;
 mod pipeline;
 mod preview;
+mod prompt_cache;
 mod providers;
 mod ratelimit;
 mod readme;
