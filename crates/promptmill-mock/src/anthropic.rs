@@ -105,9 +105,11 @@ async fn message(s: &Shared, seq: u64, body: &[u8]) -> Response {
         m.text().hash(&mut hasher);
     }
     // Counted like the same conversation sent to the chat endpoint (system first).
+    // The system's blocks are kept (joined into one text when counted) so that their
+    // `cache_control` marks are seen by the prompt cache.
     let mut counted: Vec<ChatMessage> = Vec::new();
     if !system.is_empty() {
-        if let Ok(m) = serde_json::from_value(json!({"role": "system", "content": system})) {
+        if let Ok(m) = serde_json::from_value(json!({"role": "system", "content": req.system})) {
             counted.push(m);
         }
     }
@@ -128,6 +130,21 @@ async fn message(s: &Shared, seq: u64, body: &[u8]) -> Response {
     if let Some(r) = s.refuse(&ticket).await {
         return r;
     }
+    // Admitted: the prompt cache reads and writes at the `cache_control` breakpoints.
+    let cache = if s.cache.is_on() {
+        let (tokens, points) = super::text::prompt_sequence(model, &counted);
+        let now = std::time::Instant::now();
+        s.cache
+            .anthropic(model, &tokens, &points, now, super::prompt_cache::as_of())
+    } else {
+        super::prompt_cache::AnthropicUse::default()
+    };
+    let input_tokens = prompt_tokens.saturating_sub(cache.read + cache.written);
+    let (write_5m, write_1h) = if cache.one_hour {
+        (0, cache.written)
+    } else {
+        (cache.written, 0)
+    };
     let (text, output_tokens, finish) = params.generate(s, &ticket, &last_user, 0);
     let refused = ticket.markers.refusal || ticket.markers.content_filter;
     let stop_reason = match finish {
@@ -144,10 +161,14 @@ async fn message(s: &Shared, seq: u64, body: &[u8]) -> Response {
         "stop_reason": stop_reason,
         "stop_sequence": null,
         "usage": {
-            "input_tokens": prompt_tokens,
+            "input_tokens": input_tokens,
             "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0
+            "cache_creation_input_tokens": cache.written,
+            "cache_read_input_tokens": cache.read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": write_5m,
+                "ephemeral_1h_input_tokens": write_1h
+            }
         },
         "created": unix_now(),
     });

@@ -83,6 +83,8 @@ pub(super) struct Batch<T> {
     polls: u32,
     /// Being answered (so a concurrent poll does not answer it twice).
     pub(super) answering: bool,
+    /// When the batch was created: its requests see only cache writes made before it.
+    pub(super) created: std::time::Instant,
     pub(super) extra: T,
 }
 
@@ -152,6 +154,7 @@ impl<T> Store<T> {
             obj,
             polls: 0,
             answering: false,
+            created: std::time::Instant::now(),
             extra,
         });
     }

@@ -14,6 +14,7 @@
 //! tests kill a client in that window to check it does not create a second batch.
 
 use super::batch_core::{self, ask, jsonl, ok, scramble, Api, Poll, Store};
+use super::prompt_cache::AS_OF;
 use super::reply;
 use super::state::Shared;
 use axum::body::Bytes;
@@ -282,7 +283,7 @@ async fn retrieve(
         return r;
     }
     let per_step = b.per_step();
-    let input = {
+    let (input, created) = {
         let mut inner = b.lock();
         let Some(batch) = inner.batches.get_mut(&id) else {
             return not_found("batch");
@@ -304,10 +305,12 @@ async fn retrieve(
             }
             Poll::Last => {}
         }
+        let created = batch.created;
         let file = start_answering(batch);
-        inner.files.get(&file).cloned().unwrap_or_default()
+        (inner.files.get(&file).cloned().unwrap_or_default(), created)
     };
-    let (output, errors, counts) = answer_lines(&b.shared, &headers, &input, usize::MAX).await;
+    let answering = answer_lines(&b.shared, &headers, &input, usize::MAX);
+    let (output, errors, counts) = AS_OF.scope(created, answering).await;
     finish(&b, &id, output, errors, counts, "completed")
 }
 
@@ -321,7 +324,7 @@ async fn cancel(
     if let Some(r) = b.refuse(&headers) {
         return r;
     }
-    let input = {
+    let (input, created) = {
         let mut inner = b.lock();
         let Some(batch) = inner.batches.get_mut(&id) else {
             return not_found("batch");
@@ -329,12 +332,14 @@ async fn cancel(
         if batch.answering || batch.obj["status"] == "completed" {
             return reply::bad_request("This batch cannot be cancelled any more.");
         }
+        let created = batch.created;
         let file = start_answering(batch);
-        inner.files.get(&file).cloned().unwrap_or_default()
+        (inner.files.get(&file).cloned().unwrap_or_default(), created)
     };
     let lines = input.split(|c| *c == b'\n').filter(|l| !l.is_empty());
     let half = lines.count() / 2;
-    let (output, errors, counts) = answer_lines(&b.shared, &headers, &input, half).await;
+    let answering = answer_lines(&b.shared, &headers, &input, half);
+    let (output, errors, counts) = AS_OF.scope(created, answering).await;
     finish(&b, &id, output, errors, counts, "cancelled")
 }
 

@@ -81,6 +81,18 @@
 //! as OpenAI's do); `--first-429 N` answers the first N requests 429 without Retry-After.
 //!
 //! Markers can be combined; an unknown `[[mock:...]]` is a 400 so that a typo cannot pass.
+//!
+//! # Prompt caching
+//! Like the providers (details in `prompt_cache.rs`): on the OpenAI shape, a chat prompt
+//! sharing at least 1,024 leading tokens (messages in order, as the mock counts them) with a
+//! prompt of the same model answered within `--prompt-cache-ttl-secs` (default 300, from its
+//! last use) reports the shared prefix rounded down to a multiple of 128 as
+//! `usage.prompt_tokens_details.cached_tokens`. On `/v1/messages`, only content blocks with
+//! `cache_control: {"type": "ephemeral", "ttl"?: "5m" | "1h"}` cache the prompt up to and
+//! including them: `cache_creation_input_tokens` when written, `cache_read_input_tokens` when
+//! read, `input_tokens` the rest; prefixes under 1,024 tokens (2,048 for haiku models) are
+//! not cached. A batch's requests see only what was cached before the batch was created
+//! (never each other's writes); later requests see theirs. `--no-prompt-cache` turns it off.
 
 mod anthropic;
 mod azure;
@@ -91,6 +103,7 @@ mod limits;
 mod markers;
 mod message_batches;
 mod openai;
+mod prompt_cache;
 mod reply;
 mod state;
 mod stats;
@@ -163,6 +176,13 @@ pub struct MockConfig {
     /// long after creating the batch.
     #[arg(long, default_value_t = 0)]
     pub batch_create_delay_ms: u64,
+    /// Turn the prompt cache off: every answer reports 0 cached tokens.
+    #[arg(long)]
+    pub no_prompt_cache: bool,
+    /// Seconds a cached prompt prefix lives after its last use (Anthropic's `ttl: "1h"`
+    /// entries live an hour).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub prompt_cache_ttl_secs: u64,
 }
 
 impl Default for MockConfig {
@@ -181,6 +201,8 @@ impl Default for MockConfig {
             first_429: 0,
             batch_step_polls: 1,
             batch_create_delay_ms: 0,
+            no_prompt_cache: false,
+            prompt_cache_ttl_secs: 300,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! create after the batch exists, as for OpenAI batches.
 
 use super::batch_core::{ask, jsonl, ok, scramble, Api, Poll, Store, ANSWERING};
+use super::prompt_cache::AS_OF;
 use super::reply::rfc3339;
 use super::state::Shared;
 use axum::body::Bytes;
@@ -196,7 +197,7 @@ async fn retrieve(
         return r;
     }
     let per_step = b.per_step();
-    let (requests, cancel) = {
+    let (requests, cancel, created) = {
         let mut inner = b.lock();
         let Some(batch) = inner.get_mut(&id) else {
             return not_found();
@@ -209,7 +210,11 @@ async fn retrieve(
             return batch.reply();
         }
         batch.answering = true;
-        (batch.extra.requests.clone(), batch.extra.cancel)
+        (
+            batch.extra.requests.clone(),
+            batch.extra.cancel,
+            batch.created,
+        )
     };
     let answer = if cancel {
         requests.len() / 2
@@ -218,11 +223,11 @@ async fn retrieve(
     };
     let (shared, h) = (&b.shared, &headers);
     let total = requests.len();
-    let answers: Vec<_> = stream::iter(requests.into_iter().enumerate())
+    let answering = stream::iter(requests.into_iter().enumerate())
         .map(|(n, r)| async move { answer_one(shared, h, &r, n < answer).await })
         .buffered(ANSWERING)
-        .collect()
-        .await;
+        .collect::<Vec<_>>();
+    let answers = AS_OF.scope(created, answering).await;
     let mut lines = Vec::with_capacity(total);
     let mut counts = Map::new();
     for (n, (line, kind)) in answers.into_iter().enumerate() {

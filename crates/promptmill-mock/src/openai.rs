@@ -155,12 +155,12 @@ impl UsageBody {
         self
     }
 
-    fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+    fn new(prompt_tokens: u64, completion_tokens: u64, cached_tokens: u64) -> Self {
         UsageBody {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
-            prompt_tokens_details: PromptDetails { cached_tokens: 0 },
+            prompt_tokens_details: PromptDetails { cached_tokens },
             completion_tokens_details: CompletionDetails {
                 reasoning_tokens: 0,
             },
@@ -238,6 +238,15 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
     if let Some(r) = s.refuse(&ticket).await {
         return r;
     }
+    // Admitted: the prompt cache reads (and writes) this prompt's prefix.
+    let cached = if s.cache.is_on() {
+        let (tokens, _) = text::prompt_sequence(params.model, messages);
+        let now = std::time::Instant::now();
+        s.cache
+            .openai(params.model, &tokens, now, super::prompt_cache::as_of())
+    } else {
+        0
+    };
     let refusal = ticket.markers.refusal;
     let (choices, completion_tokens) =
         params.choices(s, &ticket, &last_user, |index, content, finish_reason| {
@@ -263,8 +272,10 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
         created: unix_now(),
         model: params.model,
         choices,
-        usage: UsageBody::new(prompt_tokens, completion_tokens)
-            .cached(ticket.markers.cached.unwrap_or(0)),
+        usage: match ticket.markers.cached {
+            Some(n) => UsageBody::new(prompt_tokens, completion_tokens, cached).cached(n),
+            None => UsageBody::new(prompt_tokens, completion_tokens, cached),
+        },
         system_fingerprint: "fp_mock",
         service_tier: req.served_tier(),
     };
@@ -326,7 +337,7 @@ async fn complete(s: &Shared, seq: u64, body: &[u8]) -> Response {
         created: unix_now(),
         model: params.model,
         choices,
-        usage: UsageBody::new(prompt_tokens, completion_tokens),
+        usage: UsageBody::new(prompt_tokens, completion_tokens, 0),
     };
     finish(s, &ticket, prompt_tokens, completion_tokens, &out, &req)
 }

@@ -25,6 +25,8 @@ const STALL: Duration = Duration::from_secs(3600);
 pub(crate) struct Shared {
     pub(crate) cfg: MockConfig,
     pub(crate) stats: Stats,
+    /// The prompt cache (`prompt_cache.rs`).
+    pub(crate) cache: super::prompt_cache::PromptCache,
     /// None when no limit is set, so unlimited runs take no lock at all.
     limiter: Option<Mutex<RateLimiter>>,
     /// Successful answers counted against `--quota-requests`.
@@ -55,7 +57,12 @@ pub(crate) struct Ticket<'a> {
 impl Shared {
     pub(crate) fn new(cfg: MockConfig, shutdown: watch::Receiver<bool>) -> Shared {
         let limiter = RateLimiter::new(cfg.rpm, cfg.tpm, Instant::now());
+        let cache = super::prompt_cache::PromptCache::new(
+            !cfg.no_prompt_cache,
+            Duration::from_secs(cfg.prompt_cache_ttl_secs),
+        );
         Shared {
+            cache,
             limiter: (!limiter.is_unlimited()).then(|| Mutex::new(limiter)),
             cfg,
             stats: Stats::default(),

@@ -54,6 +54,47 @@ pub(crate) fn count_prompt_tokens(model: &str, messages: &[ChatMessage]) -> u64 
     counter(model).count_turns(&turns)
 }
 
+/// The token sequence a prompt cache compares: each message as `<start> role <sep> content
+/// <end>` (the framing the count above bills), and where each content block marked with
+/// Anthropic's `cache_control` ends in it.
+pub(crate) fn prompt_sequence(
+    model: &str,
+    messages: &[ChatMessage],
+) -> (Vec<u32>, Vec<super::prompt_cache::Breakpoint>) {
+    use super::prompt_cache::{Breakpoint, END, SEP, START};
+    let c = counter(model);
+    let mut seq = Vec::new();
+    let mut points = Vec::new();
+    for m in messages {
+        seq.push(START);
+        seq.extend(c.encode_ordinary(m.role()));
+        seq.push(SEP);
+        let start = seq.len();
+        if let Some(Value::Array(parts)) = &m.content {
+            let mut texts: Vec<&str> = Vec::new();
+            for p in parts {
+                if let Some(t) = p.get("text").and_then(Value::as_str) {
+                    texts.push(t);
+                }
+                let Some(cc) = p.get("cache_control") else {
+                    continue;
+                };
+                if cc.get("type").and_then(Value::as_str) != Some("ephemeral") {
+                    continue;
+                }
+                let upto = c.encode_ordinary(&texts.join("\n")).len();
+                points.push(Breakpoint {
+                    at: start + upto,
+                    one_hour: cc.get("ttl").and_then(Value::as_str) == Some("1h"),
+                });
+            }
+        }
+        seq.extend(c.encode_ordinary(&m.text()));
+        seq.push(END);
+    }
+    (seq, points)
+}
+
 /// Prompt tokens of a legacy completions request.
 pub(crate) fn count_completion_prompt_tokens(model: &str, prompt: &str) -> u64 {
     counter(model).count_text(prompt)

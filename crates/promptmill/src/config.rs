@@ -556,12 +556,29 @@ pub struct EstimateConfig {
     pub assume_reject_rate: Option<f64>,
 }
 
-/// `[cache]`: the opt-in response cache.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[cache]`: the opt-in response cache, and the prompt-prefix analysis.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Find the leading messages rows share and price the provider's prompt cache in the
+    /// estimate (default true). Never changes what is sent.
+    #[serde(default = "yes")]
+    pub prefix: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: None,
+            prefix: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Command-line overrides, applied over the job file.

@@ -120,12 +120,38 @@ pub struct Estimate {
     /// their tokens and cost are in the totals.
     #[serde(skip_serializing_if = "is_zero")]
     pub output_requests: u64,
+    /// Prompt prefixes rows share and what the provider's prompt cache saves on them
+    /// (`cache.prefix`, on by default); `None` when off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_cache: Option<PromptCacheEstimate>,
     /// The first `--show N` rendered prompts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
     /// What an earlier run's journal says about the rows.
     #[serde(skip)]
     pub resume: ResumeCounts,
+}
+
+/// Shared prompt prefixes and the prompt cache's effect on the cost (see `prefix.rs`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PromptCacheEstimate {
+    /// How the provider caches: `automatic` (OpenAI-compatible, Azure) or
+    /// `needs cache_control: not yet sent` (Anthropic: priced without caching for now).
+    pub provider_caching: String,
+    /// Prefix groups found (two or more rows sending the same leading messages).
+    pub prefixes: u64,
+    /// The largest groups, at most ten.
+    pub groups: Vec<crate::prefix::PrefixGroup>,
+    /// Requests expected to read a cached prefix: each cacheable group's rows after its first.
+    pub cache_reads: u64,
+    /// Their share of the requests sent.
+    pub hit_rate: f64,
+    /// Prompt tokens expected to be read from the cache.
+    pub cached_tokens: u64,
+    /// The cost with those reads at the cache-read price, live; `None` = unknown price.
+    pub cost: Option<CostRange>,
+    /// The same at Batch API prices.
+    pub batch_cost: Option<CostRange>,
 }
 
 /// One model's share of the requests, when rows take their model from a column.
@@ -268,6 +294,7 @@ struct ChunkResult {
     over_context_rows: Vec<RowTokens>,
     samples: Vec<Sample>,
     resume: ResumeCounts,
+    prefixes: crate::prefix::Prefixes,
 }
 
 /// One row's request as the estimate counts it: its hash (the first 128 bits) and, for a
@@ -337,10 +364,24 @@ pub fn estimate(
         spool_beside: opts.spool_beside,
     };
     let mut results = Vec::new();
+    let counter = job
+        .cache
+        .prefix
+        .then(|| crate::tokens::TokenCounter::for_model(&job.model.name));
     let spool = first_pass(
         &rl,
         &pass,
-        |r: &mut ChunkResult, pos, s| count_row(r, pos, s, opts.show, context_window),
+        |r: &mut ChunkResult, pos, s| {
+            count_row(r, pos, s, opts.show, context_window);
+            if let (Some(c), Step::Send(req)) = (&counter, &s.step) {
+                // Rows with a model of their own are sent elsewhere: not counted.
+                if req.model.is_none() {
+                    let framing = c.count_chat(&[]);
+                    r.prefixes
+                        .add(&s.messages, |ms| c.count_chat(ms).saturating_sub(framing));
+                }
+            }
+        },
         |r| results.push(r),
     )?;
 
@@ -386,6 +427,7 @@ pub fn estimate(
         judge: None,
         models: Vec::new(),
         output_requests: 0,
+        prompt_cache: None,
         samples: Vec::new(),
         resume: ResumeCounts::default(),
     };
@@ -395,7 +437,9 @@ pub fn estimate(
     // A live run sends a request once however many rows ask it (see `identity`): the
     // estimate counts it once too.
     let mut asked = std::collections::HashSet::new();
+    let mut prefixes = crate::prefix::Prefixes::default();
     for r in results {
+        prefixes.merge(r.prefixes);
         e.rows += r.rows;
         e.bad_rows += r.bad_rows;
         e.cached += r.cached;
@@ -500,6 +544,9 @@ pub fn estimate(
             })
             .collect();
     }
+    if job.cache.prefix {
+        e.prompt_cache = Some(prompt_cache(&e, job, &prefixes, opts.price));
+    }
     if job.regenerate > 0 {
         e.regeneration = Some(regeneration(&e, job));
     }
@@ -531,6 +578,73 @@ fn at(p: &ModelPrice, tier: Tier, prompt: u64, out: u64) -> f64 {
         tier,
     )
     .as_usd()
+}
+
+/// The prompt cache's share: in each cacheable group, every request after the first reads
+/// the prefix at the cache-read price (OpenAI: in whole 128-token blocks). Anthropic caches
+/// only at `cache_control` marks, which promptmill does not send yet: priced without caching.
+fn prompt_cache(
+    e: &Estimate,
+    job: &Job,
+    prefixes: &crate::prefix::Prefixes,
+    price: Option<&ModelPrice>,
+) -> PromptCacheEstimate {
+    use crate::config::ProviderKind;
+    use crate::prefix::{min_tokens, BLOCK, LIST};
+    let anthropic = job.api.provider == ProviderKind::Anthropic;
+    let groups = prefixes.groups(min_tokens(anthropic, &job.model.name));
+    let (mut reads, mut cached) = (0u64, 0u64);
+    if !anthropic {
+        for g in groups.iter().filter(|g| g.cacheable) {
+            let later = g.rows.saturating_sub(1);
+            reads += later;
+            cached = cached.saturating_add(later.saturating_mul(g.tokens / BLOCK * BLOCK));
+        }
+    }
+    // What reading `cached` tokens saves at a tier: their input price less the read price.
+    let saved = |tier: Tier| {
+        price.map(|p| {
+            let full = at(p, tier, cached, 0);
+            let read = p
+                .cost(
+                    &Usage {
+                        prompt_tokens: cached,
+                        cached_tokens: cached,
+                        ..Usage::default()
+                    },
+                    tier,
+                )
+                .as_usd();
+            full - read
+        })
+    };
+    let less = |c: &Option<CostRange>, tier: Tier| {
+        c.as_ref().zip(saved(tier)).map(|(c, s)| CostRange {
+            low_usd: c.low_usd - s,
+            expected_usd: c.expected_usd - s,
+            // The budget reserves the worst case: no cache hit is counted on.
+            high_usd: c.high_usd,
+            derived: c.derived,
+        })
+    };
+    PromptCacheEstimate {
+        provider_caching: if anthropic {
+            "needs cache_control: not yet sent".into()
+        } else {
+            "automatic".into()
+        },
+        prefixes: groups.len() as u64,
+        cache_reads: reads,
+        hit_rate: if e.requests == 0 {
+            0.0
+        } else {
+            reads as f64 / e.requests as f64
+        },
+        cached_tokens: cached,
+        cost: less(&e.cost, Tier::Live),
+        batch_cost: less(&e.batch_cost, Tier::Batch),
+        groups: groups.into_iter().take(LIST).collect(),
+    }
 }
 
 /// The judge's share: every answer sent (and every expected new answer) is judged once.
@@ -830,6 +944,53 @@ impl Estimate {
         );
         line("  live", costs(&self.cost));
         line("  batch", costs(&self.batch_cost));
+        if let Some(pc) = self.prompt_cache.as_ref().filter(|pc| pc.prefixes > 0) {
+            let groups: Vec<String> = pc
+                .groups
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} ({} message{}, {} tokens, {} rows{})",
+                        g.id,
+                        g.messages,
+                        if g.messages == 1 { "" } else { "s" },
+                        thousands(g.tokens),
+                        thousands(g.rows),
+                        if g.cacheable {
+                            ""
+                        } else {
+                            ", too short to cache"
+                        }
+                    )
+                })
+                .collect();
+            line(
+                "shared prefixes",
+                format!(
+                    "{}: {}{}",
+                    thousands(pc.prefixes),
+                    groups.join("; "),
+                    if pc.prefixes > groups.len() as u64 {
+                        "; …"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+            line(
+                "prompt cache",
+                format!(
+                    "{}: {} of {} requests read a cached prefix ({:.0}%), {} tokens",
+                    pc.provider_caching,
+                    thousands(pc.cache_reads),
+                    thousands(self.requests),
+                    pc.hit_rate * 100.0,
+                    thousands(pc.cached_tokens)
+                ),
+            );
+            line("  live, with caching", costs(&pc.cost));
+            line("  batch, with caching", costs(&pc.batch_cost));
+        }
         if !self.models.is_empty() {
             line("by model", "(at live prices)".into());
             for m in &self.models {

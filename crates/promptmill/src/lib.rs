@@ -25,6 +25,7 @@ pub mod output_paths;
 pub mod outputs;
 pub mod pipeline;
 pub mod plan;
+pub mod prefix;
 pub mod progress;
 pub mod render;
 pub mod report;

@@ -167,6 +167,11 @@ impl TokenCounter {
         self.bpe.encode_ordinary(text).len() as u64
     }
 
+    /// The token ids of plain text (no framing): what a prompt cache compares.
+    pub fn encode_ordinary(&self, text: &str) -> Vec<u32> {
+        self.bpe.encode_ordinary(text)
+    }
+
     /// What the chat API bills as `prompt_tokens` for these messages (tools, images and
     /// response formats add tokens not counted here).
     pub fn count_chat(&self, messages: &[Message]) -> u64 {
