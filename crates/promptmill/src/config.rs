@@ -461,6 +461,16 @@ pub struct LimitsConfig {
     /// request for this many seconds, with no success in between; 0 = never.
     #[serde(default = "default_stop_after_refused_secs")]
     pub stop_after_refused_secs: u32,
+    /// A `redis://host:port/db` URL: every process on the same `shared_key` draws from one
+    /// set of buckets there (or `PROMPTMILL_LIMITS_SHARED`, the only place for a password).
+    #[serde(default)]
+    pub shared: Option<String>,
+    /// The name of the shared buckets; default: provider + base URL + a hash of the key.
+    #[serde(default)]
+    pub shared_key: Option<String>,
+    /// When Redis cannot be reached: `stop` (exit 3) or `local` (warn, go on alone).
+    #[serde(default)]
+    pub on_shared_failure: crate::limit::shared::OnFailure,
 }
 
 fn default_max_in_flight() -> u32 {
@@ -488,6 +498,9 @@ impl Default for LimitsConfig {
             max_retries: default_max_retries(),
             stop_after_errors: default_stop_after_errors(),
             stop_after_refused_secs: default_stop_after_refused_secs(),
+            shared: None,
+            shared_key: None,
+            on_shared_failure: Default::default(),
         }
     }
 }
@@ -1025,6 +1038,27 @@ impl Job {
         }
         if self.model.schema.is_some() && self.model.schema_file.is_some() {
             return Err(self.invalid("model: give either schema or schema_file, not both"));
+        }
+        if let Some(url) = &self.limits.shared {
+            match url::Url::parse(url) {
+                Ok(u) if u.scheme() == "redis" && u.password().is_some() => {
+                    return Err(self.invalid(
+                        "limits.shared: a password does not belong in the job file; put the \
+                         URL with its password in the environment variable \
+                         PROMPTMILL_LIMITS_SHARED instead",
+                    ));
+                }
+                Ok(u) if u.scheme() == "redis" && u.host_str().is_some() => {}
+                _ => {
+                    return Err(self.invalid(format!(
+                        "limits.shared: expected a redis://host:port/db URL, got {}",
+                        crate::limit::shared::redact(url)
+                    )));
+                }
+            }
+        }
+        if self.limits.shared_key.as_deref().is_some_and(str::is_empty) {
+            return Err(self.invalid("limits.shared_key: must not be empty"));
         }
         if self.limits.requests_per_minute == Some(0) {
             return Err(self.invalid("limits.requests_per_minute: must be at least 1"));

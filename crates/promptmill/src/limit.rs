@@ -13,11 +13,14 @@
 //! tells the caller when to send, so waiters queue in order (a large token request is not
 //! starved by small ones) and nobody polls.
 //!
-//! Nothing here does I/O; time comes from `tokio::time`, so the tests run on a paused clock.
+//! Nothing here does I/O but the optional shared backend (`shared`, Redis); time comes
+//! from `tokio::time`, so the tests run on a paused clock.
+
+pub mod shared;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -419,6 +422,9 @@ pub struct Limiter {
     /// Some answer (any status) has come back.
     answered: AtomicBool,
     first_answer: Notify,
+    /// `[limits] shared`: the buckets and cooldown every process on the key draws from,
+    /// consulted after the local ones (header learning stays local).
+    shared: Option<Arc<shared::Shared>>,
 }
 
 /// Tokens charged for one request, to settle when its usage is known.
@@ -458,7 +464,44 @@ impl Limiter {
             probe_sent: AtomicBool::new(false),
             answered: AtomicBool::new(false),
             first_answer: Notify::new(),
+            shared: None,
         }
+    }
+
+    /// Draws from the shared buckets of `[limits] shared` as well as the local ones.
+    pub fn with_shared(mut self, shared: shared::Shared) -> Limiter {
+        self.shared = Some(Arc::new(shared));
+        self
+    }
+
+    /// Waits for the shared buckets (after the local ones have let a request go); `Err`
+    /// when Redis failed and the job must stop.
+    async fn acquire_shared(&self, charge: &mut Charge) -> Result<(), Unmeetable> {
+        let Some(sh) = &self.shared else {
+            return Ok(());
+        };
+        loop {
+            let (rpm, tpm) = (self.requests_per_minute(), self.tokens_per_minute());
+            match sh
+                .acquire(rpm, tpm, charge.tokens)
+                .await
+                .map_err(Unmeetable)?
+            {
+                shared::Grant::Local => return Ok(()),
+                shared::Grant::CoolingDown(d) => tokio::time::sleep(d).await,
+                shared::Grant::After(w) if w.is_zero() => break,
+                shared::Grant::After(w) => {
+                    tokio::time::sleep(w).await;
+                    // A 429 elsewhere while we slept: our slot is void, queue again.
+                    match sh.cooling().await.map_err(Unmeetable)? {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => break,
+                    }
+                }
+            }
+        }
+        charge.at = Instant::now();
+        Ok(())
     }
 
     /// Gives unused tokens back to the token bucket when a response reports its usage
@@ -523,11 +566,21 @@ impl Limiter {
         if let Some(b) = &mut self.lock().tokens.bucket {
             b.refund(now, charge.tokens - used_tokens);
         }
+        if let (Some(sh), Ok(rt)) = (&self.shared, tokio::runtime::Handle::try_current()) {
+            let (sh, tpm) = (sh.clone(), self.tokens_per_minute());
+            rt.spawn(async move { sh.refund(tpm, charge.tokens - used_tokens).await });
+        }
     }
 
     /// Waits until one request of `tokens` tokens (as we count them) may be sent and
     /// charges it; refuses at once when the server's advertised limit is below its cost.
     pub async fn acquire(&self, tokens: u64) -> Result<Charge, Unmeetable> {
+        let mut charge = self.acquire_local(tokens).await?;
+        self.acquire_shared(&mut charge).await?;
+        Ok(charge)
+    }
+
+    async fn acquire_local(&self, tokens: u64) -> Result<Charge, Unmeetable> {
         self.wait_for_probe().await;
         loop {
             let next = {
@@ -682,6 +735,12 @@ impl Limiter {
             .flatten()
         {
             b.hold_until(until);
+        }
+        let rpm = s.requests.bucket.as_ref().map(|b| b.per_minute);
+        let tpm = s.tokens.bucket.as_ref().map(|b| b.per_minute);
+        if let (Some(sh), Ok(rt)) = (&self.shared, tokio::runtime::Handle::try_current()) {
+            let sh = sh.clone();
+            rt.spawn(async move { sh.cool_down(d, rpm, tpm).await });
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod fault_server;
 pub mod loopback;
+pub mod redis;
 pub mod repo_copy;
 
 use std::collections::HashMap;

@@ -23,6 +23,7 @@ use crate::cost::{ModelPrice, Tier};
 use crate::identity::{Identity, RunRequests};
 use crate::journal::{self, Record, Status};
 use crate::judge::Judge;
+use crate::limit::shared::{default_key, redact, OnFailure, Shared};
 use crate::limit::Limiter;
 use crate::pipeline::ledger::{self, Cap, Caps, Ledger};
 use crate::pipeline::rows::{Spool, Step};
@@ -195,7 +196,7 @@ pub async fn run(
         None => validated.as_ref().map_or(0, |v| v.rows),
     };
     let (sched, ledger, progress) =
-        scheduler_for(ctx, opts, &planner, judge.as_deref(), cache, seed, rows)?;
+        scheduler_for(ctx, opts, &planner, judge.as_deref(), cache, seed, rows).await?;
     if interrupt.requested() {
         // Stopped before the first request: nothing is sent, rows stay pending.
         sched.interrupt();
@@ -325,9 +326,53 @@ fn write_from_spool(
     Ok(totals)
 }
 
+/// Connects the shared limiter of `[limits] shared` (or `PROMPTMILL_LIMITS_SHARED`, which
+/// wins), if any. Unreachable: stop (exit 3) or, with `on_shared_failure = "local"`, warn
+/// and go on alone.
+async fn shared_limits(job: &Job, key: &Secret) -> anyhow::Result<Option<Shared>> {
+    let from_env = std::env::var("PROMPTMILL_LIMITS_SHARED")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let Some(url) = from_env.or_else(|| job.limits.shared.clone()) else {
+        return Ok(None);
+    };
+    match url::Url::parse(&url) {
+        Ok(u) if u.scheme() == "redis" && u.host_str().is_some() => {}
+        _ => {
+            return Err(start_err(anyhow!(
+                "limits.shared (or PROMPTMILL_LIMITS_SHARED): expected a redis://host:port/db \
+                 URL, got {}",
+                redact(&url)
+            )))
+        }
+    }
+    let name = match &job.limits.shared_key {
+        Some(k) => k.clone(),
+        None => default_key(
+            &format!("{:?}", job.api.provider),
+            &client::base_url(job),
+            key.expose(),
+        ),
+    };
+    let on_failure = job.limits.on_shared_failure;
+    match Shared::connect(&url, &name, on_failure).await {
+        Ok(sh) => Ok(Some(sh)),
+        Err(why) if on_failure == OnFailure::Local => {
+            eprintln!(
+                "warning: {why}; going on with this process's own limits \
+                 (limits.on_shared_failure = \"local\")"
+            );
+            Ok(None)
+        }
+        Err(why) => Err(anyhow!(
+            "{why} (limits.on_shared_failure = \"stop\"; no row was sent)"
+        )),
+    }
+}
+
 /// The scheduler of a live run, with the ledger it adds money to (the spend before this run
 /// read from the journal, mock spend apart) and the progress display.
-fn scheduler_for(
+async fn scheduler_for(
     ctx: &JobCtx,
     opts: LiveOptions,
     planner: &Planner,
@@ -342,6 +387,7 @@ fn scheduler_for(
     } else {
         client::api_key(job).map_err(start_err)?
     };
+    let shared = shared_limits(job, &key).await?;
     let client = Client::for_job(job, key).map_err(start_err)?;
     let caps = Caps::of(&job.budget);
 
@@ -365,6 +411,10 @@ fn scheduler_for(
     let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute)
         // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
         .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
+    let limiter = match shared {
+        Some(sh) => limiter.with_shared(sh),
+        None => limiter,
+    };
     let progress = Progress::new(rows, opts.quiet || opts.json, Some(ledger.clone()));
     let mut sched = Scheduler::new(
         client,
