@@ -38,6 +38,15 @@ pub struct BatchObject {
     pub errors: Option<Value>,
 }
 
+impl BatchObject {
+    /// Why a `failed` batch failed, as the provider says it.
+    pub fn failure_reason(&self) -> String {
+        self.errors
+            .as_ref()
+            .map_or_else(|| "no reason given".into(), |e| e.to_string())
+    }
+}
+
 #[derive(Deserialize)]
 struct Page {
     data: Vec<BatchObject>,

@@ -577,11 +577,7 @@ async fn poll_chunk(
     }
     if b.status == "failed" {
         // The batch failed validation: no line ran. Record its rows as failed, with why.
-        let why = b
-            .errors
-            .as_ref()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "no reason given".into());
+        let why = b.failure_reason();
         let input = &state.chunks[i].input;
         let cannot_read = || format!("{}: cannot read", input.display());
         let text = BufReader::new(File::open(input).with_context(cannot_read)?);

@@ -297,11 +297,7 @@ pub(super) async fn read_results(
     if b.status == "failed" {
         // The batch failed validation: no request ran. A verdict asked for failed; a new
         // attempt that failed keeps the answer before it.
-        let why = b
-            .errors
-            .as_ref()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "no reason given".into());
+        let why = b.failure_reason();
         for (row, hash) in input_requests(&chunk)? {
             let rec = Record {
                 batch: true,
