@@ -5,6 +5,7 @@ mod common;
 
 mod anthropic_batch;
 mod batch;
+mod batch_any;
 mod batch_review;
 mod budget;
 mod checks;

@@ -55,17 +55,21 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
     let state = Api::new(shared, Inner::default(), |s, headers| {
         s.refuse_unauthorized(headers)
     });
-    Router::new()
-        // Batch input files may be up to 200 MB (axum's default limit is 2 MB).
-        .route(
-            "/v1/files",
-            post(upload).layer(DefaultBodyLimit::max(210 * 1000 * 1000)),
-        )
-        .route("/v1/files/{id}/content", get(content))
-        .route("/v1/batches", post(create).get(list))
-        .route("/v1/batches/{id}", get(retrieve))
-        .route("/v1/batches/{id}/cancel", post(cancel))
-        .with_state(state)
+    let mut router = Router::new();
+    // OpenAI's paths, and the same API under Gemini's OpenAI-compatible base path.
+    for base in ["/v1", super::GEMINI_BASE] {
+        router = router
+            // Batch input files may be up to 200 MB (axum's default limit is 2 MB).
+            .route(
+                &format!("{base}/files"),
+                post(upload).layer(DefaultBodyLimit::max(210 * 1000 * 1000)),
+            )
+            .route(&format!("{base}/files/{{id}}/content"), get(content))
+            .route(&format!("{base}/batches"), post(create).get(list))
+            .route(&format!("{base}/batches/{{id}}"), get(retrieve))
+            .route(&format!("{base}/batches/{{id}}/cancel"), post(cancel));
+    }
+    router.with_state(state)
 }
 
 fn now() -> u64 {
@@ -190,7 +194,16 @@ async fn create(State(b): State<Arc<Batches>>, headers: HeaderMap, body: Bytes) 
             .split(|c| *c == b'\n')
             .filter(|l| !l.is_empty())
             .count();
-        let invalid = validate_input(input, &req.endpoint);
+        let invalid = validate_input(input, &req.endpoint).or_else(|| {
+            let max = b.shared.cfg.batch_max_requests?;
+            (total as u64 > max).then(|| {
+                vec![
+                    json!({"code": "batch_size_exceeded", "param": null, "line": null,
+                    "message": format!("The input file holds {total} requests; a batch \
+                        holds at most {max}.")}),
+                ]
+            })
+        });
         let id = inner.id("batch");
         let t = now();
         let Value::Object(obj) = json!({

@@ -16,6 +16,10 @@
 //!   required, top-level `system`, required `max_tokens`, `stop_sequences`).
 //! - `POST /v1/files`, `GET /v1/files/{id}/content`, `POST|GET /v1/batches`,
 //!   `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`: the Batch API (see `batches.rs`).
+//! - The same chat, files and batches routes under `/v1beta/openai/` instead of `/v1/`: the
+//!   shape of Gemini's OpenAI-compatible endpoint (base URL
+//!   `https://generativelanguage.googleapis.com/v1beta/openai/`); `--batch-max-requests`
+//!   gives its batches a smaller size limit than OpenAI's.
 //! - `POST|GET /v1/messages/batches`, `GET /v1/messages/batches/{id}`,
 //!   `GET /v1/messages/batches/{id}/results`, `POST /v1/messages/batches/{id}/cancel`:
 //!   Anthropic's Message Batches (see `message_batches.rs`; `[[mock:expire]]` there).
@@ -176,6 +180,10 @@ pub struct MockConfig {
     /// long after creating the batch.
     #[arg(long, default_value_t = 0)]
     pub batch_create_delay_ms: u64,
+    /// Batch API: a batch whose input file holds more requests than this fails validation
+    /// (`batch_size_exceeded`), as a provider with a smaller limit than OpenAI's would.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_max_requests: Option<u64>,
     /// Turn the prompt cache off: every answer reports 0 cached tokens.
     #[arg(long)]
     pub no_prompt_cache: bool,
@@ -201,6 +209,7 @@ impl Default for MockConfig {
             first_429: 0,
             batch_step_polls: 1,
             batch_create_delay_ms: 0,
+            batch_max_requests: None,
             no_prompt_cache: false,
             prompt_cache_ttl_secs: 300,
         }
@@ -305,11 +314,21 @@ impl Drop for MockServer {
     }
 }
 
+/// The base path of Gemini's OpenAI-compatible endpoint
+/// (`https://generativelanguage.googleapis.com/v1beta/openai/`), which the mock also serves:
+/// chat completions, files and batches.
+pub const GEMINI_BASE: &str = "/v1beta/openai";
+
 /// Every route of the mock, in one place.
 fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        // Gemini's OpenAI-compatible endpoint: the same API under another base path.
+        .route(
+            &format!("{GEMINI_BASE}/chat/completions"),
+            post(openai::chat_completions),
+        )
         .route(
             "/openai/deployments/{deployment}/chat/completions",
             post(azure::chat_completions),

@@ -195,13 +195,32 @@ pub fn flex_fallback_after_secs(s: &str) -> Result<f64, String> {
     FLEX_FALLBACK_AFTER_SECS.parse(s)
 }
 
-/// `--batch-max-requests`: requests per batch input file (the API allows 50,000).
+/// `batch.max_requests` / `--batch-max-requests`: requests per batch input file (OpenAI
+/// allows 50,000, the default; self-hosted servers have no such limit).
 pub const BATCH_MAX_REQUESTS: Bound = Bound {
-    field: "requests per batch file",
+    field: "batch.max_requests",
     flag: Some("--batch-max-requests"),
     min: 1.0,
-    max: crate::batch::input::MAX_REQUESTS as f64,
-    unit: "",
+    max: 10_000_000.0,
+    unit: "requests",
+};
+
+/// `batch.max_bytes`: bytes per batch input file (OpenAI allows 200 MB, the default).
+pub const BATCH_MAX_BYTES: Bound = Bound {
+    field: "batch.max_bytes",
+    flag: None,
+    min: 1_000.0,
+    max: 10_000_000_000.0,
+    unit: "bytes",
+};
+
+/// `batch.max_enqueued_tokens`: the provider's enqueued-token limit for the model.
+pub const BATCH_MAX_ENQUEUED_TOKENS: Bound = Bound {
+    field: "batch.max_enqueued_tokens",
+    flag: None,
+    min: 1.0,
+    max: 1e13,
+    unit: "tokens",
 };
 
 impl Bound {
@@ -349,7 +368,8 @@ mod tests {
         assert!(timeout_secs("soon").unwrap_err().contains("not a number"));
         assert_eq!(batch_max_requests("100"), Ok(100));
         assert!(batch_max_requests("0").is_err());
-        assert!(batch_max_requests("50001").is_err());
+        assert_eq!(batch_max_requests("50001"), Ok(50_001));
+        assert!(batch_max_requests("10000001").is_err());
         assert_eq!(preview_limit("5"), Ok(5));
         assert!(preview_limit("0")
             .unwrap_err()

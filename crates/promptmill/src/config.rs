@@ -54,6 +54,9 @@ pub struct Job {
     pub estimate: EstimateConfig,
     #[serde(default)]
     pub cache: CacheConfig,
+    /// `[batch]`: the provider's Batch API limits (see [`BatchConfig`]).
+    #[serde(default)]
+    pub batch: BatchConfig,
     /// `[[checks]]`: per-row checks on answers (see [`crate::checks`]).
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
@@ -594,6 +597,43 @@ fn yes() -> bool {
     true
 }
 
+/// `[batch]`: the size limits of the provider's Batch API, which input files are split
+/// under. The defaults are OpenAI's; other OpenAI-format APIs (Gemini, Together, Groq, a
+/// LiteLLM proxy, vLLM) set their own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Requests per batch input file (`--batch-max-requests` overrides it).
+    #[serde(default = "default_batch_max_requests")]
+    pub max_requests: u64,
+    /// Bytes per batch input file.
+    #[serde(default = "default_batch_max_bytes")]
+    pub max_bytes: u64,
+    /// The provider's enqueued-token limit for the model: each input file's requests
+    /// (prompt + max_tokens each) stay under it, and a file is submitted only while the
+    /// job's batches in progress leave room for it. Unset: no limit known.
+    #[serde(default)]
+    pub max_enqueued_tokens: Option<u64>,
+}
+
+fn default_batch_max_requests() -> u64 {
+    crate::batch::input::MAX_REQUESTS
+}
+
+fn default_batch_max_bytes() -> u64 {
+    crate::batch::input::MAX_BYTES
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_requests: default_batch_max_requests(),
+            max_bytes: default_batch_max_bytes(),
+            max_enqueued_tokens: None,
+        }
+    }
+}
+
 /// Command-line overrides, applied over the job file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -975,6 +1015,12 @@ impl Job {
             ),
             (&HEADER_ROW, self.input.header_row.map(f64::from)),
             (&FLEX_FALLBACK_AFTER_SECS, m.flex_fallback_after_secs),
+            (&BATCH_MAX_REQUESTS, Some(self.batch.max_requests as f64)),
+            (&BATCH_MAX_BYTES, Some(self.batch.max_bytes as f64)),
+            (
+                &BATCH_MAX_ENQUEUED_TOKENS,
+                self.batch.max_enqueued_tokens.map(|t| t as f64),
+            ),
         ];
         for (bound, value) in fields {
             if let Some(v) = value {

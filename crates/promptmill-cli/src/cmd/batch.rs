@@ -15,9 +15,10 @@ use promptmill::drive::JobCtx;
 /// Batch-mode flags of `run` and `collect`.
 #[derive(Debug, Clone, Args)]
 pub struct BatchFlags {
-    /// Batch mode: requests per batch input file (1 to 50,000, the API's limit).
-    #[arg(long, default_value_t = promptmill::batch::input::MAX_REQUESTS, value_name = "N", value_parser = promptmill::bounds::batch_max_requests)]
-    pub batch_max_requests: u64,
+    /// Batch mode: requests per batch input file, over the job's batch.max_requests
+    /// (default 50,000, OpenAI's limit).
+    #[arg(long, value_name = "N", value_parser = promptmill::bounds::batch_max_requests)]
+    pub batch_max_requests: Option<u64>,
     /// Batch mode: keep polling until every batch has finished, then write the output.
     #[arg(long)]
     pub wait: bool,

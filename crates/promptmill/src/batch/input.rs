@@ -1,5 +1,6 @@
 //! Batch input files: one `{custom_id, method, url, body}` line per row, split at the API's
-//! limits (50,000 requests or 200 MB per file).
+//! limits (`[batch]`: by default OpenAI's 50,000 requests or 200 MB per file, and, when an
+//! enqueued-token limit is set, at that many tokens).
 //!
 //! A `custom_id` is `row-<index>-<request hash>`: results come back in any order and are
 //! joined to rows by it, and the hash says exactly which request the answer is for.
@@ -10,10 +11,42 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-/// Most requests one batch input file may hold.
+/// Most requests one OpenAI batch input file may hold (the default of `batch.max_requests`).
 pub const MAX_REQUESTS: u64 = 50_000;
-/// Most bytes one batch input file may hold (200 MB).
+/// Most bytes one OpenAI batch input file may hold, 200 MB (the default of
+/// `batch.max_bytes`).
 pub const MAX_BYTES: u64 = 200 * 1000 * 1000;
+
+/// Where input files are split: the job's `[batch]` limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_requests: u64,
+    pub max_bytes: u64,
+    /// The enqueued-token limit (prompt + max_tokens of each request), if known.
+    pub max_tokens: Option<u64>,
+}
+
+impl Limits {
+    /// The limits of `batch`, with `--batch-max-requests` (when given) over its
+    /// `max_requests`.
+    pub fn of(batch: &crate::config::BatchConfig, max_requests: Option<u64>) -> Limits {
+        Limits {
+            max_requests: max_requests.unwrap_or(batch.max_requests).max(1),
+            max_bytes: batch.max_bytes.max(1),
+            max_tokens: batch.max_enqueued_tokens,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_requests: MAX_REQUESTS,
+            max_bytes: MAX_BYTES,
+            max_tokens: None,
+        }
+    }
+}
 
 /// The `custom_id` of a row's request.
 pub fn custom_id(row: u64, hash: &str) -> String {
@@ -41,43 +74,55 @@ pub struct Written {
     pub path: PathBuf,
     pub requests: u64,
     pub bytes: u64,
+    /// Its requests' tokens as the enqueued-token limit counts them (prompt + max_tokens).
+    pub tokens: u64,
 }
 
 /// Writes lines into `<dir>/<prefix>-<n>.jsonl`, starting a new file before one would pass
-/// `max_requests` or [`MAX_BYTES`].
+/// one of its [`Limits`].
 pub struct Splitter {
     dir: PathBuf,
     prefix: String,
-    max_requests: u64,
+    limits: Limits,
     current: Option<(BufWriter<File>, Written)>,
     done: Vec<Written>,
 }
 
 impl Splitter {
     /// A splitter writing into `dir` (created if missing).
-    pub fn new(dir: &Path, prefix: &str, max_requests: u64) -> std::io::Result<Splitter> {
+    pub fn new(dir: &Path, prefix: &str, limits: Limits) -> std::io::Result<Splitter> {
         std::fs::create_dir_all(dir)?;
         Ok(Splitter {
             dir: dir.to_path_buf(),
             prefix: prefix.to_string(),
-            max_requests: max_requests.clamp(1, MAX_REQUESTS),
+            limits,
             current: None,
             done: Vec::new(),
         })
     }
 
-    /// Adds one line.
-    pub fn push(&mut self, line: &[u8]) -> std::io::Result<()> {
+    /// Adds one line, whose request counts `tokens` against the enqueued-token limit.
+    pub fn push(&mut self, line: &[u8], tokens: u64) -> std::io::Result<()> {
         let len = line.len() as u64;
-        if len > MAX_BYTES {
+        let l = self.limits;
+        if len > l.max_bytes {
             return Err(std::io::Error::other(format!(
-                "one request is {len} bytes, over the Batch API's {MAX_BYTES}-byte file limit"
+                "one request is {len} bytes, over the batch file limit of {} bytes \
+                 (batch.max_bytes)",
+                l.max_bytes
             )));
         }
-        let full = self
-            .current
-            .as_ref()
-            .is_some_and(|(_, w)| w.requests >= self.max_requests || w.bytes + len > MAX_BYTES);
+        if let Some(max) = l.max_tokens.filter(|max| tokens > *max) {
+            return Err(std::io::Error::other(format!(
+                "one request counts {tokens} tokens (prompt + max_tokens), over the \
+                 enqueued-token limit of {max} (batch.max_enqueued_tokens)"
+            )));
+        }
+        let full = self.current.as_ref().is_some_and(|(_, w)| {
+            w.requests >= l.max_requests
+                || w.bytes + len > l.max_bytes
+                || l.max_tokens.is_some_and(|max| w.tokens + tokens > max)
+        });
         if full {
             self.close()?;
         }
@@ -91,6 +136,7 @@ impl Splitter {
                     path,
                     requests: 0,
                     bytes: 0,
+                    tokens: 0,
                 },
             ));
         }
@@ -98,6 +144,7 @@ impl Splitter {
             f.write_all(line)?;
             w.requests += 1;
             w.bytes += len;
+            w.tokens = w.tokens.saturating_add(tokens);
         }
         Ok(())
     }
@@ -138,14 +185,16 @@ mod tests {
     #[test]
     fn files_split_at_the_request_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Splitter::new(dir.path(), "r1", 3).unwrap();
+        let limits = Limits {
+            max_requests: 3,
+            ..Limits::default()
+        };
+        let mut s = Splitter::new(dir.path(), "r1", limits).unwrap();
         for i in 0..7 {
-            s.push(&line(
-                i,
-                "h",
-                "/v1/chat/completions",
-                &json!({"model": "m"}),
-            ))
+            s.push(
+                &line(i, "h", "/v1/chat/completions", &json!({"model": "m"})),
+                10,
+            )
             .unwrap();
         }
         let files = s.finish().unwrap();
@@ -156,5 +205,43 @@ mod tests {
         assert_eq!(v["custom_id"], "row-6-h");
         assert_eq!(v["method"], "POST");
         assert_eq!(files[2].bytes, text.len() as u64);
+        assert_eq!(files[0].tokens, 30);
+    }
+
+    #[test]
+    fn files_split_at_the_byte_and_token_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = line(0, "h", "/v1/chat/completions", &json!({"model": "m"}));
+        let n = one.len() as u64;
+        // Room for two lines by bytes, three by tokens: bytes decide.
+        let limits = Limits {
+            max_requests: 100,
+            max_bytes: 2 * n + 1,
+            max_tokens: Some(300),
+        };
+        let mut s = Splitter::new(dir.path(), "b", limits).unwrap();
+        for _ in 0..5 {
+            s.push(&one, 100).unwrap();
+        }
+        let counts: Vec<u64> = s.finish().unwrap().iter().map(|w| w.requests).collect();
+        assert_eq!(counts, vec![2, 2, 1]);
+        // Room for ten lines by bytes, two by tokens: tokens decide.
+        let limits = Limits {
+            max_requests: 100,
+            max_bytes: 10 * n,
+            max_tokens: Some(250),
+        };
+        let mut s = Splitter::new(dir.path(), "t", limits).unwrap();
+        for _ in 0..5 {
+            s.push(&one, 100).unwrap();
+        }
+        let files = s.finish().unwrap();
+        let counts: Vec<u64> = files.iter().map(|w| w.requests).collect();
+        assert_eq!(counts, vec![2, 2, 1]);
+        assert_eq!(files[0].tokens, 200);
+        // One request over a limit on its own is refused, naming the setting.
+        let mut s = Splitter::new(dir.path(), "x", limits).unwrap();
+        let e = s.push(&one, 251).unwrap_err().to_string();
+        assert!(e.contains("batch.max_enqueued_tokens"), "{e}");
     }
 }

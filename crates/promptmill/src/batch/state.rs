@@ -55,6 +55,10 @@ pub struct Chunk {
     pub input: PathBuf,
     pub requests: u64,
     pub bytes: u64,
+    /// Its requests' tokens as an enqueued-token limit counts them (prompt + max_tokens);
+    /// None in state files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
     /// Set once the upload answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_id: Option<String>,

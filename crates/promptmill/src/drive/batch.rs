@@ -190,8 +190,9 @@ impl Ctx {
 /// Batch mode's own settings (`--batch-max-requests`, `--wait`, `--poll-secs`).
 #[derive(Debug, Clone, Copy)]
 pub struct Polling {
-    /// Requests per batch input file (1 to 50,000, the API's limit).
-    pub max_requests: u64,
+    /// Requests per batch input file (`--batch-max-requests`), over the job's
+    /// `batch.max_requests`; None: the job's.
+    pub max_requests: Option<u64>,
     /// Keep polling until every batch has finished, then write the output.
     pub wait: bool,
     /// Seconds between polls with `wait`.
@@ -201,10 +202,18 @@ pub struct Polling {
 impl Default for Polling {
     fn default() -> Polling {
         Polling {
-            max_requests: input::MAX_REQUESTS,
+            max_requests: None,
             wait: false,
             poll_secs: 30.0,
         }
+    }
+}
+
+impl Polling {
+    /// Where `job`'s input files are split: its `[batch]` limits, with
+    /// `--batch-max-requests` over `batch.max_requests`.
+    pub fn limits(&self, job: &Job) -> input::Limits {
+        input::Limits::of(&job.batch, self.max_requests)
     }
 }
 
@@ -681,9 +690,11 @@ fn new_round(
 ) -> anyhow::Result<u64> {
     let round = state.last_round() + 1;
     let dir = ctx.input_dir();
-    let mut split = Splitter::new(&dir, &format!("r{round}"), flags.max_requests)
+    let mut split = Splitter::new(&dir, &format!("r{round}"), flags.limits(&ctx.job))
         .with_context(|| format!("{}: cannot create", dir.display()))?;
-    let (n, worst) = pending_lines(ctx, writer, retry_failed, |line| split.push(line))?;
+    let (n, worst) = pending_lines(ctx, writer, retry_failed, |line, tokens| {
+        split.push(line, tokens)
+    })?;
     let files = split
         .finish()
         .with_context(|| format!("{}: cannot write batch input", dir.display()))?;
@@ -695,6 +706,7 @@ fn new_round(
             input: w.path,
             requests: w.requests,
             bytes: w.bytes,
+            tokens: Some(w.tokens),
             ..Chunk::default()
         });
     }
@@ -752,7 +764,7 @@ fn pending_lines(
     ctx: &Ctx,
     writer: &mut JournalWriter,
     retry_failed: bool,
-    mut emit: impl FnMut(&[u8]) -> std::io::Result<()>,
+    mut emit: impl FnMut(&[u8], u64) -> std::io::Result<()>,
 ) -> anyhow::Result<(u64, Money)> {
     let job = &ctx.job;
     let spool = ctx
@@ -779,13 +791,10 @@ fn pending_lines(
             }
             Step::Skip { .. } | Step::Cached { .. } => continue,
         };
-        emit(&backend::request_line(
-            job.api.provider,
-            req.row,
-            &req.hash,
-            url,
-            &req.body,
-        ))?;
+        emit(
+            &backend::request_line(job.api.provider, req.row, &req.hash, url, &req.body),
+            req.limiter_tokens,
+        )?;
         n += 1;
         if let Some(cost) = req.worst_cost {
             worst = worst.saturating_add(cost);
@@ -1021,7 +1030,7 @@ pub async fn export(
     // left empty (with the folder made for it) is removed again.
     let mut writer = ctx.open_journal()?;
     let mut bytes = 0u64;
-    let (n, _) = pending_lines(&ctx, &mut writer, retry_failed, |line| {
+    let (n, _) = pending_lines(&ctx, &mut writer, retry_failed, |line, _| {
         bytes += line.len() as u64;
         std::io::Write::write_all(&mut w, line)
     })?;
@@ -1039,12 +1048,13 @@ pub async fn export(
     }
     std::io::Write::flush(&mut w).with_context(|| format!("{}: cannot write", out.display()))?;
     eprintln!("wrote {n} requests ({bytes} bytes) to {}", out.display());
-    if n > input::MAX_REQUESTS || bytes > input::MAX_BYTES {
+    let limits = &ctx.job.batch;
+    if n > limits.max_requests || bytes > limits.max_bytes {
         eprintln!(
-            "note: one Batch API input file holds at most {} requests and {} bytes; split this \
-             file before uploading it, or let `promptmill run --mode batch` do it",
-            input::MAX_REQUESTS,
-            input::MAX_BYTES
+            "note: one Batch API input file holds at most {} requests and {} bytes \
+             (batch.max_requests, batch.max_bytes); split this file before uploading it, or \
+             let `promptmill run --mode batch` do it",
+            limits.max_requests, limits.max_bytes
         );
     }
     Ok(exit::OK)

@@ -115,7 +115,7 @@ pub(super) fn next_round(
         };
         let round = state.last_round() + 1;
         let dir = ctx.input_dir();
-        let split = Splitter::new(&dir, &format!("r{round}"), flags.max_requests)
+        let split = Splitter::new(&dir, &format!("r{round}"), flags.limits(job))
             .with_context(|| format!("{}: cannot create", dir.display()))?;
         let mut sink = ToBatch {
             split,
@@ -155,6 +155,7 @@ pub(super) fn next_round(
                 input: w.path,
                 requests: w.requests,
                 bytes: w.bytes,
+                tokens: Some(w.tokens),
                 review: Some(kind),
                 reservation: Some(Held {
                     id: journal::new_reservation_id(),
@@ -209,7 +210,9 @@ impl RoundSink for ToBatch {
             }
         }
         let line = backend::request_line(self.provider, item.row, &item.hash, self.url, &item.body);
-        self.split.push(&line).context("cannot write batch input")?;
+        self.split
+            .push(&line, item.limiter_tokens)
+            .context("cannot write batch input")?;
         let file = self.split.files().saturating_sub(1);
         if self.worst.len() <= file {
             self.worst.resize(file + 1, Money::ZERO);
