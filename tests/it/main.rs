@@ -35,6 +35,7 @@ mod retry_schedule;
 mod row_settings;
 mod rows;
 mod shard;
+mod shared_budget;
 mod shared_limits;
 mod signals;
 mod snapshots_cli;

@@ -524,6 +524,15 @@ pub struct BudgetConfig {
     /// over this many dollars.
     #[serde(default)]
     pub max_usd_per_run: Option<f64>,
+    /// Keep `max_usd_total`'s spend and reservations in the Redis of `limits.shared`, so
+    /// every process on `shared_key` (the shards of a job, on any machine) stays under it
+    /// together (see [`crate::pipeline::shared_budget`]).
+    #[serde(default)]
+    pub shared: bool,
+    /// The name of the shared budget; default: the limits' shared key plus a hash of the
+    /// job's output file name (the same for every shard of the job).
+    #[serde(default)]
+    pub shared_key: Option<String>,
 }
 
 impl BudgetConfig {
@@ -1105,6 +1114,20 @@ impl Job {
         }
         if self.limits.shared_key.as_deref().is_some_and(str::is_empty) {
             return Err(self.invalid("limits.shared_key: must not be empty"));
+        }
+        if self.budget.shared_key.as_deref().is_some_and(str::is_empty) {
+            return Err(self.invalid("budget.shared_key: must not be empty"));
+        }
+        if self.budget.shared && self.budget.total_cap().is_none() {
+            return Err(self.invalid(
+                "budget.shared: shares budget.max_usd_total (or --max-usd) between processes; \
+                 set that cap too",
+            ));
+        }
+        if self.budget.shared && self.mode == Mode::Batch {
+            return Err(self.invalid(
+                "budget.shared: works in live mode only; remove it or run with --mode live",
+            ));
         }
         if self.limits.requests_per_minute == Some(0) {
             return Err(self.invalid("limits.requests_per_minute: must be at least 1"));

@@ -154,6 +154,9 @@ pub struct JournalIndex {
     /// Money spent on every response recorded (superseded ones too: they were paid for),
     /// per endpoint, with the reservations no answer settled.
     pub spent: Spent,
+    /// What this journal's own lines and reservations say was spent, companions left out
+    /// (as of opening: appends update only `spent`), for the shared budget.
+    pub own: Spent,
     /// The reservations read from companion journals: theirs to compact, not this one's.
     foreign_rsv: std::collections::HashSet<u64>,
 }
@@ -220,15 +223,23 @@ impl JournalIndex {
         }
     }
 
-    /// Counts the money side of one journal line (see [`SpendFields`]).
-    fn count_spend(&mut self, line: &SpendFields) {
+    /// Counts the money side of one journal line (see [`SpendFields`]); `own` when the
+    /// line is the journal's own, not a companion's.
+    fn count_spend(&mut self, line: &SpendFields, own: bool) {
         let ep = line.ep.as_deref();
-        if let Some(id) = line.rsv {
-            self.spent.settled(id);
-        }
         // Served from the cache or shared with another row: nothing was paid for it.
         let paid = line.has_usage && !line.cached && !line.shared;
-        self.spent.charge(ep, Charge::of(paid, line.cost_pico));
+        let charge = Charge::of(paid, line.cost_pico);
+        let mut tallies = vec![&mut self.spent];
+        if own {
+            tallies.push(&mut self.own);
+        }
+        for spent in tallies {
+            if let Some(id) = line.rsv {
+                spent.settled(id);
+            }
+            spent.charge(ep, charge);
+        }
     }
 }
 
@@ -405,6 +416,7 @@ fn scan(file: Option<&mut File>, path: &Path) -> Result<(JournalIndex, u64), Jou
         .collect();
     index.repaired_tail = false;
     read_reservations(path, &mut index.spent)?;
+    read_reservations(path, &mut index.own)?;
     let good_end = match file {
         Some(file) => scan_lines(file, path, None, &slots, &mut index)?,
         None => 0,
@@ -450,14 +462,17 @@ fn scan_lines(
                         index.records += 1;
                     }
                 }
-                index.count_spend(&SpendFields {
-                    cost_pico: r.cost_pico,
-                    cached: r.cached,
-                    has_usage: r.usage.is_some(),
-                    shared: r.shared_with.is_some(),
-                    ep: r.ep,
-                    rsv: r.rsv,
-                });
+                index.count_spend(
+                    &SpendFields {
+                        cost_pico: r.cost_pico,
+                        cached: r.cached,
+                        has_usage: r.usage.is_some(),
+                        shared: r.shared_with.is_some(),
+                        ep: r.ep,
+                        rsv: r.rsv,
+                    },
+                    place.is_none(),
+                );
                 good_end = offset + n;
             }
             _ if !complete => {
@@ -562,7 +577,7 @@ impl JournalWriter {
             ep: self.endpoint.clone(),
             rsv,
         };
-        self.index.count_spend(&spend);
+        self.index.count_spend(&spend, false);
         if let Some(slots) = &self.index.slots {
             if slots.set(&record.id, &record.hash, at)? {
                 self.index.records += 1;
@@ -586,7 +601,7 @@ impl JournalWriter {
             rsv,
             ..SpendFields::default()
         };
-        self.index.count_spend(&fields);
+        self.index.count_spend(&fields, false);
         Ok(())
     }
 

@@ -23,6 +23,7 @@ use crate::drive::retry::{RetryKind, RetryPolicy};
 use crate::journal::{JournalError, JournalWriter, Record, Status, Unfinished};
 use crate::limit::Limiter;
 use crate::pipeline::ledger::{Cap, Charge, Ledger, Reservation};
+use crate::pipeline::shared_budget::{SharedBudget, Verdict};
 use crate::progress::Progress;
 use crate::types::{Money, Usage};
 use crate::watchdog::{Watchdog, WatchdogLimits};
@@ -209,6 +210,9 @@ pub struct Scheduler {
     pub limiter: Limiter,
     /// Every dollar reserved, settled and released goes through it.
     pub ledger: Arc<Ledger>,
+    /// `budget.shared`: the total cap held in Redis with every other process on its key;
+    /// each request reserves there too, after the local ledger.
+    pub shared_budget: Option<SharedBudget>,
     pub journal: Mutex<JournalWriter>,
     /// How the rows' answers are priced and read.
     pub answer: Profile,
@@ -262,6 +266,7 @@ impl Scheduler {
             client,
             limiter,
             ledger,
+            shared_budget: None,
             journal: Mutex::new(journal),
             answer: Profile {
                 price,
@@ -359,7 +364,18 @@ impl Scheduler {
             // settle (they usually cost less than reserved); stop only when none are left.
             let reservation = loop {
                 let cap = match self.ledger.reserve(item.worst_cost) {
-                    Ok(r) => break r,
+                    Ok(r) => match self.reserve_shared(item.worst_cost).await {
+                        Ok(true) => break r,
+                        Ok(false) => {
+                            self.ledger.release(r);
+                            Cap::Total
+                        }
+                        Err(why) => {
+                            self.ledger.release(r);
+                            self.stop_job(&why);
+                            break 'feed;
+                        }
+                    },
                     Err(cap) => cap,
                 };
                 if tasks.is_empty() {
@@ -384,6 +400,8 @@ impl Scheduler {
                     id,
                 },
                 Err(e) => {
+                    self.settle_shared(reservation.worst(), Charge::Nothing)
+                        .await;
                     self.ledger.release(reservation);
                     self.journal_failed(e);
                     break;
@@ -423,7 +441,7 @@ impl Scheduler {
             r = self.attempts(&item, &mut wasted) => r,
         };
         let Some(mut record) = record else {
-            self.unfinished(&item, wasted, res);
+            self.unfinished(&item, wasted, res).await;
             return;
         };
         if item.kind == Kind::Judge {
@@ -441,7 +459,7 @@ impl Scheduler {
                     }
                     (u, w) => u.or(w),
                 };
-                self.unfinished(&item, paid, res);
+                self.unfinished(&item, paid, res).await;
                 return;
             }
             record.regen_of = Some(of.clone());
@@ -457,6 +475,7 @@ impl Scheduler {
         }
         let charge = Charge::of(record.usage.is_some(), record.cost_pico);
         let journaled = self.journal().append_settling(&record, Some(res.id));
+        self.settle_shared(res.res.worst(), charge).await;
         self.pay(res.res, record.usage.as_ref(), charge);
         if let Err(e) = journaled {
             self.journal_failed(e);
@@ -483,8 +502,9 @@ impl Scheduler {
 
     /// A row the run stopped before it ended: its reservation goes back, except what its
     /// thrown-away answers cost, which is spent and journaled (the row stays pending).
-    fn unfinished(&self, item: &WorkItem, wasted: Option<Usage>, res: Held) {
+    async fn unfinished(&self, item: &WorkItem, wasted: Option<Usage>, res: Held) {
         let Some(usage) = wasted else {
+            self.settle_shared(res.res.worst(), Charge::Nothing).await;
             self.ledger.release(res.res);
             if let Err(e) = self.journal().release(item.row, res.id) {
                 self.journal_failed(e);
@@ -492,7 +512,9 @@ impl Scheduler {
             return;
         };
         let cost = self.cost(item, &usage, self.served(self.asked, None));
-        self.pay(res.res, Some(&usage), Charge::of(true, cost.map(|c| c.0)));
+        let charge = Charge::of(true, cost.map(|c| c.0));
+        self.settle_shared(res.res.worst(), charge).await;
+        self.pay(res.res, Some(&usage), charge);
         let spend = Unfinished {
             row: item.row,
             id: item.id.clone(),
@@ -526,6 +548,32 @@ impl Scheduler {
                 );
                 self.stop.cancel();
             }
+        }
+    }
+
+    /// Reserves `worst` in the shared budget too, if there is one: true to send, false when
+    /// every process together would cross the cap; `Err` stops the job (Redis failed and
+    /// `on_shared_failure = "stop"`).
+    async fn reserve_shared(&self, worst: Money) -> Result<bool, String> {
+        let Some(b) = &self.shared_budget else {
+            return Ok(true);
+        };
+        match b.reserve(worst).await? {
+            Verdict::Reserved | Verdict::Local => Ok(true),
+            Verdict::OverCap => Ok(false),
+        }
+    }
+
+    /// Settles a reservation of `worst` in the shared budget, if there is one: what was paid
+    /// (an unknown price stays at the worst case), or nothing.
+    async fn settle_shared(&self, worst: Money, charge: Charge) {
+        if let Some(b) = &self.shared_budget {
+            let paid = match charge {
+                Charge::Nothing => Some(Money::ZERO),
+                Charge::Priced(m) => Some(m),
+                Charge::Unpriced => None,
+            };
+            b.settle(worst, paid).await;
         }
     }
 

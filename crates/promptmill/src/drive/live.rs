@@ -27,6 +27,7 @@ use crate::limit::shared::{default_key, redact, OnFailure, Shared};
 use crate::limit::Limiter;
 use crate::pipeline::ledger::{self, Cap, Caps, Ledger};
 use crate::pipeline::rows::{Spool, Step};
+use crate::pipeline::shared_budget::{self, SharedBudget};
 use crate::plan::Planner;
 use crate::progress::Progress;
 use crate::resume::{Decision, ResumeCounts};
@@ -264,6 +265,10 @@ pub async fn run(
     progress.finish();
 
     let sched = Arc::try_unwrap(sched).map_err(|_| anyhow!("scheduler still shared"))?;
+    let shared_seen = sched
+        .shared_budget
+        .as_ref()
+        .map(|b| (b.key().to_string(), b.seen()));
     let stats = sched.stats;
     let writer = sched
         .journal
@@ -294,6 +299,19 @@ pub async fn run(
 
     let (mut summary, mut code) =
         summarize(ctx, &stop, &ledger, &stats, &produced, &totals, started);
+    if let (StopReason::Budget(Cap::Total), Some((key, seen))) = (&stop, shared_seen) {
+        summary.message = Some(format!(
+            "shared budget cap reached: every process on budget key {key} together has spent \
+             and reserved {seen} of {}; this process spent {}, {} rows not run; raise \
+             budget.max_usd_total (or --max-usd) and run again to finish",
+            ledger.caps().total.unwrap_or_default(),
+            ledger
+                .this_run()
+                .known()
+                .map_or_else(|| "unknown".into(), |m| m.to_string()),
+            totals.pending
+        ));
+    }
     if let (Some(selection), Some(spool)) = (&selection, &spool) {
         let sent = preview::print_rows(selection, spool, &index, &journal_path)?;
         let numbers = preview::project(selection, sent, ledger.this_run(), price.is_some());
@@ -330,10 +348,7 @@ fn write_from_spool(
 /// wins), if any. Unreachable: stop (exit 3) or, with `on_shared_failure = "local"`, warn
 /// and go on alone.
 async fn shared_limits(job: &Job, key: &Secret) -> anyhow::Result<Option<Shared>> {
-    let from_env = std::env::var("PROMPTMILL_LIMITS_SHARED")
-        .ok()
-        .filter(|v| !v.trim().is_empty());
-    let Some(url) = from_env.or_else(|| job.limits.shared.clone()) else {
+    let Some(url) = shared_url(job) else {
         return Ok(None);
     };
     match url::Url::parse(&url) {
@@ -370,6 +385,80 @@ async fn shared_limits(job: &Job, key: &Secret) -> anyhow::Result<Option<Shared>
     }
 }
 
+/// The Redis URL of `PROMPTMILL_LIMITS_SHARED` (which wins) or `limits.shared`, if any.
+fn shared_url(job: &Job) -> Option<String> {
+    std::env::var("PROMPTMILL_LIMITS_SHARED")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| job.limits.shared.clone())
+}
+
+/// Joins the shared budget of `budget.shared` on the Redis of the shared limiter, with what
+/// this run's own journal says was spent. None without `budget.shared`, or when Redis could
+/// not be reached at the start and `on_shared_failure = "local"` (warned already).
+async fn shared_budget(
+    job: &Job,
+    shared: Option<&Shared>,
+    journal: &journal::JournalWriter,
+    endpoint: &str,
+) -> anyhow::Result<Option<SharedBudget>> {
+    let (true, Some(cap)) = (job.budget.shared, job.budget.total_cap()) else {
+        return Ok(None);
+    };
+    let Some(sh) = shared else {
+        eprintln!(
+            "warning: budget.shared: Redis cannot be reached, so budget.max_usd_total holds \
+             for this process alone (limits.on_shared_failure = \"local\")"
+        );
+        return Ok(None);
+    };
+    let key = match &job.budget.shared_key {
+        Some(k) => k.clone(),
+        None => shared_budget::default_key(sh.key(), &unsharded_output_name(job)),
+    };
+    let own = journal.index().own.on(endpoint).priced;
+    let (conn, shown) = sh.connection();
+    let member = shared_budget::member(journal.path());
+    let on_failure = job.limits.on_shared_failure;
+    match SharedBudget::join(
+        conn,
+        shown,
+        &key,
+        member,
+        Money::from_usd(cap),
+        own,
+        on_failure,
+    )
+    .await
+    {
+        Ok(b) => Ok(Some(b)),
+        Err(why) if on_failure == OnFailure::Local => {
+            eprintln!(
+                "warning: {why}; budget.max_usd_total holds for this process alone \
+                 (limits.on_shared_failure = \"local\")"
+            );
+            Ok(None)
+        }
+        Err(why) => Err(anyhow!(
+            "{why} (limits.on_shared_failure = \"stop\"; no row was sent)"
+        )),
+    }
+}
+
+/// The job's output file name as every shard of it shares it (`out.shard-2-of-4.csv` →
+/// `out.csv`).
+fn unsharded_output_name(job: &Job) -> String {
+    let name = job
+        .output
+        .path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    match job.shard {
+        Some(s) => name.replacen(&format!(".{}", s.tag()), "", 1),
+        None => name,
+    }
+}
+
 /// The scheduler of a live run, with the ledger it adds money to (the spend before this run
 /// read from the journal, mock spend apart) and the progress display.
 async fn scheduler_for(
@@ -387,6 +476,13 @@ async fn scheduler_for(
     } else {
         client::api_key(job).map_err(start_err)?
     };
+    if job.budget.shared && shared_url(job).is_none() {
+        return Err(start_err(anyhow!(
+            "budget.shared: the budget is shared through the Redis of the shared rate \
+             limiter; set limits.shared (or PROMPTMILL_LIMITS_SHARED) to a \
+             redis://host:port/db URL"
+        )));
+    }
     let shared = shared_limits(job, &key).await?;
     let client = Client::for_job(job, key).map_err(start_err)?;
     let caps = Caps::of(&job.budget);
@@ -408,6 +504,7 @@ async fn scheduler_for(
         );
     }
     let ledger = Arc::new(Ledger::new(caps, index_before.spent.on(endpoint)));
+    let budget = shared_budget(job, shared.as_ref(), &writer, endpoint).await?;
     let limiter = Limiter::new(job.limits.requests_per_minute, job.limits.tokens_per_minute)
         // Anthropic counts actual output against its token limit; OpenAI charges max_tokens.
         .refund_unused_tokens(job.api.provider == crate::config::ProviderKind::Anthropic);
@@ -434,6 +531,7 @@ async fn scheduler_for(
             .flex_fallback_after_secs
             .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
     );
+    sched.shared_budget = budget;
     sched.answer.schema = job.model.schema_json.clone();
     sched.prices = ctx.prices.clone();
     if let Some(seed) = seed {

@@ -197,6 +197,17 @@ impl Shared {
         })
     }
 
+    /// The connection and the URL as shown in messages, for the shared budget on the same
+    /// Redis.
+    pub fn connection(&self) -> (MultiplexedConnection, String) {
+        (self.conn.clone(), self.shown.clone())
+    }
+
+    /// The name of this key's buckets.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     fn keys(&self) -> [String; 3] {
         [
             format!("{}:requests", self.key),
@@ -359,7 +370,7 @@ impl Shared {
 }
 
 /// Takes `url` (which may hold a password) out of a client error's text.
-fn scrub(text: &str, url: &str) -> String {
+pub(crate) fn scrub(text: &str, url: &str) -> String {
     let mut t = text.to_string();
     if let Ok(u) = url::Url::parse(url) {
         if let Some(p) = u.password().filter(|p| !p.is_empty()) {

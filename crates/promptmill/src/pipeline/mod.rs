@@ -3,3 +3,4 @@
 
 pub mod ledger;
 pub mod rows;
+pub mod shared_budget;
