@@ -24,6 +24,7 @@ mod outputs;
 mod pipeline;
 mod preview;
 mod prices;
+mod prime;
 mod prompt_cache;
 mod providers;
 mod ratelimit;

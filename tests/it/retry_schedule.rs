@@ -174,6 +174,8 @@ fn item(row: u64, user: &str) -> WorkItem {
         guess: UsageGuess::default(),
         kind: promptmill::scheduler::Kind::Answer,
         model: None,
+        primer: None,
+        cache_key: None,
     }
 }
 

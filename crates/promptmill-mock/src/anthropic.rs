@@ -58,6 +58,7 @@ pub(crate) async fn messages(
 }
 
 async fn message(s: &Shared, seq: u64, body: &[u8]) -> Response {
+    let arrived = std::time::Instant::now();
     let req: Request = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return s.bad_request(&super::openai::unparseable(&e)),
@@ -134,8 +135,13 @@ async fn message(s: &Shared, seq: u64, body: &[u8]) -> Response {
     let cache = if s.cache.is_on() {
         let (tokens, points) = super::text::prompt_sequence(model, &counted);
         let now = std::time::Instant::now();
-        s.cache
-            .anthropic(model, &tokens, &points, now, super::prompt_cache::as_of())
+        s.cache.anthropic(
+            model,
+            &tokens,
+            &points,
+            now,
+            super::prompt_cache::seen_from(arrived),
+        )
     } else {
         super::prompt_cache::AnthropicUse::default()
     };

@@ -96,7 +96,9 @@
 //! including them: `cache_creation_input_tokens` when written, `cache_read_input_tokens` when
 //! read, `input_tokens` the rest; prefixes under 1,024 tokens (2,048 for haiku models) are
 //! not cached. A batch's requests see only what was cached before the batch was created
-//! (never each other's writes); later requests see theirs. `--no-prompt-cache` turns it off.
+//! (never each other's writes); later requests see theirs. A live request likewise sees only
+//! what answers given before it arrived wrote, so requests sent together all miss.
+//! `--no-prompt-cache` turns it off.
 
 mod anthropic;
 mod azure;

@@ -183,6 +183,7 @@ pub(crate) async fn chat_completions(
 }
 
 pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
+    let arrived = std::time::Instant::now();
     let req: Request = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => return s.bad_request(&unparseable(&e)),
@@ -242,8 +243,12 @@ pub(crate) async fn chat(s: &Shared, seq: u64, body: &[u8]) -> Response {
     let cached = if s.cache.is_on() {
         let (tokens, _) = text::prompt_sequence(params.model, messages);
         let now = std::time::Instant::now();
-        s.cache
-            .openai(params.model, &tokens, now, super::prompt_cache::as_of())
+        s.cache.openai(
+            params.model,
+            &tokens,
+            now,
+            super::prompt_cache::seen_from(arrived),
+        )
     } else {
         0
     };

@@ -12,6 +12,9 @@
 //!   under 1,024 tokens (2,048 for haiku models) are not cached.
 //! - Batches: a batch's requests see only what was written before the batch was created,
 //!   never each other's writes; later requests see the batch's writes.
+//! - Live requests likewise see only what was written before they arrived: a prompt still
+//!   being answered (within `--latency-ms`) is not cached yet, so requests sent together
+//!   all miss, as they do at the providers.
 //!
 //! Memory stays bounded: one small entry per block or breakpoint, at most `CAP` entries;
 //! expired entries go first, then the least recently used.
@@ -57,6 +60,12 @@ tokio::task_local! {
 /// The creation time of the batch being answered (None for a live request).
 pub(crate) fn as_of() -> Option<Instant> {
     AS_OF.try_with(|t| *t).ok()
+}
+
+/// What a request that `arrived` then sees: the batch's creation for a batch's request,
+/// else its own arrival (answers still being given have written nothing yet).
+pub(crate) fn seen_from(arrived: Instant) -> Option<Instant> {
+    as_of().or(Some(arrived))
 }
 
 /// What an Anthropic-shaped request reads and writes.

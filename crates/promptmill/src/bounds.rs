@@ -119,6 +119,15 @@ pub const MAX_IN_FLIGHT: Bound = Bound {
     unit: "",
 };
 
+/// `cache.key_rpm`: requests per minute under one `prompt_cache_key` (0: no key).
+pub const KEY_RPM: Bound = Bound {
+    field: "cache.key_rpm",
+    flag: None,
+    min: 0.0,
+    max: 100_000.0,
+    unit: "",
+};
+
 /// `limits.max_retries` / `--max-retries`.
 pub const MAX_RETRIES: Bound = Bound {
     field: "limits.max_retries",

@@ -591,6 +591,11 @@ pub struct CacheConfig {
     /// estimate (default true). Never changes what is sent.
     #[serde(default = "yes")]
     pub prefix: bool,
+    /// A live run's most requests per minute under one `prompt_cache_key` (OpenAI shape):
+    /// a group's requests are spread over as many keys as keep each under it (default 15,
+    /// OpenAI's guidance; 0 sends no key).
+    #[serde(default = "key_rpm")]
+    pub key_rpm: u32,
 }
 
 impl Default for CacheConfig {
@@ -598,8 +603,13 @@ impl Default for CacheConfig {
         CacheConfig {
             dir: None,
             prefix: true,
+            key_rpm: key_rpm(),
         }
     }
+}
+
+fn key_rpm() -> u32 {
+    crate::prime::KEY_RPM
 }
 
 fn yes() -> bool {
@@ -1016,6 +1026,7 @@ impl Job {
             (&MAX_USD_PER_RUN, self.budget.max_usd_per_run),
             (&MAX_IN_FLIGHT, Some(f64::from(self.limits.max_in_flight))),
             (&MAX_RETRIES, Some(f64::from(self.limits.max_retries))),
+            (&KEY_RPM, Some(f64::from(self.cache.key_rpm))),
             (&REGENERATE, Some(f64::from(self.regenerate))),
             (&REJECT_RATE, self.estimate.assume_reject_rate),
             (

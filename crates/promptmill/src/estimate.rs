@@ -130,6 +130,9 @@ pub struct Estimate {
     /// What an earlier run's journal says about the rows.
     #[serde(skip)]
     pub resume: ResumeCounts,
+    /// Every cacheable prefix group, largest first (for a live run's primers).
+    #[serde(skip)]
+    pub prefix_groups: Vec<crate::prefix::PrefixGroup>,
 }
 
 /// Shared prompt prefixes and the prompt cache's effect on the cost (see `prefix.rs`).
@@ -430,6 +433,7 @@ pub fn estimate(
         prompt_cache: None,
         samples: Vec::new(),
         resume: ResumeCounts::default(),
+        prefix_groups: Vec::new(),
     };
     let assumed = job.estimate.assume_output_tokens.map(u64::from);
     let mut groups = std::collections::BTreeMap::<String, ModelGroup>::new();
@@ -545,7 +549,10 @@ pub fn estimate(
             .collect();
     }
     if job.cache.prefix {
-        e.prompt_cache = Some(prompt_cache(&e, job, &prefixes, opts.price));
+        let anthropic = job.api.provider == crate::config::ProviderKind::Anthropic;
+        let groups = prefixes.groups(crate::prefix::min_tokens(anthropic, &job.model.name));
+        e.prefix_groups = groups.iter().filter(|g| g.cacheable).cloned().collect();
+        e.prompt_cache = Some(prompt_cache(&e, job, groups, opts.price));
     }
     if job.regenerate > 0 {
         e.regeneration = Some(regeneration(&e, job));
@@ -586,13 +593,12 @@ fn at(p: &ModelPrice, tier: Tier, prompt: u64, out: u64) -> f64 {
 fn prompt_cache(
     e: &Estimate,
     job: &Job,
-    prefixes: &crate::prefix::Prefixes,
+    groups: Vec<crate::prefix::PrefixGroup>,
     price: Option<&ModelPrice>,
 ) -> PromptCacheEstimate {
     use crate::config::ProviderKind;
-    use crate::prefix::{min_tokens, BLOCK, LIST};
+    use crate::prefix::{BLOCK, LIST};
     let anthropic = job.api.provider == ProviderKind::Anthropic;
-    let groups = prefixes.groups(min_tokens(anthropic, &job.model.name));
     let (mut reads, mut cached) = (0u64, 0u64);
     if !anthropic {
         for g in groups.iter().filter(|g| g.cacheable) {

@@ -26,6 +26,7 @@ pub mod outputs;
 pub mod pipeline;
 pub mod plan;
 pub mod prefix;
+pub mod prime;
 pub mod progress;
 pub mod render;
 pub mod report;

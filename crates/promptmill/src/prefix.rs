@@ -56,22 +56,17 @@ pub struct PrefixGroup {
     pub rows: u64,
     /// Long enough for the provider to cache it.
     pub cacheable: bool,
+    /// The prefix's key in a row's [`chain`] (the chain's first 64 bits).
+    #[serde(skip)]
+    pub key: u64,
 }
 
 impl Prefixes {
     /// Counts one request's prefixes; `count` gives the tokens of some leading messages
     /// (called only for prefixes not seen before).
     pub fn add(&mut self, messages: &[Message], count: impl Fn(&[Message]) -> u64) {
-        let mut chain = Sha256::new();
         let mut parent = None;
-        for k in 1..messages.len() {
-            let m = &messages[k - 1];
-            chain.update(role(m.role).as_bytes());
-            chain.update([0]);
-            chain.update(m.content.as_bytes());
-            chain.update([0]);
-            let digest = chain.clone().finalize();
-            let key = u64::from_be_bytes(std::array::from_fn(|i| digest[i]));
+        for (k, (key, id)) in links(messages).enumerate() {
             if let Some(n) = self.nodes.get_mut(&key) {
                 n.rows += 1;
             } else {
@@ -81,14 +76,13 @@ impl Prefixes {
                 if self.nodes.len() >= MAX_NODES {
                     return;
                 }
-                let id = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
                 self.nodes.insert(
                     key,
                     Node {
                         parent,
                         id,
-                        messages: k,
-                        tokens: count(&messages[..k]),
+                        messages: k + 1,
+                        tokens: count(&messages[..=k]),
                         rows: 1,
                     },
                 );
@@ -135,12 +129,38 @@ impl Prefixes {
                     tokens: n.tokens,
                     rows,
                     cacheable: n.tokens >= min_tokens,
+                    key: *key,
                 })
             })
             .collect();
         groups.sort_by(|a, b| b.rows.cmp(&a.rows).then_with(|| a.id.cmp(&b.id)));
         groups
     }
+}
+
+/// The keys of a request's prefixes, shortest first: one per leading message but the last
+/// (see [`Prefixes::add`]), matched against [`PrefixGroup::key`] when the run sends it.
+pub fn chain(messages: &[Message]) -> Vec<u64> {
+    links(messages).map(|(key, _)| key).collect()
+}
+
+/// Each prefix's key and id, shortest first: a SHA-256 chain over the messages' roles and
+/// texts.
+fn links(messages: &[Message]) -> impl Iterator<Item = (u64, String)> + '_ {
+    let mut chain = Sha256::new();
+    messages
+        .iter()
+        .take(messages.len().saturating_sub(1))
+        .map(move |m| {
+            chain.update(role(m.role).as_bytes());
+            chain.update([0]);
+            chain.update(m.content.as_bytes());
+            chain.update([0]);
+            let digest = chain.clone().finalize();
+            let key = u64::from_be_bytes(std::array::from_fn(|i| digest[i]));
+            let id = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+            (key, id)
+        })
 }
 
 /// The provider's minimum cacheable prefix for `model`.

@@ -46,6 +46,11 @@ pub struct WorkItem {
     /// The row's own model (`model.name_column`), priced from [`Scheduler::prices`];
     /// `None`: the kind's [`Profile`] price.
     pub model: Option<String>,
+    /// A prefix group's primer: dropped once the item ends (answered, failed for good or
+    /// dropped unsent), which releases the rest of its group (see [`crate::prime`]).
+    pub primer: Option<std::sync::mpsc::Sender<()>>,
+    /// The `prompt_cache_key`s of its prefix group, one chosen when each attempt is sent.
+    pub cache_key: Option<Arc<crate::prime::KeyShards>>,
 }
 
 /// What a request is for: the row's answer, a rejected row's new attempt, or the judge's
@@ -81,6 +86,8 @@ impl WorkItem {
                 worst: req.worst,
             },
             kind,
+            primer: None,
+            cache_key: None,
         }
     }
 }
@@ -677,6 +684,15 @@ impl Scheduler {
                 self.progress.retried();
             }
             let body = standard_body.as_ref().unwrap_or(&item.body);
+            let keyed = item.cache_key.as_ref().map(|keys| {
+                let mut b = body.clone();
+                if let Some(o) = b.as_object_mut() {
+                    let key = keys.key(tokio::time::Instant::now());
+                    o.insert("prompt_cache_key".into(), Value::from(key));
+                }
+                b
+            });
+            let body = keyed.as_ref().unwrap_or(body);
             let err = match self.client.send(body).await {
                 Ok(mut c) => {
                     let tier = self.served(asked, c.service_tier.as_deref());

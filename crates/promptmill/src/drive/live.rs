@@ -29,6 +29,7 @@ use crate::pipeline::ledger::{self, Cap, Caps, Ledger};
 use crate::pipeline::rows::{Spool, Step};
 use crate::pipeline::shared_budget::{self, SharedBudget};
 use crate::plan::Planner;
+use crate::prime::Plan;
 use crate::progress::Progress;
 use crate::resume::{Decision, ResumeCounts};
 use crate::scheduler::{Kind, Profile, RunStats, Scheduler, StopReason, UsageCounter, WorkItem};
@@ -217,11 +218,16 @@ pub async fn run(
     let producer = {
         let (job, sched, price) = (job.clone(), sched.clone(), price.clone());
         let (spool, selection) = (spool.clone(), selection.clone());
+        // With `cache.prefix`: the prefix groups found in the first pass, primed.
+        let prime = validated
+            .as_ref()
+            .and_then(|v| Plan::new(&job, &v.prefix_groups, v.requests, v.min_wall_time.seconds));
         tokio::task::spawn_blocking(move || match spool {
             Some(spool) => {
                 let feed = Feed {
                     spool: &spool,
                     selection: selection.as_deref(),
+                    prime: prime.as_ref(),
                 };
                 produce(&job, &sched, price.as_ref(), feed, tx)
             }
@@ -650,15 +656,23 @@ fn budget_message(cap: Cap, ledger: &Ledger, pending: u64) -> String {
     }
 }
 
-/// The rows [`produce`] reads: the first pass's spool, and in a preview the rows it sends.
+/// The rows [`produce`] reads: the first pass's spool, and in a preview the rows it sends;
+/// with `cache.prefix`, the prefix groups to prime.
 struct Feed<'a> {
     spool: &'a Spool,
     selection: Option<&'a Selection>,
+    prime: Option<&'a Plan>,
 }
 
-/// Feeds the scheduler the rows to send, in input order, from the Steps the validation
-/// pass kept: journals cache hits and bad rows, counts skipped rows. Runs on a blocking
-/// thread.
+/// How long the producer waits for a primer before looking whether the run stopped.
+const PRIMER_POLL: Duration = Duration::from_millis(50);
+
+/// Feeds the scheduler the rows to send, from the Steps the validation pass kept: journals
+/// cache hits and bad rows, counts skipped rows. Rows go in input order, except those of a
+/// primed prefix group (see [`crate::prime`]): the group's first request goes where it
+/// stands, as its primer, and the rest of the group waits until the primer's answer (or its
+/// final failure), then runs together, group after group, each read from the spool again.
+/// Runs on a blocking thread.
 fn produce(
     job: &Job,
     sched: &Scheduler,
@@ -670,10 +684,36 @@ fn produce(
         expected_cost: price.map(|_| Money::ZERO),
         ..Produced::default()
     };
-    let assumed_out = job.estimate.assume_output_tokens.map(u64::from);
-    let requests = out
-        .requests
-        .insert(RunRequests::new(&job.journal_path()).context("cannot create a temporary file")?);
+    let mut requests =
+        RunRequests::new(&job.journal_path()).context("cannot create a temporary file")?;
+    let fed = feed_rows(job, sched, price, feed, &tx, &mut out, &mut requests);
+    // Even when the run stopped early, the rows waiting for another's answer get it.
+    out.requests = Some(requests);
+    fed.map(|()| out)
+}
+
+/// [`produce`]'s loop over the spool.
+fn feed_rows(
+    job: &Job,
+    sched: &Scheduler,
+    price: Option<&ModelPrice>,
+    feed: Feed<'_>,
+    tx: &mpsc::Sender<WorkItem>,
+    out: &mut Produced,
+    requests: &mut RunRequests,
+) -> anyhow::Result<()> {
+    let send = Sending {
+        sched,
+        price,
+        assumed_out: job.estimate.assume_output_tokens.map(u64::from),
+        prime: feed.prime,
+        tx,
+    };
+    let primed = feed.prime.map_or(0, |p| p.primed);
+    // Per primed group: its primer's row and the end of its answer, and the rows left.
+    let mut primers: Vec<Option<(u64, std::sync::mpsc::Receiver<()>)>> =
+        (0..primed).map(|_| None).collect();
+    let mut waiting = vec![0u64; primed];
     for stepped in feed.spool.read().context("reading the row spool")? {
         if sched.stop.is_cancelled() {
             break;
@@ -712,11 +752,11 @@ fn produce(
                 out.expected_cost,
                 &req,
                 price,
-                assumed_out,
+                send.assumed_out,
                 sched.asked_tier(),
             );
             if tx.blocking_send(WorkItem::of(req, Kind::Output)).is_err() {
-                return Ok(out); // the scheduler stopped
+                return Ok(()); // the scheduler stopped
             }
         }
         let req = match stepped.step {
@@ -753,29 +793,136 @@ fn produce(
                 continue;
             }
         };
+        let primer = match send.primed_group(&req) {
+            Some(i) if primers[i].is_some() => {
+                waiting[i] += 1; // after its primer
+                continue;
+            }
+            Some(i) => {
+                let (done, ended) = std::sync::mpsc::channel();
+                primers[i] = Some((req.row, ended));
+                Some(done)
+            }
+            None => None,
+        };
+        let row = req.row;
+        match send.answer(out, requests, req, primer)? {
+            Sent::Stopped => return Ok(()),
+            Sent::Yes => {}
+            // Asked for already: the next row of the group is its primer.
+            Sent::Waits => {
+                if let Some(i) = primers
+                    .iter()
+                    .position(|p| p.as_ref().is_some_and(|p| p.0 == row))
+                {
+                    primers[i] = None;
+                }
+            }
+        }
+    }
+    for (i, primer) in primers.iter().enumerate() {
+        let Some((primer_row, ended)) = primer else {
+            continue;
+        };
+        if waiting[i] == 0 {
+            continue;
+        }
+        // Released by the primer's end: an answer, a failure after its retries, or the
+        // run stopping (the item is dropped unsent).
+        loop {
+            match ended.recv_timeout(PRIMER_POLL) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !sched.stop.is_cancelled() => {}
+                _ => break,
+            }
+        }
+        for stepped in feed.spool.read().context("reading the row spool")? {
+            if sched.stop.is_cancelled() {
+                return Ok(());
+            }
+            let stepped = stepped.context("reading the row spool")?;
+            if feed.selection.is_some_and(|s| !s.admits(&stepped)) {
+                continue;
+            }
+            let Step::Send(req) = stepped.step else {
+                continue;
+            };
+            // Rows before the primer were tried as primers already.
+            if req.row <= *primer_row || send.primed_group(&req) != Some(i) {
+                continue;
+            }
+            if let Sent::Stopped = send.answer(out, requests, req, None)? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What [`produce`] needs to send a row's answer.
+struct Sending<'a> {
+    sched: &'a Scheduler,
+    price: Option<&'a ModelPrice>,
+    assumed_out: Option<u64>,
+    prime: Option<&'a Plan>,
+    tx: &'a mpsc::Sender<WorkItem>,
+}
+
+/// Whether a row's answer went to the scheduler.
+enum Sent {
+    Yes,
+    /// Another row asks the very same: it gets that answer.
+    Waits,
+    /// The scheduler stopped.
+    Stopped,
+}
+
+impl Sending<'_> {
+    /// The primed group a request belongs to, if any.
+    fn primed_group(&self, req: &crate::pipeline::rows::Request) -> Option<usize> {
+        self.prime
+            .and_then(|p| p.group_of(&req.prefix))
+            .and_then(|(g, _)| g.primed)
+    }
+
+    /// Hands a row's answer to the scheduler, with its group's cache marks.
+    fn answer(
+        &self,
+        out: &mut Produced,
+        requests: &mut RunRequests,
+        mut req: crate::pipeline::rows::Request,
+        primer: Option<std::sync::mpsc::Sender<()>>,
+    ) -> anyhow::Result<Sent> {
         out.resume.add(req.decision);
         if !requests.send_or_wait(req.row, &req.id, &req.hash)? {
             // Asked for already in this run: the row gets that answer when the run ends.
-            continue;
+            return Ok(Sent::Waits);
         }
         let price = match &req.model {
-            Some(m) => sched.prices.lookup(m),
-            None => price,
+            Some(m) => self.sched.prices.lookup(m),
+            None => self.price,
         };
         out.expected_cost = expect(
             out.expected_cost,
             &req,
             price,
-            assumed_out,
-            sched.asked_tier(),
+            self.assumed_out,
+            self.sched.asked_tier(),
         );
-        let item = WorkItem::of(req, Kind::Answer);
+        let group = self.prime.and_then(|p| {
+            p.group_of(&req.prefix).map(|(g, link)| {
+                p.mark(g, link, &mut req.body);
+                g.keys.clone()
+            })
+        });
+        let mut item = WorkItem::of(req, Kind::Answer);
+        item.cache_key = group.flatten();
+        item.primer = primer;
         out.sent += 1;
-        if tx.blocking_send(item).is_err() {
-            break; // the scheduler stopped
+        if self.tx.blocking_send(item).is_err() {
+            return Ok(Sent::Stopped);
         }
+        Ok(Sent::Yes)
     }
-    Ok(out)
 }
 
 /// `total` plus what `req` is expected to cost at `price` (`None`, unknown, once any

@@ -58,6 +58,9 @@ pub struct Request {
     /// The row's own model (`model.name_column`), when it is not the job's: the request is
     /// priced at that model's price.
     pub model: Option<String>,
+    /// Its prefixes (`cache.prefix`; empty for a row with a model of its own, or when
+    /// off), for a live run to find the row's prefix group (see [`crate::prime`]).
+    pub prefix: Vec<crate::prime::Link>,
 }
 
 /// What to do with one row.
@@ -269,7 +272,12 @@ impl<'a> RowLoop<'a> {
             outputs.push(self.decide(index, out_id, p, resume.as_deref_mut())?);
         }
         let messages = std::mem::take(&mut planned.messages);
-        let step = self.decide(index, id, planned, resume)?;
+        let mut step = self.decide(index, id, planned, resume)?;
+        if let Step::Send(req) = &mut step {
+            if self.job.cache.prefix && req.model.is_none() {
+                req.prefix = crate::prime::links(&messages);
+            }
+        }
         Ok(Stepped {
             row,
             step,
@@ -355,6 +363,7 @@ impl<'a> RowLoop<'a> {
             worst,
             decision,
             model: planned.model,
+            prefix: Vec::new(),
         }
     }
 }
@@ -718,6 +727,8 @@ enum StepRecord {
         /// The row's own model, when it is not the job's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        prefix: Vec<crate::prime::Link>,
     },
     Cached {
         hash: String,
@@ -785,6 +796,7 @@ fn step_record(step: Step) -> StepRecord {
             worst_cost: r.worst_cost.map(|m| m.0),
             decision: decision_code(r.decision),
             model: r.model,
+            prefix: r.prefix,
         },
         Step::Cached {
             hash,
@@ -816,6 +828,7 @@ fn step_of(row: u64, id: String, rec: StepRecord) -> Step {
             worst_cost,
             decision,
             model,
+            prefix,
         } => Step::Send(Request {
             row,
             id,
@@ -827,6 +840,7 @@ fn step_of(row: u64, id: String, rec: StepRecord) -> Step {
             worst_cost: worst_cost.map(Money),
             decision: decision_of(decision),
             model,
+            prefix,
         }),
         StepRecord::Cached {
             hash,
@@ -1181,6 +1195,7 @@ mod tests {
                 worst_cost: None,
                 decision: Decision::New,
                 model: None,
+                prefix: Vec::new(),
             })
         };
         let dir = tempfile::tempdir().unwrap();

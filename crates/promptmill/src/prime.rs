@@ -1,0 +1,372 @@
+//! Paying for a shared prefix once (`cache.prefix`, live runs): the rows of each cacheable
+//! prefix group (see [`crate::prefix`]) run together, after one primer request whose answer
+//! means the provider has cached the prefix, so every later request of the group reads it.
+//!
+//! What is added to a request never changes its text: on the OpenAI shape a
+//! `prompt_cache_key` naming the group (sharded so that no key gets more than
+//! `cache.key_rpm` requests in any minute, the rate OpenAI says one key's cache machine
+//! serves), on the Anthropic shape a `cache_control` mark at the end of the prefix's last
+//! message. Neither is part of the request hash, so resume is not affected.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::{Job, ProviderKind};
+use crate::prefix::PrefixGroup;
+use crate::types::{Message, Role};
+
+/// Requests per minute under one `prompt_cache_key` by default: OpenAI's guidance (about 15
+/// per prefix and key; more overflow to machines without the cache).
+pub const KEY_RPM: u32 = 15;
+/// Most groups primed and run together (the largest); the rest go in input order.
+pub const MAX_PRIMED: usize = 64;
+/// How long Anthropic's default cache entry lives after its last use.
+const FIVE_MINUTES: Duration = Duration::from_secs(300);
+/// The 1-hour entry.
+const ONE_HOUR: Duration = Duration::from_secs(3600);
+
+/// One prefix of a request: its key (as [`crate::prefix::chain`]) and where Anthropic's
+/// `cache_control` would end it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    /// The prefix's key.
+    pub key: u64,
+    /// Anthropic shape: 0 = the end of the system text, `t` = the end of the `t`-th turn;
+    /// `None` when the body has no such place (a system message after the prefix would
+    /// change the system text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark: Option<u32>,
+}
+
+/// A request's prefixes, shortest first.
+pub fn links(messages: &[Message]) -> Vec<Link> {
+    let systems = messages.iter().filter(|m| m.role == Role::System).count();
+    let mut seen_systems = 0;
+    let mut turns = 0u32;
+    crate::prefix::chain(messages)
+        .into_iter()
+        .zip(messages)
+        .map(|(key, m)| {
+            if m.role == Role::System {
+                seen_systems += 1;
+            } else {
+                turns += 1;
+            }
+            let mark = (seen_systems == systems && (turns > 0 || systems > 0)).then_some(turns);
+            Link { key, mark }
+        })
+        .collect()
+}
+
+/// The cache lifetime asked for on the Anthropic shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// The default 5 minutes (writes cost 1.25× the input price).
+    FiveMinutes,
+    /// One hour (writes cost 2×).
+    OneHour,
+}
+
+/// The cheaper lifetime for a prefix that may sit unread for `idle` (the longest expected
+/// wait between two of its reads): 5 minutes when it stays fresh that long (one write at
+/// 1.25×); one hour when only the hour keeps it (one write at 2× beats two at 1.25×); 5
+/// minutes again when neither does.
+pub fn ttl_for(idle: Option<Duration>) -> Ttl {
+    match idle {
+        Some(d) if d > FIVE_MINUTES && d <= ONE_HOUR => Ttl::OneHour,
+        _ => Ttl::FiveMinutes,
+    }
+}
+
+/// `prompt_cache_key`s for one group, sharded: each key is given to at most `rpm` requests
+/// in any 60 seconds; the lowest free shard is used, so keys are added only as needed.
+#[derive(Debug)]
+pub struct KeyShards {
+    base: String,
+    rpm: usize,
+    /// Per shard, when its recent requests were given the key (at most `rpm` each).
+    used: Mutex<Vec<VecDeque<tokio::time::Instant>>>,
+}
+
+impl KeyShards {
+    /// Keys `pm-<group id>-<shard>`, `rpm` (at least 1) requests a minute each.
+    pub fn new(group_id: &str, rpm: u32) -> KeyShards {
+        KeyShards {
+            base: format!("pm-{group_id}"),
+            rpm: rpm.max(1) as usize,
+            used: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The key for a request sent at `now`.
+    pub fn key(&self, now: tokio::time::Instant) -> String {
+        const WINDOW: Duration = Duration::from_secs(60);
+        // A panicking holder cannot leave plain timestamps half-changed.
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        for q in used.iter_mut() {
+            while q
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= WINDOW)
+            {
+                q.pop_front();
+            }
+        }
+        let shard = match used.iter().position(|q| q.len() < self.rpm) {
+            Some(s) => s,
+            None => {
+                used.push(VecDeque::with_capacity(self.rpm));
+                used.len() - 1
+            }
+        };
+        if let Some(q) = used.get_mut(shard) {
+            q.push_back(now);
+        }
+        format!("{}-{shard}", self.base)
+    }
+}
+
+/// One cacheable group as a live run treats it.
+#[derive(Debug)]
+pub struct Group {
+    /// The group's id (as the estimate lists it).
+    pub id: String,
+    /// Its place among the primed groups (run in this order), or `None`: not primed.
+    pub primed: Option<usize>,
+    /// Anthropic: the lifetime its `cache_control` asks for.
+    pub ttl: Ttl,
+    /// OpenAI shape: its keys (`None` with `cache.key_rpm = 0`).
+    pub keys: Option<Arc<KeyShards>>,
+}
+
+/// The groups of a live run, by prefix key.
+#[derive(Debug, Default)]
+pub struct Plan {
+    groups: HashMap<u64, Group>,
+    anthropic: bool,
+    /// Primed groups, in the order they run.
+    pub primed: usize,
+}
+
+impl Plan {
+    /// The plan for `groups` (the estimate's, largest first; only cacheable ones count).
+    /// `requests`: rows the run sends; `wall`: the shortest time the limits allow for them
+    /// (`None`: no limit, so nothing waits long). `None` when there is nothing to do.
+    pub fn new(
+        job: &Job,
+        groups: &[PrefixGroup],
+        requests: u64,
+        wall: Option<f64>,
+    ) -> Option<Plan> {
+        if !job.cache.prefix {
+            return None;
+        }
+        let anthropic = job.api.provider == ProviderKind::Anthropic;
+        let openai = job.api.provider == ProviderKind::Openai;
+        let cacheable: Vec<&PrefixGroup> = groups.iter().filter(|g| g.cacheable).collect();
+        if cacheable.is_empty() {
+            return None;
+        }
+        // Seconds per request when the limits bind, to tell how long a group's cached prefix
+        // waits: its primer is answered early, then the rows sent before its turn go first.
+        let per_request = wall
+            .filter(|w| w.is_finite() && *w > 0.0)
+            .map(|w| w / requests.max(1) as f64);
+        let primed_rows: u64 = cacheable.iter().take(MAX_PRIMED).map(|g| g.rows).sum();
+        let mut before = requests.saturating_sub(primed_rows);
+        let mut plan = Plan {
+            groups: HashMap::new(),
+            anthropic,
+            primed: 0,
+        };
+        for (i, g) in cacheable.into_iter().enumerate() {
+            let primed = (i < MAX_PRIMED).then_some(i);
+            let idle = per_request.map(|s| {
+                let wait = if primed.is_some() {
+                    before as f64 * s
+                } else {
+                    s
+                };
+                Duration::try_from_secs_f64(wait.max(s)).unwrap_or(Duration::MAX)
+            });
+            if primed.is_some() {
+                before = before.saturating_add(g.rows);
+                plan.primed += 1;
+            }
+            let keys = (openai && job.cache.key_rpm > 0)
+                .then(|| Arc::new(KeyShards::new(&g.id, job.cache.key_rpm)));
+            plan.groups.insert(
+                g.key,
+                Group {
+                    id: g.id.clone(),
+                    primed,
+                    ttl: ttl_for(idle),
+                    keys,
+                },
+            );
+        }
+        Some(plan)
+    }
+
+    /// The group a request belongs to (its longest prefix that is a group), with that
+    /// prefix's link.
+    pub fn group_of(&self, links: &[Link]) -> Option<(&Group, Link)> {
+        links
+            .iter()
+            .rev()
+            .find_map(|l| self.groups.get(&l.key).map(|g| (g, *l)))
+    }
+
+    /// Adds the group's `cache_control` mark to an Anthropic-shaped body (the text is not
+    /// changed: a string becomes one text block holding it). Other shapes are left alone.
+    pub fn mark(&self, group: &Group, link: Link, body: &mut Value) {
+        if !self.anthropic {
+            return;
+        }
+        let Some(at) = link.mark else { return };
+        let control = match group.ttl {
+            Ttl::FiveMinutes => json!({"type": "ephemeral"}),
+            Ttl::OneHour => json!({"type": "ephemeral", "ttl": "1h"}),
+        };
+        let slot = if at == 0 {
+            body.get_mut("system")
+        } else {
+            body.get_mut("messages")
+                .and_then(|m| m.get_mut(at as usize - 1))
+                .and_then(|m| m.get_mut("content"))
+        };
+        if let Some(v) = slot {
+            if let Some(text) = v.as_str() {
+                *v = json!([{"type": "text", "text": text, "cache_control": control}]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, base: tokio::time::Instant) -> tokio::time::Instant {
+        base + Duration::from_secs(secs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_stay_under_their_rate_in_every_minute() {
+        let shards = KeyShards::new("abc", 15);
+        let t0 = tokio::time::Instant::now();
+        // 90 requests a minute for three minutes, evenly spread.
+        let mut sent: Vec<(u64, String)> = Vec::new();
+        for i in 0..270u64 {
+            let ms = i * 60_000 / 90;
+            let now = t0 + Duration::from_millis(ms);
+            sent.push((ms, shards.key(now)));
+        }
+        let keys: std::collections::BTreeSet<&String> = sent.iter().map(|(_, k)| k).collect();
+        assert_eq!(keys.len(), 6, "90 a minute at 15 a key: six keys, {keys:?}");
+        for k in &keys {
+            let times: Vec<u64> = sent
+                .iter()
+                .filter(|(_, key)| key == *k)
+                .map(|(t, _)| *t)
+                .collect();
+            for (i, t) in times.iter().enumerate() {
+                let in_minute = times[i..].iter().take_while(|u| **u < t + 60_000).count();
+                assert!(
+                    in_minute <= 15,
+                    "{k}: {in_minute} in the minute from {t} ms"
+                );
+            }
+        }
+        assert!(keys.iter().all(|k| k.starts_with("pm-abc-")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_group_keeps_one_key() {
+        let shards = KeyShards::new("g", 15);
+        let t0 = tokio::time::Instant::now();
+        for i in 0..100 {
+            assert_eq!(shards.key(at(i * 5, t0)), "pm-g-0", "one request every 5 s");
+        }
+    }
+
+    #[test]
+    fn the_hour_is_chosen_only_when_it_saves_a_write() {
+        let min = |m: u64| Some(Duration::from_secs(m * 60));
+        assert_eq!(ttl_for(None), Ttl::FiveMinutes);
+        assert_eq!(ttl_for(min(4)), Ttl::FiveMinutes);
+        assert_eq!(ttl_for(min(5)), Ttl::FiveMinutes);
+        assert_eq!(ttl_for(min(6)), Ttl::OneHour);
+        assert_eq!(ttl_for(min(60)), Ttl::OneHour);
+        assert_eq!(ttl_for(min(61)), Ttl::FiveMinutes, "neither keeps it");
+    }
+
+    fn sys(t: &str) -> Message {
+        Message::new(Role::System, t)
+    }
+    fn user(t: &str) -> Message {
+        Message::new(Role::User, t)
+    }
+    fn asst(t: &str) -> Message {
+        Message::new(Role::Assistant, t)
+    }
+
+    #[test]
+    fn marks_fall_at_the_end_of_each_prefix() {
+        let l = links(&[sys("s"), user("q"), asst("a"), user("row")]);
+        let marks: Vec<Option<u32>> = l.iter().map(|l| l.mark).collect();
+        assert_eq!(marks, [Some(0), Some(1), Some(2)]);
+        // A system message after the prefix changes the system text: no mark before it.
+        let l = links(&[sys("s"), user("q"), sys("per row"), user("row")]);
+        let marks: Vec<Option<u32>> = l.iter().map(|l| l.mark).collect();
+        assert_eq!(marks, [None, None, Some(1)]);
+        let keys: Vec<u64> = l.iter().map(|l| l.key).collect();
+        assert_eq!(
+            keys,
+            crate::prefix::chain(&[sys("s"), user("q"), sys("per row"), user("row")])
+        );
+        assert!(links(&[user("only")]).is_empty());
+    }
+
+    #[test]
+    fn the_anthropic_mark_keeps_the_text() {
+        let plan = Plan {
+            anthropic: true,
+            ..Plan::default()
+        };
+        let group = Group {
+            id: "g".into(),
+            primed: Some(0),
+            ttl: Ttl::OneHour,
+            keys: None,
+        };
+        let mut body = json!({"system": "S", "messages": [
+            {"role": "user", "content": "q"}, {"role": "user", "content": "row"}]});
+        plan.mark(
+            &group,
+            Link {
+                key: 1,
+                mark: Some(0),
+            },
+            &mut body,
+        );
+        assert_eq!(
+            body["system"],
+            json!([{"type": "text", "text": "S",
+                    "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+        );
+        plan.mark(
+            &group,
+            Link {
+                key: 1,
+                mark: Some(1),
+            },
+            &mut body,
+        );
+        assert_eq!(body["messages"][0]["content"][0]["text"], "q");
+        assert_eq!(body["messages"][1]["content"], "row");
+    }
+}

@@ -1,0 +1,324 @@
+//! Paying for a shared prefix once (`cache.prefix`): a live run sends one primer per prefix
+//! group and the rest of the group only after its answer, with a `prompt_cache_key` per
+//! group (sharded under `cache.key_rpm`) on the OpenAI shape and a `cache_control` mark on
+//! the Anthropic shape; over real HTTP on 127.0.0.1.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::fault_server::{FaultServer, Reply};
+use crate::common::*;
+use promptmill::tokens::TokenCounter;
+use promptmill::types::{Message, Role};
+
+/// A system prompt whose framed tokens are `128 × blocks + 10` for gpt-4o-mini: the
+/// estimate and the mock then round the shared prefix down to the same whole blocks.
+fn system_prompt(lead: &str, blocks: u64) -> String {
+    let c = TokenCounter::for_model("gpt-4o-mini");
+    let framing = c.count_chat(&[]);
+    let words = (blocks * 128) as usize;
+    (words.saturating_sub(200)..words + 200)
+        .map(|n| format!("{lead}{}", " apple".repeat(n)))
+        .find(|s| {
+            let t = c.count_chat(&[Message::new(Role::System, s.as_str())]) - framing;
+            t % 128 == 10 && t / 128 == blocks
+        })
+        .expect("a length that ends 10 tokens into a block")
+}
+
+/// A job over rows.csv whose system message comes from the `sys` column's choice among
+/// `systems` (one prefix group per choice), with `extra` TOML appended.
+fn job(ws: &Workspace, base_url: &str, limits: &str, extra: &str) -> String {
+    job_of(ws, base_url, limits, extra, 9)
+}
+
+/// [`job`] with prefixes of `blocks` whole 128-token blocks and 10 tokens.
+fn job_of(ws: &Workspace, base_url: &str, limits: &str, extra: &str, blocks: u64) -> String {
+    let prompt = format!(
+        "system = \"{{% if kind == 'a' %}}{}{{% elif kind == 'b' %}}{}{{% else %}}Be brief.{{% endif %}}\"\nuser = \"Describe {{{{ name }}}}.\"",
+        system_prompt("You write copy.", blocks),
+        system_prompt("You review copy.", blocks),
+    );
+    let mut toml = JobFile {
+        prompt: &prompt,
+        model: "name = \"gpt-4o-mini\"\nmax_tokens = 5",
+        api: &format!("base_url = \"{base_url}\""),
+        limits,
+        ..JobFile::default()
+    }
+    .toml();
+    toml.push_str(extra);
+    ws.write("job.toml", &toml).to_string_lossy().into_owned()
+}
+
+/// rows.csv with `kinds[i]` as row i's `kind`.
+fn rows(ws: &Workspace, kinds: &[&str]) {
+    let mut s = String::from("id,name,kind\n");
+    for (i, k) in kinds.iter().enumerate() {
+        s.push_str(&format!("r{i},item {i},{k}\n"));
+    }
+    ws.write("rows.csv", &s);
+}
+
+/// Which group a request body is in: `a`, `b`, or `-` (the short system prompt).
+fn group_of(body: &Value) -> &'static str {
+    let system = body["messages"][0]["content"].as_str().unwrap_or("");
+    if system.starts_with("You write copy.") {
+        "a"
+    } else if system.starts_with("You review copy.") {
+        "b"
+    } else {
+        "-"
+    }
+}
+
+fn answer() -> Reply {
+    Reply::chat(
+        "ok",
+        "stop",
+        Some(json!({"prompt_tokens": 1200, "completion_tokens": 1, "total_tokens": 1201})),
+    )
+}
+
+/// What the server saw of one group: when its first request's answer was given, and every
+/// request that arrived before that.
+#[derive(Default)]
+struct Seen {
+    primer_answered: HashMap<&'static str, bool>,
+    early: Vec<String>,
+    keys: Vec<(Instant, &'static str, Option<String>)>,
+}
+
+/// A server that holds each group's first request for 300 ms and notes any other request
+/// of that group arriving meanwhile.
+fn watching_server() -> (FaultServer, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    let server = FaultServer::start(move |body, _| {
+        let g = group_of(body);
+        let key = body["prompt_cache_key"].as_str().map(str::to_string);
+        let first = {
+            let mut seen = s.lock().unwrap();
+            seen.keys.push((Instant::now(), g, key));
+            match seen.primer_answered.get(g).copied() {
+                None => {
+                    seen.primer_answered.insert(g, false);
+                    true
+                }
+                Some(false) if g != "-" => {
+                    let user = body["messages"][1]["content"].as_str().unwrap_or("");
+                    seen.early.push(format!("{g}: {user}"));
+                    false
+                }
+                Some(_) => false,
+            }
+        };
+        if first {
+            std::thread::sleep(Duration::from_millis(300));
+            s.lock().unwrap().primer_answered.insert(g, true);
+        }
+        answer()
+    });
+    (server, seen)
+}
+
+#[test]
+fn no_row_of_a_group_is_sent_before_its_primer_is_answered() {
+    let (server, seen) = watching_server();
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..60).map(|i| ["a", "b", "c"][i % 3]).collect();
+    rows(&ws, &kinds);
+    let job = job(&ws, &server.base_url(), "max_in_flight = 16", "");
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    assert_eq!(server.requests(), 60);
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.early.is_empty(),
+        "sent before their group's primer was answered: {:?}",
+        seen.early
+    );
+    // Every request of a group carries the group's key; the short prompt's rows none.
+    for (_, g, key) in &seen.keys {
+        match *g {
+            "-" => assert_eq!(key, &None),
+            _ => assert!(
+                key.as_deref().is_some_and(|k| k.starts_with("pm-")),
+                "{key:?}"
+            ),
+        }
+    }
+    let key_of = |g: &str| {
+        seen.keys
+            .iter()
+            .find(|(_, h, _)| *h == g)
+            .and_then(|(_, _, k)| k.clone())
+            .unwrap()
+    };
+    assert_ne!(key_of("a"), key_of("b"), "one key per group");
+}
+
+#[test]
+fn each_key_gets_at_most_key_rpm_requests_in_any_minute() {
+    let (server, seen) = watching_server();
+    let ws = Workspace::new();
+    rows(&ws, &["a"; 40]);
+    let job = job(
+        &ws,
+        &server.base_url(),
+        "max_in_flight = 8",
+        "\n[cache]\nkey_rpm = 5\n",
+    );
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    let seen = seen.lock().unwrap();
+    let mut by_key: BTreeMap<String, Vec<Instant>> = BTreeMap::new();
+    for (at, _, key) in &seen.keys {
+        let key = key.clone().expect("every row of the group has a key");
+        by_key.entry(key).or_default().push(*at);
+    }
+    assert!(by_key.len() >= 2, "40 requests at 5 a key: {by_key:?}");
+    for (key, times) in &by_key {
+        for (i, t) in times.iter().enumerate() {
+            let within = times[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < Duration::from_secs(60))
+                .count();
+            // The server notes arrivals, a little after the client chose the key: a
+            // minute seen here is at most that much shorter.
+            assert!(within <= 5, "{key}: {within} requests within a minute");
+        }
+    }
+}
+
+#[test]
+fn cache_prefix_false_sends_no_key_and_waits_for_no_primer() {
+    let (server, seen) = watching_server();
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..30).map(|i| ["a", "b"][i % 2]).collect();
+    rows(&ws, &kinds);
+    let job = job(
+        &ws,
+        &server.base_url(),
+        "max_in_flight = 16",
+        "\n[cache]\nprefix = false\n",
+    );
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    let seen = seen.lock().unwrap();
+    assert!(seen.keys.iter().all(|(_, _, k)| k.is_none()));
+    // The limiter's probe (the run's first request) goes alone, but the other group's
+    // rows go out together.
+    assert!(
+        !seen.early.is_empty(),
+        "without priming, rows go out while their group's first is in flight"
+    );
+}
+
+/// The mock's usage of every answered row, from the journal: (row, prompt, cached).
+fn journal_usage(ws: &Workspace) -> Vec<(u64, u64, u64)> {
+    ws.jsonl("out/result.journal.jsonl")
+        .iter()
+        .filter(|r| r.get("status").is_some())
+        .map(|r| {
+            let u = &r["usage"];
+            (
+                r["row"].as_u64().unwrap(),
+                u["prompt_tokens"].as_u64().unwrap(),
+                u["cached_tokens"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Two groups of 1,000 rows, each sharing its own 2,000-token system prompt, alternating.
+#[test]
+fn a_2000_row_job_reads_its_2000_token_prefixes_from_cache_after_each_primer() {
+    let mock = Mock::start(&["--latency-ms", "20"]);
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..2000).map(|i| ["a", "b"][i % 2]).collect();
+    rows(&ws, &kinds);
+    // 15 whole blocks and 10 tokens: 1,930 shared tokens, 1,920 cacheable.
+    let job = job_of(&ws, &mock.base_url, "max_in_flight = 64", "", 15);
+    let out = ws.run_env(
+        &[],
+        &["estimate", &job, "--json", "--assume-output-tokens", "5"],
+    );
+    assert_exit(&out, 0);
+    let e = stdout_json(&out);
+    let pc = &e["prompt_cache"];
+    assert_eq!(pc["cache_reads"], 1998, "{pc}");
+    assert_eq!(pc["cached_tokens"], 1998 * 1920, "{pc}");
+    let with = pc["cost"]["expected_usd"].as_f64().unwrap();
+
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    let usage = journal_usage(&ws);
+    assert_eq!(usage.len(), 2000);
+    let misses: Vec<_> = usage.iter().filter(|u| u.2 == 0).collect();
+    assert_eq!(misses.len(), 2, "only the two primers miss: {misses:?}");
+    let eligible = 1998 * 1920;
+    let read: u64 = usage.iter().map(|u| u.2).sum();
+    assert!(
+        read as f64 >= 0.95 * eligible as f64,
+        "{read} of {eligible} eligible prefix tokens read from cache"
+    );
+    let spent = ws.summary()["cost_this_run_usd"].as_f64().unwrap();
+    let off = (spent - with).abs() / with;
+    assert!(
+        off < 0.02,
+        "run {spent} vs estimate with caching {with}: {off}"
+    );
+}
+
+/// The mock caches a prompt only once its answer is given: requests sent together all miss
+/// (as at the providers, and why a group needs a primer); one sent after reads it.
+#[tokio::test]
+async fn the_mock_caches_a_prompt_only_once_it_is_answered() {
+    use promptmill_mock::{MockConfig, MockServer};
+    let config = MockConfig {
+        latency_ms: 300,
+        ..MockConfig::default()
+    };
+    let server = MockServer::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let system = system_prompt("You write copy.", 15);
+    let cached = |row: &'static str| {
+        let (client, url) = (
+            client.clone(),
+            format!("{}/chat/completions", server.base_url()),
+        );
+        let body = json!({"model": "gpt-4o-mini", "messages": [
+            {"role": "system", "content": system}, {"role": "user", "content": row}]});
+        async move {
+            let v: Value = client
+                .post(url)
+                .bearer_auth("sk-test")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    let (a, b) = tokio::join!(cached("row a"), cached("row b"));
+    assert_eq!(
+        (a, b),
+        (0, 0),
+        "sent together, neither sees the other's prefix"
+    );
+    assert_eq!(cached("row c").await, 1920, "sent after, reads it");
+}
