@@ -130,3 +130,112 @@ fn bad_batch_limits_are_refused_before_anything_runs() {
     }
     assert!(batches_at(&mock, "/v1").is_empty());
 }
+
+/// The chunks of the job's batch state: (requests, tokens, refused batches, status).
+fn chunks(ws: &Workspace, state: &str) -> Vec<(u64, u64, usize, String)> {
+    ws.json(state)["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["requests"].as_u64().unwrap(),
+                c["tokens"].as_u64().unwrap_or(0),
+                c["refused"].as_array().map_or(0, Vec::len),
+                c["status"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Every row ok, once each in the journal (nothing failed, nothing paid twice), and the
+/// mock answered exactly one request per row in its completed batches; the others failed
+/// for the enqueued-token limit alone. Returns how many batches were refused.
+fn assert_each_row_answered_once(ws: &Workspace, mock: &Mock, n: usize) -> usize {
+    let rows = ws.rows_by_id("out/result.csv", "cost_usd");
+    assert_eq!(rows.len(), n);
+    assert!(rows.values().all(|(st, _, _)| st == "ok"), "{rows:?}");
+    let journal = ws.jsonl("out/result.journal.jsonl");
+    assert_eq!(journal.len(), n, "one journal line per row");
+    let s = ws.summary();
+    assert_eq!(
+        (s["succeeded"].as_u64(), s["failed"].as_u64()),
+        (Some(n as u64), Some(0))
+    );
+    let all = batches_at(mock, "/v1");
+    let answered: u64 = all
+        .iter()
+        .filter(|b| b["status"] == "completed")
+        .map(|b| b["request_counts"]["completed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(answered, n as u64, "{all:?}");
+    let refused: Vec<&Value> = all.iter().filter(|b| b["status"] == "failed").collect();
+    for b in &refused {
+        assert_eq!(
+            b["errors"]["data"][0]["code"], "token_limit_exceeded",
+            "{b}"
+        );
+    }
+    refused.len()
+}
+
+#[test]
+fn a_batch_refused_for_the_enqueued_token_limit_is_held_through_a_kill_and_completed() {
+    // Each request enqueues about 70 tokens (prompt + max_tokens 50): a batch of 4 fits the
+    // limit, two at once do not.
+    let mock = Mock::start(&["--batch-enqueued-tokens", "400", "--batch-step-polls", "20"]);
+    let ws = Workspace::new();
+    ws.csv_rows(12);
+    let job = job_with_batch(&ws, &mock.base_url, "max_requests = 4");
+
+    // Submit: the first batch is taken, the two beside it are refused.
+    let out = ws.run(&["run", &job, "--mode", "batch"]);
+    assert_exit(&out, 4);
+    let failed = |c: &Vec<(u64, u64, usize, String)>| c.iter().filter(|c| c.3 == "failed").count();
+    assert_eq!(failed(&chunks(&ws, "out/result.batches.json")), 2);
+
+    // Collecting holds them while the first runs; kill it (SIGKILL) during the hold.
+    let mut child = ws.spawn(
+        &["collect", &job, "--wait", "--poll-secs", "0.05"],
+        std::process::Stdio::null(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let c = chunks(&ws, "out/result.batches.json");
+        if c.iter().filter(|c| c.3 == "held" && c.2 == 1).count() == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never held: {c:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state = ws.batch_state();
+    assert!(state["chunks"][1]["batch_id"].is_null(), "{state}");
+
+    // The next collect carries on: each held chunk goes once the batches before it end
+    // (one at a time here, so neither is refused again).
+    let out = ws.run(&["collect", &job, "--wait", "--poll-secs", "0"]);
+    assert_exit(&out, 0);
+    let refused = assert_each_row_answered_once(&ws, &mock, 12);
+    assert!(refused >= 2, "{refused}");
+    let c = chunks(&ws, "out/result.batches.json");
+    assert_eq!(c.iter().map(|c| c.0).sum::<u64>(), 12, "{c:?}");
+    assert!(c.iter().all(|c| c.3 == "completed"), "{c:?}");
+}
+
+#[test]
+fn chunks_are_sized_and_submitted_under_the_configured_enqueued_token_limit() {
+    let mock = Mock::start(&["--batch-enqueued-tokens", "400"]);
+    let ws = Workspace::new();
+    ws.csv_rows(12);
+    let job = job_with_batch(&ws, &mock.base_url, "max_enqueued_tokens = 300");
+    let out = ws.run(&batch_wait_args(&job, &[]));
+    assert_exit(&out, 0);
+    let c = chunks(&ws, "out/result.batches.json");
+    assert!(c.len() >= 3, "{c:?}");
+    assert!(c.iter().all(|c| c.1 > 0 && c.1 <= 300), "{c:?}");
+    assert_eq!(c.iter().map(|c| c.0).sum::<u64>(), 12);
+    // One at a time, as the limit allows: the provider never had to refuse one.
+    assert_eq!(assert_each_row_answered_once(&ws, &mock, 12), 0);
+}

@@ -159,6 +159,11 @@ impl<T> Store<T> {
         });
     }
 
+    /// Every batch object, oldest first.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Map<String, Value>> {
+        self.batches.iter().map(|b| &b.obj)
+    }
+
     /// The batch with this id.
     pub(super) fn get(&self, id: &str) -> Option<&Batch<T>> {
         self.batches.iter().find(|x| x.obj["id"] == id)

@@ -17,6 +17,7 @@ use super::batch_core::{self, ask, jsonl, ok, scramble, Api, Poll, Store};
 use super::prompt_cache::AS_OF;
 use super::reply;
 use super::state::Shared;
+use super::text::{count_prompt_tokens, ChatMessage};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
 use axum::http::header::AUTHORIZATION;
@@ -48,6 +49,8 @@ struct Inner {
     file_meta: HashMap<String, Value>,
     /// Their ids are drawn from the same counter as the files'.
     batches: Store<()>,
+    /// Each batch's enqueued tokens (prompt + max_tokens of its requests), by batch id.
+    enqueued: HashMap<String, u64>,
 }
 
 /// The routes, with their own state.
@@ -204,7 +207,32 @@ async fn create(State(b): State<Arc<Batches>>, headers: HeaderMap, body: Bytes) 
                 ]
             })
         });
+        let tokens = enqueued_tokens(input);
+        let over_tokens = b.shared.cfg.batch_enqueued_tokens.and_then(|limit| {
+            let running: u64 = inner
+                .batches
+                .iter()
+                .filter(|o| {
+                    matches!(
+                        o["status"].as_str(),
+                        Some("validating" | "in_progress" | "finalizing")
+                    )
+                })
+                .filter_map(|o| o["id"].as_str().and_then(|id| inner.enqueued.get(id)))
+                .sum();
+            (running + tokens > limit).then(|| {
+                let model = first_model(input);
+                vec![
+                    json!({"code": "token_limit_exceeded", "param": null, "line": null,
+                    "message": format!("Enqueued token limit reached for {model} in \
+                        organization org-mock. Limit: {limit} enqueued tokens. Please try \
+                        again once some in_progress batches have been completed.")}),
+                ]
+            })
+        });
+        let invalid = invalid.or(over_tokens);
         let id = inner.id("batch");
+        inner.enqueued.insert(id.clone(), tokens);
         let t = now();
         let Value::Object(obj) = json!({
             "id": id, "object": "batch", "endpoint": req.endpoint, "errors": null,
@@ -229,6 +257,37 @@ async fn create(State(b): State<Arc<Batches>>, headers: HeaderMap, body: Bytes) 
         obj
     };
     b.created(obj).await
+}
+
+/// The tokens an input file's requests enqueue: each line's prompt tokens (as the chat
+/// endpoint bills them) plus its `max_tokens` (or `max_completion_tokens`; 16 when absent).
+fn enqueued_tokens(input: &[u8]) -> u64 {
+    input
+        .split(|c| *c == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|line| {
+            let v: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
+            let body = &v["body"];
+            let model = body["model"].as_str().unwrap_or("");
+            let messages: Vec<ChatMessage> =
+                serde_json::from_value(body["messages"].clone()).unwrap_or_default();
+            let out = body["max_completion_tokens"]
+                .as_u64()
+                .or(body["max_tokens"].as_u64())
+                .unwrap_or(16);
+            count_prompt_tokens(model, &messages).saturating_add(out)
+        })
+        .fold(0, u64::saturating_add)
+}
+
+/// The model of an input file's first line, for messages.
+fn first_model(input: &[u8]) -> String {
+    input
+        .split(|c| *c == b'\n')
+        .find(|l| !l.is_empty())
+        .and_then(|l| serde_json::from_slice::<Value>(l).ok())
+        .and_then(|v| v["body"]["model"].as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 /// The validation errors of an input file (None when it is valid): every line JSON with a

@@ -186,6 +186,11 @@ pub struct MockConfig {
     /// (`batch_size_exceeded`), as a provider with a smaller limit than OpenAI's would.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_max_requests: Option<u64>,
+    /// Batch API: the enqueued-token limit. A batch whose requests (prompt + max_tokens
+    /// each) would take the tokens of the batches still running past it fails at once with
+    /// `token_limit_exceeded`, as OpenAI's do.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_enqueued_tokens: Option<u64>,
     /// Turn the prompt cache off: every answer reports 0 cached tokens.
     #[arg(long)]
     pub no_prompt_cache: bool,
@@ -212,6 +217,7 @@ impl Default for MockConfig {
             batch_step_polls: 1,
             batch_create_delay_ms: 0,
             batch_max_requests: None,
+            batch_enqueued_tokens: None,
             no_prompt_cache: false,
             prompt_cache_ttl_secs: 300,
         }

@@ -45,6 +45,18 @@ impl BatchObject {
             .as_ref()
             .map_or_else(|| "no reason given".into(), |e| e.to_string())
     }
+
+    /// Whether a `failed` batch was refused for the provider's enqueued-token limit
+    /// (`errors.data[].code = "token_limit_exceeded"`): nothing in it ran, and it can be
+    /// submitted again once other batches finish.
+    pub fn token_limit_exceeded(&self) -> bool {
+        self.status == "failed"
+            && self
+                .errors
+                .as_ref()
+                .and_then(|e| e["data"].as_array())
+                .is_some_and(|d| d.iter().any(|e| e["code"] == "token_limit_exceeded"))
+    }
 }
 
 #[derive(Deserialize)]
@@ -219,12 +231,13 @@ impl BatchApi {
     }
 
     /// Finds a batch by its chunk key (metadata) or input file id, newest first, looking
-    /// through at most `max_pages` pages of 100.
+    /// through at most `max_pages` pages of 100, passing over the batches in `skip`.
     pub async fn find(
         &self,
         key_field: &str,
         key: &str,
         file_id: &str,
+        skip: &[String],
         max_pages: usize,
     ) -> anyhow::Result<Option<BatchObject>> {
         let mut after: Option<String> = None;
@@ -238,12 +251,13 @@ impl BatchApi {
             }
             let page: Page = self.json(req, "listing batches").await?;
             let hit = page.data.into_iter().find(|b| {
-                b.input_file_id == file_id
-                    || b.metadata
-                        .as_ref()
-                        .and_then(|m| m.get(key_field))
-                        .and_then(Value::as_str)
-                        == Some(key)
+                !skip.contains(&b.id)
+                    && (b.input_file_id == file_id
+                        || b.metadata
+                            .as_ref()
+                            .and_then(|m| m.get(key_field))
+                            .and_then(Value::as_str)
+                            == Some(key))
             });
             if hit.is_some() {
                 return Ok(hit);

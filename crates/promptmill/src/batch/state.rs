@@ -87,6 +87,15 @@ pub struct Chunk {
     /// The batch's results are in the journal.
     #[serde(default)]
     pub collected: bool,
+    /// Other batches of the job were in progress when this chunk's batch was created: a
+    /// refusal for the enqueued-token limit then means "wait", not "too big".
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub beside: bool,
+    /// Batches the provider refused for its enqueued-token limit, oldest first: the chunk is
+    /// held and submitted again from the same input file once the job's earlier batches
+    /// finish (and a lost create is never taken to be one of these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
     /// A review round's chunk: what its requests are (None: the rows' own answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<Round>,
@@ -175,6 +184,40 @@ impl BatchState {
         self.chunks.iter().filter(|c| !c.collected)
     }
 
+    /// Whether chunk `i` may be submitted now: always when no other batch of the job is in
+    /// progress; otherwise not while it is held for the enqueued-token limit, nor when its
+    /// tokens and those of the batches in progress would pass `max_tokens`.
+    pub fn may_submit(&self, i: usize, max_tokens: Option<u64>) -> bool {
+        let Some(chunk) = self.chunks.get(i) else {
+            return false;
+        };
+        let running: Vec<&Chunk> = self.running_beside(i).collect();
+        if running.is_empty() {
+            return true;
+        }
+        if !chunk.refused.is_empty() {
+            return false;
+        }
+        max_tokens.is_none_or(|max| {
+            let enqueued = running
+                .iter()
+                .map(|c| c.tokens.unwrap_or(0))
+                .fold(chunk.tokens.unwrap_or(0), u64::saturating_add);
+            enqueued <= max
+        })
+    }
+
+    /// The job's batches other than chunk `i`'s that are created and have not ended.
+    pub fn running_beside(&self, i: usize) -> impl Iterator<Item = &Chunk> {
+        self.chunks.iter().enumerate().filter_map(move |(j, c)| {
+            let running = j != i
+                && !c.collected
+                && c.batch_id.is_some()
+                && !c.status.as_deref().is_some_and(is_terminal);
+            running.then_some(c)
+        })
+    }
+
     /// The last submission round (0 when nothing was submitted), review rounds included.
     pub fn last_round(&self) -> u32 {
         let chunks = self.chunks.iter().map(|c| c.round);
@@ -205,6 +248,29 @@ impl BatchState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_or_too_large_chunk_waits_for_the_batches_in_progress() {
+        let chunk = |id: Option<&str>, tokens: u64| Chunk {
+            batch_id: id.map(str::to_string),
+            status: id.map(|_| "in_progress".to_string()),
+            tokens: Some(tokens),
+            ..Chunk::default()
+        };
+        let mut s = BatchState {
+            chunks: vec![chunk(Some("b1"), 60), chunk(None, 30), chunk(None, 50)],
+            ..BatchState::default()
+        };
+        assert!(s.may_submit(1, None));
+        assert!(s.may_submit(1, Some(90)));
+        assert!(!s.may_submit(2, Some(90)), "60 + 50 > 90");
+        s.chunks[1].refused.push("b0".into());
+        assert!(!s.may_submit(1, None), "held while b1 runs");
+        s.chunks[0].status = Some("completed".into());
+        assert!(s.may_submit(1, None), "b1 has ended");
+        assert!(s.may_submit(2, Some(40)), "alone, whatever its size");
+        assert!(!s.may_submit(7, None));
+    }
 
     #[test]
     fn state_round_trips_and_a_missing_file_is_fresh() {

@@ -353,6 +353,11 @@ async fn drive(
                 continue;
             }
             if state.chunks[i].batch_id.is_none() {
+                // Held for the enqueued-token limit, or too large beside the batches in
+                // progress: it goes once they finish (the state says so after a crash too).
+                if !state.may_submit(i, ctx.job.batch.max_enqueued_tokens) {
+                    continue;
+                }
                 review::reserve(&mut state, i, &state_path, &mut writer)?;
                 tokio::select! {
                     biased;
@@ -501,6 +506,8 @@ async fn submit_chunk(
     i: usize,
     path: &Path,
 ) -> anyhow::Result<()> {
+    let beside = state.running_beside(i).next().is_some();
+    state.chunks[i].beside = beside;
     let api = match api {
         Backend::OpenAi(api) => api,
         Backend::Anthropic(mb) => {
@@ -521,7 +528,8 @@ async fn submit_chunk(
     };
     let key = state.chunks[i].key.clone();
     if state.chunks[i].create_started {
-        if let Some(b) = api.find(META_CHUNK, &key, &file_id, 10).await? {
+        let refused = state.chunks[i].refused.clone();
+        if let Some(b) = api.find(META_CHUNK, &key, &file_id, &refused, 10).await? {
             tracing::info!("found batch {} created for {key} before a restart", b.id);
             adopt(&mut state.chunks[i], &b);
             state.save(path)?;
@@ -556,6 +564,13 @@ async fn poll_chunk(
     if !is_terminal(&b.status) {
         return Ok(());
     }
+    // Refused for the enqueued-token limit beside other batches of the job: nothing ran;
+    // hold it until they finish, then submit it again from the same input file.
+    let over_tokens = b.token_limit_exceeded();
+    if over_tokens && state.chunks[i].beside {
+        hold(state, i, path, &b)?;
+        return Ok(());
+    }
     if ids.is_none() {
         *ids = Some(ctx.row_ids()?);
     }
@@ -584,7 +599,19 @@ async fn poll_chunk(
         ingest(ctx, ids, BufReader::new(lines), writer, got)
             .with_context(|| format!("batch {id}, file {file}"))?;
     }
-    if b.status == "failed" {
+    if over_tokens {
+        // Refused with no other batch of the job in progress: waiting for them cannot help.
+        // Its rows keep no result (they are not failed) and go into the next round.
+        eprintln!(
+            "batch {id} was refused for the provider's enqueued-token limit with no other \
+             batch of this job in progress ({}); its {} requests stay pending: lower \
+             batch.max_enqueued_tokens (or wait for other batches of the account to finish) \
+             and run `promptmill run {} --mode batch` again",
+            b.failure_reason(),
+            state.chunks[i].requests,
+            ctx.job.file.display()
+        );
+    } else if b.status == "failed" {
         // The batch failed validation: no line ran. Record its rows as failed, with why.
         let why = b.failure_reason();
         let input = &state.chunks[i].input;
@@ -627,6 +654,32 @@ async fn poll_chunk(
                 .unwrap_or(0)
         );
     }
+    Ok(())
+}
+
+/// Holds chunk `i`, whose batch `b` was refused for the enqueued-token limit: forgets the
+/// batch (remembering it as refused) so that the chunk is created again from its uploaded
+/// file once the job's batches in progress have finished.
+fn hold(state: &mut BatchState, i: usize, path: &Path, b: &BatchObject) -> anyhow::Result<()> {
+    let c = &mut state.chunks[i];
+    c.refused.push(b.id.clone());
+    c.batch_id = None;
+    c.status = Some("held".into());
+    c.create_started = false;
+    c.create_started_at = None;
+    c.counts = Default::default();
+    c.created_at = None;
+    c.expires_at = None;
+    c.output_file_id = None;
+    c.error_file_id = None;
+    c.beside = false;
+    state.save(path)?;
+    tracing::info!("batch {} refused: {}", b.id, b.failure_reason());
+    eprintln!(
+        "batch {} was refused for the provider's enqueued-token limit; its {} requests are \
+         held and submitted again once this job's earlier batches finish",
+        b.id, state.chunks[i].requests
+    );
     Ok(())
 }
 
