@@ -8,6 +8,7 @@ mod batch;
 mod batch_review;
 mod budget;
 mod checks;
+mod deadline;
 mod estimate;
 mod hostile;
 mod identity;
