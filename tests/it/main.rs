@@ -9,6 +9,7 @@ mod batch_any;
 mod batch_review;
 mod budget;
 mod checks;
+mod deadline;
 mod estimate;
 mod hostile;
 mod identity;

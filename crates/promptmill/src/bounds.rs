@@ -204,6 +204,52 @@ pub fn flex_fallback_after_secs(s: &str) -> Result<f64, String> {
     FLEX_FALLBACK_AFTER_SECS.parse(s)
 }
 
+/// `plan.deadline` / `--deadline`: how long the job may take, in seconds (1 second to 30
+/// days).
+pub const DEADLINE_SECS: Bound = Bound {
+    field: "plan.deadline",
+    flag: Some("--deadline"),
+    min: 1.0,
+    max: 30.0 * 86_400.0,
+    unit: "seconds",
+};
+
+/// `--deadline` (value parser): a duration such as `6h`, `90m` or `2d`, checked against
+/// [`DEADLINE_SECS`]; the text itself is kept (it goes into the job as `plan.deadline`).
+pub fn deadline(s: &str) -> Result<String, String> {
+    let secs = crate::time::parse_duration(s)?;
+    DEADLINE_SECS.check(secs)?;
+    Ok(s.trim().to_string())
+}
+
+/// `plan.batch_hours`: the typical time a batch takes, for the tier table (the Batch
+/// API's completion window is 24 hours).
+pub const BATCH_HOURS: Bound = Bound {
+    field: "plan.batch_hours",
+    flag: None,
+    min: 0.01,
+    max: 24.0,
+    unit: "hours",
+};
+
+/// `plan.margin`: the share of the deadline kept in hand.
+pub const DEADLINE_MARGIN: Bound = Bound {
+    field: "plan.margin",
+    flag: None,
+    min: 0.0,
+    max: 0.9,
+    unit: "",
+};
+
+/// `plan.flex_slowdown`: how many times longer flex is assumed to take than standard.
+pub const FLEX_SLOWDOWN: Bound = Bound {
+    field: "plan.flex_slowdown",
+    flag: None,
+    min: 1.0,
+    max: 100.0,
+    unit: "",
+};
+
 /// `batch.max_requests` / `--batch-max-requests`: requests per batch input file (OpenAI
 /// allows 50,000, the default; self-hosted servers have no such limit).
 pub const BATCH_MAX_REQUESTS: Bound = Bound {

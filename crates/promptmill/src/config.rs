@@ -57,6 +57,9 @@ pub struct Job {
     /// `[batch]`: the provider's Batch API limits (see [`BatchConfig`]).
     #[serde(default)]
     pub batch: BatchConfig,
+    /// `[plan]`: the tier table's assumptions, the deadline and the tier planner.
+    #[serde(default)]
+    pub plan: PlanConfig,
     /// `[[checks]]`: per-row checks on answers (see [`crate::checks`]).
     #[serde(default)]
     pub checks: Vec<CheckSpec>,
@@ -581,6 +584,47 @@ pub struct EstimateConfig {
     pub assume_reject_rate: Option<f64>,
 }
 
+/// `[plan]`: how long the job may take, and how the tiers' wall times are assumed (see
+/// [`crate::tiers`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// How long the job may take from the start of the run: `6h`, `90m`, `2d`.
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// `auto`: run at the cheapest tier expected to finish within the deadline (with its
+    /// margin), batch or a live `service_tier`; unset: `mode` and `model.service_tier` decide.
+    #[serde(default)]
+    pub tier: Option<PlanTier>,
+    /// The typical time a batch takes, in hours (default 6; the window is 24).
+    #[serde(default)]
+    pub batch_hours: Option<f64>,
+    /// The share of the deadline kept in hand (default 0.1): a tier fits when its expected
+    /// time is within the rest.
+    #[serde(default)]
+    pub margin: Option<f64>,
+    /// How many times longer flex is assumed to take than standard (default 2).
+    #[serde(default)]
+    pub flex_slowdown: Option<f64>,
+}
+
+/// `plan.tier` / `--tier`: who picks the tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PlanTier {
+    /// The planner: the cheapest tier expected to finish within `plan.deadline`.
+    Auto,
+}
+
+impl PlanConfig {
+    /// The deadline in seconds, if one is set (checked when the job loads).
+    pub fn deadline_secs(&self) -> Option<f64> {
+        self.deadline
+            .as_deref()
+            .and_then(|d| crate::time::parse_duration(d).ok())
+    }
+}
+
 /// `[cache]`: the opt-in response cache, and the prompt-prefix analysis.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1041,6 +1085,9 @@ impl Job {
                 &BATCH_MAX_ENQUEUED_TOKENS,
                 self.batch.max_enqueued_tokens.map(|t| t as f64),
             ),
+            (&BATCH_HOURS, self.plan.batch_hours),
+            (&DEADLINE_MARGIN, self.plan.margin),
+            (&FLEX_SLOWDOWN, self.plan.flex_slowdown),
         ];
         for (bound, value) in fields {
             if let Some(v) = value {
@@ -1066,6 +1113,13 @@ impl Job {
             return Err(self.invalid("model.max_tokens: must be at least 1"));
         }
         self.check_numbers()?;
+        if let Some(d) = &self.plan.deadline {
+            let secs = crate::time::parse_duration(d)
+                .map_err(|why| self.invalid(format!("plan.deadline (--deadline): {why}")))?;
+            crate::bounds::DEADLINE_SECS
+                .check_field(secs)
+                .map_err(|m| self.invalid(m))?;
+        }
         if self.model.flex_fallback_after_secs.is_some()
             && self.model.service_tier != Some(ServiceTier::Flex)
         {

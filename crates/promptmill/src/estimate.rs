@@ -20,6 +20,7 @@ use crate::judge::Judge;
 use crate::pipeline::rows::{first_pass, PassOptions, RowLoop, Spool, Step, Stepped};
 use crate::plan::Planner;
 use crate::resume::{Decision, Resume, ResumeCounts};
+use crate::tiers::{duration, Assumptions, Choice, TierEstimate};
 use crate::types::{Message, Money, Usage};
 
 /// Rows over the context window listed by name (the rest are only counted).
@@ -93,6 +94,16 @@ pub struct Estimate {
     pub batch_cost: Option<CostRange>,
     /// The shortest time the job's rate limits allow.
     pub min_wall_time: WallTime,
+    /// Every tier the model is billed at: expected cost and expected wall time (see
+    /// [`crate::tiers`]); empty when the model has no price.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierEstimate>,
+    /// The deadline (`plan.deadline`, `--deadline`) in seconds, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<f64>,
+    /// With `plan.tier = "auto"`: the tier the planner picks, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Choice>,
     /// The row with the most prompt tokens.
     pub longest_prompt: Option<RowTokens>,
     /// The model's context window for the prompt (LiteLLM `max_input_tokens`), if known.
@@ -420,6 +431,9 @@ pub fn estimate(
             rpm_seconds: None,
             tpm_seconds: None,
         },
+        tiers: Vec::new(),
+        deadline_secs: job.plan.deadline_secs(),
+        plan: None,
         longest_prompt: None,
         context_window,
         over_context_window: 0,
@@ -514,6 +528,7 @@ pub fn estimate(
             .map(|(m, g)| price_of(m).map(|p| (g, p)))
             .collect()
     };
+    let mut tier_costs: Vec<(Tier, Option<f64>, bool)> = Vec::new();
     if let Some(priced) = priced {
         // Prices are linear in tokens, so pricing the totals equals summing per-row costs.
         // The high figure prices prompts as the budget reserves them (approximate counts
@@ -535,6 +550,16 @@ pub fn estimate(
         };
         e.cost = Some(range(Tier::Live));
         e.batch_cost = Some(range(Tier::Batch));
+        if let Some(p) = opts.price {
+            tier_costs = p
+                .tiers()
+                .into_iter()
+                .map(|t| {
+                    let r = range(t);
+                    (t, Some(r.expected_usd), r.derived)
+                })
+                .collect();
+        }
     }
     if job.model.name_column.is_some() || !opts.outputs.is_empty() {
         e.models = groups
@@ -552,7 +577,16 @@ pub fn estimate(
         let anthropic = job.api.provider == crate::config::ProviderKind::Anthropic;
         let groups = prefixes.groups(crate::prefix::min_tokens(anthropic, &job.model.name));
         e.prefix_groups = groups.iter().filter(|g| g.cacheable).cloned().collect();
-        e.prompt_cache = Some(prompt_cache(&e, job, groups, opts.price));
+        let pc = prompt_cache(&e, job, groups, opts.price);
+        // Each tier's expected cost counts the prompt cache's reads, as the lines above do.
+        if let Some(p) = opts.price {
+            for (tier, expected, _) in &mut tier_costs {
+                if let Some(v) = expected.as_mut() {
+                    *v -= cache_saving(p, pc.cached_tokens, *tier);
+                }
+            }
+        }
+        e.prompt_cache = Some(pc);
     }
     if job.regenerate > 0 {
         e.regeneration = Some(regeneration(&e, job));
@@ -566,6 +600,11 @@ pub fn estimate(
         reserve_prompt.saturating_add(e.completion_tokens.max_total),
         job.limits.requests_per_minute,
         job.limits.tokens_per_minute,
+    );
+    e.tiers = crate::tiers::table(
+        &tier_costs,
+        e.min_wall_time.seconds,
+        &Assumptions::of(&job.plan),
     );
     Ok((e, spool))
 }
@@ -585,6 +624,23 @@ fn at(p: &ModelPrice, tier: Tier, prompt: u64, out: u64) -> f64 {
         tier,
     )
     .as_usd()
+}
+
+/// What reading `cached` prompt tokens from the cache saves at a tier: their input price
+/// less the cache-read price, in USD.
+fn cache_saving(p: &ModelPrice, cached: u64, tier: Tier) -> f64 {
+    let full = at(p, tier, cached, 0);
+    let read = p
+        .cost(
+            &Usage {
+                prompt_tokens: cached,
+                cached_tokens: cached,
+                ..Usage::default()
+            },
+            tier,
+        )
+        .as_usd();
+    full - read
 }
 
 /// The prompt cache's share: in each cacheable group, every request after the first reads
@@ -607,23 +663,7 @@ fn prompt_cache(
             cached = cached.saturating_add(later.saturating_mul(g.tokens / BLOCK * BLOCK));
         }
     }
-    // What reading `cached` tokens saves at a tier: their input price less the read price.
-    let saved = |tier: Tier| {
-        price.map(|p| {
-            let full = at(p, tier, cached, 0);
-            let read = p
-                .cost(
-                    &Usage {
-                        prompt_tokens: cached,
-                        cached_tokens: cached,
-                        ..Usage::default()
-                    },
-                    tier,
-                )
-                .as_usd();
-            full - read
-        })
-    };
+    let saved = |tier: Tier| price.map(|p| cache_saving(p, cached, tier));
     let less = |c: &Option<CostRange>, tier: Tier| {
         c.as_ref().zip(saved(tier)).map(|(c, s)| CostRange {
             low_usd: c.low_usd - s,
@@ -842,19 +882,6 @@ fn usd(v: f64) -> String {
     Money::from_usd(v).to_string()
 }
 
-/// `1h 02m`, `3m 20s`, `12.5s`.
-fn duration(secs: f64) -> String {
-    if secs < 60.0 {
-        return format!("{secs:.1}s");
-    }
-    let s = secs.round() as u64;
-    if s < 3600 {
-        format!("{}m {:02}s", s / 60, s % 60)
-    } else {
-        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
-    }
-}
-
 /// `1234567` → `1,234,567`.
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -1070,6 +1097,43 @@ impl Estimate {
                 None => "no rate limits set (latency and max_in_flight decide)".into(),
             },
         );
+        if !self.tiers.is_empty() {
+            line(
+                "tiers",
+                format!(
+                    "{:<12} {}{}",
+                    "expected",
+                    "wall time",
+                    self.deadline_secs
+                        .map(|d| format!(" (deadline {})", duration(d)))
+                        .unwrap_or_default()
+                ),
+            );
+            for t in &self.tiers {
+                line(
+                    &format!("  {}", t.tier),
+                    format!(
+                        "{:<12} {} ({}){}{}",
+                        t.expected_usd.map_or_else(|| "unknown".into(), usd),
+                        t.wall_seconds.map_or_else(|| "unknown".into(), duration),
+                        t.wall_time_from,
+                        match t.fits_deadline {
+                            Some(true) => ", fits the deadline",
+                            Some(false) => ", too slow for the deadline",
+                            None => "",
+                        },
+                        if t.derived {
+                            " (derived: half the live price)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+        }
+        if let Some(c) = &self.plan {
+            line("plan", c.reason.clone());
+        }
         if let Some(l) = &self.longest_prompt {
             line(
                 "longest prompt",

@@ -40,6 +40,7 @@ pub mod source;
 pub mod starter;
 pub mod stdout;
 pub mod summary;
+pub mod tiers;
 pub mod time;
 pub mod tokens;
 pub mod types;

@@ -55,6 +55,24 @@ pub fn days_between(from: &str, to: &str) -> Option<i64> {
     Some(i64::from(span.get_days()))
 }
 
+/// Parses a duration such as `6h`, `90m`, `2d`, `1h30m` or `45s` (jiff's friendly format; a
+/// day is 24 hours) into seconds. Months and years (not fixed lengths) and anything not
+/// above zero are refused, with the reason.
+pub fn parse_duration(s: &str) -> Result<f64, String> {
+    let span: jiff::Span = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 6h, 90m, 2d, 1h30m)"))?;
+    let total = jiff::SpanTotal::from(jiff::Unit::Second).days_are_24_hours();
+    let secs = span
+        .total(total)
+        .map_err(|_| format!("'{s}': give the duration in days, hours, minutes or seconds"))?;
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("'{s}' must be longer than zero"));
+    }
+    Ok(secs)
+}
+
 /// Unix seconds as a timestamp, clamped to the range jiff can represent.
 fn timestamp(secs: u64) -> Timestamp {
     let max = Timestamp::MAX.as_second();

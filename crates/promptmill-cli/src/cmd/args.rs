@@ -96,6 +96,14 @@ pub struct JobArgs {
     /// formula (sets output.formula_guard = false).
     #[arg(long)]
     pub no_formula_guard: bool,
+    /// How long the job may take, e.g. 6h, 90m, 2d (overrides plan.deadline): the estimate
+    /// says which tiers fit it; with --tier auto the run picks the cheapest that does.
+    #[arg(long, value_name = "DURATION", value_parser = promptmill::bounds::deadline)]
+    pub deadline: Option<String>,
+    /// `auto`: run at the cheapest tier (batch, or live at a service_tier) expected to finish
+    /// within --deadline, instead of --mode and --service-tier (overrides plan.tier).
+    #[arg(long, value_enum)]
+    pub tier: Option<promptmill::config::PlanTier>,
     /// How rows are sent: `live` requests, or the provider's `batch` API (overrides mode).
     #[arg(long, value_enum)]
     pub mode: Option<promptmill::config::Mode>,
@@ -178,6 +186,8 @@ impl JobArgs {
                 .to_string()
             }),
         );
+        o.push("plan.deadline", self.deadline.clone());
+        o.push("plan.tier", self.tier.map(|_| "auto".to_string()));
         o.set = self.set.clone();
         o
     }

@@ -149,6 +149,19 @@ async fn send(
         )));
     }
     let mock = mock::attach(&mut ctx, args.mock.mock, args.mock.flags()).await?;
+    // `plan.tier = "auto"`: the planner sets the mode and service_tier (a preview stays live
+    // at the job's own tier).
+    let planned = match preview {
+        None => drive::deadline::plan(&mut ctx, args.retry_failed, interrupt).await,
+        Some(_) => Ok(true),
+    };
+    if !matches!(planned, Ok(true)) {
+        mock::detach(mock).await;
+        return planned.map(|_| {
+            eprintln!("interrupted before sending: nothing was sent");
+            drive::exit::STOPPED
+        });
+    }
     let opts = LiveOptions {
         retry_failed: args.retry_failed,
         json: args.json,

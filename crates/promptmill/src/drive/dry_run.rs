@@ -54,6 +54,7 @@ pub async fn run(ctx: &JobCtx, opts: DryRunOptions, interrupt: &Interrupt) -> an
         eprintln!("{line}");
     }
     let mut estimate = estimate;
+    estimate.plan = super::deadline::choice(job, &estimate)?;
     estimate.prices = ctx.prices_line();
     estimate.price_warnings = ctx.price_warnings();
     eprint!("{}", estimate.render());

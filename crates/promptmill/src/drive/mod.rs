@@ -15,6 +15,7 @@
 //! [`CannotStart`] error (exit 2).
 
 pub mod batch;
+pub mod deadline;
 pub mod dry_run;
 mod job;
 pub mod live;
