@@ -71,8 +71,9 @@ fn four_shards_under_one_shared_cap_spend_no_more_than_it_together() {
     let mock = Mock::start(&["--latency-ms", "20"]);
     let limits = format!("shared = \"{}\"", redis.url());
     let (ws, job) = Workspace::with_job(400, &mock.base_url, &limits);
-    // The whole job costs about $0.005; each shard alone would stop at its own $0.0008,
-    // four times that together. Shared, the four stop at $0.0008 together.
+    // A small worst case per request ($0.000014 at 20 tokens out), so a shard alone would
+    // go on to its own $0.0008 (four times that together, as a run without `shared`
+    // shows); shared, the four stop at $0.0008 together.
     let cap = 0.0008;
     let cap_s = cap.to_string();
     let shards: Vec<Child> = (1..=4)
@@ -92,6 +93,8 @@ fn four_shards_under_one_shared_cap_spend_no_more_than_it_together() {
                     &cap_s,
                     "--set",
                     "budget.shared=true",
+                    "--set",
+                    "model.max_tokens=20",
                 ],
             )
         })
@@ -360,4 +363,66 @@ fn redis_stopped_mid_run_stops_a_shared_budget_and_local_goes_on() {
     let err = stderr(&out);
     assert!(err.contains("on_shared_failure = \"local\""), "{err}");
     assert_complete_output(&ws2, 150);
+}
+
+/// The Lua scripts on a real Redis: two members under one cap, settling, a rejoin that takes
+/// the journal's word, and a Redis that lost the budget's data.
+#[test]
+fn the_shared_budget_scripts_hold_the_cap_across_members() {
+    use promptmill::limit::shared::{OnFailure, Shared};
+    use promptmill::pipeline::shared_budget::{SharedBudget, Verdict};
+    use promptmill::types::Money;
+
+    let Some(redis) = Redis::start() else { return };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let sh = Shared::connect(&redis.url(), "t", OnFailure::Stop)
+            .await
+            .expect("redis");
+        let join = |member: &str, own: u64, on_failure: OnFailure| {
+            let (conn, shown) = sh.connection();
+            SharedBudget::join(
+                conn,
+                shown,
+                "t:budget",
+                member.to_string(),
+                Money(100_000), // 100 nanodollars
+                Money(own),
+                on_failure,
+            )
+        };
+        let a = join("a", 20_000, OnFailure::Stop).await.expect("join a");
+        let b = join("b", 0, OnFailure::Stop).await.expect("join b");
+        assert_eq!(b.seen(), Money(20_000), "b sees what a's journal spent");
+        assert_eq!(a.reserve(Money(50_000)).await, Ok(Verdict::Reserved));
+        // 20 spent + 50 held: 31 more does not fit, for either member.
+        assert_eq!(b.reserve(Money(31_000)).await, Ok(Verdict::OverCap));
+        assert_eq!(b.reserve(Money(30_000)).await, Ok(Verdict::Reserved));
+        // a's answer cost 10 of its 50: 40 come back.
+        a.settle(Money(50_000), Some(Money(10_000))).await;
+        assert_eq!(a.reserve(Money(40_000)).await, Ok(Verdict::Reserved));
+        assert_eq!(a.reserve(Money(1_000)).await, Ok(Verdict::OverCap));
+        // An unknown price keeps the worst case.
+        b.settle(Money(30_000), None).await;
+        assert_eq!(a.reserve(Money(1_000)).await, Ok(Verdict::OverCap));
+        // a is killed with 40 in flight; its next run finds 25 spent in its journal (the 10
+        // paid and its open reservation's 15, say): 25 + b's 30 leave 45.
+        let a = join("a", 25_000, OnFailure::Stop).await.expect("rejoin a");
+        assert_eq!(a.seen(), Money(55_000));
+        assert_eq!(a.reserve(Money(45_000)).await, Ok(Verdict::Reserved));
+        assert_eq!(b.reserve(Money(1_000)).await, Ok(Verdict::OverCap));
+
+        // Redis loses its data: stop, or go local when asked.
+        let c = join("c", 0, OnFailure::Local).await.expect("join c");
+        assert!(redis.command(&["FLUSHALL"]).is_some());
+        let err = a.reserve(Money(1)).await.expect_err("data gone: stop");
+        assert!(
+            err.contains("data is gone") && err.contains("t:budget"),
+            "{err}"
+        );
+        assert_eq!(c.reserve(Money(1)).await, Ok(Verdict::Local));
+    });
 }
