@@ -15,7 +15,7 @@ use promptmill::drive::JobCtx;
 /// Batch-mode flags of `run` and `collect`.
 #[derive(Debug, Clone, Args)]
 pub struct BatchFlags {
-    /// Batch mode: requests per batch input file, over the job's batch.max_requests
+    /// Batch mode: requests per batch input file; overrides the job's batch.max_requests
     /// (default 50,000, OpenAI's limit).
     #[arg(long, value_name = "N", value_parser = promptmill::bounds::batch_max_requests)]
     pub batch_max_requests: Option<u64>,
