@@ -274,6 +274,129 @@ fn a_2000_row_job_reads_its_2000_token_prefixes_from_cache_after_each_primer() {
     );
 }
 
+/// An Anthropic job: the base URL and model are the mock's; each group's requests carry
+/// `cache_control` at the end of the shared system prompt.
+fn anthropic_job(ws: &Workspace, base_url: &str) -> String {
+    let toml = std::fs::read_to_string(job_of(ws, base_url, "max_in_flight = 16", "", 15))
+        .unwrap()
+        .replace("name = \"gpt-4o-mini\"", "name = \"claude-sonnet-4-5\"")
+        .replace("[api]\n", "[api]\nprovider = \"anthropic\"\n");
+    ws.write("job.toml", &toml).to_string_lossy().into_owned()
+}
+
+/// (row, prompt, cache read, cache write) of every answered row, from the journal.
+fn anthropic_usage(ws: &Workspace) -> Vec<(u64, u64, u64, u64)> {
+    ws.jsonl("out/result.journal.jsonl")
+        .iter()
+        .filter(|r| r.get("status").is_some())
+        .map(|r| {
+            let u = &r["usage"];
+            let n = |k: &str| u[k].as_u64().unwrap_or(0);
+            (
+                r["row"].as_u64().unwrap(),
+                n("prompt_tokens"),
+                n("cached_tokens"),
+                n("cache_write_tokens"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn anthropic_groups_write_their_prefix_once_and_read_it_after() {
+    let mock = Mock::start(&["--latency-ms", "20"]);
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..60).map(|i| ["a", "b", "c"][i % 3]).collect();
+    rows(&ws, &kinds);
+    let job = anthropic_job(&ws, &mock.base_url);
+    let out = ws.run_env(&[], &["estimate", &job, "--json"]);
+    assert_exit(&out, 0);
+    let pc = &stdout_json(&out)["prompt_cache"];
+    assert_eq!(
+        pc["provider_caching"],
+        "cache_control (placed by live runs)"
+    );
+    assert_eq!(pc["cache_reads"], 38, "{pc}");
+    assert!(
+        pc["cache_write_tokens"].as_u64().unwrap() > 2 * 1900,
+        "{pc}"
+    );
+
+    let out = ws.run_env(&[("ANTHROPIC_API_KEY", TEST_KEY)], &["run", &job]);
+    assert_exit(&out, 0);
+    let usage = anthropic_usage(&ws);
+    assert_eq!(usage.len(), 60);
+    for (group, rows) in [("a", 0), ("b", 1)] {
+        let mine: Vec<_> = usage.iter().filter(|u| u.0 % 3 == rows).collect();
+        let writes: Vec<_> = mine.iter().filter(|u| u.3 > 0).collect();
+        assert_eq!(
+            writes.len(),
+            1,
+            "group {group}: one write, by its primer: {mine:?}"
+        );
+        assert!(
+            writes[0].3 > 1900,
+            "the whole prefix is written: {writes:?}"
+        );
+        let reads = mine.iter().filter(|u| u.2 > 1900 && u.3 == 0).count();
+        assert_eq!(
+            reads, 19,
+            "group {group}: every other row reads it: {mine:?}"
+        );
+    }
+    // The short prompt's rows are marked nowhere.
+    assert!(usage
+        .iter()
+        .filter(|u| u.0 % 3 == 2)
+        .all(|u| u.2 == 0 && u.3 == 0));
+}
+
+/// The `cache_control` of every request a recording server saw.
+fn controls(server: &crate::common::loopback::Server) -> Vec<Value> {
+    server
+        .seen()
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            body["system"][0]["cache_control"].clone()
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_whose_prefix_would_wait_past_five_minutes_asks_for_the_hour() {
+    use crate::common::loopback::{Reply, Server};
+    let server = Server::start(|_| {
+        Reply::json(
+            200,
+            r#"{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"x"}],"stop_reason":"end_turn","usage":{"input_tokens":10,"output_tokens":1}}"#,
+        )
+    });
+    // 10 rows of group b first, then 400 of group a. The larger group runs first; at 60
+    // requests a minute, group b's prefix (written by its primer at the start) waits over
+    // 6 minutes for group a's rows. A preview of the first three rows shows its marks.
+    let ws = Workspace::new();
+    let mut kinds = vec!["b"; 10];
+    kinds.extend(["a"; 400]);
+    rows(&ws, &kinds);
+    let job = anthropic_job(&ws, &server.url(""));
+    let preview = |extra: &[&str]| {
+        let mut args = vec!["run", &job, "--limit", "3"];
+        args.extend(extra);
+        let out = ws.run_env(&[("ANTHROPIC_API_KEY", TEST_KEY)], &args);
+        assert_exit(&out, 0);
+    };
+    preview(&["--set", "limits.requests_per_minute=60"]);
+    let hour = json!({"type": "ephemeral", "ttl": "1h"});
+    assert_eq!(controls(&server), [hour.clone(), hour.clone(), hour]);
+
+    // Without a rate limit nothing is known to wait that long: the default 5 minutes.
+    std::fs::remove_dir_all(ws.path("out")).unwrap();
+    preview(&[]);
+    let five = json!({"type": "ephemeral"});
+    assert_eq!(controls(&server)[3..], [five.clone(), five.clone(), five]);
+}
+
 /// The mock caches a prompt only once its answer is given: requests sent together all miss
 /// (as at the providers, and why a group needs a primer); one sent after reads it.
 #[tokio::test]

@@ -82,6 +82,32 @@ pub fn ttl_for(idle: Option<Duration>) -> Ttl {
     }
 }
 
+/// The lifetime each of `cacheable` groups (largest first, as they run) asks for. `requests`:
+/// rows the run sends; `wall`: the shortest time the limits allow for them (`None`: no limit,
+/// so nothing waits long). The primed groups run first, one after the other, and every
+/// primer is answered at the start: a group's prefix waits while the groups before it are
+/// sent. A group past [`MAX_PRIMED`] waits only between its own requests.
+pub fn ttls(cacheable: &[&PrefixGroup], requests: u64, wall: Option<f64>) -> Vec<Ttl> {
+    let per_request = wall
+        .filter(|w| w.is_finite() && *w > 0.0)
+        .map(|w| w / requests.max(1) as f64);
+    let mut before = 0u64;
+    cacheable
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let idle = per_request.map(|s| {
+                let wait = if i < MAX_PRIMED { before as f64 * s } else { s };
+                Duration::try_from_secs_f64(wait.max(s)).unwrap_or(Duration::MAX)
+            });
+            if i < MAX_PRIMED {
+                before = before.saturating_add(g.rows);
+            }
+            ttl_for(idle)
+        })
+        .collect()
+}
+
 /// `prompt_cache_key`s for one group, sharded: each key is given to at most `rpm` requests
 /// in any 60 seconds; the lowest free shard is used, so keys are added only as needed.
 #[derive(Debug)]
@@ -170,30 +196,15 @@ impl Plan {
         if cacheable.is_empty() {
             return None;
         }
-        // Seconds per request when the limits bind, to tell how long a group's cached prefix
-        // waits: its primer is answered early, then the rows sent before its turn go first.
-        let per_request = wall
-            .filter(|w| w.is_finite() && *w > 0.0)
-            .map(|w| w / requests.max(1) as f64);
-        let primed_rows: u64 = cacheable.iter().take(MAX_PRIMED).map(|g| g.rows).sum();
-        let mut before = requests.saturating_sub(primed_rows);
+        let ttls = ttls(&cacheable, requests, wall);
         let mut plan = Plan {
             groups: HashMap::new(),
             anthropic,
             primed: 0,
         };
-        for (i, g) in cacheable.into_iter().enumerate() {
+        for (i, (g, ttl)) in cacheable.into_iter().zip(ttls).enumerate() {
             let primed = (i < MAX_PRIMED).then_some(i);
-            let idle = per_request.map(|s| {
-                let wait = if primed.is_some() {
-                    before as f64 * s
-                } else {
-                    s
-                };
-                Duration::try_from_secs_f64(wait.max(s)).unwrap_or(Duration::MAX)
-            });
             if primed.is_some() {
-                before = before.saturating_add(g.rows);
                 plan.primed += 1;
             }
             let keys = (openai && job.cache.key_rpm > 0)
@@ -203,7 +214,7 @@ impl Plan {
                 Group {
                     id: g.id.clone(),
                     primed,
-                    ttl: ttl_for(idle),
+                    ttl,
                     keys,
                 },
             );
@@ -312,6 +323,35 @@ mod tests {
     }
     fn asst(t: &str) -> Message {
         Message::new(Role::Assistant, t)
+    }
+
+    fn group(key: u64, rows: u64) -> PrefixGroup {
+        PrefixGroup {
+            id: format!("g{key}"),
+            messages: 1,
+            tokens: 2000,
+            rows,
+            cacheable: true,
+            key,
+        }
+    }
+
+    #[test]
+    fn a_prefix_that_waits_past_five_minutes_asks_for_the_hour() {
+        let (a, b) = (group(1, 1000), group(2, 1000));
+        let groups = [&a, &b];
+        // 2,000 requests in 50 minutes: group a starts at once, group b's prefix (written
+        // by its primer at the start) waits 25 minutes for group a's rows.
+        assert_eq!(
+            ttls(&groups, 2000, Some(3000.0)),
+            [Ttl::FiveMinutes, Ttl::OneHour]
+        );
+        // The same in 5 minutes: no prefix waits that long.
+        assert_eq!(ttls(&groups, 2000, Some(300.0)), [Ttl::FiveMinutes; 2]);
+        // No limit: nothing is known to wait.
+        assert_eq!(ttls(&groups, 2000, None), [Ttl::FiveMinutes; 2]);
+        // Over an hour: the hour does not keep it either, so the cheaper write.
+        assert_eq!(ttls(&groups, 2000, Some(9000.0)), [Ttl::FiveMinutes; 2]);
     }
 
     #[test]

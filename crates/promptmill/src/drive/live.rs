@@ -570,10 +570,10 @@ struct Feed<'a> {
 const PRIMER_POLL: Duration = Duration::from_millis(50);
 
 /// Feeds the scheduler the rows to send, from the Steps the validation pass kept: journals
-/// cache hits and bad rows, counts skipped rows. Rows go in input order, except those of a
-/// primed prefix group (see [`crate::prime`]): the group's first request goes where it
-/// stands, as its primer, and the rest of the group waits until the primer's answer (or its
-/// final failure), then runs together, group after group, each read from the spool again.
+/// cache hits and bad rows, counts skipped rows. Rows go in input order, except those of
+/// the primed prefix groups (see [`crate::prime`]), which go first: every group's first
+/// request (its primer) at once, then each group's other rows once its primer's answer (or
+/// final failure) is in, group after group, each read from the spool again.
 /// Runs on a blocking thread.
 fn produce(
     job: &Job,
@@ -612,10 +612,10 @@ fn feed_rows(
         tx,
     };
     let primed = feed.prime.map_or(0, |p| p.primed);
-    // Per primed group: its primer's row and the end of its answer, and the rows left.
-    let mut primers: Vec<Option<(u64, std::sync::mpsc::Receiver<()>)>> =
-        (0..primed).map(|_| None).collect();
-    let mut waiting = vec![0u64; primed];
+    if primed > 0 {
+        prime_groups(&send, &feed, primed, out, requests)?;
+    }
+    // Then every other row in input order (the primed groups' rows are sent already).
     for stepped in feed.spool.read().context("reading the row spool")? {
         if sched.stop.is_cancelled() {
             break;
@@ -695,40 +695,79 @@ fn feed_rows(
                 continue;
             }
         };
-        let primer = match send.primed_group(&req) {
-            Some(i) if primers[i].is_some() => {
-                waiting[i] += 1; // after its primer
+        if send.primed_group(&req).is_some() {
+            continue; // sent with its group, before
+        }
+        if let Sent::Stopped = send.answer(out, requests, req, None)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Sends the primed groups (see [`produce`]): first each group's primer, then each group's
+/// other rows once its primer ended.
+fn prime_groups(
+    send: &Sending<'_>,
+    feed: &Feed<'_>,
+    primed: usize,
+    out: &mut Produced,
+    requests: &mut RunRequests,
+) -> anyhow::Result<()> {
+    let sched = send.sched;
+    // Per primed group: its primer's row and the end of its answer.
+    let mut primers: Vec<Option<(u64, std::sync::mpsc::Receiver<()>)>> =
+        (0..primed).map(|_| None).collect();
+    for stepped in feed.spool.read().context("reading the row spool")? {
+        if sched.stop.is_cancelled() {
+            return Ok(());
+        }
+        let stepped = stepped.context("reading the row spool")?;
+        if feed.selection.is_some_and(|s| !s.admits(&stepped)) {
+            continue;
+        }
+        // What an earlier run answered: a group's row asking the very same shares it.
+        for o in &stepped.outputs {
+            if let Step::Skip {
+                decision: Decision::Done,
+                hash,
+                ..
+            } = o
+            {
+                requests.note(hash)?;
+            }
+        }
+        let req = match stepped.step {
+            Step::Skip {
+                decision: Decision::Done,
+                hash,
+                ..
+            } => {
+                requests.note(&hash)?;
                 continue;
             }
-            Some(i) => {
-                let (done, ended) = std::sync::mpsc::channel();
-                primers[i] = Some((req.row, ended));
-                Some(done)
-            }
-            None => None,
+            Step::Send(req) => req,
+            _ => continue,
         };
+        let Some(i) = send.primed_group(&req) else {
+            continue;
+        };
+        if primers[i].is_some() {
+            continue;
+        }
+        let (done, ended) = std::sync::mpsc::channel();
         let row = req.row;
-        match send.answer(out, requests, req, primer)? {
+        match send.answer(out, requests, req, Some(done))? {
             Sent::Stopped => return Ok(()),
-            Sent::Yes => {}
-            // Asked for already: the next row of the group is its primer.
-            Sent::Waits => {
-                if let Some(i) = primers
-                    .iter()
-                    .position(|p| p.as_ref().is_some_and(|p| p.0 == row))
-                {
-                    primers[i] = None;
-                }
-            }
+            Sent::Yes => primers[i] = Some((row, ended)),
+            // An earlier row asks the very same: the group's next row is its primer.
+            Sent::Waits => {}
         }
     }
     for (i, primer) in primers.iter().enumerate() {
         let Some((primer_row, ended)) = primer else {
             continue;
         };
-        if waiting[i] == 0 {
-            continue;
-        }
         // Released by the primer's end: an answer, a failure after its retries, or the
         // run stopping (the item is dropped unsent).
         loop {
