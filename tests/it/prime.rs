@@ -445,3 +445,53 @@ async fn the_mock_caches_a_prompt_only_once_it_is_answered() {
     );
     assert_eq!(cached("row c").await, 1920, "sent after, reads it");
 }
+
+#[test]
+fn the_summary_shows_each_groups_hit_rate_and_the_money_saved() {
+    let mock = Mock::start(&["--latency-ms", "20"]);
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..60).map(|i| ["a", "b", "c"][i % 3]).collect();
+    rows(&ws, &kinds);
+    let job = job_of(&ws, &mock.base_url, "max_in_flight = 16", "", 15);
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    let s = ws.summary();
+    let pc = &s["prompt_cache"];
+    let groups = pc["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{pc}");
+    for g in groups {
+        assert_eq!(
+            (g["requests"].as_u64(), g["hits"].as_u64()),
+            (Some(20), Some(19))
+        );
+        assert!((g["hit_rate"].as_f64().unwrap() - 0.95).abs() < 1e-9);
+        assert_eq!(g["cached_tokens"], 19 * 1920);
+    }
+    assert_eq!(pc["cached_tokens"], 2 * 19 * 1920);
+    assert_eq!(s["cached_tokens"], 2 * 19 * 1920);
+    // gpt-4o-mini: $0.15 per million input tokens, $0.075 cached: half of it saved.
+    let saved = pc["saved_usd"].as_f64().unwrap();
+    let expected = (2 * 19 * 1920) as f64 * 0.075e-6;
+    assert!((saved - expected).abs() < 1e-9, "{saved} vs {expected}");
+    // What it would have cost without the cache is what it cost plus the saving.
+    let table = stderr(&out);
+    assert!(table.contains("prompt cache"), "{table}");
+    assert!(
+        table.contains("19 of 20 requests read the prefix (95%)"),
+        "{table}"
+    );
+
+    // Off: no priming, nothing to report per group.
+    let ws = Workspace::new();
+    rows(&ws, &kinds);
+    let job = job_of(
+        &ws,
+        &mock.base_url,
+        "max_in_flight = 16",
+        "\n[cache]\nprefix = false\n",
+        15,
+    );
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    assert!(ws.summary().get("prompt_cache").is_none());
+}

@@ -9,6 +9,7 @@
 //! message. Neither is part of the request hash, so resume is not affected.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Job, ProviderKind};
 use crate::prefix::PrefixGroup;
-use crate::types::{Message, Role};
+use crate::types::{Message, Role, Usage};
 
 /// Requests per minute under one `prompt_cache_key` by default: OpenAI's guidance (about 15
 /// per prefix and key; more overflow to machines without the cache).
@@ -166,6 +167,47 @@ pub struct Group {
     pub ttl: Ttl,
     /// OpenAI shape: its keys (`None` with `cache.key_rpm = 0`).
     pub keys: Option<Arc<KeyShards>>,
+    /// What its answers in this run read from and wrote to the cache.
+    pub tally: Arc<Tally>,
+}
+
+/// What one group's answers read from and wrote to the provider's cache, added up as they
+/// arrive (by the scheduler's tasks, hence atomics).
+#[derive(Debug, Default)]
+pub struct Tally {
+    requests: AtomicU64,
+    hits: AtomicU64,
+    cached: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Tally {
+    /// Counts one answer's usage.
+    pub fn add(&self, u: &Usage) {
+        self.requests.fetch_add(1, Relaxed);
+        if u.cached_tokens > 0 {
+            self.hits.fetch_add(1, Relaxed);
+        }
+        self.cached.fetch_add(u.cached_tokens, Relaxed);
+        self.written.fetch_add(u.cache_write_tokens, Relaxed);
+    }
+}
+
+/// One group's use of the cache in a run, for the summary.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupUse {
+    /// The group's id (as the estimate lists it).
+    pub id: String,
+    /// Its answers in this run.
+    pub requests: u64,
+    /// Those that read a cached prefix.
+    pub hits: u64,
+    /// `hits / requests`.
+    pub hit_rate: f64,
+    /// Prompt tokens read from the cache.
+    pub cached_tokens: u64,
+    /// Prompt tokens written to it (Anthropic).
+    pub cache_write_tokens: u64,
 }
 
 /// The groups of a live run, by prefix key.
@@ -216,6 +258,7 @@ impl Plan {
                     primed,
                     ttl,
                     keys,
+                    tally: Arc::default(),
                 },
             );
         }
@@ -229,6 +272,30 @@ impl Plan {
             .iter()
             .rev()
             .find_map(|l| self.groups.get(&l.key).map(|g| (g, *l)))
+    }
+
+    /// Each group's use of the cache in this run (those that sent anything), the busiest
+    /// first.
+    pub fn used(&self) -> Vec<GroupUse> {
+        let mut used: Vec<GroupUse> = self
+            .groups
+            .values()
+            .filter_map(|g| {
+                let t = &g.tally;
+                let requests = t.requests.load(Relaxed);
+                let hits = t.hits.load(Relaxed);
+                (requests > 0).then(|| GroupUse {
+                    id: g.id.clone(),
+                    requests,
+                    hits,
+                    hit_rate: hits as f64 / requests as f64,
+                    cached_tokens: t.cached.load(Relaxed),
+                    cache_write_tokens: t.written.load(Relaxed),
+                })
+            })
+            .collect();
+        used.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.id.cmp(&b.id)));
+        used
     }
 
     /// Adds the group's `cache_control` mark to an Anthropic-shaped body (the text is not
@@ -382,6 +449,7 @@ mod tests {
             primed: Some(0),
             ttl: Ttl::OneHour,
             keys: None,
+            tally: Arc::default(),
         };
         let mut body = json!({"system": "S", "messages": [
             {"role": "user", "content": "q"}, {"role": "user", "content": "row"}]});

@@ -214,19 +214,19 @@ pub async fn run(
     // the scheduler through a small bounded channel: memory stays flat however many rows
     // there are.
     let (tx, rx) = mpsc::channel::<WorkItem>(256);
+    // With `cache.prefix`: the prefix groups found in the first pass, primed.
+    let prime = validated.as_ref().and_then(|v| {
+        Plan::new(job, &v.prefix_groups, v.requests, v.min_wall_time.seconds).map(Arc::new)
+    });
     let producer = {
         let (job, sched, price) = (job.clone(), sched.clone(), price.clone());
-        let (spool, selection) = (spool.clone(), selection.clone());
-        // With `cache.prefix`: the prefix groups found in the first pass, primed.
-        let prime = validated
-            .as_ref()
-            .and_then(|v| Plan::new(&job, &v.prefix_groups, v.requests, v.min_wall_time.seconds));
+        let (spool, selection, prime) = (spool.clone(), selection.clone(), prime.clone());
         tokio::task::spawn_blocking(move || match spool {
             Some(spool) => {
                 let feed = Feed {
                     spool: &spool,
                     selection: selection.as_deref(),
-                    prime: prime.as_ref(),
+                    prime: prime.as_deref(),
                 };
                 produce(&job, &sched, price.as_ref(), feed, tx)
             }
@@ -300,6 +300,13 @@ pub async fn run(
 
     let (mut summary, mut code) =
         summarize(ctx, &stop, &ledger, &stats, &produced, &totals, started);
+    if job.cache.prefix {
+        // Only when the cache played a part: a run without shared prefixes shows nothing.
+        let pc = prompt_cache_summary(ctx, &stats, prime.as_deref());
+        if pc.cached_tokens > 0 || pc.cache_write_tokens > 0 || !pc.groups.is_empty() {
+            summary.prompt_cache = Some(pc);
+        }
+    }
     if let (Some(selection), Some(spool)) = (&selection, &spool) {
         let sent = preview::print_rows(selection, spool, &index, &journal_path)?;
         let numbers = preview::project(selection, sent, ledger.this_run(), price.is_some());
@@ -533,6 +540,48 @@ fn summarize(
         ..Summary::for_output(job, "live", provider, totals, priced)
     };
     (summary, code)
+}
+
+/// What the prompt cache did for this run's answers: tokens read and written, per prefix
+/// group, and what it saved, priced from the usage (reads at the input price less their
+/// cache-read price, less the writes' premium).
+fn prompt_cache_summary(
+    ctx: &JobCtx,
+    stats: &RunStats,
+    prime: Option<&Plan>,
+) -> crate::summary::PromptCacheSummary {
+    use std::sync::atomic::Ordering::Relaxed;
+    let read = stats.cache_read.load(Relaxed);
+    let written = stats.cache_write.load(Relaxed);
+    let written_1h = stats.cache_write_1h.load(Relaxed).min(written);
+    let tier = ctx.reserve_tier();
+    let saved_usd = ctx.price.as_ref().map(|p| {
+        let tokens = read.saturating_add(written);
+        let full = p.cost_of_many(
+            &Usage {
+                prompt_tokens: tokens,
+                ..Usage::default()
+            },
+            tier,
+        );
+        let paid = p.cost_of_many(
+            &Usage {
+                prompt_tokens: tokens,
+                cached_tokens: read,
+                cache_write_tokens: written,
+                cache_write_1h_tokens: written_1h,
+                ..Usage::default()
+            },
+            tier,
+        );
+        full.as_usd() - paid.as_usd()
+    });
+    crate::summary::PromptCacheSummary {
+        cached_tokens: read,
+        cache_write_tokens: written,
+        saved_usd,
+        groups: prime.map(Plan::used).unwrap_or_default(),
+    }
 }
 
 /// Why a run stopped at a cap, what it spent, and how to go on.
@@ -852,11 +901,14 @@ impl Sending<'_> {
         let group = self.prime.and_then(|p| {
             p.group_of(&req.prefix).map(|(g, link)| {
                 p.mark(g, link, &mut req.body);
-                g.keys.clone()
+                (g.keys.clone(), g.tally.clone())
             })
         });
         let mut item = WorkItem::of(req, Kind::Answer);
-        item.cache_key = group.flatten();
+        if let Some((keys, tally)) = group {
+            item.cache_key = keys;
+            item.group = Some(tally);
+        }
         item.primer = primer;
         out.sent += 1;
         if self.tx.blocking_send(item).is_err() {
