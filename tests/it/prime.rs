@@ -495,3 +495,57 @@ fn the_summary_shows_each_groups_hit_rate_and_the_money_saved() {
     assert_exit(&out, 0);
     assert!(ws.summary().get("prompt_cache").is_none());
 }
+
+/// A second run sends only the rows the first left pending, primer first again.
+#[test]
+fn resume_skips_done_rows_and_primes_what_is_left() {
+    let (server, seen) = watching_server();
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..30).map(|i| ["a", "b", "c"][i % 3]).collect();
+    rows(&ws, &kinds);
+    let job = job(&ws, &server.base_url(), "max_in_flight = 8", "");
+    let out = ws.run(&["run", &job, "--limit", "12"]);
+    assert_exit(&out, 0);
+    assert_eq!(server.requests(), 12);
+    seen.lock().unwrap().primer_answered.clear();
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    assert_eq!(server.requests(), 30, "the 12 done rows are not sent again");
+    let seen = seen.lock().unwrap();
+    assert!(seen.early.is_empty(), "{:?}", seen.early);
+    let status = ws.column("out/result.csv", "status");
+    assert_eq!(status.len(), 30);
+    assert!(status.iter().all(|s| s == "ok"), "{status:?}");
+}
+
+/// A primer that fails for good does not hold its group back: the rest goes after it.
+#[test]
+fn a_failed_primer_still_releases_its_group() {
+    let first = Arc::new(Mutex::new(true));
+    let f = first.clone();
+    let server = FaultServer::start(move |body, _| {
+        let fail = group_of(body) == "a" && std::mem::replace(&mut *f.lock().unwrap(), false);
+        if fail {
+            Reply {
+                status: 400,
+                headers: Vec::new(),
+                content_type: "application/json",
+                body: br#"{"error":{"message":"no","type":"invalid_request_error"}}"#.to_vec(),
+            }
+        } else {
+            answer()
+        }
+    });
+    let ws = Workspace::new();
+    rows(&ws, &["a"; 12]);
+    let job = job(&ws, &server.base_url(), "max_in_flight = 4", "");
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 1);
+    assert_eq!(server.requests(), 12);
+    let status = ws.column("out/result.csv", "status");
+    assert_eq!(
+        status.iter().filter(|s| *s == "ok").count(),
+        11,
+        "{status:?}"
+    );
+}
