@@ -274,6 +274,129 @@ fn a_2000_row_job_reads_its_2000_token_prefixes_from_cache_after_each_primer() {
     );
 }
 
+/// An Anthropic job: the base URL and model are the mock's; each group's requests carry
+/// `cache_control` at the end of the shared system prompt.
+fn anthropic_job(ws: &Workspace, base_url: &str) -> String {
+    let toml = std::fs::read_to_string(job_of(ws, base_url, "max_in_flight = 16", "", 15))
+        .unwrap()
+        .replace("name = \"gpt-4o-mini\"", "name = \"claude-sonnet-4-5\"")
+        .replace("[api]\n", "[api]\nprovider = \"anthropic\"\n");
+    ws.write("job.toml", &toml).to_string_lossy().into_owned()
+}
+
+/// (row, prompt, cache read, cache write) of every answered row, from the journal.
+fn anthropic_usage(ws: &Workspace) -> Vec<(u64, u64, u64, u64)> {
+    ws.jsonl("out/result.journal.jsonl")
+        .iter()
+        .filter(|r| r.get("status").is_some())
+        .map(|r| {
+            let u = &r["usage"];
+            let n = |k: &str| u[k].as_u64().unwrap_or(0);
+            (
+                r["row"].as_u64().unwrap(),
+                n("prompt_tokens"),
+                n("cached_tokens"),
+                n("cache_write_tokens"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn anthropic_groups_write_their_prefix_once_and_read_it_after() {
+    let mock = Mock::start(&["--latency-ms", "20"]);
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..60).map(|i| ["a", "b", "c"][i % 3]).collect();
+    rows(&ws, &kinds);
+    let job = anthropic_job(&ws, &mock.base_url);
+    let out = ws.run_env(&[], &["estimate", &job, "--json"]);
+    assert_exit(&out, 0);
+    let pc = &stdout_json(&out)["prompt_cache"];
+    assert_eq!(
+        pc["provider_caching"],
+        "cache_control (placed by live runs)"
+    );
+    assert_eq!(pc["cache_reads"], 38, "{pc}");
+    assert!(
+        pc["cache_write_tokens"].as_u64().unwrap() > 2 * 1900,
+        "{pc}"
+    );
+
+    let out = ws.run_env(&[("ANTHROPIC_API_KEY", TEST_KEY)], &["run", &job]);
+    assert_exit(&out, 0);
+    let usage = anthropic_usage(&ws);
+    assert_eq!(usage.len(), 60);
+    for (group, rows) in [("a", 0), ("b", 1)] {
+        let mine: Vec<_> = usage.iter().filter(|u| u.0 % 3 == rows).collect();
+        let writes: Vec<_> = mine.iter().filter(|u| u.3 > 0).collect();
+        assert_eq!(
+            writes.len(),
+            1,
+            "group {group}: one write, by its primer: {mine:?}"
+        );
+        assert!(
+            writes[0].3 > 1900,
+            "the whole prefix is written: {writes:?}"
+        );
+        let reads = mine.iter().filter(|u| u.2 > 1900 && u.3 == 0).count();
+        assert_eq!(
+            reads, 19,
+            "group {group}: every other row reads it: {mine:?}"
+        );
+    }
+    // The short prompt's rows are marked nowhere.
+    assert!(usage
+        .iter()
+        .filter(|u| u.0 % 3 == 2)
+        .all(|u| u.2 == 0 && u.3 == 0));
+}
+
+/// The `cache_control` of every request a recording server saw.
+fn controls(server: &crate::common::loopback::Server) -> Vec<Value> {
+    server
+        .seen()
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            body["system"][0]["cache_control"].clone()
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_whose_prefix_would_wait_past_five_minutes_asks_for_the_hour() {
+    use crate::common::loopback::{Reply, Server};
+    let server = Server::start(|_| {
+        Reply::json(
+            200,
+            r#"{"id":"m","type":"message","role":"assistant","content":[{"type":"text","text":"x"}],"stop_reason":"end_turn","usage":{"input_tokens":10,"output_tokens":1}}"#,
+        )
+    });
+    // 10 rows of group b first, then 400 of group a. The larger group runs first; at 60
+    // requests a minute, group b's prefix (written by its primer at the start) waits over
+    // 6 minutes for group a's rows. A preview of the first three rows shows its marks.
+    let ws = Workspace::new();
+    let mut kinds = vec!["b"; 10];
+    kinds.extend(["a"; 400]);
+    rows(&ws, &kinds);
+    let job = anthropic_job(&ws, &server.url(""));
+    let preview = |extra: &[&str]| {
+        let mut args = vec!["run", &job, "--limit", "3"];
+        args.extend(extra);
+        let out = ws.run_env(&[("ANTHROPIC_API_KEY", TEST_KEY)], &args);
+        assert_exit(&out, 0);
+    };
+    preview(&["--set", "limits.requests_per_minute=60"]);
+    let hour = json!({"type": "ephemeral", "ttl": "1h"});
+    assert_eq!(controls(&server), [hour.clone(), hour.clone(), hour]);
+
+    // Without a rate limit nothing is known to wait that long: the default 5 minutes.
+    std::fs::remove_dir_all(ws.path("out")).unwrap();
+    preview(&[]);
+    let five = json!({"type": "ephemeral"});
+    assert_eq!(controls(&server)[3..], [five.clone(), five.clone(), five]);
+}
+
 /// The mock caches a prompt only once its answer is given: requests sent together all miss
 /// (as at the providers, and why a group needs a primer); one sent after reads it.
 #[tokio::test]
@@ -321,4 +444,108 @@ async fn the_mock_caches_a_prompt_only_once_it_is_answered() {
         "sent together, neither sees the other's prefix"
     );
     assert_eq!(cached("row c").await, 1920, "sent after, reads it");
+}
+
+#[test]
+fn the_summary_shows_each_groups_hit_rate_and_the_money_saved() {
+    let mock = Mock::start(&["--latency-ms", "20"]);
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..60).map(|i| ["a", "b", "c"][i % 3]).collect();
+    rows(&ws, &kinds);
+    let job = job_of(&ws, &mock.base_url, "max_in_flight = 16", "", 15);
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    let s = ws.summary();
+    let pc = &s["prompt_cache"];
+    let groups = pc["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{pc}");
+    for g in groups {
+        assert_eq!(
+            (g["requests"].as_u64(), g["hits"].as_u64()),
+            (Some(20), Some(19))
+        );
+        assert!((g["hit_rate"].as_f64().unwrap() - 0.95).abs() < 1e-9);
+        assert_eq!(g["cached_tokens"], 19 * 1920);
+    }
+    assert_eq!(pc["cached_tokens"], 2 * 19 * 1920);
+    assert_eq!(s["cached_tokens"], 2 * 19 * 1920);
+    // gpt-4o-mini: $0.15 per million input tokens, $0.075 cached: half of it saved.
+    let saved = pc["saved_usd"].as_f64().unwrap();
+    let expected = (2 * 19 * 1920) as f64 * 0.075e-6;
+    assert!((saved - expected).abs() < 1e-9, "{saved} vs {expected}");
+    // What it would have cost without the cache is what it cost plus the saving.
+    let table = stderr(&out);
+    assert!(table.contains("prompt cache"), "{table}");
+    assert!(
+        table.contains("19 of 20 requests read the prefix (95%)"),
+        "{table}"
+    );
+
+    // Off: no priming, nothing to report per group.
+    let ws = Workspace::new();
+    rows(&ws, &kinds);
+    let job = job_of(
+        &ws,
+        &mock.base_url,
+        "max_in_flight = 16",
+        "\n[cache]\nprefix = false\n",
+        15,
+    );
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    assert!(ws.summary().get("prompt_cache").is_none());
+}
+
+/// A second run sends only the rows the first left pending, primer first again.
+#[test]
+fn resume_skips_done_rows_and_primes_what_is_left() {
+    let (server, seen) = watching_server();
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..30).map(|i| ["a", "b", "c"][i % 3]).collect();
+    rows(&ws, &kinds);
+    let job = job(&ws, &server.base_url(), "max_in_flight = 8", "");
+    let out = ws.run(&["run", &job, "--limit", "12"]);
+    assert_exit(&out, 0);
+    assert_eq!(server.requests(), 12);
+    seen.lock().unwrap().primer_answered.clear();
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 0);
+    assert_eq!(server.requests(), 30, "the 12 done rows are not sent again");
+    let seen = seen.lock().unwrap();
+    assert!(seen.early.is_empty(), "{:?}", seen.early);
+    let status = ws.column("out/result.csv", "status");
+    assert_eq!(status.len(), 30);
+    assert!(status.iter().all(|s| s == "ok"), "{status:?}");
+}
+
+/// A primer that fails for good does not hold its group back: the rest goes after it.
+#[test]
+fn a_failed_primer_still_releases_its_group() {
+    let first = Arc::new(Mutex::new(true));
+    let f = first.clone();
+    let server = FaultServer::start(move |body, _| {
+        let fail = group_of(body) == "a" && std::mem::replace(&mut *f.lock().unwrap(), false);
+        if fail {
+            Reply {
+                status: 400,
+                headers: Vec::new(),
+                content_type: "application/json",
+                body: br#"{"error":{"message":"no","type":"invalid_request_error"}}"#.to_vec(),
+            }
+        } else {
+            answer()
+        }
+    });
+    let ws = Workspace::new();
+    rows(&ws, &["a"; 12]);
+    let job = job(&ws, &server.base_url(), "max_in_flight = 4", "");
+    let out = ws.run(&["run", &job]);
+    assert_exit(&out, 1);
+    assert_eq!(server.requests(), 12);
+    let status = ws.column("out/result.csv", "status");
+    assert_eq!(
+        status.iter().filter(|s| *s == "ok").count(),
+        11,
+        "{status:?}"
+    );
 }

@@ -301,7 +301,7 @@ mod estimate {
     }
 
     #[test]
-    fn anthropic_prefixes_are_reported_but_not_priced_as_cached() {
+    fn anthropic_prefixes_too_short_for_haiku_are_reported_but_not_priced_as_cached() {
         let ws = Workspace::new();
         ws.csv_rows(3);
         let prompt = format!(
@@ -319,7 +319,10 @@ mod estimate {
         let out = ws.run_env(&[], &["estimate", &job, "--json"]);
         assert_exit(&out, 0);
         let pc = &stdout_json(&out)["prompt_cache"];
-        assert_eq!(pc["provider_caching"], "needs cache_control: not yet sent");
+        assert_eq!(
+            pc["provider_caching"],
+            "cache_control (placed by live runs)"
+        );
         assert_eq!(pc["prefixes"], 1);
         // About 1,930 tokens: under haiku's 2,048.
         assert_eq!(pc["groups"][0]["cacheable"], false);

@@ -176,6 +176,7 @@ fn item(row: u64, user: &str) -> WorkItem {
         model: None,
         primer: None,
         cache_key: None,
+        group: None,
     }
 }
 

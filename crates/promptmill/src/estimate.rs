@@ -150,7 +150,7 @@ pub struct Estimate {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PromptCacheEstimate {
     /// How the provider caches: `automatic` (OpenAI-compatible, Azure) or
-    /// `needs cache_control: not yet sent` (Anthropic: priced without caching for now).
+    /// `cache_control (placed by live runs)` (Anthropic).
     pub provider_caching: String,
     /// Prefix groups found (two or more rows sending the same leading messages).
     pub prefixes: u64,
@@ -162,6 +162,13 @@ pub struct PromptCacheEstimate {
     pub hit_rate: f64,
     /// Prompt tokens expected to be read from the cache.
     pub cached_tokens: u64,
+    /// Prompt tokens expected to be written to the cache at a premium (Anthropic: each
+    /// group's prefix once; OpenAI writes at no premium, so 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+    /// The same counts, with the 1-hour writes apart, for pricing at each tier.
+    #[serde(skip)]
+    pub writes: CacheTokens,
     /// The cost with those reads at the cache-read price, live; `None` = unknown price.
     pub cost: Option<CostRange>,
     /// The same at Batch API prices.
@@ -573,21 +580,6 @@ pub fn estimate(
             })
             .collect();
     }
-    if job.cache.prefix {
-        let anthropic = job.api.provider == crate::config::ProviderKind::Anthropic;
-        let groups = prefixes.groups(crate::prefix::min_tokens(anthropic, &job.model.name));
-        e.prefix_groups = groups.iter().filter(|g| g.cacheable).cloned().collect();
-        let pc = prompt_cache(&e, job, groups, opts.price);
-        // Each tier's expected cost counts the prompt cache's reads, as the lines above do.
-        if let Some(p) = opts.price {
-            for (tier, expected, _) in &mut tier_costs {
-                if let Some(v) = expected.as_mut() {
-                    *v -= cache_saving(p, pc.cached_tokens, *tier);
-                }
-            }
-        }
-        e.prompt_cache = Some(pc);
-    }
     if job.regenerate > 0 {
         e.regeneration = Some(regeneration(&e, job));
     }
@@ -601,6 +593,22 @@ pub fn estimate(
         job.limits.requests_per_minute,
         job.limits.tokens_per_minute,
     );
+    if job.cache.prefix {
+        let anthropic = job.api.provider == crate::config::ProviderKind::Anthropic;
+        let groups = prefixes.groups(crate::prefix::min_tokens(anthropic, &job.model.name));
+        e.prefix_groups = groups.iter().filter(|g| g.cacheable).cloned().collect();
+        let pc = prompt_cache(&e, job, groups, opts.price);
+        // Each tier's expected cost counts the prompt cache's reads and writes, as the
+        // "with caching" lines do.
+        if let Some(p) = opts.price {
+            for (tier, expected, _) in &mut tier_costs {
+                if let Some(v) = expected.as_mut() {
+                    *v -= cache_saving(p, *tier, &pc.writes);
+                }
+            }
+        }
+        e.prompt_cache = Some(pc);
+    }
     e.tiers = crate::tiers::table(
         &tier_costs,
         e.min_wall_time.seconds,
@@ -626,26 +634,41 @@ fn at(p: &ModelPrice, tier: Tier, prompt: u64, out: u64) -> f64 {
     .as_usd()
 }
 
-/// What reading `cached` prompt tokens from the cache saves at a tier: their input price
-/// less the cache-read price, in USD.
-fn cache_saving(p: &ModelPrice, cached: u64, tier: Tier) -> f64 {
-    let full = at(p, tier, cached, 0);
-    let read = p
-        .cost(
-            &Usage {
-                prompt_tokens: cached,
-                cached_tokens: cached,
-                ..Usage::default()
-            },
-            tier,
-        )
-        .as_usd();
-    full - read
+/// The prompt tokens a run is expected to read from and write to the provider's cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CacheTokens {
+    /// Read at the cache-read price.
+    pub read: u64,
+    /// Written at a premium (5-minute lifetime, or 1-hour for `written_1h` of them).
+    pub written: u64,
+    /// Of `written`, those written for an hour.
+    pub written_1h: u64,
 }
 
-/// The prompt cache's share: in each cacheable group, every request after the first reads
-/// the prefix at the cache-read price (OpenAI: in whole 128-token blocks). Anthropic caches
-/// only at `cache_control` marks, which promptmill does not send yet: priced without caching.
+/// What caching saves at a tier, in USD: the read tokens' input price less their read
+/// price, less the premium of the writes.
+fn cache_saving(p: &ModelPrice, tier: Tier, t: &CacheTokens) -> f64 {
+    let bill = |u: Usage| p.cost(&u, tier).as_usd();
+    let full = at(p, tier, t.read.saturating_add(t.written), 0);
+    let with = bill(Usage {
+        prompt_tokens: t.read,
+        cached_tokens: t.read,
+        ..Usage::default()
+    }) + bill(Usage {
+        prompt_tokens: t.written,
+        cache_write_tokens: t.written,
+        cache_write_1h_tokens: t.written_1h,
+        ..Usage::default()
+    });
+    full - with
+}
+
+/// The prompt cache's share: in each cacheable group, the first request (a live run's
+/// primer) writes the prefix and every later one reads it at the cache-read price. OpenAI
+/// caches automatically, in whole 128-token blocks, and writes at no premium; Anthropic caches
+/// the marked prefix whole (live runs place `cache_control` at its end) and bills the write
+/// at 1.25× the input price (2× for the 1-hour lifetime a slow group asks for, see
+/// [`crate::prime::ttls`]).
 fn prompt_cache(
     e: &Estimate,
     job: &Job,
@@ -654,16 +677,32 @@ fn prompt_cache(
 ) -> PromptCacheEstimate {
     use crate::config::ProviderKind;
     use crate::prefix::{BLOCK, LIST};
+    use crate::prime::Ttl;
     let anthropic = job.api.provider == ProviderKind::Anthropic;
-    let (mut reads, mut cached) = (0u64, 0u64);
-    if !anthropic {
-        for g in groups.iter().filter(|g| g.cacheable) {
-            let later = g.rows.saturating_sub(1);
-            reads += later;
-            cached = cached.saturating_add(later.saturating_mul(g.tokens / BLOCK * BLOCK));
-        }
+    let cacheable: Vec<&crate::prefix::PrefixGroup> =
+        groups.iter().filter(|g| g.cacheable).collect();
+    let ttls = crate::prime::ttls(&cacheable, e.requests, e.min_wall_time.seconds);
+    let (mut reads, mut cached, mut written, mut written_1h) = (0u64, 0u64, 0u64, 0u64);
+    for (g, ttl) in cacheable.iter().zip(ttls) {
+        let later = g.rows.saturating_sub(1);
+        reads += later;
+        let tokens = if anthropic {
+            written = written.saturating_add(g.tokens);
+            if ttl == Ttl::OneHour {
+                written_1h = written_1h.saturating_add(g.tokens);
+            }
+            g.tokens
+        } else {
+            g.tokens / BLOCK * BLOCK
+        };
+        cached = cached.saturating_add(later.saturating_mul(tokens));
     }
-    let saved = |tier: Tier| price.map(|p| cache_saving(p, cached, tier));
+    let writes = CacheTokens {
+        read: cached,
+        written,
+        written_1h,
+    };
+    let saved = |tier: Tier| price.map(|p| cache_saving(p, tier, &writes));
     let less = |c: &Option<CostRange>, tier: Tier| {
         c.as_ref().zip(saved(tier)).map(|(c, s)| CostRange {
             low_usd: c.low_usd - s,
@@ -675,7 +714,7 @@ fn prompt_cache(
     };
     PromptCacheEstimate {
         provider_caching: if anthropic {
-            "needs cache_control: not yet sent".into()
+            "cache_control (placed by live runs)".into()
         } else {
             "automatic".into()
         },
@@ -687,6 +726,8 @@ fn prompt_cache(
             reads as f64 / e.requests as f64
         },
         cached_tokens: cached,
+        cache_write_tokens: written,
+        writes,
         cost: less(&e.cost, Tier::Live),
         batch_cost: less(&e.batch_cost, Tier::Batch),
         groups: groups.into_iter().take(LIST).collect(),
@@ -1013,12 +1054,17 @@ impl Estimate {
             line(
                 "prompt cache",
                 format!(
-                    "{}: {} of {} requests read a cached prefix ({:.0}%), {} tokens",
+                    "{}: {} of {} requests read a cached prefix ({:.0}%), {} tokens{}",
                     pc.provider_caching,
                     thousands(pc.cache_reads),
                     thousands(self.requests),
                     pc.hit_rate * 100.0,
-                    thousands(pc.cached_tokens)
+                    thousands(pc.cached_tokens),
+                    if pc.cache_write_tokens > 0 {
+                        format!("; {} written", thousands(pc.cache_write_tokens))
+                    } else {
+                        String::new()
+                    }
                 ),
             );
             line("  live, with caching", costs(&pc.cost));

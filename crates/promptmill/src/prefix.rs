@@ -239,6 +239,20 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_first_user_turn_is_a_prefix_without_any_system_message() {
+        let document = "d".repeat(1800);
+        let rows: Vec<_> = (0..3)
+            .map(|i| vec![user(&document), user(&format!("question {i}"))])
+            .collect();
+        let g = counted(&rows);
+        assert_eq!(g.len(), 1, "{g:?}");
+        assert_eq!((g[0].messages, g[0].tokens, g[0].rows), (1, 1803, 3));
+        assert!(g[0].cacheable);
+        // The group's key is the rows' own first link: a live run finds them by it.
+        assert_eq!(chain(&rows[1])[0], g[0].key);
+    }
+
+    #[test]
     fn a_short_prefix_is_found_but_not_cacheable() {
         let rows: Vec<_> = (0..3)
             .map(|i| vec![sys("Be brief."), user(&format!("row {i}"))])

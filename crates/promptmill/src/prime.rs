@@ -9,6 +9,7 @@
 //! message. Neither is part of the request hash, so resume is not affected.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::config::{Job, ProviderKind};
 use crate::prefix::PrefixGroup;
-use crate::types::{Message, Role};
+use crate::types::{Message, Role, Usage};
 
 /// Requests per minute under one `prompt_cache_key` by default: OpenAI's guidance (about 15
 /// per prefix and key; more overflow to machines without the cache).
@@ -82,6 +83,32 @@ pub fn ttl_for(idle: Option<Duration>) -> Ttl {
     }
 }
 
+/// The lifetime each of `cacheable` groups (largest first, as they run) asks for. `requests`:
+/// rows the run sends; `wall`: the shortest time the limits allow for them (`None`: no limit,
+/// so nothing waits long). The primed groups run first, one after the other, and every
+/// primer is answered at the start: a group's prefix waits while the groups before it are
+/// sent. A group past [`MAX_PRIMED`] waits only between its own requests.
+pub fn ttls(cacheable: &[&PrefixGroup], requests: u64, wall: Option<f64>) -> Vec<Ttl> {
+    let per_request = wall
+        .filter(|w| w.is_finite() && *w > 0.0)
+        .map(|w| w / requests.max(1) as f64);
+    let mut before = 0u64;
+    cacheable
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let idle = per_request.map(|s| {
+                let wait = if i < MAX_PRIMED { before as f64 * s } else { s };
+                Duration::try_from_secs_f64(wait.max(s)).unwrap_or(Duration::MAX)
+            });
+            if i < MAX_PRIMED {
+                before = before.saturating_add(g.rows);
+            }
+            ttl_for(idle)
+        })
+        .collect()
+}
+
 /// `prompt_cache_key`s for one group, sharded: each key is given to at most `rpm` requests
 /// in any 60 seconds; the lowest free shard is used, so keys are added only as needed.
 #[derive(Debug)]
@@ -140,6 +167,47 @@ pub struct Group {
     pub ttl: Ttl,
     /// OpenAI shape: its keys (`None` with `cache.key_rpm = 0`).
     pub keys: Option<Arc<KeyShards>>,
+    /// What its answers in this run read from and wrote to the cache.
+    pub tally: Arc<Tally>,
+}
+
+/// What one group's answers read from and wrote to the provider's cache, added up as they
+/// arrive (by the scheduler's tasks, hence atomics).
+#[derive(Debug, Default)]
+pub struct Tally {
+    requests: AtomicU64,
+    hits: AtomicU64,
+    cached: AtomicU64,
+    written: AtomicU64,
+}
+
+impl Tally {
+    /// Counts one answer's usage.
+    pub fn add(&self, u: &Usage) {
+        self.requests.fetch_add(1, Relaxed);
+        if u.cached_tokens > 0 {
+            self.hits.fetch_add(1, Relaxed);
+        }
+        self.cached.fetch_add(u.cached_tokens, Relaxed);
+        self.written.fetch_add(u.cache_write_tokens, Relaxed);
+    }
+}
+
+/// One group's use of the cache in a run, for the summary.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct GroupUse {
+    /// The group's id (as the estimate lists it).
+    pub id: String,
+    /// Its answers in this run.
+    pub requests: u64,
+    /// Those that read a cached prefix.
+    pub hits: u64,
+    /// `hits / requests`.
+    pub hit_rate: f64,
+    /// Prompt tokens read from the cache.
+    pub cached_tokens: u64,
+    /// Prompt tokens written to it (Anthropic).
+    pub cache_write_tokens: u64,
 }
 
 /// The groups of a live run, by prefix key.
@@ -170,30 +238,15 @@ impl Plan {
         if cacheable.is_empty() {
             return None;
         }
-        // Seconds per request when the limits bind, to tell how long a group's cached prefix
-        // waits: its primer is answered early, then the rows sent before its turn go first.
-        let per_request = wall
-            .filter(|w| w.is_finite() && *w > 0.0)
-            .map(|w| w / requests.max(1) as f64);
-        let primed_rows: u64 = cacheable.iter().take(MAX_PRIMED).map(|g| g.rows).sum();
-        let mut before = requests.saturating_sub(primed_rows);
+        let ttls = ttls(&cacheable, requests, wall);
         let mut plan = Plan {
             groups: HashMap::new(),
             anthropic,
             primed: 0,
         };
-        for (i, g) in cacheable.into_iter().enumerate() {
+        for (i, (g, ttl)) in cacheable.into_iter().zip(ttls).enumerate() {
             let primed = (i < MAX_PRIMED).then_some(i);
-            let idle = per_request.map(|s| {
-                let wait = if primed.is_some() {
-                    before as f64 * s
-                } else {
-                    s
-                };
-                Duration::try_from_secs_f64(wait.max(s)).unwrap_or(Duration::MAX)
-            });
             if primed.is_some() {
-                before = before.saturating_add(g.rows);
                 plan.primed += 1;
             }
             let keys = (openai && job.cache.key_rpm > 0)
@@ -203,8 +256,9 @@ impl Plan {
                 Group {
                     id: g.id.clone(),
                     primed,
-                    ttl: ttl_for(idle),
+                    ttl,
                     keys,
+                    tally: Arc::default(),
                 },
             );
         }
@@ -218,6 +272,30 @@ impl Plan {
             .iter()
             .rev()
             .find_map(|l| self.groups.get(&l.key).map(|g| (g, *l)))
+    }
+
+    /// Each group's use of the cache in this run (those that sent anything), the busiest
+    /// first.
+    pub fn used(&self) -> Vec<GroupUse> {
+        let mut used: Vec<GroupUse> = self
+            .groups
+            .values()
+            .filter_map(|g| {
+                let t = &g.tally;
+                let requests = t.requests.load(Relaxed);
+                let hits = t.hits.load(Relaxed);
+                (requests > 0).then(|| GroupUse {
+                    id: g.id.clone(),
+                    requests,
+                    hits,
+                    hit_rate: hits as f64 / requests as f64,
+                    cached_tokens: t.cached.load(Relaxed),
+                    cache_write_tokens: t.written.load(Relaxed),
+                })
+            })
+            .collect();
+        used.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.id.cmp(&b.id)));
+        used
     }
 
     /// Adds the group's `cache_control` mark to an Anthropic-shaped body (the text is not
@@ -314,6 +392,35 @@ mod tests {
         Message::new(Role::Assistant, t)
     }
 
+    fn group(key: u64, rows: u64) -> PrefixGroup {
+        PrefixGroup {
+            id: format!("g{key}"),
+            messages: 1,
+            tokens: 2000,
+            rows,
+            cacheable: true,
+            key,
+        }
+    }
+
+    #[test]
+    fn a_prefix_that_waits_past_five_minutes_asks_for_the_hour() {
+        let (a, b) = (group(1, 1000), group(2, 1000));
+        let groups = [&a, &b];
+        // 2,000 requests in 50 minutes: group a starts at once, group b's prefix (written
+        // by its primer at the start) waits 25 minutes for group a's rows.
+        assert_eq!(
+            ttls(&groups, 2000, Some(3000.0)),
+            [Ttl::FiveMinutes, Ttl::OneHour]
+        );
+        // The same in 5 minutes: no prefix waits that long.
+        assert_eq!(ttls(&groups, 2000, Some(300.0)), [Ttl::FiveMinutes; 2]);
+        // No limit: nothing is known to wait.
+        assert_eq!(ttls(&groups, 2000, None), [Ttl::FiveMinutes; 2]);
+        // Over an hour: the hour does not keep it either, so the cheaper write.
+        assert_eq!(ttls(&groups, 2000, Some(9000.0)), [Ttl::FiveMinutes; 2]);
+    }
+
     #[test]
     fn marks_fall_at_the_end_of_each_prefix() {
         let l = links(&[sys("s"), user("q"), asst("a"), user("row")]);
@@ -342,6 +449,7 @@ mod tests {
             primed: Some(0),
             ttl: Ttl::OneHour,
             keys: None,
+            tally: Arc::default(),
         };
         let mut body = json!({"system": "S", "messages": [
             {"role": "user", "content": "q"}, {"role": "user", "content": "row"}]});

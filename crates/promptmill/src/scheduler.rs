@@ -51,6 +51,8 @@ pub struct WorkItem {
     pub primer: Option<std::sync::mpsc::Sender<()>>,
     /// The `prompt_cache_key`s of its prefix group, one chosen when each attempt is sent.
     pub cache_key: Option<Arc<crate::prime::KeyShards>>,
+    /// Its prefix group's cache counts, which its answer's usage adds to.
+    pub group: Option<Arc<crate::prime::Tally>>,
 }
 
 /// What a request is for: the row's answer, a rejected row's new attempt, or the judge's
@@ -88,6 +90,7 @@ impl WorkItem {
             kind,
             primer: None,
             cache_key: None,
+            group: None,
         }
     }
 }
@@ -185,6 +188,11 @@ pub struct RunStats {
     pub judged: AtomicU64,
     /// The rows those attempts were for.
     pub regenerated_rows: Mutex<std::collections::HashSet<u64>>,
+    /// The prompt cache's share of the rows' answers (at the job's model) in this run:
+    /// tokens read, written, and written for an hour.
+    pub cache_read: AtomicU64,
+    pub cache_write: AtomicU64,
+    pub cache_write_1h: AtomicU64,
 }
 
 impl RunStats {
@@ -479,6 +487,20 @@ impl Scheduler {
             self.stats.succeeded.fetch_add(1, Relaxed);
         } else {
             self.stats.failed.fetch_add(1, Relaxed);
+        }
+        if let Some(u) = &record.usage {
+            if let Some(t) = &item.group {
+                t.add(u);
+            }
+            if matches!(item.kind, Kind::Answer | Kind::Regen { .. }) && item.model.is_none() {
+                self.stats.cache_read.fetch_add(u.cached_tokens, Relaxed);
+                self.stats
+                    .cache_write
+                    .fetch_add(u.cache_write_tokens, Relaxed);
+                self.stats
+                    .cache_write_1h
+                    .fetch_add(u.cache_write_1h_tokens, Relaxed);
+            }
         }
         let charge = Charge::of(record.usage.is_some(), record.cost_pico);
         let journaled = self.journal().append_settling(&record, Some(res.id));

@@ -8,6 +8,21 @@ use crate::config::Job;
 use crate::sink::{self, CheckTally, OutputTotals};
 use crate::types::Money;
 
+/// The prompt cache's share of a live run: this run's answers (at the job's model).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct PromptCacheSummary {
+    /// Prompt tokens read from the provider's cache.
+    pub cached_tokens: u64,
+    /// Prompt tokens written to it at a premium (Anthropic).
+    pub cache_write_tokens: u64,
+    /// What those tokens would have cost at the input price, less what they cost (reads at
+    /// the cache-read price, writes with their premium); `None` = unknown price.
+    pub saved_usd: Option<f64>,
+    /// Per prefix group (see `cache.prefix`): requests, how many read the cached prefix
+    /// and the tokens read and written.
+    pub groups: Vec<crate::prime::GroupUse>,
+}
+
 /// What a run did, for people (printed) and scripts (JSON).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Summary {
@@ -97,6 +112,9 @@ pub struct Summary {
     /// The judge's verdicts in the output (with `[judge]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub judge: Option<JudgeSummary>,
+    /// What the provider's prompt cache did in this run (live runs with `cache.prefix`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_cache: Option<PromptCacheSummary>,
     /// Judge requests that ended in this run.
     #[serde(skip_serializing_if = "is_zero")]
     pub judge_requests: u64,
@@ -387,6 +405,30 @@ impl Summary {
                 self.prompt_tokens, self.completion_tokens
             ),
         );
+        if let Some(pc) = &self.prompt_cache {
+            line(
+                "prompt cache",
+                format!(
+                    "{} tokens read, {} written; saved {} vs no caching",
+                    pc.cached_tokens,
+                    pc.cache_write_tokens,
+                    pc.saved_usd
+                        .map_or_else(|| "unknown (no price)".into(), |d| format!("${d:.4}"))
+                ),
+            );
+            for g in pc.groups.iter().take(crate::prefix::LIST) {
+                line(
+                    &format!("  group {}", g.id),
+                    format!(
+                        "{} of {} requests read the prefix ({:.0}%), {} tokens",
+                        g.hits,
+                        g.requests,
+                        g.hit_rate * 100.0,
+                        g.cached_tokens
+                    ),
+                );
+            }
+        }
         let mut cost = usd(self.cost_usd);
         if self.cost_estimated_rows > 0 {
             cost.push_str(&format!(

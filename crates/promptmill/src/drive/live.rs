@@ -215,19 +215,19 @@ pub async fn run(
     // the scheduler through a small bounded channel: memory stays flat however many rows
     // there are.
     let (tx, rx) = mpsc::channel::<WorkItem>(256);
+    // With `cache.prefix`: the prefix groups found in the first pass, primed.
+    let prime = validated.as_ref().and_then(|v| {
+        Plan::new(job, &v.prefix_groups, v.requests, v.min_wall_time.seconds).map(Arc::new)
+    });
     let producer = {
         let (job, sched, price) = (job.clone(), sched.clone(), price.clone());
-        let (spool, selection) = (spool.clone(), selection.clone());
-        // With `cache.prefix`: the prefix groups found in the first pass, primed.
-        let prime = validated
-            .as_ref()
-            .and_then(|v| Plan::new(&job, &v.prefix_groups, v.requests, v.min_wall_time.seconds));
+        let (spool, selection, prime) = (spool.clone(), selection.clone(), prime.clone());
         tokio::task::spawn_blocking(move || match spool {
             Some(spool) => {
                 let feed = Feed {
                     spool: &spool,
                     selection: selection.as_deref(),
-                    prime: prime.as_ref(),
+                    prime: prime.as_deref(),
                 };
                 produce(&job, &sched, price.as_ref(), feed, tx)
             }
@@ -317,6 +317,13 @@ pub async fn run(
                 .map_or_else(|| "unknown".into(), |m| m.to_string()),
             totals.pending
         ));
+    }
+    if job.cache.prefix {
+        // Only when the cache played a part: a run without shared prefixes shows nothing.
+        let pc = prompt_cache_summary(ctx, &stats, prime.as_deref());
+        if pc.cached_tokens > 0 || pc.cache_write_tokens > 0 || !pc.groups.is_empty() {
+            summary.prompt_cache = Some(pc);
+        }
     }
     if let (Some(selection), Some(spool)) = (&selection, &spool) {
         let sent = preview::print_rows(selection, spool, &index, &journal_path)?;
@@ -633,6 +640,48 @@ fn summarize(
     (summary, code)
 }
 
+/// What the prompt cache did for this run's answers: tokens read and written, per prefix
+/// group, and what it saved, priced from the usage (reads at the input price less their
+/// cache-read price, less the writes' premium).
+fn prompt_cache_summary(
+    ctx: &JobCtx,
+    stats: &RunStats,
+    prime: Option<&Plan>,
+) -> crate::summary::PromptCacheSummary {
+    use std::sync::atomic::Ordering::Relaxed;
+    let read = stats.cache_read.load(Relaxed);
+    let written = stats.cache_write.load(Relaxed);
+    let written_1h = stats.cache_write_1h.load(Relaxed).min(written);
+    let tier = ctx.reserve_tier();
+    let saved_usd = ctx.price.as_ref().map(|p| {
+        let tokens = read.saturating_add(written);
+        let full = p.cost_of_many(
+            &Usage {
+                prompt_tokens: tokens,
+                ..Usage::default()
+            },
+            tier,
+        );
+        let paid = p.cost_of_many(
+            &Usage {
+                prompt_tokens: tokens,
+                cached_tokens: read,
+                cache_write_tokens: written,
+                cache_write_1h_tokens: written_1h,
+                ..Usage::default()
+            },
+            tier,
+        );
+        full.as_usd() - paid.as_usd()
+    });
+    crate::summary::PromptCacheSummary {
+        cached_tokens: read,
+        cache_write_tokens: written,
+        saved_usd,
+        groups: prime.map(Plan::used).unwrap_or_default(),
+    }
+}
+
 /// Why a run stopped at a cap, what it spent, and how to go on.
 fn budget_message(cap: Cap, ledger: &Ledger, pending: u64) -> String {
     let show = |t: ledger::Tally| {
@@ -668,10 +717,10 @@ struct Feed<'a> {
 const PRIMER_POLL: Duration = Duration::from_millis(50);
 
 /// Feeds the scheduler the rows to send, from the Steps the validation pass kept: journals
-/// cache hits and bad rows, counts skipped rows. Rows go in input order, except those of a
-/// primed prefix group (see [`crate::prime`]): the group's first request goes where it
-/// stands, as its primer, and the rest of the group waits until the primer's answer (or its
-/// final failure), then runs together, group after group, each read from the spool again.
+/// cache hits and bad rows, counts skipped rows. Rows go in input order, except those of
+/// the primed prefix groups (see [`crate::prime`]), which go first: every group's first
+/// request (its primer) at once, then each group's other rows once its primer's answer (or
+/// final failure) is in, group after group, each read from the spool again.
 /// Runs on a blocking thread.
 fn produce(
     job: &Job,
@@ -710,10 +759,10 @@ fn feed_rows(
         tx,
     };
     let primed = feed.prime.map_or(0, |p| p.primed);
-    // Per primed group: its primer's row and the end of its answer, and the rows left.
-    let mut primers: Vec<Option<(u64, std::sync::mpsc::Receiver<()>)>> =
-        (0..primed).map(|_| None).collect();
-    let mut waiting = vec![0u64; primed];
+    if primed > 0 {
+        prime_groups(&send, &feed, primed, out, requests)?;
+    }
+    // Then every other row in input order (the primed groups' rows are sent already).
     for stepped in feed.spool.read().context("reading the row spool")? {
         if sched.stop.is_cancelled() {
             break;
@@ -793,40 +842,79 @@ fn feed_rows(
                 continue;
             }
         };
-        let primer = match send.primed_group(&req) {
-            Some(i) if primers[i].is_some() => {
-                waiting[i] += 1; // after its primer
+        if send.primed_group(&req).is_some() {
+            continue; // sent with its group, before
+        }
+        if let Sent::Stopped = send.answer(out, requests, req, None)? {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Sends the primed groups (see [`produce`]): first each group's primer, then each group's
+/// other rows once its primer ended.
+fn prime_groups(
+    send: &Sending<'_>,
+    feed: &Feed<'_>,
+    primed: usize,
+    out: &mut Produced,
+    requests: &mut RunRequests,
+) -> anyhow::Result<()> {
+    let sched = send.sched;
+    // Per primed group: its primer's row and the end of its answer.
+    let mut primers: Vec<Option<(u64, std::sync::mpsc::Receiver<()>)>> =
+        (0..primed).map(|_| None).collect();
+    for stepped in feed.spool.read().context("reading the row spool")? {
+        if sched.stop.is_cancelled() {
+            return Ok(());
+        }
+        let stepped = stepped.context("reading the row spool")?;
+        if feed.selection.is_some_and(|s| !s.admits(&stepped)) {
+            continue;
+        }
+        // What an earlier run answered: a group's row asking the very same shares it.
+        for o in &stepped.outputs {
+            if let Step::Skip {
+                decision: Decision::Done,
+                hash,
+                ..
+            } = o
+            {
+                requests.note(hash)?;
+            }
+        }
+        let req = match stepped.step {
+            Step::Skip {
+                decision: Decision::Done,
+                hash,
+                ..
+            } => {
+                requests.note(&hash)?;
                 continue;
             }
-            Some(i) => {
-                let (done, ended) = std::sync::mpsc::channel();
-                primers[i] = Some((req.row, ended));
-                Some(done)
-            }
-            None => None,
+            Step::Send(req) => req,
+            _ => continue,
         };
+        let Some(i) = send.primed_group(&req) else {
+            continue;
+        };
+        if primers[i].is_some() {
+            continue;
+        }
+        let (done, ended) = std::sync::mpsc::channel();
         let row = req.row;
-        match send.answer(out, requests, req, primer)? {
+        match send.answer(out, requests, req, Some(done))? {
             Sent::Stopped => return Ok(()),
-            Sent::Yes => {}
-            // Asked for already: the next row of the group is its primer.
-            Sent::Waits => {
-                if let Some(i) = primers
-                    .iter()
-                    .position(|p| p.as_ref().is_some_and(|p| p.0 == row))
-                {
-                    primers[i] = None;
-                }
-            }
+            Sent::Yes => primers[i] = Some((row, ended)),
+            // An earlier row asks the very same: the group's next row is its primer.
+            Sent::Waits => {}
         }
     }
     for (i, primer) in primers.iter().enumerate() {
         let Some((primer_row, ended)) = primer else {
             continue;
         };
-        if waiting[i] == 0 {
-            continue;
-        }
         // Released by the primer's end: an answer, a failure after its retries, or the
         // run stopping (the item is dropped unsent).
         loop {
@@ -911,11 +999,14 @@ impl Sending<'_> {
         let group = self.prime.and_then(|p| {
             p.group_of(&req.prefix).map(|(g, link)| {
                 p.mark(g, link, &mut req.body);
-                g.keys.clone()
+                (g.keys.clone(), g.tally.clone())
             })
         });
         let mut item = WorkItem::of(req, Kind::Answer);
-        item.cache_key = group.flatten();
+        if let Some((keys, tally)) = group {
+            item.cache_key = keys;
+            item.group = Some(tally);
+        }
         item.primer = primer;
         out.sent += 1;
         if self.tx.blocking_send(item).is_err() {
