@@ -341,3 +341,39 @@ fn run_batch_refuses_a_file_that_is_not_batch_input() {
         text(&out)
     );
 }
+
+#[test]
+fn gemini_models_are_priced_at_geminis_own_prices_live_and_in_batch() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(6);
+    let job_at = |url: &str| {
+        let text = JobFile {
+            api: &format!("base_url = \"{url}\""),
+            // Priced only under LiteLLM's `gemini/` key.
+            model: "name = \"gemini-4-hydrogen\"\nmax_tokens = 50",
+            ..JobFile::default()
+        }
+        .toml();
+        ws.write("job.toml", &text).to_string_lossy().into_owned()
+    };
+
+    let job = job_at(&gemini_url(&mock));
+    let out = ws.run(&["run", &job, "--output", "out/live.csv"]);
+    assert_exit(&out, 0);
+    let live = ws.json("out/live.summary.json");
+    assert!(live["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{live}");
+    let out = ws.run(&batch_wait_args(&job, &["--output", "out/batch.csv"]));
+    assert_exit(&out, 0);
+    let batch = ws.json("out/batch.summary.json");
+    assert_eq!(batch["succeeded"], 6);
+    assert_batch_half_of_live(&live, &batch);
+    assert_eq!(batches_at(&mock, "/v1beta/openai").len(), 1);
+
+    // The same model on another endpoint has no price: unknown, never $0.
+    let job = job_at(&mock.base_url);
+    let out = ws.run(&["run", &job, "--output", "out/other.csv"]);
+    assert_exit(&out, 0);
+    let other = ws.json("out/other.summary.json");
+    assert!(other["cost_usd"].is_null(), "{other}");
+}
