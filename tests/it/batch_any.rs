@@ -239,3 +239,141 @@ fn chunks_are_sized_and_submitted_under_the_configured_enqueued_token_limit() {
     // One at a time, as the limit allows: the provider never had to refuse one.
     assert_eq!(assert_each_row_answered_once(&ws, &mock, 12), 0);
 }
+
+#[test]
+fn export_then_a_vllm_run_batch_then_import_gives_a_live_runs_answers() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    let names = ["item 1", "item 2", "bad [[mock:400]]", "item 4", "item 5"];
+    ws.named_rows(&names, "blue");
+    let job = job_with_batch(&ws, &mock.base_url, "");
+
+    // 1. The requests, written for a self-hosted runner; nothing is sent.
+    let out = ws.run(&[
+        "export",
+        &job,
+        "--format",
+        "openai-batch",
+        "--out",
+        "in.jsonl",
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(mock.stat("requests"), 0, "export sends nothing");
+
+    // 2. The runner, a process of its own, as `vllm run-batch -i in.jsonl -o out.jsonl`.
+    let out = ws.run_env(
+        &[],
+        &["mock-run-batch", "-i", "in.jsonl", "-o", "results.jsonl"],
+    );
+    assert_exit(&out, 0);
+    let lines = ws.jsonl("results.jsonl");
+    let inputs = ws.jsonl("in.jsonl");
+    assert_eq!(lines.len(), 5);
+    for (line, input) in lines.iter().zip(&inputs) {
+        assert_eq!(line["custom_id"], input["custom_id"], "input order kept");
+        assert!(line["id"].as_str().unwrap().starts_with("vllm-"), "{line}");
+        let resp = &line["response"];
+        assert!(resp["request_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("vllm-batch-"));
+        match resp["status_code"].as_u64() {
+            Some(200) => assert!(line["error"].is_null() && resp["body"]["usage"].is_object()),
+            Some(400) => assert!(
+                resp["body"].is_null() && line["error"].is_object(),
+                "{line}"
+            ),
+            other => panic!("status {other:?}: {line}"),
+        }
+    }
+
+    // 3. The results back into the job: the output a live run writes, at batch prices.
+    let out = ws.run(&["import", &job, "results.jsonl"]);
+    assert_exit(&out, 1);
+    let imported = ws.rows_by_id("out/result.csv", "error");
+    assert_eq!(imported["r3"].0, "failed");
+    assert!(
+        imported["r3"].2.contains("HTTP 400"),
+        "{:?}",
+        imported["r3"]
+    );
+    let out = ws.run(&["run", &job, "--output", "out/live.csv"]);
+    assert_exit(&out, 1);
+    let live = ws.rows_by_id("out/live.csv", "error");
+    for id in ["r1", "r2", "r4", "r5"] {
+        assert_eq!(imported[id].0, "ok");
+        assert_eq!(imported[id].1, live[id].1, "{id}: same text as live");
+    }
+    let batch = ws.summary();
+    assert_eq!(batch["mode"], "batch");
+    assert_eq!(
+        (batch["succeeded"].as_u64(), batch["failed"].as_u64()),
+        (Some(4), Some(1))
+    );
+    assert_batch_half_of_live(&ws.json("out/live.summary.json"), &batch);
+}
+
+#[test]
+fn run_batch_refuses_a_file_that_is_not_batch_input() {
+    let ws = Workspace::new();
+    ws.write(
+        "in.jsonl",
+        "{\"custom_id\":\"a\",\"url\":\"/v1/chat/completions\",\"body\":{}}\nnot json\n",
+    );
+    let out = ws.run_env(
+        &[],
+        &["mock-run-batch", "-i", "in.jsonl", "-o", "out.jsonl"],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("in.jsonl: line 2: not JSON"),
+        "{}",
+        text(&out)
+    );
+    let out = ws.run_env(
+        &[],
+        &["mock-run-batch", "-i", "missing.jsonl", "-o", "out.jsonl"],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        text(&out).contains("missing.jsonl: cannot read"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn gemini_models_are_priced_at_geminis_own_prices_live_and_in_batch() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    ws.csv_rows(6);
+    let job_at = |url: &str| {
+        let text = JobFile {
+            api: &format!("base_url = \"{url}\""),
+            // Priced only under LiteLLM's `gemini/` key.
+            model: "name = \"gemini-4-hydrogen\"\nmax_tokens = 50",
+            ..JobFile::default()
+        }
+        .toml();
+        ws.write("job.toml", &text).to_string_lossy().into_owned()
+    };
+
+    let job = job_at(&gemini_url(&mock));
+    let out = ws.run(&["run", &job, "--output", "out/live.csv"]);
+    assert_exit(&out, 0);
+    let live = ws.json("out/live.summary.json");
+    assert!(live["cost_usd"].as_f64().is_some_and(|c| c > 0.0), "{live}");
+    let out = ws.run(&batch_wait_args(&job, &["--output", "out/batch.csv"]));
+    assert_exit(&out, 0);
+    let batch = ws.json("out/batch.summary.json");
+    assert_eq!(batch["succeeded"], 6);
+    assert_batch_half_of_live(&live, &batch);
+    assert_eq!(batches_at(&mock, "/v1beta/openai").len(), 1);
+
+    // The same model on another endpoint has no price: unknown, never $0.
+    let job = job_at(&mock.base_url);
+    let out = ws.run(&["run", &job, "--output", "out/other.csv"]);
+    assert_exit(&out, 0);
+    let other = ws.json("out/other.summary.json");
+    assert!(other["cost_usd"].is_null(), "{other}");
+}

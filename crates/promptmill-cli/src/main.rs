@@ -45,6 +45,12 @@ enum Command {
     /// Serve the built-in OpenAI-compatible mock API (for trying jobs and for tests).
     #[cfg(feature = "mock")]
     MockServer(promptmill_mock::MockServerArgs),
+    /// Answer an OpenAI batch input file offline as `vllm run-batch` does, with mock answers.
+    ///
+    /// Writes vLLM's output file (one line per request, in input order), which `import`
+    /// reads: a stand-in for a self-hosted model (see README, Batch API).
+    #[cfg(feature = "mock")]
+    MockRunBatch(promptmill_mock::RunBatchArgs),
 }
 
 /// Whether log lines on stderr may carry colour codes: only on a terminal, and never when
@@ -98,6 +104,14 @@ fn main() -> ExitCode {
             Command::MockServer(args) => {
                 promptmill_mock::serve_forever(args).await.map(|_| exit::OK)
             }
+            #[cfg(feature = "mock")]
+            Command::MockRunBatch(args) => promptmill_mock::run_batch(args)
+                .await
+                .map(|n| {
+                    eprintln!("answered {n} requests");
+                    exit::OK
+                })
+                .map_err(cmd::start_err),
         }
     });
     // Whatever still runs (a validation pass a signal stopped waiting for) is abandoned:

@@ -26,6 +26,9 @@
 //!   What the two batch APIs do alike (polls, paging, answering through the live handlers,
 //!   scrambled results) is in `batch_core.rs`.
 //! - `GET /_mock/stats`: [`MockStatsSnapshot`] as JSON.
+//!
+//! Beside the server, [`run_batch`] (`promptmill mock-run-batch -i IN -o OUT`) answers an
+//! OpenAI batch input file offline into vLLM's `run-batch` output file (see `run_batch.rs`).
 //! - `POST /_mock/reset`: zero the stats, the quota used and the fail-first attempts; refill
 //!   the rate limits. Answers the zeroed stats.
 //!
@@ -111,12 +114,14 @@ mod message_batches;
 mod openai;
 mod prompt_cache;
 mod reply;
+mod run_batch;
 mod state;
 mod stats;
 mod stream;
 mod structured;
 mod text;
 
+pub use run_batch::{run_batch, RunBatchArgs};
 pub use stats::MockStatsSnapshot;
 
 use anyhow::Context as _;

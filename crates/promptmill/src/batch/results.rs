@@ -85,7 +85,10 @@ impl Joiner<'_> {
             ..Record::failed(row, id, hash.to_string(), 1, String::new())
         };
         let resp = &v["response"];
-        if resp.is_object() {
+        // vLLM's `run-batch` writes a refused request with `body: null` and the reason in
+        // `error` (its text, or an error object): there is no answer to parse.
+        let refused = resp["body"].is_null() && !v["error"].is_null();
+        if resp.is_object() && !refused {
             let status = resp["status_code"].as_u64().unwrap_or(0) as u16;
             let body = serde_json::to_vec(&resp["body"]).unwrap_or_default();
             match self.provider.parse(status, &HeaderMap::new(), &body) {
@@ -109,12 +112,35 @@ impl Joiner<'_> {
                 Err(e) => rec.error = Some(format!("batch: {e}")),
             }
         } else {
-            let code = v["error"]["code"].as_str().unwrap_or("error");
-            let msg = v["error"]["message"].as_str().unwrap_or("no message");
-            rec.error = Some(format!("batch: {code}: {msg}"));
+            rec.error = Some(format!("batch: {}", error_text(&v["error"], resp)));
         }
         Ok(rec)
     }
+}
+
+/// The words of a result line's `error`: OpenAI's `{code, message}`, an error response
+/// `{error: {code, message}}` (vLLM), or plain text (vLLM), with the HTTP status when the
+/// line has one.
+fn error_text(error: &Value, resp: &Value) -> String {
+    let inner = if error["error"].is_object() {
+        &error["error"]
+    } else {
+        error
+    };
+    let code = match &inner["code"] {
+        Value::String(c) => c.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => match resp["status_code"].as_u64() {
+            Some(status) => format!("HTTP {status}"),
+            None => "error".into(),
+        },
+    };
+    let msg = match (error, inner["message"].as_str()) {
+        (Value::String(text), _) => text.as_str(),
+        (_, Some(m)) => m,
+        _ => "no message",
+    };
+    format!("{code}: {msg}")
 }
 
 /// Puts an answered record through the job's structured-output schema, with the code a live
@@ -182,6 +208,35 @@ mod tests {
         assert!(recs[2].error.as_deref().unwrap().contains("batch_expired"));
         let err = records(b"{\"custom_id\":\"row-9-h\"}").unwrap_err();
         assert!(err.to_string().contains("row 9"), "{err}");
+    }
+
+    #[test]
+    fn vllm_refusals_keep_their_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = TextSlots::from_rows(&dir.path().join("j"), [(0, "a".to_string())]).unwrap();
+        let provider = OpenAi::new(Endpoint::Chat);
+        let j = Joiner {
+            ids: &ids,
+            provider: &provider,
+            price: None,
+        };
+        let text = r#"{"id":"vllm-1","custom_id":"row-0-h","response":{"status_code":400,"request_id":"vllm-batch-1","body":null},"error":"URL /v1/x was used."}
+{"id":"vllm-2","custom_id":"row-0-h","response":{"status_code":400,"request_id":"vllm-batch-2","body":null},"error":{"error":{"message":"too long","type":"BadRequestError","code":400}}}
+"#;
+        let mut errors = Vec::new();
+        j.for_each(text.as_bytes(), |r| {
+            assert_eq!(r.status, Status::Failed);
+            errors.push(r.error.unwrap_or_default());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            errors,
+            [
+                "batch: HTTP 400: URL /v1/x was used.",
+                "batch: 400: too long"
+            ]
+        );
     }
 
     #[test]

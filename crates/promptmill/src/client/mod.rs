@@ -311,6 +311,20 @@ pub fn base_url(job: &Job) -> String {
     }
 }
 
+/// Whether `job` talks to Gemini's OpenAI-compatible endpoint: the host
+/// `generativelanguage.googleapis.com`, or a base URL ending in its path `/v1beta/openai`
+/// (a proxy or the mock serving that shape).
+pub fn is_gemini(job: &Job) -> bool {
+    if job.api.provider != ProviderKind::Openai {
+        return false;
+    }
+    let base = base_url(job);
+    url::Url::parse(&base).is_ok_and(|u| {
+        u.host_str() == Some("generativelanguage.googleapis.com")
+            || u.path().trim_end_matches('/').ends_with("/v1beta/openai")
+    })
+}
+
 /// `ANTHROPIC_BASE_URL` as the Anthropic SDKs read it: the host without `/v1` (they add
 /// it); a value that already ends in `/v1` is taken as is.
 fn anthropic_sdk_base(url: &str) -> String {

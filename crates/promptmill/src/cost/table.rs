@@ -90,6 +90,9 @@ pub struct PriceTable {
     as_of: String,
     origin: PriceOrigin,
     models: HashMap<String, ModelPrice>,
+    /// A LiteLLM provider prefix (`gemini`) looked up before the bare name: the job's
+    /// endpoint is that provider's, whose prices LiteLLM keeps under `<prefix>/<model>`.
+    prefer: Option<&'static str>,
 }
 
 /// The `_source`/`_as_of` a file may carry, or its sidecar `*.meta.json`.
@@ -196,6 +199,14 @@ impl PriceTable {
     /// (`-2024-08-06`, `-20250514`) removed. `None` if the model is unknown.
     pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
         let model = model.trim();
+        if let Some(p) = self.prefer.filter(|_| !model.contains('/')) {
+            let hit = self.models.get(&format!("{p}/{model}")).or_else(|| {
+                strip_snapshot(model).and_then(|base| self.models.get(&format!("{p}/{base}")))
+            });
+            if hit.is_some() {
+                return hit;
+            }
+        }
         let candidates = without_prefixes(model);
         candidates
             .iter()
@@ -206,6 +217,12 @@ impl PriceTable {
                     .filter_map(|name| strip_snapshot(name))
                     .find_map(|base| self.models.get(base))
             })
+    }
+
+    /// Looks a bare model name up under `provider/` first (`gemini/gemini-2.5-flash` for
+    /// `gemini-2.5-flash`), for a job whose endpoint is that provider's.
+    pub fn prefer_provider(&mut self, provider: &'static str) {
+        self.prefer = Some(provider);
     }
 
     /// Up to `n` priced model names close to `model`, closest first (for "unknown model"
@@ -302,6 +319,7 @@ impl PriceTable {
             as_of,
             origin: PriceOrigin::Builtin,
             models,
+            prefer: None,
         })
     }
 }

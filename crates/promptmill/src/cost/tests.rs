@@ -485,3 +485,28 @@ fn errors_name_the_file_and_the_problem() {
     let msg = PriceTable::from_file(missing).unwrap_err().to_string();
     assert!(msg.contains("/nonexistent/prices.json"), "{msg}");
 }
+
+#[test]
+fn on_geminis_endpoint_gemini_models_take_the_gemini_api_prices() {
+    let builtin = PriceTable::builtin();
+    let same =
+        |a: Option<&ModelPrice>, b: &str| format!("{a:?}") == format!("{:?}", builtin.lookup(b));
+    let mut t = builtin.clone();
+    // Only LiteLLM's `gemini/` key prices this model.
+    assert!(t.lookup("gemini-4-hydrogen").is_none());
+    // `gemini-2.5-pro` is also a Vertex AI key, whose cache prices differ from Gemini's.
+    assert!(!same(t.lookup("gemini-2.5-pro"), "gemini/gemini-2.5-pro"));
+    t.prefer_provider("gemini");
+    assert!(t.lookup("gemini-4-hydrogen").is_some());
+    assert!(same(
+        t.lookup("gemini-4-hydrogen"),
+        "gemini/gemini-4-hydrogen"
+    ));
+    assert!(same(t.lookup("gemini-2.5-pro"), "gemini/gemini-2.5-pro"));
+    // Other models, and names with a prefix, are found as before.
+    assert!(same(t.lookup("gpt-4o-mini"), "gpt-4o-mini"));
+    assert!(same(
+        t.lookup("vertex_ai/gemini-2.5-flash-image"),
+        "vertex_ai/gemini-2.5-flash-image"
+    ));
+}

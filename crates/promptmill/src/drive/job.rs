@@ -34,7 +34,11 @@ impl JobCtx {
     /// The context of `job` with the built-in price table, or `prices` (a LiteLLM-format
     /// file) over it.
     pub fn new(job: Job, prices: Option<&Path>) -> anyhow::Result<JobCtx> {
-        let prices = price_table(prices)?;
+        let mut prices = price_table(prices)?;
+        if client::is_gemini(&job) {
+            // Gemini's own prices (LiteLLM's `gemini/…` keys), not Vertex AI's.
+            prices.to_mut().prefer_provider("gemini");
+        }
         let price = prices.lookup(&job.model.name).cloned();
         Ok(JobCtx {
             job,
