@@ -241,3 +241,109 @@ fn a_bad_deadline_or_plan_setting_is_refused_with_its_range() {
         stderr(&out)
     );
 }
+
+/// The journal's answers as (batch?, prompt tokens, completion tokens, cost in picodollars).
+fn answers(ws: &Workspace) -> Vec<(bool, u64, u64, u64)> {
+    ws.jsonl("out/result.journal.jsonl")
+        .into_iter()
+        .filter(|r| r["status"] == "ok")
+        .map(|r| {
+            (
+                r["batch"].as_bool().unwrap_or(false),
+                r["usage"]["prompt_tokens"].as_u64().unwrap(),
+                r["usage"]["completion_tokens"].as_u64().unwrap(),
+                r["cost_pico"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Submits 20 rows as one batch to a mock whose batches would take 100,000 polls per
+/// status step, then collects them with a one-second deadline: whenever the second less its
+/// margin has passed the batch is still running (it cannot end on its own in time), so it is
+/// cancelled (the mock answers half of a cancelled batch) and the other rows are sent live.
+/// `api` is the job's `[api]` beyond its base URL, `key` the provider's key variable,
+/// `prices` the model's live input and output prices in picodollars (batch: half).
+fn past_deadline(api: &str, model: &str, key: (&str, &str), prices: (u64, u64)) {
+    let mock = crate::common::Mock::start(&["--batch-step-polls", "100000"]);
+    let ws = Workspace::new();
+    ws.csv_rows(20);
+    let job = ws.write_job(
+        "job.toml",
+        &JobFile {
+            model: &format!("name = \"{model}\"\nmax_tokens = 10"),
+            api: &format!("{api}\nbase_url = \"{}\"", mock.base_url),
+            limits: "max_in_flight = 8",
+            ..JobFile::default()
+        },
+    );
+    ws.submit_batch(key, &job);
+    let out = ws.run_env(
+        &[key],
+        &[
+            "collect",
+            &job,
+            "--wait",
+            "--poll-secs",
+            "0.05",
+            "--deadline",
+            "1s",
+        ],
+    );
+    assert_exit(&out, 0);
+    let text = stderr(&out);
+    assert!(
+        text.contains("deadline: the batches are not done"),
+        "{text}"
+    );
+    crate::common::assert_complete_output(&ws, 20);
+    // Every row's prompt was answered once: the cancelled batch's finished half, then the
+    // other half live; nothing twice.
+    let stats = mock.stats();
+    assert_eq!(stats["distinct_prompts"], 20, "{stats}");
+    assert_eq!(stats["duplicate_prompts"], 0, "{stats}");
+    assert_eq!(stats["ok"], 20, "{stats}");
+    // One batch, cancelled and collected; nothing submitted after it.
+    let state = ws.batch_state();
+    assert_eq!(state["chunks"].as_array().map(Vec::len), Some(1), "{state}");
+    assert_eq!(state["chunks"][0]["status"], "cancelled", "{state}");
+    assert_eq!(state["chunks"][0]["collected"], true, "{state}");
+    // Batch prices for the batch's answers, live prices for the rest.
+    let rows = answers(&ws);
+    assert_eq!(rows.len(), 20, "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r.0).count(), 10, "{rows:?}");
+    for (in_batch, p, c, cost) in rows {
+        let (input, output) = if in_batch {
+            (prices.0 / 2, prices.1 / 2)
+        } else {
+            prices
+        };
+        assert_eq!(cost, p * input + c * output, "batch {in_batch}");
+    }
+    // Collecting again finds nothing to do and sends nothing.
+    let out = ws.run_env(&[key], &["collect", &job]);
+    assert_exit(&out, 0);
+    assert_eq!(mock.stats()["ok"], 20);
+}
+
+#[test]
+fn a_batch_past_its_deadline_is_cancelled_and_the_rest_sent_live() {
+    // gpt-4o-mini: 1.5e-07 / 6e-07 per token.
+    past_deadline(
+        "",
+        "gpt-4o-mini",
+        crate::common::OPENAI_KEY,
+        (150_000, 600_000),
+    );
+}
+
+#[test]
+fn an_anthropic_batch_past_its_deadline_is_cancelled_and_the_rest_sent_live() {
+    // claude-haiku-4-5: 1e-06 / 5e-06 per token.
+    past_deadline(
+        "provider = \"anthropic\"",
+        "claude-haiku-4-5",
+        ("ANTHROPIC_API_KEY", crate::common::TEST_KEY),
+        (1_000_000, 5_000_000),
+    );
+}

@@ -117,7 +117,7 @@ pub fn table(
                 (Tier::Flex, Some(s)) => (
                     Some(s * a.flex_slowdown),
                     format!(
-                        "rate limits, flex {}x slower (plan.flex_slowdown)",
+                        "rate limits, flex assumed {}x slower, plan.flex_slowdown",
                         a.flex_slowdown
                     ),
                 ),

@@ -295,6 +295,17 @@ impl MessageBatches {
         Ok(b.into_object())
     }
 
+    /// `POST /messages/batches/{id}/cancel`: the batch stops (`canceling`, then ended);
+    /// what it finished stays in its results.
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<BatchObject> {
+        let req = self.api.http.post(self.url(&format!("/{id}/cancel")));
+        let b: WireBatch = self
+            .api
+            .json(req, &format!("cancelling batch {id}"))
+            .await?;
+        Ok(b.into_object())
+    }
+
     /// `GET /messages/batches/{id}`.
     pub async fn retrieve(&self, id: &str) -> anyhow::Result<BatchObject> {
         let req = self.api.http.get(self.url(&format!("/{id}")));

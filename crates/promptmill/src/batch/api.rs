@@ -224,6 +224,12 @@ impl BatchApi {
             .await
     }
 
+    /// `POST /batches/{id}/cancel`: the batch stops; what it finished stays in its files.
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<BatchObject> {
+        let req = self.http.post(format!("{}/batches/{id}/cancel", self.base));
+        self.json(req, &format!("cancelling batch {id}")).await
+    }
+
     /// `GET /batches/{id}`.
     pub async fn retrieve(&self, id: &str) -> anyhow::Result<BatchObject> {
         let req = self.http.get(format!("{}/batches/{id}", self.base));

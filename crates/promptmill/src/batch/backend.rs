@@ -68,6 +68,14 @@ impl Backend {
         }
     }
 
+    /// Asks the provider to cancel batch `id`; returns it as it is then.
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<BatchObject> {
+        match self {
+            Backend::OpenAi(a) => a.cancel(id).await,
+            Backend::Anthropic(a) => a.cancel(id).await,
+        }
+    }
+
     /// A finished batch's output or error file (`file`, as its [`BatchObject`] names it) as
     /// OpenAI output lines; `input` is the chunk's input file, which Anthropic's results are
     /// checked against.

@@ -67,6 +67,8 @@ struct Ctx {
     /// The provider's name for the summary (`mock` for the built-in mock).
     provider: String,
     mock: bool,
+    /// Past a deadline's cut: the rows left go live once the batches have ended.
+    finish_live: bool,
 }
 
 impl Ctx {
@@ -101,6 +103,7 @@ impl Ctx {
             price_warnings: jc.price_warnings(),
             provider: jc.provider_name(),
             mock: jc.mock,
+            finish_live: false,
         })
     }
 
@@ -344,6 +347,9 @@ async fn drive(
     let mut new_round_done = false;
     let mut review_over = false;
     let mut last_line: Option<Instant> = None;
+    // With a deadline: past its cut, running batches are cancelled and the rest goes live.
+    let cut = super::deadline::Cut::new(&ctx.job, started, flags.wait);
+    let mut cut_done = false;
     'drive: loop {
         for i in 0..state.chunks.len() {
             if interrupt.requested() {
@@ -353,6 +359,13 @@ async fn drive(
                 continue;
             }
             if state.chunks[i].batch_id.is_none() {
+                if cut_done {
+                    // Past the deadline's cut nothing more is submitted: its rows go live.
+                    state.chunks[i].collected = true;
+                    state.chunks[i].status = Some("cancelled".into());
+                    state.save(&state_path)?;
+                    continue;
+                }
                 // Held for the enqueued-token limit, or too large beside the batches in
                 // progress: it goes once they finish (the state says so after a crash too).
                 if !state.may_submit(i, ctx.job.batch.max_enqueued_tokens) {
@@ -383,6 +396,43 @@ async fn drive(
         }
         if interrupt.requested() {
             break;
+        }
+        if !cut_done && cut.passed() {
+            cut_done = true;
+            ctx.finish_live = true;
+            // Nothing more goes out as a batch: no new round, no review round.
+            new_round_done = true;
+            review_over = true;
+            if !how.quiet {
+                eprintln!(
+                    "deadline: the batches are not done by the deadline less its margin; \
+                     cancelling them (their finished answers are kept) and sending the rest live"
+                );
+            }
+        }
+        if cut_done {
+            for i in 0..state.chunks.len() {
+                let c = &state.chunks[i];
+                if c.collected || super::deadline::stopping(c.status.as_deref()) {
+                    continue;
+                }
+                let Some(id) = c.batch_id.clone() else {
+                    continue;
+                };
+                let asked = tokio::select! {
+                    biased;
+                    _ = interrupt.wait() => break 'drive,
+                    r = api.cancel(&id) => r,
+                };
+                match asked {
+                    Ok(b) => {
+                        adopt(&mut state.chunks[i], &b);
+                        state.save(&state_path)?;
+                    }
+                    // It may have ended meanwhile: the next poll tells; else ask again then.
+                    Err(e) => eprintln!("warning: batch {id}: {e:#}"),
+                }
+            }
         }
         if how.submit && !new_round_done && state.in_flight().next().is_none() {
             new_round_done = true;
@@ -439,6 +489,11 @@ async fn drive(
             last_line = Some(Instant::now());
         }
         let poll = Duration::try_from_secs_f64(flags.poll_secs).unwrap_or(Duration::ZERO);
+        // Wake at the deadline's cut rather than a whole poll after it.
+        let poll = cut
+            .left()
+            .filter(|_| !cut_done)
+            .map_or(poll, |l| poll.min(l));
         tokio::select! {
             biased;
             _ = interrupt.wait() => break,
@@ -473,6 +528,15 @@ async fn drive(
             crate::stdout::print(&format!("{}\n", serde_json::to_string_pretty(&state)?))?;
         }
         return Ok(exit::IN_PROGRESS);
+    }
+    if cut_done && !interrupt.requested() {
+        let opts = LiveOptions {
+            retry_failed: how.retry_failed,
+            json: how.json,
+            quiet: how.quiet,
+            preview: None,
+        };
+        return super::deadline::finish_live(&ctx.jc, opts, interrupt, started).await;
     }
     finish_output(ctx, spec, &index, &got, how.json, started)
 }
@@ -646,12 +710,16 @@ async fn poll_chunk(
     state.save(path)?;
     if b.status != "completed" {
         eprintln!(
-            "batch {id} ended {}: kept {} finished requests; rows without a result are \
-             submitted again on the next `run --mode batch`",
+            "batch {id} ended {}: kept {} finished requests; rows without a result are {}",
             b.status,
             b.request_counts
                 .map(|c| c.completed + c.failed)
-                .unwrap_or(0)
+                .unwrap_or(0),
+            if ctx.finish_live {
+                "sent live now (the deadline)"
+            } else {
+                "submitted again on the next `run --mode batch`"
+            }
         );
     }
     Ok(())

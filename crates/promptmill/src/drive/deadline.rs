@@ -4,6 +4,7 @@
 //! than another run (the estimate pass, here, before the driver's own validation pass).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::dry_run::{first_pass, Pass};
 use super::{planner_for, start_err, Interrupt, JobCtx};
@@ -103,4 +104,58 @@ pub async fn plan(
         apply(&mut ctx.job, c.kind());
     }
     Ok(true)
+}
+
+/// Batch mode with a deadline (`run --mode batch --wait`, `collect --wait`): when the
+/// deadline less its margin, counted from the start of the command, has passed, the batches
+/// still running are cancelled (what they finished is collected as usual), nothing more is
+/// submitted, and the rows left without an answer are sent live in the same process.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cut {
+    at: Option<Instant>,
+}
+
+impl Cut {
+    /// The cut of `job` for a command that started at `started`; none without a deadline or
+    /// without waiting (a command that does not wait cannot finish anything live later).
+    pub(super) fn new(job: &Job, started: Instant, wait: bool) -> Cut {
+        let allowed = Assumptions::of(&job.plan)
+            .allowed()
+            .filter(|_| wait)
+            .and_then(|s| Duration::try_from_secs_f64(s).ok());
+        Cut {
+            at: allowed.and_then(|d| started.checked_add(d)),
+        }
+    }
+
+    /// Whether the cut has come.
+    pub(super) fn passed(&self) -> bool {
+        self.at.is_some_and(|t| Instant::now() >= t)
+    }
+
+    /// How long until the cut, if there is one.
+    pub(super) fn left(&self) -> Option<Duration> {
+        self.at.map(|t| t.saturating_duration_since(Instant::now()))
+    }
+}
+
+/// Whether a batch in this status has been asked to stop already (or has ended).
+pub(super) fn stopping(status: Option<&str>) -> bool {
+    matches!(
+        status,
+        Some("cancelling" | "canceling" | "cancelled" | "canceled" | "ending")
+    ) || status.is_some_and(crate::batch::state::is_terminal)
+}
+
+/// Runs the rows the cancelled batches left without an answer live (the journal decides
+/// which: every row answered, or failed and kept, is not sent again).
+pub(super) async fn finish_live(
+    jc: &JobCtx,
+    opts: super::live::LiveOptions,
+    interrupt: &Interrupt,
+    started: Instant,
+) -> anyhow::Result<u8> {
+    let mut live = jc.clone();
+    live.job.mode = Mode::Live;
+    super::live::run(&live, opts, interrupt, started).await
 }
