@@ -6,8 +6,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// Builds the release binary and returns its path.
+/// Builds the release binary and returns its path; `PROMPTMILL_BENCH_BIN` names another
+/// binary to measure instead (nothing is built then).
 pub fn build() -> Result<PathBuf, String> {
+    if let Some(bin) = std::env::var_os("PROMPTMILL_BENCH_BIN") {
+        let bin = PathBuf::from(bin);
+        eprintln!("bench: measuring {} (PROMPTMILL_BENCH_BIN)", bin.display());
+        return match bin.exists() {
+            true => Ok(bin),
+            false => Err(format!(
+                "PROMPTMILL_BENCH_BIN: no binary at {}",
+                bin.display()
+            )),
+        };
+    }
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("bench: cargo build --release --bin promptmill");

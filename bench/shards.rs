@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench shards                  # 3,000 rows per case
 //! cargo bench --bench shards -- --quick       # 600 rows: a quick check
+//! PROMPTMILL_BENCH_BIN=target/debug/promptmill cargo bench --bench shards   # measure that binary
 //! ```
 //!
 //! Case 1 runs one job as 4 shards (`run --shard K/4`); case 2 runs two independent jobs
