@@ -12,13 +12,9 @@ pub fn build() -> Result<PathBuf, String> {
     if let Some(bin) = std::env::var_os("PROMPTMILL_BENCH_BIN") {
         let bin = PathBuf::from(bin);
         eprintln!("bench: measuring {} (PROMPTMILL_BENCH_BIN)", bin.display());
-        return match bin.exists() {
-            true => Ok(bin),
-            false => Err(format!(
-                "PROMPTMILL_BENCH_BIN: no binary at {}",
-                bin.display()
-            )),
-        };
+        // Absolute: the benches run it from other folders.
+        return std::fs::canonicalize(&bin)
+            .map_err(|e| format!("PROMPTMILL_BENCH_BIN: no binary at {}: {e}", bin.display()));
     }
     let root = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
