@@ -1,26 +1,9 @@
 //! The built-in mock API, driven over HTTP the way clients and other tests will use it.
 
-use clap::Parser;
-use promptmill_mock::{MockConfig, MockServer, MockStatsSnapshot};
+use crate::common::start_mock_in_process as start;
+use promptmill_mock::{MockServer, MockStatsSnapshot};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-/// Starts the mock on an ephemeral loopback port, set up with the flags `promptmill
-/// mock-server` takes (e.g. `["--rpm", "600"]`), as the binary's tests set it up.
-async fn start(flags: &[&str]) -> MockServer {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        config: MockConfig,
-    }
-    let args = std::iter::once("mock-server").chain(flags.iter().copied());
-    let config = Flags::try_parse_from(args)
-        .unwrap_or_else(|e| panic!("mock flags {flags:?}: {e}"))
-        .config;
-    MockServer::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -2,26 +2,10 @@
 //! 128-token blocks above 1,024 tokens; Anthropic only at `cache_control` breakpoints; batch
 //! requests never see each other's writes), over real HTTP on 127.0.0.1.
 
-use clap::Parser;
-use promptmill_mock::{MockConfig, MockServer};
+use crate::common::start_mock_in_process as start;
+use promptmill_mock::MockServer;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-/// Starts the mock on an ephemeral loopback port with `promptmill mock-server`'s flags.
-async fn start(flags: &[&str]) -> MockServer {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        config: MockConfig,
-    }
-    let args = std::iter::once("mock-server").chain(flags.iter().copied());
-    let config = Flags::try_parse_from(args)
-        .unwrap_or_else(|e| panic!("mock flags {flags:?}: {e}"))
-        .config;
-    MockServer::start(config, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()

@@ -558,3 +558,21 @@ pub fn assert_absent(dir: &Path, needle: &str, skip: &[&Path]) {
         assert!(!hay.contains(needle), "{} holds the key", f.display());
     }
 }
+
+/// Starts the mock in this process on an ephemeral loopback port, set up with the flags
+/// `promptmill mock-server` takes (e.g. `["--rpm", "600"]`), as the binary sets it up.
+pub async fn start_mock_in_process(flags: &[&str]) -> promptmill_mock::MockServer {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        config: promptmill_mock::MockConfig,
+    }
+    let args = std::iter::once("mock-server").chain(flags.iter().copied());
+    let config = Flags::try_parse_from(args)
+        .unwrap_or_else(|e| panic!("mock flags {flags:?}: {e}"))
+        .config;
+    promptmill_mock::MockServer::start(config, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
