@@ -7,8 +7,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Builds the release binary and returns its path; `PROMPTMILL_BENCH_BIN` names another
-/// binary to measure instead (nothing is built then).
-pub fn build() -> Result<PathBuf, String> {
+/// binary to measure instead (nothing is built then). Exits 2 when there is none.
+pub fn build() -> PathBuf {
+    try_build().unwrap_or_else(|e| {
+        eprintln!("bench: {e}");
+        std::process::exit(2);
+    })
+}
+
+fn try_build() -> Result<PathBuf, String> {
     if let Some(bin) = std::env::var_os("PROMPTMILL_BENCH_BIN") {
         let bin = PathBuf::from(bin);
         eprintln!("bench: measuring {} (PROMPTMILL_BENCH_BIN)", bin.display());
