@@ -12,17 +12,6 @@ use serde_json::Value;
 
 const ROWS: usize = 1_000;
 
-/// Starts `promptmill ARGS` in the background with the test key, capturing its output.
-fn spawn(ws: &Workspace, args: &[&str]) -> Child {
-    ws.command()
-        .env("OPENAI_API_KEY", TEST_KEY)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start promptmill")
-}
-
 /// Two children started together: (winner's pid, winner's output, loser's output), where
 /// the loser is the one that exited 2. Panics unless exactly one exited 2.
 fn race(a: Child, b: Child, winner_code: i32) -> (u32, Output, Output) {
@@ -55,8 +44,8 @@ fn two_concurrent_runs_one_proceeds_the_other_exits_2_naming_its_pid() {
     // 1,000 rows at 50 ms each, 32 at a time: the winner holds the job for over a second.
     let mock = Mock::start(&["--latency-ms", "50"]);
     let (ws, job) = Workspace::with_job(ROWS, &mock.base_url, "");
-    let a = spawn(&ws, &["run", &job, "--quiet"]);
-    let b = spawn(&ws, &["run", &job, "--quiet"]);
+    let a = ws.spawn_piped(&["run", &job, "--quiet"]);
+    let b = ws.spawn_piped(&["run", &job, "--quiet"]);
     let (pid, winner, loser) = race(a, b, 0);
     assert_names_holder(&loser, pid);
     assert_eq!(
@@ -104,8 +93,8 @@ fn two_concurrent_batch_runs_create_one_batch_set() {
     // the job) when the other run starts.
     let mock = Mock::start(&["--batch-create-delay-ms", "1500"]);
     let (ws, job) = Workspace::with_job(20, &mock.base_url, "");
-    let a = spawn(&ws, &["run", &job, "--mode", "batch", "--quiet"]);
-    let b = spawn(&ws, &["run", &job, "--mode", "batch", "--quiet"]);
+    let a = ws.spawn_piped(&["run", &job, "--mode", "batch", "--quiet"]);
+    let b = ws.spawn_piped(&["run", &job, "--mode", "batch", "--quiet"]);
     let (pid, _winner, loser) = race(a, b, 4);
     assert_names_holder(&loser, pid);
     assert_eq!(batches(&mock).len(), 1, "one batch set only");

@@ -3,12 +3,12 @@
 //! journal. Real processes (four at once, one SIGKILLed) against one mock on loopback.
 
 use std::collections::{BTreeSet, HashSet};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{assert_exit, Mock, Workspace, OPENAI_KEY};
+use crate::common::{assert_exit, Mock, Workspace};
 
 /// The ids in the `id` column of a CSV the run wrote, in file order.
 fn ids(ws: &Workspace, rel: &str) -> Vec<String> {
@@ -22,17 +22,6 @@ fn journal_ids(ws: &Workspace, rel: &str) -> Vec<String> {
         .filter(|l| l.get("status").is_some())
         .map(|l| l["id"].as_str().unwrap().to_string())
         .collect()
-}
-
-/// `promptmill ARGS` here in the background with the test key, stdout and stderr kept.
-fn spawn(ws: &Workspace, args: &[&str]) -> Child {
-    ws.command()
-        .env(OPENAI_KEY.0, OPENAI_KEY.1)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start promptmill")
 }
 
 fn shard_csv(k: u32, n: u32) -> String {
@@ -50,7 +39,10 @@ fn four_shards_at_once_send_every_row_once_and_merge_into_one_output_in_input_or
     let children: Vec<(u32, Child)> = (1..=4)
         .map(|k| {
             let shard = format!("{k}/4");
-            (k, spawn(&ws, &["run", &job, "--shard", &shard, "--quiet"]))
+            (
+                k,
+                ws.spawn_piped(&["run", &job, "--shard", &shard, "--quiet"]),
+            )
         })
         .collect();
     let mut seen = HashSet::new();
@@ -166,18 +158,15 @@ fn a_shard_killed_mid_run_resumes_and_the_merge_has_every_row_once() {
     let mock = Mock::start(&["--latency-ms", "150"]);
     let (ws, job) = Workspace::with_job(120, &mock.base_url, "");
     let journal = ws.path("out/result.shard-1-of-2.journal.jsonl");
-    let mut child = spawn(
-        &ws,
-        &[
-            "run",
-            &job,
-            "--shard",
-            "1/2",
-            "--max-in-flight",
-            "2",
-            "--quiet",
-        ],
-    );
+    let mut child = ws.spawn_piped(&[
+        "run",
+        &job,
+        "--shard",
+        "1/2",
+        "--max-in-flight",
+        "2",
+        "--quiet",
+    ]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::fs::read_to_string(&journal)
         .map(|t| t.lines().count())

@@ -4,23 +4,13 @@
 //! again; a Redis that goes away stops the run (or, when asked, leaves the cap to each
 //! process) with nothing lost.
 
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
 use crate::common::redis::Redis;
-use crate::common::{assert_complete_output, assert_exit, stderr, Mock, Workspace, OPENAI_KEY};
-
-fn spawn(ws: &Workspace, args: &[&str]) -> Child {
-    ws.command()
-        .env(OPENAI_KEY.0, OPENAI_KEY.1)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start promptmill")
-}
+use crate::common::{assert_complete_output, assert_exit, stderr, Mock, Workspace};
 
 fn journal(k: u32, n: u32) -> String {
     format!("out/result.shard-{k}-of-{n}.journal.jsonl")
@@ -79,24 +69,21 @@ fn four_shards_under_one_shared_cap_spend_no_more_than_it_together() {
     let shards: Vec<Child> = (1..=4)
         .map(|k| {
             let shard = format!("{k}/4");
-            spawn(
-                &ws,
-                &[
-                    "run",
-                    &job,
-                    "--shard",
-                    &shard,
-                    "--quiet",
-                    "--max-in-flight",
-                    "8",
-                    "--max-usd",
-                    &cap_s,
-                    "--set",
-                    "budget.shared=true",
-                    "--set",
-                    "model.max_tokens=20",
-                ],
-            )
+            ws.spawn_piped(&[
+                "run",
+                &job,
+                "--shard",
+                &shard,
+                "--quiet",
+                "--max-in-flight",
+                "8",
+                "--max-usd",
+                &cap_s,
+                "--set",
+                "budget.shared=true",
+                "--set",
+                "model.max_tokens=20",
+            ])
         })
         .collect();
     for c in shards {
@@ -195,7 +182,7 @@ fn shards_sigkilled_at_random_resume_and_merge_every_row_exactly_once() {
         .map(|k| {
             let a = args(&format!("{k}/4"));
             let a: Vec<&str> = a.iter().map(String::as_str).collect();
-            (k, spawn(&ws, &a))
+            (k, ws.spawn_piped(&a))
         })
         .collect();
     // Wait until some answers came, then SIGKILL two shards chosen at random, each after a
@@ -299,7 +286,7 @@ fn redis_stopped_mid_run_stops_a_shared_budget_and_local_goes_on() {
         "--set",
         "budget.shared=true",
     ];
-    let child = spawn(&ws, &run);
+    let child = ws.spawn_piped(&run);
     let deadline = Instant::now() + Duration::from_secs(60);
     while mock.stat("ok") < 20 {
         assert!(Instant::now() < deadline, "the run never got going");
@@ -352,7 +339,7 @@ fn redis_stopped_mid_run_stops_a_shared_budget_and_local_goes_on() {
         "limits.on_shared_failure=local",
     ];
     let before = mock.stat("ok");
-    let child = spawn(&ws2, &run2);
+    let child = ws2.spawn_piped(&run2);
     while mock.stat("ok") < before + 20 {
         assert!(Instant::now() < deadline + Duration::from_secs(60), "stuck");
         std::thread::sleep(Duration::from_millis(10));

@@ -2,7 +2,7 @@
 //! (started on a loopback port by the test), and a Redis that goes away stops the job
 //! (or, when asked, leaves it to the local limiter) without losing or repeating a row.
 
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use promptmill::limit::shared::{default_key, Grant, OnFailure, Shared};
@@ -11,16 +11,6 @@ use crate::common::redis::Redis;
 use crate::common::{
     assert_complete_output, assert_exit, stderr, Mock, Workspace, OPENAI_KEY, TEST_KEY,
 };
-
-fn spawn(ws: &Workspace, args: &[&str]) -> Child {
-    ws.command()
-        .env(OPENAI_KEY.0, OPENAI_KEY.1)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start promptmill")
-}
 
 #[test]
 fn two_processes_on_one_key_stay_under_the_servers_limit_together() {
@@ -32,7 +22,7 @@ fn two_processes_on_one_key_stay_under_the_servers_limit_together() {
     let (ws, job) = Workspace::with_job(240, &mock.base_url, &limits);
     let shards: Vec<Child> = ["1/2", "2/2"]
         .iter()
-        .map(|s| spawn(&ws, &["run", &job, "--shard", s, "--quiet"]))
+        .map(|s| ws.spawn_piped(&["run", &job, "--shard", s, "--quiet"]))
         .collect();
     for c in shards {
         let out = c.wait_with_output().expect("shard");
@@ -56,7 +46,7 @@ fn redis_stopped_mid_run_stops_the_job_and_a_second_run_finishes() {
     let mock = Mock::start(&["--rpm", "600"]);
     let limits = format!("requests_per_minute = 600\nshared = \"{}\"", redis.url());
     let (ws, job) = Workspace::with_job(120, &mock.base_url, &limits);
-    let child = spawn(&ws, &["run", &job, "--quiet"]);
+    let child = ws.spawn_piped(&["run", &job, "--quiet"]);
     let mut waited = 0;
     while mock.stat("ok") < 20 {
         assert!(waited < 600, "the run never got going");

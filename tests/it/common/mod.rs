@@ -319,6 +319,18 @@ impl Workspace {
             .expect("start promptmill")
     }
 
+    /// Starts `promptmill ARGS` here with the test key in the background, capturing its
+    /// stdout and stderr (read them with `wait_with_output`).
+    pub fn spawn_piped(&self, args: &[&str]) -> Child {
+        self.command()
+            .env("OPENAI_API_KEY", TEST_KEY)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start promptmill")
+    }
+
     /// Runs a job file shipped with the repo (`job` relative to the crate root) with
     /// `--mock`, from the crate root as a user in a checkout would, and writes its output to
     /// `output` in this workspace.
