@@ -91,19 +91,24 @@ fn auto_tier_picks_batch_for_a_day_and_live_for_five_minutes() {
     // gpt-4o-mini: standard, priority and batch (no flex). 20 rows at 600 a minute: 2 s.
     let job = tier_job(&ws, "gpt-4o-mini", 600);
 
-    let out = ws.run(&[
-        "run",
-        &job,
-        "--mock",
-        "--tier",
-        "auto",
-        "--deadline",
-        "24h",
-        "--output",
-        "out/day.csv",
-    ]);
-    assert_exit(&out, 0);
-    let text = stderr(&out);
+    // `run --tier auto --deadline D` into `output`: what it printed.
+    let auto = |deadline: &str, output: &str| {
+        let out = ws.run(&[
+            "run",
+            &job,
+            "--mock",
+            "--tier",
+            "auto",
+            "--deadline",
+            deadline,
+            "--output",
+            output,
+        ]);
+        assert_exit(&out, 0);
+        stderr(&out)
+    };
+
+    let text = auto("24h", "out/day.csv");
     assert!(
         text.contains("plan: batch (")
             && text.contains("the cheapest expected to finish in time (the deadline 1d 00h")
@@ -117,19 +122,7 @@ fn auto_tier_picks_batch_for_a_day_and_live_for_five_minutes() {
         "{s}"
     );
 
-    let out = ws.run(&[
-        "run",
-        &job,
-        "--mock",
-        "--tier",
-        "auto",
-        "--deadline",
-        "5m",
-        "--output",
-        "out/soon.csv",
-    ]);
-    assert_exit(&out, 0);
-    let text = stderr(&out);
+    let text = auto("5m", "out/soon.csv");
     assert!(
         text.contains("plan: standard (")
             && text.contains("batch $")
