@@ -76,6 +76,8 @@ fn insufficient_quota_stops_the_job_once_and_it_resumes() {
     assert!(quota_lines[0].contains("retrying cannot help"), "{err}");
     // Retrying cannot help, so nobody retried: the mock saw at most the in-flight extra.
     assert!(mock.stat("requests") <= 10 + 2, "{}", mock.stats());
+    // The request in flight when the refusal came may have been answered (and billed): it
+    // is kept, not dropped and paid again on resume, so exactly the quota's 10 succeeded.
     let s = ws.summary();
     assert_eq!(s["succeeded"], 10, "{s}");
     assert_eq!(s["failed"], 0, "quota refusals are not failed rows: {s}");

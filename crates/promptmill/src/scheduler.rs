@@ -347,8 +347,17 @@ impl Scheduler {
     }
 
     /// Stops the job for a reason that no retry can fix; only the first reason is kept.
+    /// Nothing new is sent, but the requests already in flight may have been answered (and
+    /// billed), so they get the same grace as after Ctrl-C before they are dropped: an
+    /// answer that arrives is kept, not paid for a second time on resume.
     fn abort(&self, e: &ApiError) {
-        self.stop_job(&describe_abort(e));
+        self.keep_first_reason(self.client.scrub(&describe_abort(e)));
+        self.stop.cancel();
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ABORT_GRACE).await;
+            cancel.cancel();
+        });
     }
 
     /// Stops the job now (requests in flight are dropped, their rows stay pending) and
@@ -955,6 +964,9 @@ fn add_usage(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {
 }
 
 /// One line saying why the job stopped and what to do.
+/// How long requests in flight may still finish after the API refused the job.
+const ABORT_GRACE: Duration = Duration::from_secs(5);
+
 fn describe_abort(e: &ApiError) -> String {
     let hint = match e.kind {
         ErrorKind::Auth => "check the API key (and that it may use this model)",
