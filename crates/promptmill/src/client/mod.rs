@@ -279,6 +279,8 @@ pub struct Client {
     timeout: Duration,
     /// Longest silence between two chunks of a streamed response.
     stream_idle: Duration,
+    /// Longest wait for a connection.
+    connect: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -452,6 +454,7 @@ impl Client {
             key,
             timeout,
             stream_idle,
+            connect,
         })
     }
 
@@ -511,7 +514,7 @@ impl Client {
         } else {
             send.await
         }
-        .map_err(transport_error)?;
+        .map_err(|e| self.transport_error(e))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         // A server that ignores `stream` and answers plain JSON is read as such.
@@ -523,8 +526,41 @@ impl Client {
             let events = read_events(resp, self.stream_idle).await?;
             return self.provider.parse_stream(&headers, &events);
         }
-        let bytes = read_capped(resp).await?;
+        let bytes = read_capped(resp)
+            .await
+            .map_err(|e| self.timed_out(e, false))?;
         self.provider.parse(status, &headers, &bytes)
+    }
+
+    /// A transport error, with the limit that ran out when it is a timeout.
+    fn transport_error(&self, e: reqwest::Error) -> ApiError {
+        let connecting = e.is_connect();
+        self.timed_out(transport_error(e), connecting)
+    }
+
+    /// Names the limit in a timeout's message, so a user knows which setting to change.
+    fn timed_out(&self, mut e: ApiError, connecting: bool) -> ApiError {
+        if e.kind == ErrorKind::Timeout && e.status.is_none() {
+            let (what, limit, setting) = if connecting {
+                (
+                    "no connection",
+                    self.connect,
+                    "api.connect_timeout_secs, --connect-timeout",
+                )
+            } else {
+                (
+                    "no complete answer",
+                    self.timeout,
+                    "api.timeout_secs, --timeout",
+                )
+            };
+            e.message = format!(
+                "{what} within {} s ({setting}): {}",
+                limit.as_secs_f64(),
+                e.message
+            );
+        }
+        e
     }
 }
 
