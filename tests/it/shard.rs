@@ -154,8 +154,9 @@ fn a_reordered_input_keeps_each_row_in_its_shard_and_estimate_counts_the_shard()
 
 #[test]
 fn a_shard_killed_mid_run_resumes_and_the_merge_has_every_row_once() {
-    // Slow answers, few at once: the kill lands mid-run.
-    let mock = Mock::start(&["--latency-ms", "150"]);
+    // Slow answers, one at a time (about 18 s for the shard's ~60 rows): the kill lands
+    // mid-run even when the checks below are slow on a loaded machine.
+    let mock = Mock::start(&["--latency-ms", "300"]);
     let (ws, job) = Workspace::with_job(120, &mock.base_url, "");
     let journal = ws.path("out/result.shard-1-of-2.journal.jsonl");
     let mut child = ws.spawn_piped(&[
@@ -164,7 +165,7 @@ fn a_shard_killed_mid_run_resumes_and_the_merge_has_every_row_once() {
         "--shard",
         "1/2",
         "--max-in-flight",
-        "2",
+        "1",
         "--quiet",
     ]);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -207,13 +208,13 @@ fn a_shard_killed_mid_run_resumes_and_the_merge_has_every_row_once() {
         let id = line["id"].as_str().unwrap();
         assert!(!paid_before.contains(id), "{id} was paid twice");
     }
-    // Only the requests in flight at the kill (at most 2) were asked again: every row was
-    // answered once, and at most those twice.
+    // Only the request in flight at the kill was asked again: every row was answered once,
+    // and at most that one twice.
     let stats = mock.stats();
     let stat = |k: &str| stats[k].as_u64().unwrap();
     assert_eq!(stat("distinct_prompts"), 120, "{stats}");
-    assert!(stat("duplicate_prompts") <= 2, "{stats}");
-    assert!(stat("ok") <= 120 + 2, "{stats}");
+    assert!(stat("duplicate_prompts") <= 1, "{stats}");
+    assert!(stat("ok") <= 120 + 1, "{stats}");
     assert!(stat("requests") <= 120 + 2 + 2, "{stats}");
 
     let out = ws.run(&["merge", &job]);

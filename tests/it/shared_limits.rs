@@ -151,23 +151,34 @@ fn the_shared_gcra_scripts_count_requests_tokens_refunds_and_cooldowns() {
         let b = Shared::connect(&url, "t:req", OnFailure::Stop)
             .await
             .unwrap();
-        // 600/min holds 9 (a second's worth, less 10%), shared by both connections.
+        // 600/min holds 9 (a second's worth, less 10%), shared by both connections. Redis's
+        // clock runs on: each 100 ms spent here (a loaded machine) frees one more.
         let mut free = 0;
+        let start = std::time::Instant::now();
         for i in 0..12 {
             let sh = if i % 2 == 0 { &a } else { &b };
             if sh.acquire(Some(600), None, 1).await.unwrap() == Grant::After(Duration::ZERO) {
                 free += 1;
             }
         }
-        assert_eq!(free, 9, "requests let go at once");
+        let refilled = (start.elapsed().as_secs_f64() * 10.0).ceil() as usize;
+        assert!(
+            (9..=9 + refilled).contains(&free),
+            "{free} requests let go at once (9, plus {refilled} refilled meanwhile)"
+        );
 
         // 6,000 tokens/min holds 90: one 90-token request empties it, a refund fills it.
+        // (The second ask is 50 tokens: half a second of refill, not 10 ms.)
         let t = Shared::connect(&url, "t:tok", OnFailure::Stop)
             .await
             .unwrap();
         let now = Grant::After(Duration::ZERO);
+        let start = std::time::Instant::now();
         assert_eq!(t.acquire(None, Some(6000), 90).await.unwrap(), now);
-        assert_ne!(t.acquire(None, Some(6000), 1).await.unwrap(), now);
+        let second = t.acquire(None, Some(6000), 50).await.unwrap();
+        if start.elapsed() < Duration::from_millis(500) {
+            assert_ne!(second, now, "a drained bucket let 50 tokens through");
+        }
         let t2 = Shared::connect(&url, "t:tok2", OnFailure::Stop)
             .await
             .unwrap();
