@@ -381,8 +381,8 @@ async fn retrieve(
         let file = start_answering(batch);
         (inner.files.get(&file).cloned().unwrap_or_default(), created)
     };
-    let answering = answer_lines(&b.shared, &headers, &input, usize::MAX);
-    let (output, errors, counts) = AS_OF.scope(created, answering).await;
+    let (output, errors, counts) =
+        answer_lines(&b.shared, &headers, &input, usize::MAX, created).await;
     finish(&b, &id, output, errors, counts, "completed")
 }
 
@@ -410,22 +410,33 @@ async fn cancel(
     };
     let lines = input.split(|c| *c == b'\n').filter(|l| !l.is_empty());
     let half = lines.count() / 2;
-    let answering = answer_lines(&b.shared, &headers, &input, half);
-    let (output, errors, counts) = AS_OF.scope(created, answering).await;
+    let (output, errors, counts) = answer_lines(&b.shared, &headers, &input, half, created).await;
     finish(&b, &id, output, errors, counts, "cancelled")
 }
 
+/// One input line to answer: its scramble key, request id, custom id and body.
+type Ask = (u64, String, String, Vec<u8>);
+
 /// Answers up to `max` input lines through the live chat handler: (output, errors,
 /// (completed, failed)), each with its [`scramble`] key.
+///
+/// The prompt cache: a batch `created` then sees what was written before it, and its
+/// requests do not see each other's writes, except through a `prompt_cache_key`. OpenAI
+/// routes a key's requests to one machine, which works through a batch's requests over
+/// time: so each key's first request is answered first (with the requests that carry no
+/// key), and the key's others after, seeing what the batch wrote until then.
 async fn answer_lines(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
     input: &[u8],
     max: usize,
+    created: std::time::Instant,
 ) -> (Vec<(u64, String)>, Vec<(u64, String)>, (u64, u64)) {
     let (mut output, mut errors) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
-    let mut asks = Vec::new();
+    let mut keys = HashSet::new();
+    // Those answered first, and a key's later requests.
+    let mut asks: [Vec<Ask>; 2] = [Vec::new(), Vec::new()];
     for (n, line) in input
         .split(|c| *c == b'\n')
         .filter(|l| !l.is_empty())
@@ -442,18 +453,27 @@ async fn answer_lines(
             errors.push((order, e.to_string()));
             continue;
         }
+        let key = parsed["body"]["prompt_cache_key"].as_str();
+        let later = key.is_some_and(|k| !keys.insert(k.to_string()));
         let body = serde_json::to_vec(&parsed["body"]).unwrap_or_default();
-        asks.push((order, req_id, custom_id, body));
+        asks[usize::from(later)].push((order, req_id, custom_id, body));
     }
-    let answers: Vec<_> = stream::iter(asks)
-        .map(|(order, req_id, custom_id, body)| async move {
-            let chat = super::openai::chat_completions;
-            let (status, bytes) = ask(chat, shared, headers, &[AUTHORIZATION], body).await;
-            (order, req_id, custom_id, status, bytes)
-        })
-        .buffered(batch_core::ANSWERING)
-        .collect()
-        .await;
+    let [first, later] = asks;
+    let answering = |asks: Vec<Ask>| {
+        stream::iter(asks)
+            .map(|(order, req_id, custom_id, body)| async move {
+                let chat = super::openai::chat_completions;
+                let (status, bytes) = ask(chat, shared, headers, &[AUTHORIZATION], body).await;
+                (order, req_id, custom_id, status, bytes)
+            })
+            .buffered(batch_core::ANSWERING)
+            .collect::<Vec<_>>()
+    };
+    let mut answers = AS_OF.scope(created, answering(first)).await;
+    if !later.is_empty() {
+        let now = std::time::Instant::now();
+        answers.extend(AS_OF.scope(now, answering(later)).await);
+    }
     for (order, req_id, custom_id, status, bytes) in answers {
         let status = status.as_u16();
         let body: Value = serde_json::from_slice(&bytes)

@@ -11,7 +11,12 @@
 //!   the last one is written when it is longer (`cache_creation_input_tokens`). Prefixes
 //!   under 1,024 tokens (2,048 for haiku models) are not cached.
 //! - Batches: a batch's requests see only what was written before the batch was created,
-//!   never each other's writes; later requests see the batch's writes.
+//!   never each other's writes; later requests (and later batches) see the batch's writes.
+//!   Anthropic's Message Batches work that way, which is why batch mode sends a primer
+//!   batch first. One exception, on the OpenAI shape: requests carrying a
+//!   `prompt_cache_key` go to one machine per key, which works through them over time, so
+//!   a key's first request is answered before its others, which see what the batch wrote
+//!   until then (see `batches.rs`).
 //! - Live requests likewise see only what was written before they arrived: a prompt still
 //!   being answered (within `--latency-ms`) is not cached yet, so requests sent together
 //!   all miss, as they do at the providers.
