@@ -6,6 +6,7 @@ mod common;
 mod anthropic_batch;
 mod batch;
 mod batch_any;
+mod batch_prime;
 mod batch_review;
 mod budget;
 mod checks;

@@ -10,24 +10,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::fault_server::{FaultServer, Reply};
+use crate::common::prefix::system_prompt;
 use crate::common::*;
-use promptmill::tokens::TokenCounter;
-use promptmill::types::{Message, Role};
-
-/// A system prompt whose framed tokens are `128 × blocks + 10` for gpt-4o-mini: the
-/// estimate and the mock then round the shared prefix down to the same whole blocks.
-fn system_prompt(lead: &str, blocks: u64) -> String {
-    let c = TokenCounter::for_model("gpt-4o-mini");
-    let framing = c.count_chat(&[]);
-    let words = (blocks * 128) as usize;
-    (words.saturating_sub(200)..words + 200)
-        .map(|n| format!("{lead}{}", " apple".repeat(n)))
-        .find(|s| {
-            let t = c.count_chat(&[Message::new(Role::System, s.as_str())]) - framing;
-            t % 128 == 10 && t / 128 == blocks
-        })
-        .expect("a length that ends 10 tokens into a block")
-}
 
 /// A job over rows.csv whose system message comes from the `sys` column's choice among
 /// `systems` (one prefix group per choice), with `extra` TOML appended.

@@ -640,6 +640,11 @@ pub struct CacheConfig {
     /// OpenAI's guidance; 0 sends no key).
     #[serde(default = "key_rpm")]
     pub key_rpm: u32,
+    /// Batch mode, Anthropic shape: submit a one-request primer batch per cacheable prefix
+    /// group, and the group's other rows (marked with `cache_control`) once it has ended
+    /// (default true; nothing without `prefix`).
+    #[serde(default = "yes")]
+    pub batch_primer: bool,
 }
 
 impl Default for CacheConfig {
@@ -648,6 +653,7 @@ impl Default for CacheConfig {
             dir: None,
             prefix: true,
             key_rpm: key_rpm(),
+            batch_primer: true,
         }
     }
 }

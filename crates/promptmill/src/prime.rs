@@ -29,6 +29,12 @@ pub const MAX_PRIMED: usize = 64;
 const FIVE_MINUTES: Duration = Duration::from_secs(300);
 /// The 1-hour entry.
 const ONE_HOUR: Duration = Duration::from_secs(3600);
+/// The lifetime a batch's `cache_control` asks for. A batch takes minutes to hours (up to
+/// 24), and a group's main batch starts only once its primer batch has ended and been
+/// collected: five minutes would often be gone before the main batch's requests run, while
+/// the hour costs one write at 2× instead of 1.25× (Anthropic suggests the hour for
+/// batches too).
+pub const BATCH_TTL: Ttl = Ttl::OneHour;
 
 /// One prefix of a request: its key (as [`crate::prefix::chain`]) and where Anthropic's
 /// `cache_control` would end it.
@@ -215,6 +221,8 @@ pub struct GroupUse {
 pub struct Plan {
     groups: HashMap<u64, Group>,
     anthropic: bool,
+    /// A batch round's plan ([`Plan::for_batch`]).
+    batch: bool,
     /// Primed groups, in the order they run.
     pub primed: usize,
 }
@@ -229,19 +237,31 @@ impl Plan {
         requests: u64,
         wall: Option<f64>,
     ) -> Option<Plan> {
-        if !job.cache.prefix {
+        let cacheable: Vec<&PrefixGroup> = groups.iter().filter(|g| g.cacheable).collect();
+        let ttls = ttls(&cacheable, requests, wall);
+        Plan::build(job, cacheable, ttls, false)
+    }
+
+    /// The plan of a batch round for `groups` (the estimate's, largest first): the largest
+    /// [`MAX_PRIMED`] cacheable groups are written together, each after its primer batch on
+    /// the Anthropic shape (see [`Plan::mark_batch`]); `cache_control` asks for
+    /// [`BATCH_TTL`]. `None` when there is nothing to do.
+    pub fn for_batch(job: &Job, groups: &[PrefixGroup]) -> Option<Plan> {
+        let cacheable: Vec<&PrefixGroup> = groups.iter().filter(|g| g.cacheable).collect();
+        let ttls = vec![BATCH_TTL; cacheable.len()];
+        Plan::build(job, cacheable, ttls, true)
+    }
+
+    fn build(job: &Job, cacheable: Vec<&PrefixGroup>, ttls: Vec<Ttl>, batch: bool) -> Option<Plan> {
+        if !job.cache.prefix || cacheable.is_empty() {
             return None;
         }
         let anthropic = job.api.provider == ProviderKind::Anthropic;
         let openai = job.api.provider == ProviderKind::Openai;
-        let cacheable: Vec<&PrefixGroup> = groups.iter().filter(|g| g.cacheable).collect();
-        if cacheable.is_empty() {
-            return None;
-        }
-        let ttls = ttls(&cacheable, requests, wall);
         let mut plan = Plan {
             groups: HashMap::new(),
             anthropic,
+            batch,
             primed: 0,
         };
         for (i, (g, ttl)) in cacheable.into_iter().zip(ttls).enumerate() {
@@ -272,6 +292,34 @@ impl Plan {
             .iter()
             .rev()
             .find_map(|l| self.groups.get(&l.key).map(|g| (g, *l)))
+    }
+
+    /// Whether a batch round on this plan sends primer batches: Anthropic shape only (its
+    /// cache is written only where `cache_control` marks it, and a batch's requests never
+    /// read each other's writes, so a group needs its prefix written before its batch
+    /// starts), and only with `cache.batch_primer`.
+    pub fn batch_primers(&self, job: &Job) -> bool {
+        self.batch && self.anthropic && job.cache.batch_primer
+    }
+
+    /// Marks one batch line of `group` (what [`Plan::mark`] and the scheduler's key do for
+    /// a live request). OpenAI shape: the group's `prompt_cache_key`, `pm-<group id>`, one
+    /// per group (a batch has no pace to shard it by; none with `cache.key_rpm = 0`).
+    /// Anthropic shape: the `cache_control` mark, only when `primed` (a primer batch wrote
+    /// the prefix before this line's batch starts): without a primer every line of a batch
+    /// would pay the write premium, since none reads another's write.
+    pub fn mark_batch(&self, group: &Group, link: Link, primed: bool, body: &mut Value) {
+        if self.anthropic {
+            if primed {
+                self.mark(group, link, body);
+            }
+            return;
+        }
+        if group.keys.is_some() {
+            if let Some(o) = body.as_object_mut() {
+                o.insert("prompt_cache_key".into(), json!(format!("pm-{}", group.id)));
+            }
+        }
     }
 
     /// Each group's use of the cache in this run (those that sent anything), the busiest

@@ -5,6 +5,8 @@
 pub mod browser;
 pub mod fault_server;
 pub mod loopback;
+pub mod message_batches;
+pub mod prefix;
 pub mod redis;
 pub mod repo_copy;
 

@@ -154,6 +154,21 @@ impl Splitter {
         self.done.len() + usize::from(self.current.is_some())
     }
 
+    /// Before the `requests` lines of one prefix group: starts a new file when they would
+    /// not all fit in the current one's room but fit in a new file, so that a group's rows
+    /// share a batch where they can.
+    pub fn keep_together(&mut self, requests: u64) -> std::io::Result<()> {
+        let max = self.limits.max_requests;
+        let split = self
+            .current
+            .as_ref()
+            .is_some_and(|(_, w)| w.requests > 0 && w.requests + requests > max);
+        if split && requests <= max {
+            self.close()?;
+        }
+        Ok(())
+    }
+
     fn close(&mut self) -> std::io::Result<()> {
         if let Some((f, w)) = self.current.take() {
             f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -180,6 +195,26 @@ mod tests {
         assert_eq!(parse_custom_id(&id), Some((42, "abc123")));
         assert_eq!(parse_custom_id("request-1"), None);
         assert_eq!(parse_custom_id("row-x-1"), None);
+    }
+
+    #[test]
+    fn a_group_that_fits_in_a_file_of_its_own_starts_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_requests: 4,
+            ..Limits::default()
+        };
+        let mut s = Splitter::new(dir.path(), "r1", limits).unwrap();
+        let l = line(0, "h", "/v1/chat/completions", &json!({"model": "m"}));
+        // Groups of 3, 3, then 6 (too large for any file: it fills the current one first).
+        for n in [3, 3, 6] {
+            s.keep_together(n).unwrap();
+            for _ in 0..n {
+                s.push(&l, 1).unwrap();
+            }
+        }
+        let counts: Vec<u64> = s.finish().unwrap().iter().map(|w| w.requests).collect();
+        assert_eq!(counts, [3, 4, 4, 1]);
     }
 
     #[test]

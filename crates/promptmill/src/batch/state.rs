@@ -96,6 +96,13 @@ pub struct Chunk {
     /// finish (and a lost create is never taken to be one of these).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
+    /// A prefix group's primer batch (its first row alone, `cache_control` marked): the
+    /// other chunks of its round are submitted only once every primer of the round has been
+    /// collected, so that their requests read the prefixes the primers wrote. Left out when
+    /// false, so the state stays what an older promptmill reads (which ignores the field and
+    /// so does not wait: the answers are the same, the cache is read less).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub primer: bool,
     /// A review round's chunk: what its requests are (None: the rows' own answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<Round>,
@@ -184,13 +191,17 @@ impl BatchState {
         self.chunks.iter().filter(|c| !c.collected)
     }
 
-    /// Whether chunk `i` may be submitted now: always when no other batch of the job is in
+    /// Whether chunk `i` may be submitted now: not while a primer of its round has not been
+    /// collected (unless it is one); then always when no other batch of the job is in
     /// progress; otherwise not while it is held for the enqueued-token limit, nor when its
     /// tokens and those of the batches in progress would pass `max_tokens`.
     pub fn may_submit(&self, i: usize, max_tokens: Option<u64>) -> bool {
         let Some(chunk) = self.chunks.get(i) else {
             return false;
         };
+        if !chunk.primer && self.primers_pending(chunk.round) {
+            return false;
+        }
         let running: Vec<&Chunk> = self.running_beside(i).collect();
         if running.is_empty() {
             return true;
@@ -205,6 +216,13 @@ impl BatchState {
                 .fold(chunk.tokens.unwrap_or(0), u64::saturating_add);
             enqueued <= max
         })
+    }
+
+    /// Whether a primer chunk of `round` has not been collected yet.
+    pub fn primers_pending(&self, round: u32) -> bool {
+        self.chunks
+            .iter()
+            .any(|c| c.primer && c.round == round && !c.collected)
     }
 
     /// The job's batches other than chunk `i`'s that are created and have not ended.
@@ -270,6 +288,44 @@ mod tests {
         assert!(s.may_submit(1, None), "b1 has ended");
         assert!(s.may_submit(2, Some(40)), "alone, whatever its size");
         assert!(!s.may_submit(7, None));
+    }
+
+    #[test]
+    fn a_round_waits_for_its_primers_to_be_collected() {
+        let chunk = |round: u32, primer: bool| Chunk {
+            round,
+            primer,
+            ..Chunk::default()
+        };
+        let mut s = BatchState {
+            chunks: vec![
+                chunk(1, true),
+                chunk(1, true),
+                chunk(1, false),
+                chunk(2, false),
+            ],
+            ..BatchState::default()
+        };
+        assert!(
+            s.may_submit(0, None) && s.may_submit(1, None),
+            "primers go first"
+        );
+        assert!(!s.may_submit(2, None), "its round's primers are not in");
+        assert!(
+            s.may_submit(3, None),
+            "another round's primers do not hold it"
+        );
+        s.chunks[0].collected = true;
+        assert!(!s.may_submit(2, None), "one primer is still out");
+        s.chunks[1].collected = true;
+        assert!(s.may_submit(2, None));
+        // A state written without primers reads as before, and one with them is read by a
+        // version that knows nothing of them (the field is only added when true).
+        let text = serde_json::to_string(&chunk(1, false)).unwrap();
+        assert!(!text.contains("primer"), "{text}");
+        let back: Chunk =
+            serde_json::from_str(&serde_json::to_string(&chunk(1, true)).unwrap()).unwrap();
+        assert!(back.primer);
     }
 
     #[test]

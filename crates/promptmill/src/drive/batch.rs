@@ -56,6 +56,9 @@ struct Ctx {
     /// lines and the output reads neither the input again nor renders a row twice (nor keeps
     /// the tokenizer loaded).
     spool: Option<Arc<Spool>>,
+    /// The cacheable prefix groups the validation pass found (`cache.prefix`), largest
+    /// first: a round writes each group's rows together (see [`crate::prime`]).
+    prefix_groups: Vec<crate::prefix::PrefixGroup>,
     /// The job's judge (`[judge]`), once [`Ctx::load_judge`] made it.
     judge: Option<Arc<Judge>>,
     /// The context the command was given (prices, mock), for the judge and review rounds.
@@ -96,6 +99,7 @@ impl Ctx {
             job: jc.job.clone(),
             planner: None,
             spool: None,
+            prefix_groups: Vec::new(),
             judge: None,
             jc: jc.clone(),
             price: jc.price.clone(),
@@ -177,10 +181,13 @@ impl Ctx {
             keep: true,
             tier: Tier::Batch,
         };
-        let Some((_, spool)) = first_pass(jc, self.planner()?, None, pass, interrupt).await? else {
+        let Some((estimate, spool)) =
+            first_pass(jc, self.planner()?, None, pass, interrupt).await?
+        else {
             return Ok(false);
         };
         self.spool = spool.map(Arc::new);
+        self.prefix_groups = estimate.prefix_groups;
         // The rows are counted: the tokenizer's tables can go (the validation task's copy
         // of the planner ended with it).
         if let Some(p) = self.planner.as_mut().and_then(Arc::get_mut) {
@@ -801,7 +808,8 @@ fn ingest(
 }
 
 /// Writes input files for every row that needs a request and adds them to the state as a
-/// new round; returns the number of requests.
+/// new round; returns the number of requests. With primers (see [`crate::prime`]), each
+/// primer is a chunk of its own, listed before the round's other chunks, which wait for it.
 fn new_round(
     ctx: &Ctx,
     state: &mut BatchState,
@@ -811,23 +819,50 @@ fn new_round(
 ) -> anyhow::Result<u64> {
     let round = state.last_round() + 1;
     let dir = ctx.input_dir();
-    let mut split = Splitter::new(&dir, &format!("r{round}"), flags.limits(&ctx.job))
-        .with_context(|| format!("{}: cannot create", dir.display()))?;
-    let (n, worst) = pending_lines(ctx, writer, retry_failed, |line, tokens| {
-        split.push(line, tokens)
-    })?;
-    let files = split
-        .finish()
-        .with_context(|| format!("{}: cannot write batch input", dir.display()))?;
+    let cannot_create = || format!("{}: cannot create", dir.display());
+    let limits = flags.limits(&ctx.job);
+    let mut split =
+        Splitter::new(&dir, &format!("r{round}"), limits).with_context(cannot_create)?;
+    let one_each = input::Limits {
+        max_requests: 1,
+        ..limits
+    };
+    let mut primers =
+        Splitter::new(&dir, &format!("r{round}p"), one_each).with_context(cannot_create)?;
+    let plan = crate::prime::Plan::for_batch(&ctx.job, &ctx.prefix_groups);
+    let (n, worst) = pending_lines(
+        ctx,
+        writer,
+        retry_failed,
+        plan.as_ref(),
+        true,
+        |l| match l {
+            Line::Group(rows) => split.keep_together(rows),
+            Line::Primer(line, tokens) => primers.push(line, tokens),
+            Line::Request(line, tokens) => split.push(line, tokens),
+        },
+    )?;
+    let cannot_write = || format!("{}: cannot write batch input", dir.display());
+    let primers = primers.finish().with_context(cannot_write)?;
+    let files = split.finish().with_context(cannot_write)?;
     check_budget(ctx, &writer.index().spent, n, worst)?;
-    for (c, w) in files.into_iter().enumerate() {
+    let primed = primers
+        .into_iter()
+        .enumerate()
+        .map(|(c, w)| (format!("p{}", c + 1), w, true));
+    let rest = files
+        .into_iter()
+        .enumerate()
+        .map(|(c, w)| (format!("c{}", c + 1), w, false));
+    for (name, w, primer) in primed.chain(rest) {
         state.chunks.push(Chunk {
-            key: format!("{}-r{round}-c{}", state.id, c + 1),
+            key: format!("{}-r{round}-{name}", state.id),
             round,
             input: w.path,
             requests: w.requests,
             bytes: w.bytes,
             tokens: Some(w.tokens),
+            primer,
             ..Chunk::default()
         });
     }
@@ -877,15 +912,44 @@ fn check_budget(ctx: &Ctx, spent: &Spent, requests: u64, worst: Money) -> anyhow
     }
 }
 
+/// How a row's line is marked for its prefix group (see [`crate::prime::Plan::mark_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Its group's primer.
+    Primer,
+    /// A row of a group whose primer goes first.
+    AfterPrimer,
+    /// Any other row (on the OpenAI shape a group's rows carry its key all the same).
+    Plain,
+}
+
+/// What [`pending_lines`] hands on, in order.
+enum Line<'a> {
+    /// A prefix group's lines come next, this many.
+    Group(u64),
+    /// A group's primer: its own batch, before the others.
+    Primer(&'a [u8], u64),
+    /// One request's line and its tokens as the enqueued-token limit counts them.
+    Request(&'a [u8], u64),
+}
+
 /// Hands the input line of every row that has no result yet to `emit` (failed rows too with
 /// `retry_failed`), from the Steps the validation pass kept, decided again against the
 /// journal as it is now. Bad rows (only there when the job skips them) are journaled as
 /// failed. Returns the number of lines and their worst-case cost at batch prices.
+///
+/// With a `plan` (`cache.prefix`), the rows of each primed group come first, group after
+/// group (largest first), each group's rows together, marked as [`Plan::mark_batch`] says;
+/// with `primers` and [`Plan::batch_primers`], a group of two or more rows gives its first
+/// as a [`Line::Primer`]. Then every other row in input order. The spool is read once more
+/// per group (as a live run does), so memory stays flat.
 fn pending_lines(
     ctx: &Ctx,
     writer: &mut JournalWriter,
     retry_failed: bool,
-    mut emit: impl FnMut(&[u8], u64) -> std::io::Result<()>,
+    plan: Option<&crate::prime::Plan>,
+    primers: bool,
+    mut emit: impl FnMut(Line<'_>) -> std::io::Result<()>,
 ) -> anyhow::Result<(u64, Money)> {
     let job = &ctx.job;
     let spool = ctx
@@ -900,9 +964,83 @@ fn pending_lines(
         identity,
     )?;
     let url = ctx.endpoint();
+    let primed = plan.map_or(0, |p| p.primed);
+    let primers = primers && plan.is_some_and(|p| p.batch_primers(job));
+    // The primed group of a row's stored step, if any.
+    let group_of = |step: &Step| match step {
+        Step::Send(req) => plan
+            .and_then(|p| p.group_of(&req.prefix))
+            .and_then(|(g, _)| g.primed),
+        _ => None,
+    };
+    let reading = || spool.read().context("reading the row spool");
     let (mut n, mut worst) = (0, Money::ZERO);
-    for stepped in spool.read().context("reading the row spool")? {
+    let mut send = |req: crate::pipeline::rows::Request,
+                    mark: Mark,
+                    emit: &mut dyn FnMut(Line<'_>) -> std::io::Result<()>|
+     -> anyhow::Result<()> {
+        let mut body = req.body;
+        if let Some(p) = plan {
+            if let Some((g, link)) = p.group_of(&req.prefix) {
+                p.mark_batch(g, link, mark != Mark::Plain, &mut body);
+            }
+        }
+        let line = backend::request_line(job.api.provider, req.row, &req.hash, url, &body);
+        match mark {
+            Mark::Primer => emit(Line::Primer(&line, req.limiter_tokens))?,
+            _ => emit(Line::Request(&line, req.limiter_tokens))?,
+        }
+        n += 1;
+        if let Some(cost) = req.worst_cost {
+            worst = worst.saturating_add(cost);
+        }
+        Ok(())
+    };
+    if primed > 0 {
+        // Each primed group's rows to send now.
+        let mut counts = vec![0u64; primed];
+        for stepped in reading()? {
+            let stepped = stepped.context("reading the row spool")?;
+            let Some(i) = group_of(&stepped.step) else {
+                continue;
+            };
+            let sent = matches!(stepped.step.recheck(&mut resume)?, Step::Send(_));
+            if let (true, Some(c)) = (sent, counts.get_mut(i)) {
+                *c += 1;
+            }
+        }
+        for (i, &count) in counts.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            // A primer pays off only when a row of its group reads what it wrote.
+            let with_primer = primers && count >= 2;
+            emit(Line::Group(count - u64::from(with_primer)))?;
+            let mut next = if with_primer {
+                Mark::Primer
+            } else {
+                Mark::Plain
+            };
+            for stepped in reading()? {
+                let stepped = stepped.context("reading the row spool")?;
+                if group_of(&stepped.step) != Some(i) {
+                    continue;
+                }
+                let Step::Send(req) = stepped.step.recheck(&mut resume)? else {
+                    continue;
+                };
+                send(req, next, &mut emit)?;
+                if next == Mark::Primer {
+                    next = Mark::AfterPrimer;
+                }
+            }
+        }
+    }
+    for stepped in reading()? {
         let stepped = stepped.context("reading the row spool")?;
+        if group_of(&stepped.step).is_some() {
+            continue; // written with its group, above
+        }
         let req = match stepped.step.recheck(&mut resume)? {
             Step::Send(req) => req,
             Step::Bad { row, id, reason } => {
@@ -912,14 +1050,7 @@ fn pending_lines(
             }
             Step::Skip { .. } | Step::Cached { .. } => continue,
         };
-        emit(
-            &backend::request_line(job.api.provider, req.row, &req.hash, url, &req.body),
-            req.limiter_tokens,
-        )?;
-        n += 1;
-        if let Some(cost) = req.worst_cost {
-            worst = worst.saturating_add(cost);
-        }
+        send(req, Mark::Plain, &mut emit)?;
     }
     Ok((n, worst))
 }
@@ -1151,10 +1282,22 @@ pub async fn export(
     // left empty (with the folder made for it) is removed again.
     let mut writer = ctx.open_journal()?;
     let mut bytes = 0u64;
-    let (n, _) = pending_lines(&ctx, &mut writer, retry_failed, |line, _| {
-        bytes += line.len() as u64;
-        std::io::Write::write_all(&mut w, line)
-    })?;
+    // One file for the user to upload: the groups' rows together, but no primer batch.
+    let plan = crate::prime::Plan::for_batch(&ctx.job, &ctx.prefix_groups);
+    let (n, _) = pending_lines(
+        &ctx,
+        &mut writer,
+        retry_failed,
+        plan.as_ref(),
+        false,
+        |l| match l {
+            Line::Primer(line, _) | Line::Request(line, _) => {
+                bytes += line.len() as u64;
+                std::io::Write::write_all(&mut w, line)
+            }
+            Line::Group(_) => Ok(()),
+        },
+    )?;
     writer.finish()?;
     if new_journal && std::fs::metadata(&journal_path).is_ok_and(|m| m.len() == 0) {
         std::fs::remove_file(&journal_path)
