@@ -242,6 +242,24 @@ fn each_primer_batch_ends_before_its_groups_batch_is_created() {
         let reads = mine.iter().filter(|u| u.2 > 1900 && u.3 == 0).count();
         assert_eq!((writes, reads), (1, 9), "group {group}: {mine:?}");
     }
+    // The summary tells the same per group, and what the cache saved.
+    let s = ws.summary();
+    let pc = &s["prompt_cache"];
+    let groups = pc["groups"].as_array().unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(groups.len(), 2, "{pc}");
+    let read: u64 = used.iter().map(|u| u.2).sum();
+    for g in groups {
+        assert_eq!(
+            (g["requests"].as_u64(), g["hits"].as_u64()),
+            (Some(10), Some(9)),
+            "{pc}"
+        );
+        assert!((g["hit_rate"].as_f64().unwrap() - 0.9).abs() < 1e-9);
+        assert!(g["cache_write_tokens"].as_u64().unwrap() > 1900);
+    }
+    assert_eq!(pc["cached_tokens"], read);
+    assert!(pc["saved_usd"].as_f64().unwrap() > 0.0, "{pc}");
+    assert!(stderr(&out).contains("9 of 10 requests read the prefix (90%)"));
 }
 
 #[test]

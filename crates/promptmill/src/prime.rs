@@ -197,6 +197,25 @@ impl Tally {
         self.cached.fetch_add(u.cached_tokens, Relaxed);
         self.written.fetch_add(u.cache_write_tokens, Relaxed);
     }
+
+    /// The group `id`'s use of the cache as tallied, or `None` when it answered nothing.
+    pub fn used(&self, id: &str) -> Option<GroupUse> {
+        let requests = self.requests.load(Relaxed);
+        let hits = self.hits.load(Relaxed);
+        (requests > 0).then(|| GroupUse {
+            id: id.to_string(),
+            requests,
+            hits,
+            hit_rate: hits as f64 / requests as f64,
+            cached_tokens: self.cached.load(Relaxed),
+            cache_write_tokens: self.written.load(Relaxed),
+        })
+    }
+}
+
+/// Orders groups' uses for the summary: the busiest first.
+pub fn busiest_first(used: &mut [GroupUse]) {
+    used.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.id.cmp(&b.id)));
 }
 
 /// One group's use of the cache in a run, for the summary.
@@ -328,21 +347,9 @@ impl Plan {
         let mut used: Vec<GroupUse> = self
             .groups
             .values()
-            .filter_map(|g| {
-                let t = &g.tally;
-                let requests = t.requests.load(Relaxed);
-                let hits = t.hits.load(Relaxed);
-                (requests > 0).then(|| GroupUse {
-                    id: g.id.clone(),
-                    requests,
-                    hits,
-                    hit_rate: hits as f64 / requests as f64,
-                    cached_tokens: t.cached.load(Relaxed),
-                    cache_write_tokens: t.written.load(Relaxed),
-                })
-            })
+            .filter_map(|g| g.tally.used(&g.id))
             .collect();
-        used.sort_by(|a, b| b.requests.cmp(&a.requests).then_with(|| a.id.cmp(&b.id)));
+        busiest_first(&mut used);
         used
     }
 

@@ -149,6 +149,12 @@ impl Splitter {
         Ok(())
     }
 
+    /// Where the last line pushed went: its file (0 for the first) and its line in it.
+    pub fn position(&self) -> Option<(usize, u64)> {
+        let (_, w) = self.current.as_ref()?;
+        Some((self.done.len(), w.requests.checked_sub(1)?))
+    }
+
     /// How many files were started so far: the last line pushed is in the last of them.
     pub fn files(&self) -> usize {
         self.done.len() + usize::from(self.current.is_some())

@@ -103,6 +103,10 @@ pub struct Chunk {
     /// so does not wait: the answers are the same, the cache is read less).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub primer: bool,
+    /// The prefix groups whose rows the input file holds together (see [`crate::prime`]),
+    /// for the summary's per-group cache figures.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupLines>,
     /// A review round's chunk: what its requests are (None: the rows' own answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<Round>,
@@ -114,6 +118,37 @@ pub struct Chunk {
     /// crash cut short starts again and skips what was journaled since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest_from: Option<u64>,
+}
+
+/// A prefix group's lines in a chunk's input file: `lines` lines from line `from` (0-based).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLines {
+    /// The group's id (as the estimate lists it).
+    pub id: String,
+    pub from: u64,
+    pub lines: u64,
+}
+
+impl GroupLines {
+    /// Adds `line` of group `id` to `spans` (lines come in order).
+    pub fn note(spans: &mut Vec<GroupLines>, id: &str, line: u64) {
+        match spans.last_mut() {
+            Some(g) if g.id == id && g.from + g.lines == line => g.lines += 1,
+            _ => spans.push(GroupLines {
+                id: id.to_string(),
+                from: line,
+                lines: 1,
+            }),
+        }
+    }
+
+    /// The group of `line`, if any.
+    pub fn of(spans: &[GroupLines], line: u64) -> Option<&str> {
+        spans
+            .iter()
+            .find(|g| line >= g.from && line - g.from < g.lines)
+            .map(|g| g.id.as_str())
+    }
 }
 
 /// A chunk's reservation: its id is chosen (and saved) before it is written, so writing it
@@ -288,6 +323,20 @@ mod tests {
         assert!(s.may_submit(1, None), "b1 has ended");
         assert!(s.may_submit(2, Some(40)), "alone, whatever its size");
         assert!(!s.may_submit(7, None));
+    }
+
+    #[test]
+    fn group_lines_run_while_a_group_goes_on() {
+        let mut spans = Vec::new();
+        for (id, line) in [("a", 0), ("a", 1), ("b", 2), ("a", 4)] {
+            GroupLines::note(&mut spans, id, line);
+        }
+        let found: Vec<Option<&str>> = (0..6).map(|l| GroupLines::of(&spans, l)).collect();
+        assert_eq!(
+            found,
+            [Some("a"), Some("a"), Some("b"), None, Some("a"), None]
+        );
+        assert_eq!(spans.len(), 3);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::batch::api::BatchObject;
 use crate::batch::backend::{self, Backend};
 use crate::batch::input::{self, Splitter};
 use crate::batch::results::{self, Joiner};
-use crate::batch::state::{is_terminal, BatchState, Chunk};
+use crate::batch::state::{is_terminal, BatchState, Chunk, GroupLines};
 use crate::batch::{crash_point, META_CHUNK, META_JOB};
 use crate::client::{self, Secret};
 use crate::config::{Endpoint, Job};
@@ -37,7 +37,7 @@ use crate::pipeline::rows::{Spool, Step};
 use crate::plan::Planner;
 use crate::resume::Resume;
 use crate::sink::{self, OutputSpec};
-use crate::slots::TextSlots;
+use crate::slots::{SlotFile, TextSlots};
 use crate::source::Source;
 use crate::summary::Summary;
 use crate::types::Money;
@@ -324,6 +324,23 @@ struct Collected {
     regeneration_cost: Tally,
     /// The budget cap left no room for the next review round.
     budget: Option<Cap>,
+    /// What the rows' answers read from and wrote to the provider's prompt cache.
+    cache: crate::summary::CacheTokens,
+    /// The same per prefix group written together (see [`GroupLines`]).
+    groups: Vec<(String, crate::prime::Tally)>,
+}
+
+impl Collected {
+    /// The place of group `id` in `groups`, added if new.
+    fn group(&mut self, id: &str) -> usize {
+        match self.groups.iter().position(|(g, _)| g == id) {
+            Some(k) => k,
+            None => {
+                self.groups.push((id.to_string(), Default::default()));
+                self.groups.len() - 1
+            }
+        }
+    }
 }
 
 /// How often, at most, the line showing each batch's counts is printed while waiting.
@@ -665,10 +682,18 @@ async fn poll_chunk(
         }
         return Ok(());
     }
+    let grouped = group_rows(ctx, &state.chunks[i], got)?;
     for file in [&b.output_file_id, &b.error_file_id].into_iter().flatten() {
         let lines = api.download(file, &state.chunks[i].input).await?;
-        ingest(ctx, ids, BufReader::new(lines), writer, got)
-            .with_context(|| format!("batch {id}, file {file}"))?;
+        ingest(
+            ctx,
+            ids,
+            BufReader::new(lines),
+            writer,
+            got,
+            grouped.as_ref(),
+        )
+        .with_context(|| format!("batch {id}, file {file}"))?;
     }
     if over_tokens {
         // Refused with no other batch of the job in progress: waiting for them cannot help.
@@ -767,6 +792,7 @@ fn ingest(
     lines: impl BufRead,
     writer: &mut JournalWriter,
     got: &mut Collected,
+    grouped: Option<&SlotFile>,
 ) -> anyhow::Result<()> {
     let provider = client::provider_for(&ctx.job);
     let joiner = Joiner {
@@ -802,9 +828,48 @@ fn ingest(
             rec.usage.is_some() && !rec.cached,
             rec.cost_pico,
         ));
+        if let (Some(u), false) = (&rec.usage, rec.cached) {
+            got.cache.add(u);
+            if let Some(k) = grouped.map(|g| g.get(rec.row)).transpose()?.flatten() {
+                if let Some((_, t)) = got.groups.get(k as usize) {
+                    t.add(u);
+                }
+            }
+        }
         writer.append(&rec)?;
         Ok(())
     })
+}
+
+/// Where the rows of chunk `c`'s prefix groups are: each row's place in `got.groups`, read
+/// from its input file (the results name rows, the state names lines). `None` when the chunk
+/// holds no group.
+fn group_rows(ctx: &Ctx, c: &Chunk, got: &mut Collected) -> anyhow::Result<Option<SlotFile>> {
+    if c.groups.is_empty() {
+        return Ok(None);
+    }
+    let cannot_read = || format!("{}: cannot read", c.input.display());
+    let slots = SlotFile::create_beside(&ctx.job.journal_path())
+        .context("cannot keep the rows' prefix groups in a temporary file")?;
+    let text = BufReader::new(File::open(&c.input).with_context(cannot_read)?);
+    for (at, line) in text.split(b'\n').enumerate() {
+        let line = line.with_context(cannot_read)?;
+        let Some(id) = GroupLines::of(&c.groups, at as u64) else {
+            continue;
+        };
+        #[derive(serde::Deserialize)]
+        struct Line {
+            custom_id: String,
+        }
+        let Ok(l) = serde_json::from_slice::<Line>(&line) else {
+            continue;
+        };
+        if let Some((row, _)) = input::parse_custom_id(&l.custom_id) {
+            let k = got.group(id);
+            slots.set(row, k as u64).with_context(cannot_read)?;
+        }
+    }
+    Ok(Some(slots))
 }
 
 /// Writes input files for every row that needs a request and adds them to the state as a
@@ -830,6 +895,9 @@ fn new_round(
     let mut primers =
         Splitter::new(&dir, &format!("r{round}p"), one_each).with_context(cannot_create)?;
     let plan = crate::prime::Plan::for_batch(&ctx.job, &ctx.prefix_groups);
+    // Per main file, where each group's lines are; per primer, its group.
+    let mut spans: Vec<Vec<GroupLines>> = Vec::new();
+    let mut primed_ids: Vec<Option<String>> = Vec::new();
     let (n, worst) = pending_lines(
         ctx,
         writer,
@@ -838,23 +906,46 @@ fn new_round(
         true,
         |l| match l {
             Line::Group(rows) => split.keep_together(rows),
-            Line::Primer(line, tokens) => primers.push(line, tokens),
-            Line::Request(line, tokens) => split.push(line, tokens),
+            Line::Primer(line, tokens, group) => {
+                primed_ids.push(group.map(str::to_string));
+                primers.push(line, tokens)
+            }
+            Line::Request(line, tokens, group) => {
+                split.push(line, tokens)?;
+                if let (Some(id), Some((file, at))) = (group, split.position()) {
+                    spans.resize_with(spans.len().max(file + 1), Vec::new);
+                    if let Some(s) = spans.get_mut(file) {
+                        GroupLines::note(s, id, at);
+                    }
+                }
+                Ok(())
+            }
         },
     )?;
     let cannot_write = || format!("{}: cannot write batch input", dir.display());
     let primers = primers.finish().with_context(cannot_write)?;
     let files = split.finish().with_context(cannot_write)?;
     check_budget(ctx, &writer.index().spent, n, worst)?;
-    let primed = primers
+    let one = |id: Option<String>| -> Vec<GroupLines> {
+        id.map(|id| GroupLines {
+            id,
+            from: 0,
+            lines: 1,
+        })
         .into_iter()
-        .enumerate()
-        .map(|(c, w)| (format!("p{}", c + 1), w, true));
-    let rest = files
-        .into_iter()
-        .enumerate()
-        .map(|(c, w)| (format!("c{}", c + 1), w, false));
-    for (name, w, primer) in primed.chain(rest) {
+        .collect()
+    };
+    let mut primed_ids = primed_ids.into_iter();
+    let primed = primers.into_iter().enumerate().map(|(c, w)| {
+        let groups = one(primed_ids.next().flatten());
+        (format!("p{}", c + 1), w, true, groups)
+    });
+    let mut spans = spans.into_iter();
+    let rest = files.into_iter().enumerate().map(|(c, w)| {
+        let groups = spans.next().unwrap_or_default();
+        (format!("c{}", c + 1), w, false, groups)
+    });
+    for (name, w, primer, groups) in primed.chain(rest) {
         state.chunks.push(Chunk {
             key: format!("{}-r{round}-{name}", state.id),
             round,
@@ -863,6 +954,7 @@ fn new_round(
             bytes: w.bytes,
             tokens: Some(w.tokens),
             primer,
+            groups,
             ..Chunk::default()
         });
     }
@@ -927,10 +1019,11 @@ enum Mark {
 enum Line<'a> {
     /// A prefix group's lines come next, this many.
     Group(u64),
-    /// A group's primer: its own batch, before the others.
-    Primer(&'a [u8], u64),
-    /// One request's line and its tokens as the enqueued-token limit counts them.
-    Request(&'a [u8], u64),
+    /// A group's primer: its own batch, before the others; its line, tokens and group.
+    Primer(&'a [u8], u64, Option<&'a str>),
+    /// One request's line, its tokens as the enqueued-token limit counts them, and the
+    /// group it was written with (the primed groups').
+    Request(&'a [u8], u64, Option<&'a str>),
 }
 
 /// Hands the input line of every row that has no result yet to `emit` (failed rows too with
@@ -977,18 +1070,21 @@ fn pending_lines(
     let (mut n, mut worst) = (0, Money::ZERO);
     let mut send = |req: crate::pipeline::rows::Request,
                     mark: Mark,
+                    grouped: bool,
                     emit: &mut dyn FnMut(Line<'_>) -> std::io::Result<()>|
      -> anyhow::Result<()> {
         let mut body = req.body;
+        let mut group = None;
         if let Some(p) = plan {
             if let Some((g, link)) = p.group_of(&req.prefix) {
                 p.mark_batch(g, link, mark != Mark::Plain, &mut body);
+                group = grouped.then_some(g.id.as_str());
             }
         }
         let line = backend::request_line(job.api.provider, req.row, &req.hash, url, &body);
         match mark {
-            Mark::Primer => emit(Line::Primer(&line, req.limiter_tokens))?,
-            _ => emit(Line::Request(&line, req.limiter_tokens))?,
+            Mark::Primer => emit(Line::Primer(&line, req.limiter_tokens, group))?,
+            _ => emit(Line::Request(&line, req.limiter_tokens, group))?,
         }
         n += 1;
         if let Some(cost) = req.worst_cost {
@@ -1029,7 +1125,7 @@ fn pending_lines(
                 let Step::Send(req) = stepped.step.recheck(&mut resume)? else {
                     continue;
                 };
-                send(req, next, &mut emit)?;
+                send(req, next, true, &mut emit)?;
                 if next == Mark::Primer {
                     next = Mark::AfterPrimer;
                 }
@@ -1050,7 +1146,7 @@ fn pending_lines(
             }
             Step::Skip { .. } | Step::Cached { .. } => continue,
         };
-        send(req, Mark::Plain, &mut emit)?;
+        send(req, Mark::Plain, false, &mut emit)?;
     }
     Ok((n, worst))
 }
@@ -1114,7 +1210,7 @@ fn finish_output(
         ),
         None => (status, message, code),
     };
-    let summary = Summary {
+    let mut summary = Summary {
         status: status.into(),
         message,
         exit_code: code as i32,
@@ -1134,6 +1230,21 @@ fn finish_output(
         price_warnings: ctx.price_warnings.clone(),
         ..Summary::for_output(job, "batch", ctx.provider.clone(), &totals, priced)
     };
+    if job.cache.prefix {
+        // As a live run's: only when the cache played a part in what was collected here.
+        let mut groups: Vec<crate::prime::GroupUse> =
+            got.groups.iter().filter_map(|(id, t)| t.used(id)).collect();
+        crate::prime::busiest_first(&mut groups);
+        let pc = crate::summary::PromptCacheSummary::of(
+            ctx.price.as_ref(),
+            Tier::Batch,
+            got.cache,
+            groups,
+        );
+        if pc.any() {
+            summary.prompt_cache = Some(pc);
+        }
+    }
     summary.publish(job, "note", json)?;
     Ok(code)
 }
@@ -1291,7 +1402,7 @@ pub async fn export(
         plan.as_ref(),
         false,
         |l| match l {
-            Line::Primer(line, _) | Line::Request(line, _) => {
+            Line::Primer(line, ..) | Line::Request(line, ..) => {
                 bytes += line.len() as u64;
                 std::io::Write::write_all(&mut w, line)
             }
@@ -1341,8 +1452,15 @@ pub async fn import(
         let file = File::open(f).with_context(|| format!("{}: cannot read", f.display()))?;
         let lines = backend::result_lines(ctx.job.api.provider, file, &ctx.job.journal_path())
             .with_context(|| format!("{}", f.display()))?;
-        ingest(&ctx, &ids, BufReader::new(lines), &mut writer, &mut got)
-            .with_context(|| format!("{}", f.display()))?;
+        ingest(
+            &ctx,
+            &ids,
+            BufReader::new(lines),
+            &mut writer,
+            &mut got,
+            None,
+        )
+        .with_context(|| format!("{}", f.display()))?;
     }
     let index = writer.finish()?;
     eprintln!(

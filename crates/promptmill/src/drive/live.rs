@@ -321,7 +321,7 @@ pub async fn run(
     if job.cache.prefix {
         // Only when the cache played a part: a run without shared prefixes shows nothing.
         let pc = prompt_cache_summary(ctx, &stats, prime.as_deref());
-        if pc.cached_tokens > 0 || pc.cache_write_tokens > 0 || !pc.groups.is_empty() {
+        if pc.any() {
             summary.prompt_cache = Some(pc);
         }
     }
@@ -641,45 +641,20 @@ fn summarize(
 }
 
 /// What the prompt cache did for this run's answers: tokens read and written, per prefix
-/// group, and what it saved, priced from the usage (reads at the input price less their
-/// cache-read price, less the writes' premium).
+/// group, and what it saved.
 fn prompt_cache_summary(
     ctx: &JobCtx,
     stats: &RunStats,
     prime: Option<&Plan>,
 ) -> crate::summary::PromptCacheSummary {
     use std::sync::atomic::Ordering::Relaxed;
-    let read = stats.cache_read.load(Relaxed);
-    let written = stats.cache_write.load(Relaxed);
-    let written_1h = stats.cache_write_1h.load(Relaxed).min(written);
-    let tier = ctx.reserve_tier();
-    let saved_usd = ctx.price.as_ref().map(|p| {
-        let tokens = read.saturating_add(written);
-        let full = p.cost_of_many(
-            &Usage {
-                prompt_tokens: tokens,
-                ..Usage::default()
-            },
-            tier,
-        );
-        let paid = p.cost_of_many(
-            &Usage {
-                prompt_tokens: tokens,
-                cached_tokens: read,
-                cache_write_tokens: written,
-                cache_write_1h_tokens: written_1h,
-                ..Usage::default()
-            },
-            tier,
-        );
-        full.as_usd() - paid.as_usd()
-    });
-    crate::summary::PromptCacheSummary {
-        cached_tokens: read,
-        cache_write_tokens: written,
-        saved_usd,
-        groups: prime.map(Plan::used).unwrap_or_default(),
-    }
+    let tokens = crate::summary::CacheTokens {
+        read: stats.cache_read.load(Relaxed),
+        written: stats.cache_write.load(Relaxed),
+        written_1h: stats.cache_write_1h.load(Relaxed),
+    };
+    let groups = prime.map(Plan::used).unwrap_or_default();
+    crate::summary::PromptCacheSummary::of(ctx.price.as_ref(), ctx.reserve_tier(), tokens, groups)
 }
 
 /// Why a run stopped at a cap, what it spent, and how to go on.
