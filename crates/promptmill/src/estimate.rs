@@ -21,7 +21,7 @@ use crate::pipeline::rows::{first_pass, PassOptions, RowLoop, Spool, Step, Stepp
 use crate::plan::Planner;
 use crate::resume::{Decision, Resume, ResumeCounts};
 use crate::tiers::{duration, Assumptions, Choice, TierEstimate};
-use crate::types::{Message, Money, Usage};
+use crate::types::{usd, Message, Usage};
 
 /// Rows over the context window listed by name (the rest are only counted).
 const LIST_OVER_CONTEXT: usize = 5;
@@ -946,11 +946,6 @@ fn wall_time(requests: u64, tokens: u64, rpm: Option<u32>, tpm: Option<u32>) -> 
         rpm_seconds,
         tpm_seconds,
     }
-}
-
-/// `$0.000123`, `$12.50`: dollars as the summary and estimate show them.
-pub(crate) fn usd(v: f64) -> String {
-    Money::from_usd(v).to_string()
 }
 
 /// `1234567` → `1,234,567`.

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::config::PlanConfig;
 use crate::cost::Tier;
-use crate::estimate::usd;
+use crate::types::usd;
 
 /// The typical hours a batch takes when `plan.batch_hours` is not set.
 pub const DEFAULT_BATCH_HOURS: f64 = 6.0;
