@@ -233,6 +233,34 @@ fn the_estimate_prices_the_judge() {
 }
 
 #[test]
+fn a_batch_jobs_estimate_prices_its_review_rounds_at_batch_prices() {
+    // A batch job sends its verdicts and new answers in batches of their own: half price
+    // for gpt-4o-mini, not the live price the first answers' batch line is set beside.
+    let ws = Workspace::new();
+    rows(&ws);
+    let job = job(&ws, "regenerate = 1", JUDGE);
+    let estimate = |mode: &str| {
+        let out = ws.run(&["estimate", &job, "--json", "--mode", mode]);
+        assert_exit(&out, 0);
+        (stdout_json(&out), stderr(&out))
+    };
+    let ((live, _), (batch, text)) = (estimate("live"), estimate("batch"));
+    for part in ["judge", "regeneration"] {
+        let usd = |e: &serde_json::Value, k: &str| e[part][k].as_f64().unwrap();
+        assert_eq!(live[part]["tier"], "standard", "{live}");
+        assert_eq!(batch[part]["tier"], "batch", "{batch}");
+        for k in ["expected_usd", "max_usd"] {
+            let (l, b) = (usd(&live, k), usd(&batch, k));
+            assert!(
+                l > 0.0 && (b - l / 2.0).abs() < l * 1e-6,
+                "{part}.{k}: {b} vs {l}"
+            );
+        }
+    }
+    assert!(text.contains("at batch prices"), "{text}");
+}
+
+#[test]
 fn verdicts_are_paid_under_the_budget_cap_like_answers() {
     let ws = Workspace::new();
     let mut csv = String::from("id,copy,score\n");

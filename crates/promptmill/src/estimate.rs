@@ -21,7 +21,7 @@ use crate::pipeline::rows::{first_pass, PassOptions, RowLoop, Spool, Step, Stepp
 use crate::plan::Planner;
 use crate::resume::{Decision, Resume, ResumeCounts};
 use crate::tiers::{duration, Assumptions, Choice, TierEstimate};
-use crate::types::{Message, Money, Usage};
+use crate::types::{usd, Message, Usage};
 
 /// Rows over the context window listed by name (the rest are only counted).
 const LIST_OVER_CONTEXT: usize = 5;
@@ -196,12 +196,15 @@ pub struct JudgeEstimate {
     pub requests: u64,
     /// Prompt tokens of those requests.
     pub prompt_tokens: u64,
-    /// Their expected cost at live prices; `None` = unknown price.
+    /// Their expected cost at the prices of `tier`; `None` = unknown price.
     pub expected_usd: Option<f64>,
     /// Their cost if every verdict uses the judge's `max_tokens`.
     pub max_usd: Option<f64>,
     /// Expected cost per judged answer.
     pub per_answer_usd: Option<f64>,
+    /// The tier the verdicts are priced at: `batch` for a batch job (they go in review
+    /// batches), else `standard`.
+    pub tier: &'static str,
 }
 
 /// What regeneration may add to a run, on top of `requests` and `cost`. Each attempt is
@@ -216,10 +219,12 @@ pub struct Regeneration {
     pub expected_requests: u64,
     /// Attempts if every answer is rejected.
     pub max_requests: u64,
-    /// Expected cost at live prices; `None` = unknown price.
+    /// Expected cost at the prices of `tier`; `None` = unknown price.
     pub expected_usd: Option<f64>,
     /// Cost if every answer is rejected and uses `max_tokens`: what the cap may have to hold.
     pub max_usd: Option<f64>,
+    /// The tier new answers are priced at: `batch` for a batch job, else `standard`.
+    pub tier: &'static str,
 }
 
 /// The default share of answers assumed rejected when pricing regeneration.
@@ -584,7 +589,7 @@ pub fn estimate(
         e.regeneration = Some(regeneration(&e, job));
     }
     if let Some(j) = opts.judge {
-        e.judge = Some(judge_estimate(&e, j, judge_tokens));
+        e.judge = Some(judge_estimate(&e, j, judge_tokens, review_tier(job)));
     }
     // The limiter takes prompt + max_tokens per request before sending it.
     e.min_wall_time = wall_time(
@@ -737,7 +742,7 @@ fn prompt_cache(
 /// The judge's share: every answer sent (and every expected new answer) is judged once.
 /// Its prompt is the judge's template for the row (counted in the pass) plus the answer,
 /// assumed as long as the estimate assumes answers are.
-fn judge_estimate(e: &Estimate, judge: &Judge, template_tokens: u64) -> JudgeEstimate {
+fn judge_estimate(e: &Estimate, judge: &Judge, template_tokens: u64, tier: Tier) -> JudgeEstimate {
     let regenerated = e.regeneration.as_ref().map_or(0, |g| g.expected_requests);
     let requests = e.requests.saturating_add(regenerated);
     let per_answer = e.completion_tokens.expected_per_request;
@@ -758,7 +763,7 @@ fn judge_estimate(e: &Estimate, judge: &Judge, template_tokens: u64) -> JudgeEst
                     completion_tokens: out.saturating_mul(requests),
                     ..Usage::default()
                 },
-                Tier::Live,
+                tier,
             )
             .as_usd()
         })
@@ -773,6 +778,25 @@ fn judge_estimate(e: &Estimate, judge: &Judge, template_tokens: u64) -> JudgeEst
         per_answer_usd: expected
             .filter(|_| requests > 0)
             .map(|c| c / requests as f64),
+        tier: tier.name(),
+    }
+}
+
+/// `, at batch prices` after a review round's figures when they are.
+fn at_batch_prices(tier: &str) -> &'static str {
+    if tier == Tier::Batch.name() {
+        ", at batch prices"
+    } else {
+        ""
+    }
+}
+
+/// The tier review rounds (the judge, regeneration) are paid at: a batch job sends them as
+/// batches of their own, a live job at the standard tier.
+fn review_tier(job: &Job) -> Tier {
+    match job.mode {
+        crate::config::Mode::Batch => Tier::Batch,
+        _ => Tier::Live,
     }
 }
 
@@ -793,19 +817,24 @@ fn regeneration(e: &Estimate, job: &Job) -> Regeneration {
             total / requests
         }
     };
+    // A batch job's new answers go in batches of their own, at batch prices.
+    let tier = review_tier(job);
+    let cost = match tier {
+        Tier::Batch => &e.batch_cost,
+        _ => &e.cost,
+    };
     Regeneration {
         max_attempts: n,
         assumed_reject_rate: r,
         expected_requests: (requests * per_row).round() as u64,
         max_requests: e.requests.saturating_mul(u64::from(n)),
-        expected_usd: e
-            .cost
+        expected_usd: cost
             .as_ref()
             .map(|c| per_request(c.expected_usd) * requests * per_row),
-        max_usd: e
-            .cost
+        max_usd: cost
             .as_ref()
             .map(|c| per_request(c.high_usd) * requests * f64::from(n)),
+        tier: tier.name(),
     }
 }
 
@@ -917,10 +946,6 @@ fn wall_time(requests: u64, tokens: u64, rpm: Option<u32>, tpm: Option<u32>) -> 
         rpm_seconds,
         tpm_seconds,
     }
-}
-
-fn usd(v: f64) -> String {
-    Money::from_usd(v).to_string()
 }
 
 /// `1234567` → `1,234,567`.
@@ -1098,13 +1123,14 @@ impl Estimate {
                 "regeneration",
                 format!(
                     "up to {} new answers per rejected row: {} requests and {} more expected \
-                     at {:.0}% rejected (--assume-reject-rate), at most {} requests and {}",
+                     at {:.0}% rejected (--assume-reject-rate), at most {} requests and {}{}",
                     g.max_attempts,
                     thousands(g.expected_requests),
                     money(g.expected_usd),
                     g.assumed_reject_rate * 100.0,
                     thousands(g.max_requests),
-                    money(g.max_usd)
+                    money(g.max_usd),
+                    at_batch_prices(g.tier)
                 ),
             );
         }
@@ -1113,12 +1139,13 @@ impl Estimate {
             line(
                 "judge",
                 format!(
-                    "{} verdicts by {}: {} expected ({} per answer), at most {}",
+                    "{} verdicts by {}: {} expected ({} per answer), at most {}{}",
                     thousands(j.requests),
                     j.model,
                     money(j.expected_usd),
                     money(j.per_answer_usd),
-                    money(j.max_usd)
+                    money(j.max_usd),
+                    at_batch_prices(j.tier)
                 ),
             );
         }

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::config::PlanConfig;
 use crate::cost::Tier;
+use crate::types::usd;
 
 /// The typical hours a batch takes when `plan.batch_hours` is not set.
 pub const DEFAULT_BATCH_HOURS: f64 = 6.0;
@@ -224,10 +225,6 @@ pub fn choose(tiers: &[TierEstimate], a: &Assumptions, batch: bool) -> Result<Ch
         late,
         reason,
     })
-}
-
-fn usd(v: f64) -> String {
-    crate::types::Money::from_usd(v).to_string()
 }
 
 /// `1h 02m`, `3m 20s`, `12.5s`, `2d 03h`.

@@ -169,6 +169,11 @@ impl fmt::Display for Money {
     }
 }
 
+/// A dollar figure (an estimate's, a report's) as [`Money`] shows it: `$0.000123`, `$12.50`.
+pub fn usd(v: f64) -> String {
+    Money::from_usd(v).to_string()
+}
+
 impl std::iter::Sum for Money {
     fn sum<I: Iterator<Item = Money>>(iter: I) -> Money {
         iter.fold(Money::ZERO, Money::saturating_add)
