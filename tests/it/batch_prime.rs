@@ -274,6 +274,16 @@ fn no_primer_batch_with_batch_primer_or_prefix_off() {
         rows(&ws, &kinds);
         let before = message_batches(&mock).len();
         let job = job(&ws, &mock.base_url, true, extra);
+        // The estimate expects no saving in batch: nothing is marked.
+        let out = ws.run_env(&[], &["estimate", &job, "--json"]);
+        assert_exit(&out, 0);
+        let e = stdout_json(&out);
+        let batch = e["batch_cost"]["expected_usd"].as_f64();
+        assert!(batch.is_some(), "{e}");
+        if let Some(pc) = e.get("prompt_cache") {
+            assert_eq!(pc["batch_cost"]["expected_usd"].as_f64(), batch, "{pc}");
+            assert!(pc["cost"]["expected_usd"].as_f64() < e["cost"]["expected_usd"].as_f64());
+        }
         let out = ws.run_env(&[ANTHROPIC_KEY], &batch_wait_args(&job, &[]));
         assert_exit(&out, 0);
         let chunks = chunks(&ws);

@@ -169,6 +169,10 @@ pub struct PromptCacheEstimate {
     /// The same counts, with the 1-hour writes apart, for pricing at each tier.
     #[serde(skip)]
     pub writes: CacheTokens,
+    /// What a batch round reads and writes (Anthropic: only the primed groups, after their
+    /// primer batches, written for an hour; see [`crate::prime::BATCH_TTL`]).
+    #[serde(skip)]
+    pub batch_writes: CacheTokens,
     /// The cost with those reads at the cache-read price, live; `None` = unknown price.
     pub cost: Option<CostRange>,
     /// The same at Batch API prices.
@@ -608,7 +612,7 @@ pub fn estimate(
         if let Some(p) = opts.price {
             for (tier, expected, _) in &mut tier_costs {
                 if let Some(v) = expected.as_mut() {
-                    *v -= cache_saving(p, *tier, &pc.writes);
+                    *v -= cache_saving(p, *tier, pc.writes_at(*tier));
                 }
             }
         }
@@ -637,6 +641,17 @@ fn at(p: &ModelPrice, tier: Tier, prompt: u64, out: u64) -> f64 {
         tier,
     )
     .as_usd()
+}
+
+impl PromptCacheEstimate {
+    /// The reads and writes a run at `tier` expects.
+    pub fn writes_at(&self, tier: Tier) -> &CacheTokens {
+        if tier == Tier::Batch {
+            &self.batch_writes
+        } else {
+            &self.writes
+        }
+    }
 }
 
 /// The prompt tokens a run is expected to read from and write to the provider's cache.
@@ -688,13 +703,23 @@ fn prompt_cache(
         groups.iter().filter(|g| g.cacheable).collect();
     let ttls = crate::prime::ttls(&cacheable, e.requests, e.min_wall_time.seconds);
     let (mut reads, mut cached, mut written, mut written_1h) = (0u64, 0u64, 0u64, 0u64);
-    for (g, ttl) in cacheable.iter().zip(ttls) {
+    // A batch round on the Anthropic shape: only the primed groups are marked (after their
+    // primer batch), for the hour; with cache.batch_primer = false nothing is.
+    let mut batch = CacheTokens::default();
+    for (i, (g, ttl)) in cacheable.iter().zip(ttls).enumerate() {
         let later = g.rows.saturating_sub(1);
         reads += later;
         let tokens = if anthropic {
             written = written.saturating_add(g.tokens);
             if ttl == Ttl::OneHour {
                 written_1h = written_1h.saturating_add(g.tokens);
+            }
+            if i < crate::prime::MAX_PRIMED && job.cache.batch_primer {
+                batch.written = batch.written.saturating_add(g.tokens);
+                if crate::prime::BATCH_TTL == Ttl::OneHour {
+                    batch.written_1h = batch.written_1h.saturating_add(g.tokens);
+                }
+                batch.read = batch.read.saturating_add(later.saturating_mul(g.tokens));
             }
             g.tokens
         } else {
@@ -707,7 +732,16 @@ fn prompt_cache(
         written,
         written_1h,
     };
-    let saved = |tier: Tier| price.map(|p| cache_saving(p, tier, &writes));
+    // OpenAI's batch lines read as live requests do (a group's rows share a key).
+    let batch_writes = if anthropic { batch } else { writes };
+    let saved = |tier: Tier| {
+        let w = if tier == Tier::Batch {
+            &batch_writes
+        } else {
+            &writes
+        };
+        price.map(|p| cache_saving(p, tier, w))
+    };
     let less = |c: &Option<CostRange>, tier: Tier| {
         c.as_ref().zip(saved(tier)).map(|(c, s)| CostRange {
             low_usd: c.low_usd - s,
@@ -733,6 +767,7 @@ fn prompt_cache(
         cached_tokens: cached,
         cache_write_tokens: written,
         writes,
+        batch_writes,
         cost: less(&e.cost, Tier::Live),
         batch_cost: less(&e.batch_cost, Tier::Batch),
         groups: groups.into_iter().take(LIST).collect(),
