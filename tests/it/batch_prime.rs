@@ -354,3 +354,42 @@ fn a_kill_while_waiting_on_the_primer_then_collect_answers_every_row_once() {
     let reads = usage(&ws).iter().filter(|u| u.2 > 1900).count();
     assert_eq!(reads, 18);
 }
+
+#[test]
+fn past_the_deadline_the_primers_are_cancelled_and_their_groups_go_live() {
+    // Batches that cannot end in time: the primers are still running at the cut.
+    let mock = Mock::start(&["--batch-step-polls", "100000"]);
+    let ws = Workspace::new();
+    let kinds: Vec<&str> = (0..20).map(|i| ["a", "b"][i % 2]).collect();
+    rows(&ws, &kinds);
+    let job = job(&ws, &mock.base_url, true, "");
+    ws.submit_batch(ANTHROPIC_KEY, &job);
+    assert_eq!(message_batches(&mock).len(), 2, "only the primers go first");
+    let args = [
+        "collect",
+        &job,
+        "--wait",
+        "--poll-secs",
+        "0.05",
+        "--deadline",
+        "1s",
+    ];
+    let out = ws.run_env(&[ANTHROPIC_KEY], &args);
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains("deadline: the batches are not done"));
+    // The primers were cancelled (a cancelled one-request batch answers nothing here), the
+    // main batch never created, and every row was answered once, live.
+    let chunks = chunks(&ws);
+    assert_eq!(chunks.len(), 3, "{chunks:?}");
+    assert!(chunks
+        .iter()
+        .all(|c| c["status"] == "cancelled" && c["collected"] == true));
+    assert!(chunks[2]["batch_id"].is_null(), "{chunks:?}");
+    assert_eq!(message_batches(&mock).len(), 2);
+    let status = ws.column("out/result.csv", "status");
+    assert_eq!(status.len(), 20);
+    assert!(status.iter().all(|s| s == "ok"), "{status:?}");
+    let stats = mock.stats();
+    assert_eq!(stats["ok"], 20, "{stats}");
+    assert_eq!(stats["duplicate_prompts"], 0, "{stats}");
+}
