@@ -494,6 +494,44 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_line_gets_its_groups_key_or_a_mark_behind_a_primer_only() {
+        let group = |keys: bool| Group {
+            id: "abc".into(),
+            primed: Some(0),
+            ttl: BATCH_TTL,
+            keys: keys.then(|| Arc::new(KeyShards::new("abc", 15))),
+            tally: Arc::default(),
+        };
+        let link = Link {
+            key: 1,
+            mark: Some(0),
+        };
+        let openai = Plan {
+            batch: true,
+            ..Plan::default()
+        };
+        let mut body = json!({"messages": [{"role": "system", "content": "S"}]});
+        openai.mark_batch(&group(true), link, false, &mut body);
+        assert_eq!(body["prompt_cache_key"], "pm-abc");
+        let mut body = json!({"messages": []});
+        openai.mark_batch(&group(false), link, true, &mut body);
+        assert!(body.get("prompt_cache_key").is_none(), "cache.key_rpm = 0");
+
+        let anthropic = Plan {
+            anthropic: true,
+            batch: true,
+            ..Plan::default()
+        };
+        let mut body = json!({"system": "S", "messages": []});
+        anthropic.mark_batch(&group(false), link, false, &mut body);
+        assert_eq!(body["system"], "S", "no primer: no mark");
+        anthropic.mark_batch(&group(false), link, true, &mut body);
+        assert_eq!(body["system"][0]["text"], "S");
+        assert_eq!(body["system"][0]["cache_control"]["ttl"], "1h");
+        assert!(body.get("prompt_cache_key").is_none());
+    }
+
+    #[test]
     fn the_anthropic_mark_keeps_the_text() {
         let plan = Plan {
             anthropic: true,
