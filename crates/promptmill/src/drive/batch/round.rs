@@ -42,10 +42,10 @@ pub(super) fn group_rows(
             continue;
         };
         #[derive(serde::Deserialize)]
-        struct Line {
+        struct Custom {
             custom_id: String,
         }
-        let Ok(l) = serde_json::from_slice::<Line>(&line) else {
+        let Ok(l) = serde_json::from_slice::<Custom>(&line) else {
             continue;
         };
         if let Some((row, _)) = input::parse_custom_id(&l.custom_id) {
