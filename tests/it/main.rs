@@ -40,6 +40,7 @@ mod rows;
 mod shard;
 mod shared_budget;
 mod shared_limits;
+mod shared_pace;
 mod signals;
 mod snapshots_cli;
 mod token_counts;

@@ -360,8 +360,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .merge(message_batches::routes(shared))
 }
 
-/// The `promptmill mock-server` command body: binds `--host`/`--port`, prints exactly one
-/// line `mock API listening on <base url>` to stdout, serves until Ctrl-C or SIGTERM.
+/// The `promptmill mock-server` command body: binds `--host`/`--port`, loads the o200k token
+/// tables (see `text::warm_up`), prints exactly one line `mock API listening on <base url>`
+/// to stdout, serves until Ctrl-C or SIGTERM.
 pub async fn serve_forever(args: MockServerArgs) -> anyhow::Result<()> {
     let bind = tokio::net::lookup_host((args.host.as_str(), args.port))
         .await
@@ -373,6 +374,10 @@ pub async fn serve_forever(args: MockServerArgs) -> anyhow::Result<()> {
     let server = MockServer::start(args.config, bind)
         .await
         .with_context(|| format!("cannot bind the mock API to {bind}"))?;
+    // The token tables before the URL: a client that reads it may send at once.
+    tokio::task::spawn_blocking(text::warm_up)
+        .await
+        .context("loading the token tables failed")?;
     {
         let mut out = io::stdout().lock();
         writeln!(out, "mock API listening on {}", server.base_url())?;

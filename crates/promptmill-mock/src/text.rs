@@ -100,6 +100,14 @@ pub(crate) fn count_completion_prompt_tokens(model: &str, prompt: &str) -> u64 {
     counter(model).count_text(prompt)
 }
 
+/// Loads the o200k tables (current OpenAI models, and the mock's approximation for the
+/// others) and keeps them: done before the mock says it is listening, so that its first
+/// answer is not held up a few hundred milliseconds beyond `--latency-ms`, with every
+/// request that comes meanwhile counted against the rate limits at once when it ends.
+pub(crate) fn warm_up() {
+    let _ = counter("gpt-4o");
+}
+
 /// The counter for a model, kept for the life of the mock: counters free their tables when
 /// the last one goes, and loading them for every request would take longer than answering.
 fn counter(model: &str) -> TokenCounter {

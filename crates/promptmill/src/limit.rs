@@ -40,6 +40,11 @@ const RAMP_START: f64 = 0.5;
 const RAMP: Duration = Duration::from_secs(2);
 /// How long the other requests wait for the first answer (the probe) before going anyway.
 const PROBE_WAIT: Duration = Duration::from_secs(5);
+/// Requests a job that states its limits sends at that pace before the first answer (the
+/// rest wait for it, as for a probe): enough to keep the rate through an answer's latency at
+/// a few hundred milliseconds, few enough that a job claiming ten times the server's limit
+/// draws no 429 from a slice of 20 before the answer's headers correct it.
+const EARLY_SENDS: u64 = 10;
 /// A header-less 429 sets a guessed request limit only when at least this many requests
 /// went in the second before it: one refused request (a probe) says nothing about a rate.
 const MIN_SENDS_TO_GUESS: usize = 4;
@@ -89,13 +94,18 @@ impl Gcra {
     }
 
     /// Takes `n` cells; returns when they may be sent. A take larger than the bucket goes
-    /// from a full bucket and leaves it in debt, as providers do.
-    fn reserve(&mut self, now: Instant, n: u64, factor: f64) -> Instant {
+    /// from a full bucket and leaves it in debt, as providers do. `paced`: no burst, each
+    /// take waits for the one before it to have refilled (the level stays where it is).
+    fn reserve(&mut self, now: Instant, n: u64, factor: f64, paced: bool) -> Instant {
         let start = self.tat.max(now);
-        let send_at = (start + self.span(n.min(self.burst), factor))
-            .checked_sub(self.tau())
-            .unwrap_or(now)
-            .max(now);
+        let send_at = if paced {
+            start
+        } else {
+            (start + self.span(n.min(self.burst), factor))
+                .checked_sub(self.tau())
+                .unwrap_or(now)
+                .max(now)
+        };
         self.tat = start + self.span(n, factor);
         send_at
     }
@@ -177,8 +187,10 @@ impl Limit {
     }
 
     /// Applies the server's advertised limit; returns the new limit when it changed.
-    /// `used` is what went out before any limit was known (the probe).
-    fn learn_limit(&mut self, now: Instant, header: u64, used: u64) -> Option<u64> {
+    /// `used` is what went out in the last second before this first answer (the probe, or
+    /// what a job that states its limits sent at that pace); `first` is true on the first
+    /// answer.
+    fn learn_limit(&mut self, now: Instant, header: u64, used: u64, first: bool) -> Option<u64> {
         self.server = Some(header);
         let current = self.bucket.as_ref().map(|b| b.per_minute);
         let wanted = match self.source {
@@ -192,9 +204,15 @@ impl Limit {
             self.source = Source::Learned(header);
         }
         match &mut self.bucket {
-            // Keep the debt we have; only the rate changes.
+            // Keep the debt we have; only the rate changes. On the first answer a lower
+            // limit than the job's also says that what was sent at the job's pace used more
+            // of the server's slice than our bucket counted: take it out of the new one.
             Some(b) => {
-                let level = b.level(now);
+                let mut level = b.level(now);
+                if first {
+                    let fresh = Gcra::new(wanted, now, None);
+                    level = level.min(fresh.burst.saturating_sub(used));
+                }
                 *b = Gcra::new(wanted, now, Some(level));
             }
             // Only the probe has gone so far: the bucket starts nearly full.
@@ -213,7 +231,10 @@ struct State {
     requests: Limit,
     tokens: Limit,
     cooldown_until: Option<Instant>,
-    /// Send times of the last second while no request limit is known (to guess one).
+    /// No answer has come back yet.
+    early: bool,
+    /// Send times of the last second while no request limit is known (to guess one), or
+    /// before the first answer.
     recent: VecDeque<Instant>,
     /// When the request behind the latest 429 was let go: only what went before it says
     /// at what rate the server refused (requests the first answer released afterwards do
@@ -321,9 +342,9 @@ impl CostRatio {
 }
 
 impl State {
-    /// Remembers a send while no request limit is known.
+    /// Remembers a send while no request limit is known, or no answer has come.
     fn note_send(&mut self, now: Instant) {
-        if self.requests.source != Source::None {
+        if self.requests.source != Source::None && !self.early {
             return;
         }
         while self
@@ -421,6 +442,11 @@ pub struct Limiter {
     probe_sent: AtomicBool,
     /// Some answer (any status) has come back.
     answered: AtomicBool,
+    /// The job states a limit (requests or tokens per minute): no probe; until the first
+    /// answer, up to `EARLY_SENDS` requests go at that pace without the burst.
+    stated: bool,
+    /// Requests let go (or asking) before the first answer, in a job that states its limits.
+    early_sends: std::sync::atomic::AtomicU64,
     first_answer: Notify,
     /// `[limits] shared`: the buckets and cooldown every process on the key draws from,
     /// consulted after the local ones (header learning stays local).
@@ -452,6 +478,7 @@ impl Limiter {
                 requests: Limit::new(requests_per_minute, now),
                 tokens: Limit::new(tokens_per_minute, now),
                 cooldown_until: None,
+                early: true,
                 recent: VecDeque::new(),
                 refused_sent: None,
                 guess_changed: None,
@@ -463,6 +490,8 @@ impl Limiter {
             refund_unused: false,
             probe_sent: AtomicBool::new(false),
             answered: AtomicBool::new(false),
+            stated: requests_per_minute.is_some() || tokens_per_minute.is_some(),
+            early_sends: std::sync::atomic::AtomicU64::new(0),
             first_answer: Notify::new(),
             shared: None,
         }
@@ -482,8 +511,13 @@ impl Limiter {
         };
         loop {
             let (rpm, tpm) = (self.requests_per_minute(), self.tokens_per_minute());
+            let pace = if self.paced() {
+                shared::Pace::Paced
+            } else {
+                shared::Pace::Burst
+            };
             match sh
-                .acquire(rpm, tpm, charge.tokens)
+                .acquire_at(rpm, tpm, charge.tokens, pace)
                 .await
                 .map_err(Unmeetable)?
             {
@@ -515,6 +549,12 @@ impl Limiter {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Requests go at the job's pace without a burst: the job states its limits and no
+    /// answer has said yet whether the server agrees.
+    fn paced(&self) -> bool {
+        self.stated && self.lock().early
+    }
+
     /// Adapts to what one response's headers said: learns (or lowers) the limits, and
     /// slows down when the server has less left than the buckets believe. Headers are
     /// hints: a missing value changes nothing.
@@ -522,14 +562,28 @@ impl Limiter {
         let now = Instant::now();
         {
             let mut s = self.lock();
+            let first = std::mem::replace(&mut s.early, false);
+            // What went out in the second before the first answer, while nothing was known.
+            let sent = if first {
+                let second_ago = now.checked_sub(Duration::from_secs(1));
+                s.recent
+                    .iter()
+                    .filter(|t| second_ago.is_none_or(|a| **t > a))
+                    .count()
+            } else {
+                0
+            };
             if let Some(rpm) = info.limit_requests.filter(|r| *r > 0) {
-                if let Some(new) = s.requests.learn_limit(now, rpm, 1) {
+                if let Some(new) = s.requests.learn_limit(now, rpm, sent.max(1) as u64, first) {
                     tracing::info!("running at {new} requests/min (server's limit: {rpm})");
                 }
             }
+            if first && s.requests.source != Source::None {
+                s.recent.clear();
+            }
             if let Some(tpm) = info.limit_tokens.filter(|t| *t > 0) {
                 let used = s.cost.scale(s.cost.sent);
-                if let Some(new) = s.tokens.learn_limit(now, tpm, used) {
+                if let Some(new) = s.tokens.learn_limit(now, tpm, used, first) {
                     tracing::info!("running at {new} tokens/min (server's limit: {tpm})");
                 }
             }
@@ -581,7 +635,13 @@ impl Limiter {
     }
 
     async fn acquire_local(&self, tokens: u64) -> Result<Charge, Unmeetable> {
-        self.wait_for_probe().await;
+        if !self.stated {
+            self.wait_for_probe().await;
+        } else if !self.answered.load(Ordering::Acquire)
+            && self.early_sends.fetch_add(1, Ordering::AcqRel) >= EARLY_SENDS
+        {
+            self.wait_for_answer().await;
+        }
         loop {
             let next = {
                 let mut s = self.lock();
@@ -604,11 +664,20 @@ impl Limiter {
                         s.note_send(now);
                         let f = s.ramp(now);
                         let charged = s.cost.scale(tokens);
-                        let r = s.requests.bucket.as_mut().map(|b| b.reserve(now, 1, f));
+                        let paced = self.stated && s.early;
+                        let r = s
+                            .requests
+                            .bucket
+                            .as_mut()
+                            .map(|b| b.reserve(now, 1, f, paced));
                         if r.is_some_and(|at| at > now) && s.requests.source == Source::Guessed {
                             s.guess_pressed = true;
                         }
-                        let t = s.tokens.bucket.as_mut().map(|b| b.reserve(now, charged, f));
+                        let t = s
+                            .tokens
+                            .bucket
+                            .as_mut()
+                            .map(|b| b.reserve(now, charged, f, paced));
                         let at = r.into_iter().chain(t).max().unwrap_or(now);
                         Ok((at, charged, s.slip))
                     }
@@ -700,12 +769,18 @@ impl Limiter {
         self.lock().cost.ratio
     }
 
-    /// Lets the first request go alone and holds the rest until it is answered (at most
-    /// `PROBE_WAIT`), so its headers set the pace before the first burst.
+    /// In a job that states no limit: lets the first request go alone and holds the rest
+    /// until it is answered (at most `PROBE_WAIT`), so its headers set the pace before the
+    /// first burst. (A job that states its limits sends `EARLY_SENDS` at that pace instead.)
     async fn wait_for_probe(&self) {
         if self.answered.load(Ordering::Acquire) || !self.probe_sent.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.wait_for_answer().await;
+    }
+
+    /// Waits for the first answer, at most `PROBE_WAIT`.
+    async fn wait_for_answer(&self) {
         let notified = self.first_answer.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -1200,6 +1275,59 @@ mod tests {
         l.learn(&info(Some(6000), None));
         waiter.await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(l.requests_per_minute(), Some(6000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_that_states_its_limit_sends_at_that_pace_before_the_first_answer() {
+        // No probe: ten requests go one interval apart at the job's rate, none waits for an
+        // answer, and none is part of a burst.
+        let l = std::sync::Arc::new(Limiter::new(Some(3000), None));
+        let took = run(&l, EARLY_SENDS as usize, 1).await.as_secs_f64();
+        let interval = 60.0 / (3000.0 * RATE_MARGIN);
+        assert!((took - 9.0 * interval).abs() < 0.001, "{took}");
+        // The next one waits for the answer, as for a probe.
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move { l2.acquire(1).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiter.is_finished(), "went before the first answer");
+        // Paced sends left the bucket full: once an answer agrees with the job's limit, the
+        // second's burst goes at once.
+        l.learn(&info(Some(3000), None));
+        waiter.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(run(&l, 44, 1).await, Duration::ZERO);
+        assert!(run(&l, 1, 1).await > Duration::ZERO, "more than the burst");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_told_twice_the_limit_draws_no_429_without_the_probe() {
+        // The job says 6,000/min, the server enforces 3,000 (slices of 50) and says so in
+        // the first answer, 200 ms after the first request.
+        let l = std::sync::Arc::new(Limiter::new(Some(6000), None));
+        let server = std::cell::RefCell::new(Sim::new(3000, Instant::now()));
+        let answer = {
+            let l = l.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                l.learn(&info(Some(3000), None));
+            })
+        };
+        let (mut before_answer, mut sent, mut refused) = (0, 0, 0);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            l.acquire(1).await.unwrap();
+            if !answer.is_finished() {
+                before_answer += 1;
+            }
+            if server.borrow_mut().admit(Instant::now(), 1.0) {
+                sent += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        assert_eq!(before_answer, EARLY_SENDS, "sent before the answer");
+        assert_eq!(refused, 0, "{sent} sent");
+        // Close to what the server admits in 3 s (its slice of 50, then 50/s).
+        assert!(sent >= 180, "{sent}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -237,10 +237,12 @@ impl Planner {
         }
     }
 
-    /// Lets go of the tokenizer (its tables are freed once no other counter uses them): a
-    /// run calls it after the estimate pass has counted every row.
+    /// Lets go of the tokenizer (its tables are freed once no other counter uses them, on a
+    /// thread of their own): a run calls it after the estimate pass has counted every row.
     pub fn release_tokenizer(&mut self) {
-        self.counter = None;
+        if let Some(c) = self.counter.take() {
+            c.release();
+        }
     }
 
     /// True when prompt-token counts are exact for this model.

@@ -32,12 +32,14 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Reserves one request and `tokens` tokens. KEYS: requests bucket, tokens bucket, cooldown.
 /// ARGV: requests/min (0 = no bucket), tokens/min (0 = no bucket), tokens, rate margin,
-/// burst margin. Returns `{wait_us, cooldown_ms}`: with a cooldown running nothing is taken.
+/// burst margin, paced (1: no burst, each take waits for the one before it; the level stays
+/// where it is). Returns `{wait_us, cooldown_ms}`: with a cooldown running nothing is taken.
 const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local cd = redis.call('PTTL', KEYS[3])
 if cd > 0 then return {0, cd} end
+local paced = ARGV[6] == '1'
 local function reserve(key, per_minute, n, rate_margin, burst_margin)
   if per_minute <= 0 then return now end
   local interval = 60000000 / (per_minute * rate_margin)
@@ -45,7 +47,10 @@ local function reserve(key, per_minute, n, rate_margin, burst_margin)
   local tau = burst * interval
   local tat = tonumber(redis.call('GET', key) or now)
   local start = math.max(tat, now)
-  local send_at = math.max(now, start + math.min(n, burst) * interval - tau)
+  local send_at = start
+  if not paced then
+    send_at = math.max(now, start + math.min(n, burst) * interval - tau)
+  end
   local new_tat = start + n * interval
   redis.call('SET', key, string.format('%.0f', new_tat), 'PX',
     math.floor((new_tat - now) / 1000) + 60000)
@@ -121,6 +126,16 @@ impl std::fmt::Debug for Shared {
             .field("key", &self.key)
             .finish()
     }
+}
+
+/// How a reservation draws from the buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// As the buckets allow: a full bucket lets a second's worth go at once.
+    Burst,
+    /// At the rate, without the burst (before this process has seen an answer that says
+    /// whether the server agrees with the job's limits); the buckets' level is left alone.
+    Paced,
 }
 
 /// A reservation's answer.
@@ -264,6 +279,18 @@ impl Shared {
         tokens_per_minute: Option<u64>,
         tokens: u64,
     ) -> Result<Grant, String> {
+        self.acquire_at(requests_per_minute, tokens_per_minute, tokens, Pace::Burst)
+            .await
+    }
+
+    /// [`Shared::acquire`] at the given [`Pace`].
+    pub async fn acquire_at(
+        &self,
+        requests_per_minute: Option<u64>,
+        tokens_per_minute: Option<u64>,
+        tokens: u64,
+        pace: Pace,
+    ) -> Result<Grant, String> {
         if let Some(why) = self.failure() {
             return Err(why);
         }
@@ -282,6 +309,7 @@ impl Shared {
             .arg(tokens)
             .arg(RATE_MARGIN)
             .arg(BURST_MARGIN)
+            .arg(u8::from(pace == Pace::Paced))
             .invoke_async(&mut conn)
             .await;
         match answer {
