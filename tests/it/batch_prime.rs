@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::prefix::system_prompt;
+use crate::common::prefix::{journal_usage, system_prompt};
 use crate::common::*;
 
 const ANTHROPIC_KEY: (&str, &str) = ("ANTHROPIC_API_KEY", TEST_KEY);
@@ -52,24 +52,6 @@ fn job(ws: &Workspace, base_url: &str, anthropic: bool, extra: &str) -> String {
     .toml();
     toml.push_str(extra);
     ws.write("job.toml", &toml).to_string_lossy().into_owned()
-}
-
-/// (row, prompt, cache read, cache write) of every answered row, from the journal.
-fn usage(ws: &Workspace) -> Vec<(u64, u64, u64, u64)> {
-    ws.jsonl("out/result.journal.jsonl")
-        .iter()
-        .filter(|r| r.get("status").is_some())
-        .map(|r| {
-            let u = &r["usage"];
-            let n = |k: &str| u[k].as_u64().unwrap_or(0);
-            (
-                r["row"].as_u64().unwrap(),
-                n("prompt_tokens"),
-                n("cached_tokens"),
-                n("cache_write_tokens"),
-            )
-        })
-        .collect()
 }
 
 /// The state's chunks.
@@ -127,7 +109,7 @@ fn anthropic_2000_rows_read_the_prefix_after_the_primer_at_the_estimates_cost() 
     assert_eq!(chunks[0]["primer"], true, "{chunks:?}");
     assert_eq!(chunks[0]["requests"], 1);
     assert!(chunks[1..].iter().all(|c| c.get("primer").is_none()));
-    let used = usage(&ws);
+    let used = journal_usage(&ws);
     assert_eq!(used.len(), 2000);
     let writes: Vec<_> = used.iter().filter(|u| u.3 > 0).collect();
     assert_eq!(writes.len(), 1, "only the primer writes: {writes:?}");
@@ -183,7 +165,7 @@ fn openai_a_groups_rows_share_a_batch_and_a_key_and_read_its_prefix() {
         keys.push(key);
     }
     assert_ne!(keys[0], keys[1]);
-    let read: u64 = usage(&ws).iter().map(|u| u.2).sum();
+    let read: u64 = journal_usage(&ws).iter().map(|u| u.2).sum();
     assert!(
         read as f64 >= 0.95 * eligible as f64,
         "{read} of {eligible} eligible prefix tokens read from cache"
@@ -234,7 +216,7 @@ fn each_primer_batch_ends_before_its_groups_batch_is_created() {
     }
     // The mock's batches see only what was cached before them: every row after a primer
     // reads what its primer wrote, so the main batch was created after the primers ended.
-    let used = usage(&ws);
+    let used = journal_usage(&ws);
     assert_eq!(used.len(), 30);
     for (group, rest) in [("a", 0), ("b", 1)] {
         let mine: Vec<_> = used.iter().filter(|u| u.0 % 3 == rest).collect();
@@ -295,7 +277,7 @@ fn no_primer_batch_with_batch_primer_or_prefix_off() {
         let bodies = bodies(&chunks[0]);
         assert_eq!(bodies.len(), 20);
         assert!(bodies.iter().all(|b| !marked(b) && b["system"].is_string()));
-        assert!(usage(&ws).iter().all(|u| u.2 == 0 && u.3 == 0));
+        assert!(journal_usage(&ws).iter().all(|u| u.2 == 0 && u.3 == 0));
     }
 }
 
@@ -351,7 +333,7 @@ fn a_kill_while_waiting_on_the_primer_then_collect_answers_every_row_once() {
     assert_eq!(status.len(), 20);
     assert!(status.iter().all(|s| s == "ok"), "{status:?}");
     // The rows after each primer read what it wrote.
-    let reads = usage(&ws).iter().filter(|u| u.2 > 1900).count();
+    let reads = journal_usage(&ws).iter().filter(|u| u.2 > 1900).count();
     assert_eq!(reads, 18);
 }
 

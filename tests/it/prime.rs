@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::fault_server::{FaultServer, Reply};
-use crate::common::prefix::system_prompt;
+use crate::common::prefix::{journal_usage, system_prompt};
 use crate::common::*;
 
 /// A job over rows.csv whose system message comes from the `sys` column's choice among
@@ -202,22 +202,6 @@ fn cache_prefix_false_sends_no_key_and_waits_for_no_primer() {
     );
 }
 
-/// The mock's usage of every answered row, from the journal: (row, prompt, cached).
-fn journal_usage(ws: &Workspace) -> Vec<(u64, u64, u64)> {
-    ws.jsonl("out/result.journal.jsonl")
-        .iter()
-        .filter(|r| r.get("status").is_some())
-        .map(|r| {
-            let u = &r["usage"];
-            (
-                r["row"].as_u64().unwrap(),
-                u["prompt_tokens"].as_u64().unwrap(),
-                u["cached_tokens"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
-}
-
 /// Two groups of 1,000 rows, each sharing its own 2,000-token system prompt, alternating.
 #[test]
 fn a_2000_row_job_reads_its_2000_token_prefixes_from_cache_after_each_primer() {
@@ -268,24 +252,6 @@ fn anthropic_job(ws: &Workspace, base_url: &str) -> String {
     ws.write("job.toml", &toml).to_string_lossy().into_owned()
 }
 
-/// (row, prompt, cache read, cache write) of every answered row, from the journal.
-fn anthropic_usage(ws: &Workspace) -> Vec<(u64, u64, u64, u64)> {
-    ws.jsonl("out/result.journal.jsonl")
-        .iter()
-        .filter(|r| r.get("status").is_some())
-        .map(|r| {
-            let u = &r["usage"];
-            let n = |k: &str| u[k].as_u64().unwrap_or(0);
-            (
-                r["row"].as_u64().unwrap(),
-                n("prompt_tokens"),
-                n("cached_tokens"),
-                n("cache_write_tokens"),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn anthropic_groups_write_their_prefix_once_and_read_it_after() {
     let mock = Mock::start(&["--latency-ms", "20"]);
@@ -308,7 +274,7 @@ fn anthropic_groups_write_their_prefix_once_and_read_it_after() {
 
     let out = ws.run_env(&[("ANTHROPIC_API_KEY", TEST_KEY)], &["run", &job]);
     assert_exit(&out, 0);
-    let usage = anthropic_usage(&ws);
+    let usage = journal_usage(&ws);
     assert_eq!(usage.len(), 60);
     for (group, rows) in [("a", 0), ("b", 1)] {
         let mine: Vec<_> = usage.iter().filter(|u| u.0 % 3 == rows).collect();
