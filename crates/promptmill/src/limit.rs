@@ -312,8 +312,11 @@ impl CostRatio {
         self.server_used += (r0 as f64 + refill - remaining as f64).max(0.0);
         self.ours = self.ours.saturating_add(sent);
         // A second's worth of the limit per sample keeps rounding noise small. The first
-        // sample comes sooner (a quarter of that) and is taken as is: every second at the
-        // wrong ratio digs the server's bucket deeper. Later ones are smoothed.
+        // sample comes sooner (a quarter of that) and is taken as is when it says the
+        // server charges more (every second at the wrong ratio digs the server's bucket
+        // deeper), but never below 1: a quarter second read off answers that arrive late
+        // (a loaded machine) can look cheap, and a ratio too low sends too fast. Later,
+        // full samples are smoothed, and may take it below 1.
         let wanted = if self.learned {
             limit / 60
         } else {
@@ -329,7 +332,7 @@ impl CostRatio {
         self.ratio = if self.learned {
             0.5 * self.ratio + 0.5 * sample
         } else {
-            sample
+            sample.max(1.0)
         };
         self.learned = true;
         Some((self.ratio, beyond))
@@ -1156,6 +1159,36 @@ mod tests {
         let refused = refused.load(Ordering::Relaxed);
         assert!((1.07..1.13).contains(&ratio), "{ratio} ({refused} refused)");
         assert_eq!(refused, 0, "ratio {ratio}");
+    }
+
+    #[test]
+    fn a_quick_first_sample_that_reads_cheap_does_not_lower_the_ratio() {
+        // 240,000 TPM refills 4,000 tokens a second. We sent 1,000 tokens in a quarter
+        // second, but the answer saying what is left was read late, so the server seems to
+        // have taken only 700.
+        let (t0, limit) = (Instant::now(), 240_000);
+        let mut c = CostRatio::default();
+        assert_eq!(c.observe(t0, limit, 200_000), None);
+        c.sent = 1_000;
+        let later = t0 + Duration::from_millis(250);
+        let (ratio, _) = c.observe(later, limit, 200_000 + 1_000 - 700).unwrap();
+        assert_eq!(ratio, 1.0);
+        // One that reads dear is taken as is.
+        let mut c = CostRatio::default();
+        c.observe(t0, limit, 200_000);
+        c.sent = 1_000;
+        let (ratio, _) = c.observe(later, limit, 200_000 + 1_000 - 1_100).unwrap();
+        assert!((ratio - 1.1).abs() < 1e-9, "{ratio}");
+        // A full second's sample may then bring it down, smoothed.
+        c.sent = 4_000;
+        let (ratio, _) = c
+            .observe(
+                later + Duration::from_secs(1),
+                limit,
+                200_000 - 100 + 4_000 - 3_600,
+            )
+            .unwrap();
+        assert!((ratio - 1.0).abs() < 1e-9, "{ratio}");
     }
 
     #[tokio::test(start_paused = true)]
