@@ -351,6 +351,53 @@ impl ModelPrice {
     }
 }
 
+/// Prompt tokens read from and written to a provider's prompt cache, by a run's answers or
+/// as an estimate expects them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheTokens {
+    /// Read at the cache-read price.
+    pub read: u64,
+    /// Written at a premium (5-minute lifetime, or 1-hour for `written_1h` of them).
+    pub written: u64,
+    /// Of `written`, those written for an hour.
+    pub written_1h: u64,
+}
+
+impl CacheTokens {
+    /// Adds one answer's usage.
+    pub fn add(&mut self, u: &Usage) {
+        self.read = self.read.saturating_add(u.cached_tokens);
+        self.written = self.written.saturating_add(u.cache_write_tokens);
+        self.written_1h = self.written_1h.saturating_add(u.cache_write_1h_tokens);
+    }
+
+    /// What caching saved (or is expected to save) at `price`'s `tier`, in USD: what the
+    /// tokens would have cost at the input price, less what they cost (reads at the
+    /// cache-read price, writes with their premium). The tokens are summed over many
+    /// requests, so no long-context band applies ([`ModelPrice::cost_of_many`]).
+    pub fn saved(&self, price: &ModelPrice, tier: Tier) -> f64 {
+        let tokens = self.read.saturating_add(self.written);
+        let full = price.cost_of_many(
+            &Usage {
+                prompt_tokens: tokens,
+                ..Usage::default()
+            },
+            tier,
+        );
+        let paid = price.cost_of_many(
+            &Usage {
+                prompt_tokens: tokens,
+                cached_tokens: self.read,
+                cache_write_tokens: self.written,
+                cache_write_1h_tokens: self.written_1h.min(self.written),
+                ..Usage::default()
+            },
+            tier,
+        );
+        full.as_usd() - paid.as_usd()
+    }
+}
+
 /// `price * num / den`, rounded to the nearest picodollar; `price` itself if `den` is zero
 /// (a free model has no meaningful tier ratio).
 fn scale(price: Money, num: Money, den: Money) -> Money {

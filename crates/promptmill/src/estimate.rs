@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::cache::Cache;
 use crate::config::Job;
-use crate::cost::{ModelPrice, PriceTable, Tier};
+use crate::cost::{CacheTokens, ModelPrice, PriceTable, Tier};
 use crate::judge::Judge;
 use crate::pipeline::rows::{first_pass, PassOptions, RowLoop, Spool, Step, Stepped};
 use crate::plan::Planner;
@@ -612,7 +612,7 @@ pub fn estimate(
         if let Some(p) = opts.price {
             for (tier, expected, _) in &mut tier_costs {
                 if let Some(v) = expected.as_mut() {
-                    *v -= cache_saving(p, *tier, pc.writes_at(*tier));
+                    *v -= pc.writes_at(*tier).saved(p, *tier);
                 }
             }
         }
@@ -652,35 +652,6 @@ impl PromptCacheEstimate {
             &self.writes
         }
     }
-}
-
-/// The prompt tokens a run is expected to read from and write to the provider's cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct CacheTokens {
-    /// Read at the cache-read price.
-    pub read: u64,
-    /// Written at a premium (5-minute lifetime, or 1-hour for `written_1h` of them).
-    pub written: u64,
-    /// Of `written`, those written for an hour.
-    pub written_1h: u64,
-}
-
-/// What caching saves at a tier, in USD: the read tokens' input price less their read
-/// price, less the premium of the writes.
-fn cache_saving(p: &ModelPrice, tier: Tier, t: &CacheTokens) -> f64 {
-    let bill = |u: Usage| p.cost(&u, tier).as_usd();
-    let full = at(p, tier, t.read.saturating_add(t.written), 0);
-    let with = bill(Usage {
-        prompt_tokens: t.read,
-        cached_tokens: t.read,
-        ..Usage::default()
-    }) + bill(Usage {
-        prompt_tokens: t.written,
-        cache_write_tokens: t.written,
-        cache_write_1h_tokens: t.written_1h,
-        ..Usage::default()
-    });
-    full - with
 }
 
 /// The prompt cache's share: in each cacheable group, the first request (a live run's
@@ -740,7 +711,7 @@ fn prompt_cache(
         } else {
             &writes
         };
-        price.map(|p| cache_saving(p, tier, w))
+        price.map(|p| w.saved(p, tier))
     };
     let less = |c: &Option<CostRange>, tier: Tier| {
         c.as_ref().zip(saved(tier)).map(|(c, s)| CostRange {

@@ -23,26 +23,6 @@ pub struct PromptCacheSummary {
     pub groups: Vec<crate::prime::GroupUse>,
 }
 
-/// Prompt tokens a run's answers read from and wrote to the provider's cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheTokens {
-    /// Read at the cache-read price.
-    pub read: u64,
-    /// Written at a premium.
-    pub written: u64,
-    /// Of `written`, those written for an hour.
-    pub written_1h: u64,
-}
-
-impl CacheTokens {
-    /// Adds one answer's usage.
-    pub fn add(&mut self, u: &crate::types::Usage) {
-        self.read = self.read.saturating_add(u.cached_tokens);
-        self.written = self.written.saturating_add(u.cache_write_tokens);
-        self.written_1h = self.written_1h.saturating_add(u.cache_write_1h_tokens);
-    }
-}
-
 impl PromptCacheSummary {
     /// The summary of `t`, priced at `price`'s `tier` from the usage: `saved_usd` is what
     /// the tokens would have cost at the input price less what they cost (reads at the
@@ -50,32 +30,11 @@ impl PromptCacheSummary {
     pub fn of(
         price: Option<&crate::cost::ModelPrice>,
         tier: crate::cost::Tier,
-        t: CacheTokens,
+        t: crate::cost::CacheTokens,
         groups: Vec<crate::prime::GroupUse>,
     ) -> PromptCacheSummary {
-        use crate::types::Usage;
         let (read, written) = (t.read, t.written);
-        let saved_usd = price.map(|p| {
-            let tokens = read.saturating_add(written);
-            let full = p.cost_of_many(
-                &Usage {
-                    prompt_tokens: tokens,
-                    ..Usage::default()
-                },
-                tier,
-            );
-            let paid = p.cost_of_many(
-                &Usage {
-                    prompt_tokens: tokens,
-                    cached_tokens: read,
-                    cache_write_tokens: written,
-                    cache_write_1h_tokens: t.written_1h.min(written),
-                    ..Usage::default()
-                },
-                tier,
-            );
-            full.as_usd() - paid.as_usd()
-        });
+        let saved_usd = price.map(|p| t.saved(p, tier));
         PromptCacheSummary {
             cached_tokens: read,
             cache_write_tokens: written,

@@ -510,3 +510,28 @@ fn on_geminis_endpoint_gemini_models_take_the_gemini_api_prices() {
         "vertex_ai/gemini-2.5-flash-image"
     ));
 }
+
+#[test]
+fn a_cache_saving_summed_over_many_requests_takes_no_long_context_band() {
+    // gpt-5.4: input 2.5e-06, cache read 2.5e-07 (5e-06 / 5e-07 above 272k). 300k tokens
+    // read over many requests save (2.5e-06 - 2.5e-07) each: 0.675 USD. Pricing the reads as
+    // one long request (the band's 5e-07 read price) said 0.60.
+    let p = price("gpt-5.4");
+    let t = CacheTokens {
+        read: 300_000,
+        ..CacheTokens::default()
+    };
+    let saved = t.saved(p, Tier::Live);
+    assert!((saved - 0.675).abs() < 1e-9, "{saved}");
+    // claude-sonnet-4-5 writes: 3e-06 input, 3.75e-06 (5 min) and 6e-06 (1 h) writes, read
+    // 3e-07. 1,000 read + 1,000 written (400 of them for the hour):
+    // read saves 1000 * 2.7e-06 = 0.0027; writes cost 600 * 0.75e-06 + 400 * 3e-06 = 0.00165.
+    let p = price("claude-sonnet-4-5");
+    let t = CacheTokens {
+        read: 1000,
+        written: 1000,
+        written_1h: 400,
+    };
+    let saved = t.saved(p, Tier::Live);
+    assert!((saved - (0.0027 - 0.00165)).abs() < 1e-9, "{saved}");
+}
