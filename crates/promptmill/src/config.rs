@@ -658,8 +658,12 @@ impl Default for CacheConfig {
     }
 }
 
+/// Requests per minute under one `prompt_cache_key` by default (`cache.key_rpm`): OpenAI's
+/// guidance (about 15 per prefix and key; more overflow to machines without the cache).
+pub const DEFAULT_KEY_RPM: u32 = 15;
+
 fn key_rpm() -> u32 {
-    crate::prime::KEY_RPM
+    DEFAULT_KEY_RPM
 }
 
 fn yes() -> bool {
@@ -685,12 +689,18 @@ pub struct BatchConfig {
     pub max_enqueued_tokens: Option<u64>,
 }
 
+/// Most requests one OpenAI batch input file may hold (the default of `batch.max_requests`).
+pub const DEFAULT_BATCH_MAX_REQUESTS: u64 = 50_000;
+/// Most bytes one OpenAI batch input file may hold, 200 MB (the default of
+/// `batch.max_bytes`).
+pub const DEFAULT_BATCH_MAX_BYTES: u64 = 200 * 1000 * 1000;
+
 fn default_batch_max_requests() -> u64 {
-    crate::batch::input::MAX_REQUESTS
+    DEFAULT_BATCH_MAX_REQUESTS
 }
 
 fn default_batch_max_bytes() -> u64 {
-    crate::batch::input::MAX_BYTES
+    DEFAULT_BATCH_MAX_BYTES
 }
 
 impl Default for BatchConfig {
@@ -876,7 +886,7 @@ impl Job {
                 || o.name.starts_with("output_")
                 || o.name.starts_with("check_")
                 || o.name.starts_with("judge_")
-                || crate::sink::RESULT_COLUMNS.contains(&o.name.as_str());
+                || crate::types::RESULT_COLUMNS.contains(&o.name.as_str());
             if taken || !seen.insert(o.name.clone()) {
                 return Err(self.invalid(format!(
                     "{what}: the name is taken (by another output or a column promptmill \

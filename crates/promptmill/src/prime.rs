@@ -20,9 +20,6 @@ use crate::config::{Job, ProviderKind};
 use crate::prefix::PrefixGroup;
 use crate::types::{Message, Role, Usage};
 
-/// Requests per minute under one `prompt_cache_key` by default: OpenAI's guidance (about 15
-/// per prefix and key; more overflow to machines without the cache).
-pub const KEY_RPM: u32 = 15;
 /// Most groups primed and run together (the largest); the rest go in input order.
 pub const MAX_PRIMED: usize = 64;
 /// How long Anthropic's default cache entry lives after its last use.

@@ -189,6 +189,21 @@ pub struct Choice {
     pub finish_reason: Option<String>,
 }
 
+/// The generated columns every output row has, after the chosen input columns (the sink
+/// writes them; `[[outputs]]` names may not take them).
+pub const RESULT_COLUMNS: &[&str] = &[
+    "output",
+    "status",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "cost_estimated",
+    "attempts",
+    "error",
+    "shared_with",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

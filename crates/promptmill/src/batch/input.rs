@@ -11,12 +11,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-/// Most requests one OpenAI batch input file may hold (the default of `batch.max_requests`).
-pub const MAX_REQUESTS: u64 = 50_000;
-/// Most bytes one OpenAI batch input file may hold, 200 MB (the default of
-/// `batch.max_bytes`).
-pub const MAX_BYTES: u64 = 200 * 1000 * 1000;
-
 /// Where input files are split: the job's `[batch]` limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -40,11 +34,7 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits {
-            max_requests: MAX_REQUESTS,
-            max_bytes: MAX_BYTES,
-            max_tokens: None,
-        }
+        Limits::of(&crate::config::BatchConfig::default(), None)
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::dry_run::{first_pass, Pass};
+use super::pass::{first_pass, Pass};
 use super::{planner_for, start_err, Interrupt, JobCtx};
 use crate::batch::backend;
 use crate::cache::Cache;

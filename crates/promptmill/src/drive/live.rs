@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use tokio::sync::mpsc;
 
-use super::dry_run::{first_pass, Pass};
+use super::pass::{first_pass, Pass};
 use super::preview::{self, Preview, Selection};
 use super::regenerate::{self, Review, ReviewRows, Reviewed};
 use super::{
@@ -648,7 +648,7 @@ fn prompt_cache_summary(
     prime: Option<&Plan>,
 ) -> crate::summary::PromptCacheSummary {
     use std::sync::atomic::Ordering::Relaxed;
-    let tokens = crate::summary::CacheTokens {
+    let tokens = crate::cost::CacheTokens {
         read: stats.cache_read.load(Relaxed),
         written: stats.cache_write.load(Relaxed),
         written_1h: stats.cache_write_1h.load(Relaxed),

@@ -19,6 +19,7 @@ pub mod deadline;
 pub mod dry_run;
 mod job;
 pub mod live;
+mod pass;
 pub mod preview;
 mod regenerate;
 pub mod retry;

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::page::{Column, RowSink};
 use super::ReportError;
 use crate::config::{Job, OutputFormat};
-use crate::sink::RESULT_COLUMNS;
+use crate::types::RESULT_COLUMNS;
 
 /// Streams the output's rows into `sink`; returns the columns, each with its kind.
 pub(super) fn stream(job: &Job, sink: &mut RowSink<'_>) -> Result<Vec<Column>, ReportError> {

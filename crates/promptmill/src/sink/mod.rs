@@ -22,6 +22,7 @@ use crate::journal::{JournalError, JournalIndex, JournalReader, Record, Status};
 use crate::judge::{Judge, Judged, Verdict};
 use crate::key_table::KeyTable;
 use crate::pipeline::ledger::{Charge, Tally};
+use crate::types::RESULT_COLUMNS;
 use crate::types::{Money, Row, Usage};
 
 /// Errors writing the output.
@@ -41,20 +42,6 @@ pub enum SinkError {
     #[error("{0}")]
     Input(String),
 }
-
-/// The generated columns every output row has, after the chosen input columns.
-pub const RESULT_COLUMNS: &[&str] = &[
-    "output",
-    "status",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost_usd",
-    "cost_estimated",
-    "attempts",
-    "error",
-    "shared_with",
-];
 
 /// What the output holds, counted while writing it.
 #[derive(Debug, Default, Clone, serde::Serialize)]
