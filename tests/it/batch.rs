@@ -449,3 +449,58 @@ fn a_crash_before_a_batch_is_marked_collected_counts_a_schema_failure_once() {
         "spent {spent} vs rows {costs:?}"
     );
 }
+
+#[test]
+fn a_batch_in_progress_holds_its_worst_case_against_the_caps_until_collected() {
+    // The batch stays in progress for a few polls: the reservation is what it holds.
+    let mock = Mock::start(&["--batch-step-polls", "2"]);
+    let (ws, job) = Workspace::with_job(100, &mock.base_url, "");
+    let out = ws.run(&["run", &job, "--mode", "batch", "--max-usd", "0.01"]);
+    assert_exit(&out, 4);
+    // One reservation, written before the batch was created, of the round's worst case.
+    let reserved = ws.jsonl("out/result.journal.jsonl.reserved");
+    assert_eq!(reserved.len(), 1, "{reserved:?}");
+    let id = reserved[0]["id"].as_u64().expect("a reservation id");
+    let worst_pico = reserved[0]["worst_pico"]
+        .as_u64()
+        .expect("a priced worst case");
+    let state = ws.batch_state();
+    let chunk = &state["chunks"][0];
+    assert_eq!(chunk["reservation"]["id"], id, "{chunk}");
+    assert_eq!(chunk["reservation"]["worst_pico"], worst_pico, "{chunk}");
+    // 100 rows × (prompt + 50 tokens) at gpt-4o-mini's batch prices: about $0.0016.
+    let worst = worst_pico as f64 / 1e12;
+    assert!((0.001..0.003).contains(&worst), "{worst}");
+
+    // A live run of the same job meanwhile has only the cap less the batch's worst case:
+    // room for about ten rows at live prices (twice batch prices), not the hundred the cap
+    // alone would let it pay for.
+    let live_row_worst = 2.0 * worst / 100.0;
+    let cap = format!("{:.8}", worst + 10.0 * live_row_worst);
+    let out = ws.run(&["run", &job, "--quiet", "--max-usd", &cap]);
+    assert_exit(&out, 3);
+    assert!(text(&out).contains("budget"), "{}", text(&out));
+    let s = ws.summary();
+    let live = s["succeeded"].as_u64().unwrap();
+    assert!(
+        (1..60).contains(&live),
+        "{live} rows answered live beside a batch holding {worst}: {s}"
+    );
+    let this_run = s["cost_this_run_usd"].as_f64().unwrap();
+    assert!(
+        this_run + worst <= cap.parse::<f64>().unwrap() + 1e-9,
+        "{s}"
+    );
+
+    // Once its results are in, the batch's reservation is given back (and the settled
+    // reservations file is tidied away).
+    let _ = ws.collect_until_done(OPENAI_KEY, &job);
+    let path = ws.path("out/result.journal.jsonl.reserved");
+    if path.exists() {
+        let reserved = ws.jsonl("out/result.journal.jsonl.reserved");
+        assert!(
+            reserved.iter().any(|l| l["release"].as_u64() == Some(id)),
+            "{reserved:?}"
+        );
+    }
+}

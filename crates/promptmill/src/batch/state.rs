@@ -110,8 +110,8 @@ pub struct Chunk {
     /// A review round's chunk: what its requests are (None: the rows' own answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<Round>,
-    /// A review chunk's worst case, reserved in the journal before it is submitted and
-    /// released once its results are in.
+    /// The chunk's worst case (its rows' answers or a review round's requests), reserved in
+    /// the journal before it is submitted and released once its results are in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation: Option<Held>,
     /// The journal's length when reading a review chunk's results began: a read that a

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{Map, Value};
 
-use super::dry_run::{first_pass, Pass};
 use super::live::LiveOptions;
+use super::pass::{first_pass, Pass};
 use super::{
     claim, exit, output_rows, output_spec, planner_for, source_options, start_err, wanted,
     Interrupt, JobCtx,
@@ -326,7 +326,7 @@ struct Collected {
     /// The budget cap left no room for the next review round.
     budget: Option<Cap>,
     /// What the rows' answers read from and wrote to the provider's prompt cache.
-    cache: crate::summary::CacheTokens,
+    cache: crate::cost::CacheTokens,
     /// The same per prefix group written together (see [`GroupLines`]).
     groups: Vec<(String, crate::prime::Tally)>,
 }
@@ -396,7 +396,7 @@ async fn drive(
                 if !state.may_submit(i, ctx.job.batch.max_enqueued_tokens) {
                     continue;
                 }
-                review::reserve(&mut state, i, &state_path, &mut writer)?;
+                round::reserve(&mut state, i, &state_path, &mut writer)?;
                 tokio::select! {
                     biased;
                     _ = interrupt.wait() => break 'drive,
@@ -736,6 +736,10 @@ async fn poll_chunk(
             writer.append(&rec)?;
             got.failed += 1;
         }
+    }
+    // Its answers are journaled with their real cost: the worst case held for it goes back.
+    if let Some(h) = state.chunks[i].reservation.filter(|h| h.written) {
+        writer.release(0, h.id)?;
     }
     writer.sync()?;
     crash_point("after-ingest");
@@ -1093,9 +1097,9 @@ pub async fn export(
         plan.as_ref(),
         false,
         |l| match l {
-            Line::Primer(line, ..) | Line::Request(line, ..) => {
-                bytes += line.len() as u64;
-                std::io::Write::write_all(&mut w, line)
+            Line::Primer(p) | Line::Request(p) => {
+                bytes += p.line.len() as u64;
+                std::io::Write::write_all(&mut w, p.line)
             }
             Line::Group(_) => Ok(()),
         },

@@ -222,25 +222,6 @@ impl RoundSink for ToBatch {
     }
 }
 
-/// Writes chunk `i`'s reservation into the journal before it is submitted, unless it is
-/// there already.
-pub(super) fn reserve(
-    state: &mut BatchState,
-    i: usize,
-    path: &Path,
-    writer: &mut JournalWriter,
-) -> anyhow::Result<()> {
-    let Some(held) = state.chunks[i].reservation.filter(|h| !h.written) else {
-        return Ok(());
-    };
-    writer.reserve_as(held.id, 0, held.worst_pico)?;
-    if let Some(h) = state.chunks[i].reservation.as_mut() {
-        h.written = true;
-    }
-    state.save(path)?;
-    Ok(())
-}
-
 /// Journals the results of review chunk `i` (ended as `b`), as the live scheduler would,
 /// then gives its reservation back.
 #[allow(clippy::too_many_arguments)]

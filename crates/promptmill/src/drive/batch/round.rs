@@ -4,16 +4,17 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context as _};
 
 use super::{Collected, Ctx, Polling};
 use crate::batch::backend;
 use crate::batch::input::{self, Splitter};
-use crate::batch::state::{BatchState, Chunk, GroupLines};
+use crate::batch::state::{BatchState, Chunk, GroupLines, Held};
 use crate::drive::{bad_row_record, cap_names};
 use crate::identity::Identity;
-use crate::journal::JournalWriter;
+use crate::journal::{self, JournalWriter};
 use crate::pipeline::ledger::{Cap, Caps, Ledger, Spent};
 use crate::pipeline::rows::Step;
 use crate::prime::Plan;
@@ -82,6 +83,8 @@ pub(super) fn new_round(
     // Per main file, where each group's lines are; per primer, its group.
     let mut spans: Vec<Vec<GroupLines>> = Vec::new();
     let mut primed_ids: Vec<Option<String>> = Vec::new();
+    // The worst case of each primer and of each main file, reserved before it is submitted.
+    let (mut primer_worst, mut file_worst) = (Vec::new(), Vec::<Money>::new());
     let (n, worst) = pending_lines(
         ctx,
         writer,
@@ -90,16 +93,23 @@ pub(super) fn new_round(
         true,
         |l| match l {
             Line::Group(rows) => split.keep_together(rows),
-            Line::Primer(line, tokens, group) => {
-                primed_ids.push(group.map(str::to_string));
-                primers.push(line, tokens)
+            Line::Primer(p) => {
+                primed_ids.push(p.group.map(str::to_string));
+                primer_worst.push(p.worst.unwrap_or(Money::ZERO));
+                primers.push(p.line, p.tokens)
             }
-            Line::Request(line, tokens, group) => {
-                split.push(line, tokens)?;
-                if let (Some(id), Some((file, at))) = (group, split.position()) {
-                    spans.resize_with(spans.len().max(file + 1), Vec::new);
-                    if let Some(s) = spans.get_mut(file) {
-                        GroupLines::note(s, id, at);
+            Line::Request(p) => {
+                split.push(p.line, p.tokens)?;
+                if let Some((file, at)) = split.position() {
+                    file_worst.resize(file_worst.len().max(file + 1), Money::ZERO);
+                    if let (Some(w), Some(cost)) = (file_worst.get_mut(file), p.worst) {
+                        *w = w.saturating_add(cost);
+                    }
+                    if let Some(id) = p.group {
+                        spans.resize_with(spans.len().max(file + 1), Vec::new);
+                        if let Some(s) = spans.get_mut(file) {
+                            GroupLines::note(s, id, at);
+                        }
                     }
                 }
                 Ok(())
@@ -120,16 +130,23 @@ pub(super) fn new_round(
         .collect()
     };
     let mut primed_ids = primed_ids.into_iter();
+    let mut primer_worst = primer_worst.into_iter();
     let primed = primers.into_iter().enumerate().map(|(c, w)| {
         let groups = one(primed_ids.next().flatten());
-        (format!("p{}", c + 1), w, true, groups)
+        let worst = primer_worst.next().unwrap_or(Money::ZERO);
+        (format!("p{}", c + 1), w, true, groups, worst)
     });
-    let mut spans = spans.into_iter();
+    let (mut spans, mut file_worst) = (spans.into_iter(), file_worst.into_iter());
     let rest = files.into_iter().enumerate().map(|(c, w)| {
         let groups = spans.next().unwrap_or_default();
-        (format!("c{}", c + 1), w, false, groups)
+        let worst = file_worst.next().unwrap_or(Money::ZERO);
+        (format!("c{}", c + 1), w, false, groups, worst)
     });
-    for (name, w, primer, groups) in primed.chain(rest) {
+    // Each chunk's worst case is reserved in the journal before it is submitted and given
+    // back once its results are in (see `review::reserve`), so a batch in progress counts
+    // against the caps of any run of the job, after a crash too.
+    let priced = ctx.price.is_some();
+    for (name, w, primer, groups, worst) in primed.chain(rest) {
         state.chunks.push(Chunk {
             key: format!("{}-r{round}-{name}", state.id),
             round,
@@ -139,10 +156,34 @@ pub(super) fn new_round(
             tokens: Some(w.tokens),
             primer,
             groups,
+            reservation: Some(Held {
+                id: journal::new_reservation_id(),
+                worst_pico: priced.then_some(worst.0),
+                written: false,
+            }),
             ..Chunk::default()
         });
     }
     Ok(n)
+}
+
+/// Writes chunk `i`'s reservation into the journal before it is submitted, unless it is
+/// there already.
+pub(super) fn reserve(
+    state: &mut BatchState,
+    i: usize,
+    path: &Path,
+    writer: &mut JournalWriter,
+) -> anyhow::Result<()> {
+    let Some(held) = state.chunks[i].reservation.filter(|h| !h.written) else {
+        return Ok(());
+    };
+    writer.reserve_as(held.id, 0, held.worst_pico)?;
+    if let Some(h) = state.chunks[i].reservation.as_mut() {
+        h.written = true;
+    }
+    state.save(path)?;
+    Ok(())
 }
 
 /// A batch cannot be stopped half way the way a live run stops at the cap: refuse to submit
@@ -208,11 +249,21 @@ enum Mark {
 pub(super) enum Line<'a> {
     /// A prefix group's lines come next, this many.
     Group(u64),
-    /// A group's primer: its own batch, before the others; its line, tokens and group.
-    Primer(&'a [u8], u64, Option<&'a str>),
-    /// One request's line, its tokens as the enqueued-token limit counts them, and the
-    /// group it was written with (the primed groups').
-    Request(&'a [u8], u64, Option<&'a str>),
+    /// A group's primer: its own batch, before the others.
+    Primer(Pending<'a>),
+    /// One request.
+    Request(Pending<'a>),
+}
+
+/// One request's input line, as [`pending_lines`] hands it on.
+pub(super) struct Pending<'a> {
+    pub line: &'a [u8],
+    /// Its tokens as the enqueued-token limit counts them.
+    pub tokens: u64,
+    /// The group it was written with (the primed groups').
+    pub group: Option<&'a str>,
+    /// Its worst case at batch prices (`None`: no price).
+    pub worst: Option<Money>,
 }
 
 /// Hands the input line of every row that has no result yet to `emit` (failed rows too with
@@ -271,9 +322,15 @@ pub(super) fn pending_lines(
             }
         }
         let line = backend::request_line(job.api.provider, req.row, &req.hash, url, &body);
+        let pending = Pending {
+            line: &line,
+            tokens: req.limiter_tokens,
+            group,
+            worst: req.worst_cost,
+        };
         match mark {
-            Mark::Primer => emit(Line::Primer(&line, req.limiter_tokens, group))?,
-            _ => emit(Line::Request(&line, req.limiter_tokens, group))?,
+            Mark::Primer => emit(Line::Primer(pending))?,
+            _ => emit(Line::Request(pending))?,
         }
         n += 1;
         if let Some(cost) = req.worst_cost {
