@@ -286,29 +286,29 @@ impl PriceTable {
     }
 
     pub(crate) fn parse(text: &str, path: &Path) -> Result<PriceTable, PriceError> {
-        let value: Value = serde_json::from_str(text).map_err(|source| PriceError::Json {
-            path: path.to_path_buf(),
+        use serde::Deserialize as _;
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed = Entries::deserialize(&mut de).and_then(|e| de.end().map(|()| e));
+        let Entries {
             source,
-        })?;
-        let Value::Object(top) = value else {
-            return Err(PriceError::NotAnObject {
-                path: path.to_path_buf(),
-            });
+            as_of,
+            models,
+        } = match parsed {
+            Ok(e) => e,
+            // Every entry is read as any JSON value: only a top level that is no object is
+            // a data error.
+            Err(e) if e.is_data() => {
+                return Err(PriceError::NotAnObject {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(source) => {
+                return Err(PriceError::Json {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
         };
-        let text_of = |key: &str| {
-            top.get(key)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let (source, as_of) = (text_of("_source"), text_of("_as_of"));
-        let models: HashMap<String, ModelPrice> = top
-            .iter()
-            .filter(|(name, _)| !name.starts_with('_') && !NOT_MODELS.contains(&name.as_str()))
-            .filter_map(|(name, entry)| {
-                Some((name.clone(), model_price(name, entry.as_object()?)?))
-            })
-            .collect();
         if models.is_empty() {
             return Err(PriceError::NoModels {
                 path: path.to_path_buf(),
@@ -321,6 +321,54 @@ impl PriceTable {
             models,
             prefer: None,
         })
+    }
+}
+
+/// What a price file holds, read one entry at a time: only that entry's JSON is held while
+/// it becomes a [`ModelPrice`] (the whole of LiteLLM's file as one `Value` took about 25 MB
+/// at its peak, for a table a tenth of that).
+struct Entries {
+    source: String,
+    as_of: String,
+    models: HashMap<String, ModelPrice>,
+}
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Entries, D::Error> {
+        d.deserialize_map(EntriesVisitor)
+    }
+}
+
+struct EntriesVisitor;
+
+impl<'de> serde::de::Visitor<'de> for EntriesVisitor {
+    type Value = Entries;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object mapping model names to prices")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
+        let mut e = Entries {
+            source: String::new(),
+            as_of: String::new(),
+            models: HashMap::new(),
+        };
+        while let Some(name) = map.next_key::<String>()? {
+            let entry: Value = map.next_value()?;
+            let text = || entry.as_str().unwrap_or_default().to_string();
+            match name.as_str() {
+                "_source" => e.source = text(),
+                "_as_of" => e.as_of = text(),
+                n if n.starts_with('_') || NOT_MODELS.contains(&n) => {}
+                _ => {
+                    if let Some(p) = entry.as_object().and_then(|o| model_price(&name, o)) {
+                        e.models.insert(name, p);
+                    }
+                }
+            }
+        }
+        Ok(e)
     }
 }
 
