@@ -17,6 +17,7 @@ use crate::cache::Cache;
 use crate::config::Job;
 use crate::cost::{CacheTokens, ModelPrice, PriceTable, Tier};
 use crate::judge::Judge;
+use crate::key_table::{Digest16, KeyTable};
 use crate::pipeline::rows::{first_pass, PassOptions, RowLoop, Spool, Step, Stepped};
 use crate::plan::Planner;
 use crate::resume::{Decision, Resume, ResumeCounts};
@@ -393,27 +394,10 @@ pub fn estimate(
         workers: opts.workers,
         spool_beside: opts.spool_beside,
     };
-    let mut results = Vec::new();
     let counter = job
         .cache
         .prefix
         .then(|| crate::tokens::TokenCounter::for_model(&job.model.name));
-    let spool = first_pass(
-        &rl,
-        &pass,
-        |r: &mut ChunkResult, pos, s| {
-            count_row(r, pos, s, opts.show, context_window);
-            if let (Some(c), Step::Send(req)) = (&counter, &s.step) {
-                // Rows with a model of their own are sent elsewhere: not counted.
-                if req.model.is_none() {
-                    let framing = c.count_chat(&[]);
-                    r.prefixes
-                        .add(&s.messages, |ms| c.count_chat(ms).saturating_sub(framing));
-                }
-            }
-        },
-        |r| results.push(r),
-    )?;
 
     let mut e = Estimate {
         prices: String::new(),
@@ -470,51 +454,79 @@ pub fn estimate(
     let mut judge_tokens = 0u64;
     // A live run sends a request once however many rows ask it (see `identity`): the
     // estimate counts it once too.
-    let mut asked = std::collections::HashSet::new();
+    let mut asked = KeyTable::create_beside(opts.spool_beside.unwrap_or(&job.input.path))
+        .map_err(|err| anyhow::anyhow!("cannot create a temporary file: {err}"))?;
+    let mut merge_error = None;
     let mut prefixes = crate::prefix::Prefixes::default();
-    for r in results {
-        prefixes.merge(r.prefixes);
-        e.rows += r.rows;
-        e.bad_rows += r.bad_rows;
-        e.cached += r.cached;
-        for ask in r.asks {
-            let first = asked.insert(ask.key);
-            match ask.sends {
-                Some(_) if !first => e.shared += 1,
-                Some(s) => {
-                    if s.output {
-                        e.output_requests += 1;
-                    } else {
-                        e.requests += 1;
-                    }
-                    e.prompt_tokens.total += s.prompt_tokens;
-                    judge_tokens += s.judge_tokens;
-                    let model = s.model.unwrap_or_else(|| job.model.name.clone());
-                    let g = groups.entry(model).or_default();
-                    g.requests += 1;
-                    g.prompt_tokens += s.prompt_tokens;
-                    g.reserve_prompt += s.reserve_prompt;
-                    g.max_out += s.max_out;
-                    g.expected_out += assumed.map_or(s.max_out, |a| a.min(s.max_out));
+    let spool = first_pass(
+        &rl,
+        &pass,
+        |r: &mut ChunkResult, pos, s| {
+            count_row(r, pos, s, opts.show, context_window);
+            if let (Some(c), Step::Send(req)) = (&counter, &s.step) {
+                // Rows with a model of their own are sent elsewhere: not counted.
+                if req.model.is_none() {
+                    let framing = c.count_chat(&[]);
+                    r.prefixes
+                        .add(&s.messages, |ms| c.count_chat(ms).saturating_sub(framing));
                 }
-                None => {}
             }
-        }
-        if let Some(l) = r.longest {
-            // Chunks come in input order, so on a tie the earlier row stays.
-            if e.longest_prompt
-                .as_ref()
-                .is_none_or(|cur| l.tokens > cur.tokens)
-            {
-                e.longest_prompt = Some(l);
+        },
+        |r| {
+            // Each chunk is added as it comes (in input order) and dropped: a million rows'
+            // asks are never all held at once, and the set of those seen is on disk.
+            prefixes.merge(r.prefixes);
+            e.rows += r.rows;
+            e.bad_rows += r.bad_rows;
+            e.cached += r.cached;
+            for ask in r.asks {
+                let first = match asked.insert_digest(Digest16::from_bits(ask.key), 1) {
+                    Ok(before) => before.is_none(),
+                    Err(err) => {
+                        merge_error.get_or_insert(err);
+                        true
+                    }
+                };
+                match ask.sends {
+                    Some(_) if !first => e.shared += 1,
+                    Some(s) => {
+                        if s.output {
+                            e.output_requests += 1;
+                        } else {
+                            e.requests += 1;
+                        }
+                        e.prompt_tokens.total += s.prompt_tokens;
+                        judge_tokens += s.judge_tokens;
+                        let model = s.model.unwrap_or_else(|| job.model.name.clone());
+                        let g = groups.entry(model).or_default();
+                        g.requests += 1;
+                        g.prompt_tokens += s.prompt_tokens;
+                        g.reserve_prompt += s.reserve_prompt;
+                        g.max_out += s.max_out;
+                        g.expected_out += assumed.map_or(s.max_out, |a| a.min(s.max_out));
+                    }
+                    None => {}
+                }
             }
-        }
-        e.over_context_window += r.over_context;
-        let room = LIST_OVER_CONTEXT.saturating_sub(e.over_context_rows.len());
-        e.over_context_rows
-            .extend(r.over_context_rows.into_iter().take(room));
-        e.samples.extend(r.samples);
-        e.resume.merge(&r.resume);
+            if let Some(l) = r.longest {
+                // Chunks come in input order, so on a tie the earlier row stays.
+                if e.longest_prompt
+                    .as_ref()
+                    .is_none_or(|cur| l.tokens > cur.tokens)
+                {
+                    e.longest_prompt = Some(l);
+                }
+            }
+            e.over_context_window += r.over_context;
+            let room = LIST_OVER_CONTEXT.saturating_sub(e.over_context_rows.len());
+            e.over_context_rows
+                .extend(r.over_context_rows.into_iter().take(room));
+            e.samples.extend(r.samples);
+            e.resume.merge(&r.resume);
+        },
+    )?;
+    if let Some(err) = merge_error {
+        anyhow::bail!("counting the requests asked twice: {err}");
     }
     e.done = e.resume.done;
     e.kept_failed = e.resume.kept_failed;

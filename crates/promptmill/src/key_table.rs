@@ -47,6 +47,11 @@ impl Digest16 {
         // 0 marks an empty slot; a digest of 0 is moved to 1 (one more collision in 2^128).
         Digest16(u128::from_le_bytes(b).max(1))
     }
+
+    /// A digest already taken (128 bits of a SHA-256, say), as the table knows it.
+    pub fn from_bits(bits: u128) -> Digest16 {
+        Digest16(bits.max(1))
+    }
 }
 
 impl KeyTable {
