@@ -133,16 +133,7 @@ fn guide(kind: &str) -> String {
 }
 
 fn run(bin: &Path, shape: &Shape, rows: usize, prefix: bool) -> Result<Run, String> {
-    let (mut mock, base_url) = start_mock(
-        bin,
-        &[
-            "mock-server".into(),
-            "--port".into(),
-            "0".into(),
-            "--latency-ms".into(),
-            LATENCY_MS.to_string(),
-        ],
-    )?;
+    let (mut mock, base_url) = start_mock(bin, LATENCY_MS, &[])?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut csv = String::from("id,name,kind\n");
     for i in 0..rows {

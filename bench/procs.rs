@@ -58,9 +58,17 @@ pub fn write_rows(path: &Path, n: usize) -> Result<(), String> {
     go().map_err(|e| format!("write {}: {e}", path.display()))
 }
 
-pub fn start_mock(bin: &Path, args: &[String]) -> Result<(Child, String), String> {
+/// Starts `promptmill mock-server` on a free loopback port with `latency_ms` before each
+/// answer and the flags `extra`; returns the child and the base URL its banner names.
+pub fn start_mock(
+    bin: &Path,
+    latency_ms: u64,
+    extra: &[String],
+) -> Result<(Child, String), String> {
+    let latency = latency_ms.to_string();
     let mut child = Command::new(bin)
-        .args(args)
+        .args(["mock-server", "--port", "0", "--latency-ms", &latency])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

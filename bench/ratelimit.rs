@@ -250,13 +250,7 @@ fn run_case(bin: &Path, c: &Case, rows: usize) -> Result<Outcome, String> {
 fn run_with(bin: &Path, c: &Case, rows: usize, mock_extra: &[&str]) -> Result<Outcome, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     write_rows(&dir.path().join("rows.csv"), rows)?;
-    let mut mock_args = vec![
-        "mock-server".to_string(),
-        "--port".into(),
-        "0".into(),
-        "--latency-ms".into(),
-        c.latency_ms.to_string(),
-    ];
+    let mut mock_args: Vec<String> = Vec::new();
     if let Some(r) = c.mock_rpm {
         mock_args.extend(["--rpm".into(), r.to_string()]);
     }
@@ -264,7 +258,7 @@ fn run_with(bin: &Path, c: &Case, rows: usize, mock_extra: &[&str]) -> Result<Ou
         mock_args.extend(["--tpm".into(), t.to_string()]);
     }
     mock_args.extend(mock_extra.iter().map(|a| a.to_string()));
-    let (mut mock, base_url) = start_mock(bin, &mock_args)?;
+    let (mut mock, base_url) = start_mock(bin, c.latency_ms, &mock_args)?;
     let limits = c
         .job_rpm
         .map(|r| format!("requests_per_minute = {r}"))

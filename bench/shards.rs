@@ -133,18 +133,7 @@ struct Shard {
 
 fn run_case(bin: &Path, c: &Case, rows: usize) -> Result<String, String> {
     let redis = Redis::start()?;
-    let (mut mock, base_url) = start_mock(
-        bin,
-        &[
-            "mock-server".into(),
-            "--port".into(),
-            "0".into(),
-            "--latency-ms".into(),
-            LATENCY_MS.to_string(),
-            "--rpm".into(),
-            RPM.to_string(),
-        ],
-    )?;
+    let (mut mock, base_url) = start_mock(bin, LATENCY_MS, &["--rpm".into(), RPM.to_string()])?;
     let per_job = rows / c.jobs;
     let mut dirs = Vec::new();
     for j in 0..c.jobs {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
-use crate::common::redis::Redis;
+use crate::common::redis::{block_on, Redis};
 use crate::common::{assert_complete_output, assert_exit, stderr, Mock, Workspace};
 
 fn journal(k: u32, n: u32) -> String {
@@ -356,19 +356,13 @@ fn redis_stopped_mid_run_stops_a_shared_budget_and_local_goes_on() {
 /// the journal's word, and a Redis that lost the budget's data.
 #[test]
 fn the_shared_budget_scripts_hold_the_cap_across_members() {
-    use promptmill::limit::shared::{OnFailure, Shared};
+    use promptmill::limit::shared::OnFailure;
     use promptmill::pipeline::shared_budget::{SharedBudget, Verdict};
     use promptmill::types::Money;
 
     let Some(redis) = Redis::start() else { return };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let sh = Shared::connect(&redis.url(), "t", OnFailure::Stop)
-            .await
-            .expect("redis");
+    block_on(async {
+        let sh = redis.shared("t").await;
         let join = |member: &str, own: u64, on_failure: OnFailure| {
             let (conn, shown) = sh.connection();
             SharedBudget::join(

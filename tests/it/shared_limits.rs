@@ -5,9 +5,9 @@
 use std::process::Child;
 use std::time::Duration;
 
-use promptmill::limit::shared::{default_key, Grant, OnFailure, Shared};
+use promptmill::limit::shared::{default_key, Grant};
 
-use crate::common::redis::Redis;
+use crate::common::redis::{block_on, Redis};
 use crate::common::{
     assert_complete_output, assert_exit, stderr, Mock, Workspace, OPENAI_KEY, TEST_KEY,
 };
@@ -139,18 +139,9 @@ fn the_default_key_names_no_api_key() {
 #[test]
 fn the_shared_gcra_scripts_count_requests_tokens_refunds_and_cooldowns() {
     let Some(redis) = Redis::start() else { return };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let url = redis.url();
-        let a = Shared::connect(&url, "t:req", OnFailure::Stop)
-            .await
-            .unwrap();
-        let b = Shared::connect(&url, "t:req", OnFailure::Stop)
-            .await
-            .unwrap();
+    block_on(async {
+        let a = redis.shared("t:req").await;
+        let b = redis.shared("t:req").await;
         // 600/min holds 9 (a second's worth, less 10%), shared by both connections. Redis's
         // clock runs on: each 100 ms spent here (a loaded machine) frees one more.
         let mut free = 0;
@@ -169,9 +160,7 @@ fn the_shared_gcra_scripts_count_requests_tokens_refunds_and_cooldowns() {
 
         // 6,000 tokens/min holds 90: one 90-token request empties it, a refund fills it.
         // (The second ask is 50 tokens: half a second of refill, not 10 ms.)
-        let t = Shared::connect(&url, "t:tok", OnFailure::Stop)
-            .await
-            .unwrap();
+        let t = redis.shared("t:tok").await;
         let now = Grant::After(Duration::ZERO);
         let start = std::time::Instant::now();
         assert_eq!(t.acquire(None, Some(6000), 90).await.unwrap(), now);
@@ -179,20 +168,14 @@ fn the_shared_gcra_scripts_count_requests_tokens_refunds_and_cooldowns() {
         if start.elapsed() < Duration::from_millis(500) {
             assert_ne!(second, now, "a drained bucket let 50 tokens through");
         }
-        let t2 = Shared::connect(&url, "t:tok2", OnFailure::Stop)
-            .await
-            .unwrap();
+        let t2 = redis.shared("t:tok2").await;
         assert_eq!(t2.acquire(None, Some(6000), 90).await.unwrap(), now);
         t2.refund(Some(6000), 90).await;
         assert_eq!(t2.acquire(None, Some(6000), 80).await.unwrap(), now);
 
         // A cooldown from one process holds the other.
-        let c = Shared::connect(&url, "t:cd", OnFailure::Stop)
-            .await
-            .unwrap();
-        let d = Shared::connect(&url, "t:cd", OnFailure::Stop)
-            .await
-            .unwrap();
+        let c = redis.shared("t:cd").await;
+        let d = redis.shared("t:cd").await;
         c.cool_down(Duration::from_secs(30), Some(600), None).await;
         match d.acquire(Some(600), None, 1).await.unwrap() {
             Grant::CoolingDown(left) => assert!(left <= Duration::from_secs(30), "{left:?}"),

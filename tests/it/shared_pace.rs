@@ -9,9 +9,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use promptmill::limit::shared::{Grant, OnFailure, Pace, Shared};
+use promptmill::limit::shared::{Grant, Pace};
 
-use crate::common::redis::Redis;
+use crate::common::redis::{block_on, Redis};
 use crate::common::{assert_exit, Mock, Workspace};
 
 /// The paced reservation of the Lua script on a real Redis (its clock cannot be paused:
@@ -19,18 +19,9 @@ use crate::common::{assert_exit, Mock, Workspace};
 #[test]
 fn paced_reservations_in_redis_take_no_burst() {
     let Some(redis) = Redis::start() else { return };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let url = redis.url();
-        let a = Shared::connect(&url, "p:req", OnFailure::Stop)
-            .await
-            .unwrap();
-        let b = Shared::connect(&url, "p:req", OnFailure::Stop)
-            .await
-            .unwrap();
+    block_on(async {
+        let a = redis.shared("p:req").await;
+        let b = redis.shared("p:req").await;
         // 600/min holds 9, but paced asks take none of it: one goes now, each other one
         // interval (~101 ms) after the one before. Redis's clock runs on: each 100 ms spent
         // here (a loaded machine) lets one more go at once.
@@ -61,9 +52,7 @@ fn paced_reservations_in_redis_take_no_burst() {
             "the twelfth waits {last:?} ({spent:?} spent asking)"
         );
         // The same asks with the burst, on a key of their own: 9 at once.
-        let fresh = Shared::connect(&url, "p:burst", OnFailure::Stop)
-            .await
-            .unwrap();
+        let fresh = redis.shared("p:burst").await;
         let mut burst = 0;
         let start = std::time::Instant::now();
         for _ in 0..12 {

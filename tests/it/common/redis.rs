@@ -47,6 +47,14 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// One process's connection to the shared buckets (or budget) named `key` here.
+    pub async fn shared(&self, key: &str) -> promptmill::limit::shared::Shared {
+        use promptmill::limit::shared::{OnFailure, Shared};
+        Shared::connect(&self.url(), key, OnFailure::Stop)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.url()))
+    }
+
     /// Starts the server (again) on the same port and waits until it answers PING.
     pub fn restart(&mut self) {
         self.stop();
@@ -99,4 +107,14 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs `f` to its end on a runtime of its own (for tests that call the library's Redis
+/// scripts directly).
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
 }
