@@ -249,6 +249,28 @@ fn template_job(ws: &Workspace, base_url: &str, template: &str) {
     );
 }
 
+/// A file that cannot be read is named, with the system's reason said once (errors that
+/// carry their cause in their own message used to repeat it at the end of the line).
+#[test]
+fn a_missing_job_file_or_template_is_named_with_the_reason_once() {
+    let mock = Mock::start(&[]);
+    let ws = Workspace::new();
+    let out = ws.run(&["run", "nowhere.toml"]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("nowhere.toml: cannot read job file"), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+
+    ws.write("in.csv", "text\nhello\n");
+    template_job(&ws, &mock.base_url, "tpl/missing.j2");
+    let out = ws.run(&["run", "job.toml"]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(err.contains("missing.j2: cannot read template"), "{err}");
+    assert_eq!(err.matches("(os error 2)").count(), 1, "{err}");
+    assert_eq!(mock.stat("requests"), 0);
+}
+
 /// A template syntax error names the template file and line.
 #[test]
 fn template_syntax_error_names_file_and_line() {

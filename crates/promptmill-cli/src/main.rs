@@ -125,7 +125,7 @@ fn main() -> ExitCode {
             } else {
                 exit::STOPPED
             };
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", promptmill::drive::error_text(&e));
             ExitCode::from(code)
         }
     }

@@ -191,7 +191,7 @@ impl Pipes {
         let Some((spooled, name)) = &self.spooled else {
             return e;
         };
-        let text = format!("{e:#}").replace(&spooled.display().to_string(), name);
+        let text = promptmill::drive::error_text(&e).replace(&spooled.display().to_string(), name);
         if e.downcast_ref::<CannotStart>().is_some() {
             start_err(anyhow!(text))
         } else {

@@ -71,7 +71,7 @@ fn show(model: &str, prices: Option<PathBuf>) -> anyhow::Result<u8> {
     let table = match price_table(prices.as_deref()) {
         Ok(t) => t,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", promptmill::drive::error_text(&e));
             return Ok(exit::CANNOT_START);
         }
     };

@@ -455,7 +455,7 @@ async fn drive(
                         state.save(&state_path)?;
                     }
                     // It may have ended meanwhile: the next poll tells; else ask again then.
-                    Err(e) => eprintln!("warning: batch {id}: {e:#}"),
+                    Err(e) => eprintln!("warning: batch {id}: {}", super::error_text(&e)),
                 }
             }
         }

@@ -49,8 +49,26 @@ pub struct CannotStart(pub anyhow::Error);
 
 impl std::fmt::Display for CannotStart {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#}", self.0)
+        f.write_str(&error_text(&self.0))
     }
+}
+
+/// An error and its causes on one line, `outer: inner: …` as `{:#}` writes them, less any
+/// cause whose text the line already holds (an error that names its source in its own
+/// message, as `path: cannot read job file: {source}` does, would say it twice).
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 impl std::error::Error for CannotStart {}
