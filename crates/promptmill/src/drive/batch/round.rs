@@ -143,7 +143,7 @@ pub(super) fn new_round(
         (format!("c{}", c + 1), w, false, groups, worst)
     });
     // Each chunk's worst case is reserved in the journal before it is submitted and given
-    // back once its results are in (see `review::reserve`), so a batch in progress counts
+    // back once its results are in (see [`reserve`]), so a batch in progress counts
     // against the caps of any run of the job, after a crash too.
     let priced = ctx.price.is_some();
     for (name, w, primer, groups, worst) in primed.chain(rest) {
