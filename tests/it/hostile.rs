@@ -7,7 +7,6 @@ use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::time::{Duration, Instant};
 
 use common::{assert_absent, assert_exit, col, stderr, text, JobFile, Mock, Workspace, TEST_KEY};
 
@@ -344,10 +343,9 @@ fn runaway_template_fails_fast() {
         "text\nhello\n",
         "{% for i in range(100000) %}{% for j in range(100000) %}{{ text }}{% endfor %}{% endfor %}",
     );
-    let t = Instant::now();
+    // The fuel stops it (its message), not the machine's patience.
     let out = ws.run(&["run", "job.toml"]);
     assert_refused(&ws, &mock, &out, "execution budget");
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 
     // Unbounded output (a huge string from a filter) hits the size cap or the fuel.
     job(&ws, &mock.base_url, "in.csv", "{{ text * 100000000 }}");
@@ -501,17 +499,15 @@ fn a_huge_body_is_a_failed_attempt() {
 }
 
 /// Plain http to another machine would send the key in clear: refused before any connection
-/// (192.0.2.1 is TEST-NET-1, never routed; a connection attempt would hang for the connect
-/// timeout, so finishing quickly shows none was made).
+/// (192.0.2.1 is TEST-NET-1, never routed: a connection attempt would end after the connect
+/// timeout with a connection error and exit 3, not this refusal with exit 2).
 #[test]
 fn plain_http_to_another_machine_is_refused() {
     let ws = Workspace::new();
     ws.write("in.csv", "text\nhello\n");
     job(&ws, "http://192.0.2.1/v1", "in.csv", "Say {{ text }}");
-    let t = Instant::now();
     let out = ws.run(&["run", "job.toml", "--set", "api.connect_timeout_secs=30"]);
     assert_exit(&out, 2);
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     let err = stderr(&out);
     assert!(err.contains("allow_insecure_http"), "{err}");
     assert!(!ws.path("out/result.csv").exists());

@@ -123,7 +123,7 @@ fn sigint_finishes_what_is_in_flight_exits_3_and_resume_sends_nothing_twice() {
         let mut child = spawn_run(&ws, &job, &log);
         wait_for_journal(&ws, &mut child, at, &log);
         sigint(&child);
-        let st = wait_within(&mut child, Duration::from_secs(8));
+        let st = wait_within(&mut child, Duration::from_secs(120)); // a hang guard
         let err = ws.read(&log);
         assert_eq!(st.code(), Some(3), "interrupted = exit 3\n{err}");
         assert!(err.contains("interrupted"), "{err}");
@@ -161,14 +161,15 @@ fn a_second_sigint_quits_at_once_and_the_journal_stays_readable() {
     sigint(&child);
     std::thread::sleep(Duration::from_millis(300));
     assert!(child.try_wait().unwrap().is_none(), "waits for in-flight");
-    let t = Instant::now();
     sigint(&child);
-    let st = wait_within(&mut child, Duration::from_secs(5));
+    // A guard against a hang, not a timing claim.
+    let st = wait_within(&mut child, Duration::from_secs(120));
     let err = ws.read("int2.log");
     assert_eq!(st.code(), Some(3), "{err}");
-    // Well under the 10 s grace and the 20 s answers: it did not wait for either.
-    assert!(t.elapsed() < Duration::from_secs(8), "{err}");
     assert!(err.contains("quitting now"), "{err}");
+    // It did not wait out the grace: a run that did would write its output and summary.
+    assert!(!ws.path("out/result.summary.json").exists(), "{err}");
+    assert!(!ws.path("out/result.csv").exists(), "{err}");
     // Nothing finished, so nothing was recorded, and nothing half-written was left.
     assert_eq!(std::fs::read(ws.path(JOURNAL)).unwrap(), b"");
     let out = ws.run(&["run", &job, "--dry-run"]);
