@@ -54,13 +54,13 @@ impl std::fmt::Display for CannotStart {
 }
 
 /// An error and its causes on one line, `outer: inner: …` as `{:#}` writes them, less any
-/// cause whose text the line already holds (an error that names its source in its own
-/// message, as `path: cannot read job file: {source}` does, would say it twice).
+/// cause whose text the line already ends with (an error that names its source at the end
+/// of its own message, as `path: cannot read job file: {source}` does, would say it twice).
 pub fn error_text(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if line.contains(&text) {
+        if !line.is_empty() && line.ends_with(&text) {
             continue;
         }
         if !line.is_empty() {
@@ -101,5 +101,28 @@ impl Interrupt {
     /// Resolves once a stop is requested (at once if it was already).
     pub async fn wait(&self) {
         self.first.cancelled().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("job.toml: cannot read job file: {source}")]
+    struct Read {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_the_message_ends_with_is_said_once_and_others_are_kept() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "not found");
+        let e = anyhow::Error::new(Read { source: io() });
+        assert_eq!(error_text(&e), "job.toml: cannot read job file: not found");
+        // A context above it adds its words; a cause the line does not end with stays.
+        let e = anyhow::Error::new(io()).context("found nothing");
+        assert_eq!(error_text(&e), "found nothing: not found");
+        let e = e.context("starting");
+        assert_eq!(error_text(&e), "starting: found nothing: not found");
     }
 }
