@@ -287,6 +287,29 @@ impl Workspace {
         out
     }
 
+    /// Runs `collect JOB --wait` with `key` set and a one-second deadline, polling every
+    /// 50 ms: the batches still running at the cut are cancelled and their rows sent live.
+    /// Asserts it finished (exit 0) and said so; returns its stderr.
+    pub fn collect_past_deadline(&self, key: (&str, &str), job: &str) -> String {
+        let args = [
+            "collect",
+            job,
+            "--wait",
+            "--poll-secs",
+            "0.05",
+            "--deadline",
+            "1s",
+        ];
+        let out = self.run_env(&[key], &args);
+        assert_exit(&out, 0);
+        let text = stderr(&out);
+        assert!(
+            text.contains("deadline: the batches are not done"),
+            "{text}"
+        );
+        text
+    }
+
     /// Runs `run JOB --mode batch` with `key` set, which crashes on purpose at `point`
     /// (`PROMPTMILL_TEST_CRASH_AT`, exit 101).
     pub fn crash_batch_at(&self, key: (&str, &str), job: &str, point: &str) {
