@@ -514,7 +514,7 @@ impl Limiter {
         };
         loop {
             let (rpm, tpm) = (self.requests_per_minute(), self.tokens_per_minute());
-            let pace = if self.paced() {
+            let pace = if self.paced(&self.lock()) {
                 shared::Pace::Paced
             } else {
                 shared::Pace::Burst
@@ -554,8 +554,8 @@ impl Limiter {
 
     /// Requests go at the job's pace without a burst: the job states its limits and no
     /// answer has said yet whether the server agrees.
-    fn paced(&self) -> bool {
-        self.stated && self.lock().early
+    fn paced(&self, s: &State) -> bool {
+        self.stated && s.early
     }
 
     /// Adapts to what one response's headers said: learns (or lowers) the limits, and
@@ -667,7 +667,7 @@ impl Limiter {
                         s.note_send(now);
                         let f = s.ramp(now);
                         let charged = s.cost.scale(tokens);
-                        let paced = self.stated && s.early;
+                        let paced = self.paced(&s);
                         let r = s
                             .requests
                             .bucket

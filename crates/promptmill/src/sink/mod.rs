@@ -22,8 +22,7 @@ use crate::journal::{JournalError, JournalIndex, JournalReader, Record, Status};
 use crate::judge::{Judge, Judged, Verdict};
 use crate::key_table::KeyTable;
 use crate::pipeline::ledger::{Charge, Tally};
-use crate::types::RESULT_COLUMNS;
-use crate::types::{Money, Row, Usage};
+use crate::types::{Money, Row, Usage, RESULT_COLUMNS};
 
 /// Errors writing the output.
 #[derive(Debug, thiserror::Error)]
